@@ -1,0 +1,1 @@
+//! Packs relaunch's own test guests into IGVM bundles.

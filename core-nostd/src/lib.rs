@@ -1,0 +1,24 @@
+//! relaunch-core: the pure launch core of relaunch.
+//!
+//! Bytes in, typed launch plan and exact launch measurement out. No I/O, no clocks, no
+//! unsafe, no panics on input. The pipeline is
+//!
+//! ```text
+//! bundle bytes ─► igvm::IgvmFile::parse / ovmf::Firmware::parse ─► plan::plan ─► measure::expected
+//! ```
+//!
+//! Every offset and size read from a file is an allegation until checked; every error says
+//! which header or structure, at which file offset, is wrong.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod arch;
+pub mod igvm;
+pub mod measure;
+pub mod ovmf;
+pub mod plan;
+pub mod writer;

@@ -1,0 +1,1 @@
+//! Launch measurements, folded over a launch plan's op stream.

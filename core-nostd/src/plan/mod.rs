@@ -1,0 +1,249 @@
+//! The launch plan: one pure function from (bundle, platform, launch config) to a stream of
+//! typed launch operations.
+//!
+//! The same op stream is executed by every backend (vmm), folded by the measurement
+//! (`measure`) and checked by the firmware models. **Op order is measurement order**: the
+//! planner keeps the bundle's directive order, except where KVM imposes its own (SEV-ES/SNP
+//! VMSAs are built by KVM from the registers of every vCPU and measured last, in vCPU
+//! creation order; `../shared/spec/kvm-coco-abi.md` §1.4).
+
+#[cfg(feature = "alloc")]
+use crate::arch::regs::VpRegs;
+
+/// The platform a launch targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// An ordinary VM (IGVM NATIVE view, or a firmware image started at its reset vector).
+    Native,
+    /// AMD SEV.
+    Sev,
+    /// AMD SEV-ES.
+    SevEs,
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
+}
+
+impl Platform {
+    /// Every platform, in CLI order.
+    pub const ALL: [Platform; 5] = [
+        Platform::Native,
+        Platform::Sev,
+        Platform::SevEs,
+        Platform::Snp,
+        Platform::Tdx,
+    ];
+
+    /// The CLI / audit-log name (`native`, `sev`, `sev-es`, `snp`, `tdx`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Platform::Native => "native",
+            Platform::Sev => "sev",
+            Platform::SevEs => "sev-es",
+            Platform::Snp => "snp",
+            Platform::Tdx => "tdx",
+        }
+    }
+
+    /// Parses a CLI name.
+    pub fn from_name(name: &str) -> Option<Platform> {
+        Platform::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Whether guest memory and vCPU state are protected (everything but `Native`).
+    pub const fn is_confidential(self) -> bool {
+        !matches!(self, Platform::Native)
+    }
+}
+
+impl core::fmt::Display for Platform {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// SHA-256 digests of the kernel, initrd and command line for the SEV kernel-hashes table
+/// (QEMU `-kernel/-initrd/-append` with an OVMF that has the SEV_HASH_TABLE metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelHashes {
+    /// SHA-256 of the kernel image.
+    pub kernel: [u8; 32],
+    /// SHA-256 of the initrd (of the empty string when none is given).
+    pub initrd: [u8; 32],
+    /// SHA-256 of the NUL-terminated command line (`b"\0"` when none is given).
+    pub cmdline: [u8; 32],
+}
+
+/// Inputs of a launch besides the bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// Target platform.
+    pub platform: Platform,
+    /// Number of vCPUs (every one gets a VMSA on SEV-ES/SNP).
+    pub vcpus: u32,
+    /// Guest RAM size in bytes (memory map parameter areas, range checks).
+    pub mem_bytes: u64,
+    /// CPUID(1).EAX of the vCPU model: RDX at reset for reset-vector launches.
+    pub vcpu_sig: u32,
+    /// SEV-ES/SNP `vmsa_features` (VMSA SEV_FEATURES) for launches without a VMSA in the
+    /// bundle; for IGVM bundles the VP 0 VMSA decides.
+    pub guest_features: u64,
+    /// Guest policy override (SNP policy, SEV policy, TDX attributes); `None` = the bundle's
+    /// GUEST_POLICY or the platform default.
+    pub policy: Option<u64>,
+    /// SNP HOST_DATA given at LAUNCH_FINISH.
+    pub host_data: [u8; 32],
+    /// Kernel hashes table contents for firmware images that declare one.
+    pub kernel_hashes: Option<KernelHashes>,
+}
+
+/// How a page is given to the platform (SNP page types, `kvm_sev_snp_launch_update.type`;
+/// the other platforms map them as documented in `docs/measurement.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageKind {
+    /// Private, measured contents.
+    Normal,
+    /// Private, zeroed by the firmware (SNP page type ZERO: measured with empty contents).
+    Zero,
+    /// Private, contents loaded but not measured.
+    Unmeasured,
+    /// The SNP secrets page (firmware fills it).
+    Secrets,
+    /// The SNP CPUID page (firmware checks it).
+    Cpuid,
+    /// Host-visible (shared) memory: loaded, never measured, survives a relaunch where the
+    /// reboot contract says so.
+    Shared,
+}
+
+/// Where the bytes of an imported page come from. A page is 4096 bytes; shorter data is
+/// zero-extended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageData {
+    /// `len` (≤ 4096) bytes of the bundle at `offset` (already range-checked by the planner).
+    File {
+        /// Absolute offset into the bundle.
+        offset: u32,
+        /// Number of bytes (≤ 4096).
+        len: u32,
+    },
+    /// A page of zeros.
+    Zeros,
+    /// Page `index` of the plan's generated pages (parameter areas, kernel-hashes table,
+    /// CPUID page): `LaunchPlan::generated`.
+    Generated {
+        /// Index into the generated-page arena.
+        index: u32,
+    },
+}
+
+/// Where the launch's initial vCPU state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VpSource {
+    /// A VP_CONTEXT directive of the bundle (VMSA or native context), converted.
+    Bundle,
+    /// The architectural reset state (reset-vector launches, vCPUs the bundle does not name).
+    Reset,
+    /// The TDX module's fixed initial state.
+    TdxInit,
+}
+
+/// One typed launch operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaunchOp {
+    /// Create the VM: `KVM_CREATE_VM` with the platform's type, then SEV `INIT2` +
+    /// `LAUNCH_START` / `SNP_LAUNCH_START`, or TDX `INIT_VM`.
+    CreateVm {
+        /// Platform.
+        platform: Platform,
+        /// SNP policy (u64), SEV policy (u32 in the low bits), TDX attributes, 0 for native.
+        policy: u64,
+        /// SEV-ES/SNP `vmsa_features` given to `KVM_SEV_INIT2` (SNP_ACTIVE excluded: KVM ORs
+        /// it in itself).
+        vmsa_features: u64,
+        /// Number of vCPUs created.
+        vcpus: u32,
+    },
+    /// Back `[gpa, gpa + size)` with guest RAM (private for confidential platforms).
+    MapRam {
+        /// First byte (4 KiB aligned).
+        gpa: u64,
+        /// Size in bytes (4 KiB multiple).
+        size: u64,
+    },
+    /// Import one 4 KiB page.
+    ImportPage {
+        /// Guest-physical address (4 KiB aligned).
+        gpa: u64,
+        /// Page type.
+        kind: PageKind,
+        /// Contents.
+        data: PageData,
+    },
+    /// Set the initial state of vCPU `vp`. On SEV-ES/SNP, KVM measures the VMSA it builds
+    /// from these registers at `Finalize` (SNP) or `LAUNCH_UPDATE_VMSA` (SEV-ES).
+    SetVpContext {
+        /// vCPU index (creation order).
+        vp: u32,
+        /// Where the state comes from.
+        source: VpSource,
+        /// Index of the registers in `LaunchPlan::vp_contexts` (kept out of line so that
+        /// the per-page ops stay small).
+        ctx: u32,
+    },
+    /// Finish the launch: SNP `LAUNCH_FINISH` (VMSAs first), SEV `LAUNCH_MEASURE` +
+    /// `LAUNCH_FINISH`, TDX `FINALIZE_VM`, nothing for native.
+    Finalize {
+        /// Whether the bundle carries an SNP ID block (`LaunchPlan::id_block`).
+        id_block: bool,
+        /// SNP HOST_DATA.
+        host_data: [u8; 32],
+    },
+}
+
+/// A launch plan: the op stream a backend executes, with everything it borrows or owns.
+///
+/// Built once per bundle and launch config; a relaunch re-executes it without re-parsing or
+/// re-hashing anything.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug)]
+pub struct LaunchPlan<'a> {
+    /// The bundle bytes `PageData::File` points into.
+    pub bundle: &'a [u8],
+    /// The launch config the plan was made for.
+    pub config: LaunchConfig,
+    /// The operations, in execution (= measurement) order.
+    pub ops: alloc::vec::Vec<LaunchOp>,
+    /// Pages the planner generated (parameter areas, tables), indexed by
+    /// `PageData::Generated::index`.
+    pub generated: alloc::vec::Vec<[u8; 4096]>,
+    /// vCPU register sets, indexed by `LaunchOp::SetVpContext::ctx`.
+    pub vp_contexts: alloc::vec::Vec<VpRegs>,
+}
+
+#[cfg(feature = "alloc")]
+impl LaunchPlan<'_> {
+    /// The bytes of a page's data: at most 4096; the rest of the page is zero.
+    ///
+    /// # Panics
+    /// Never for data the planner produced (offsets are checked when the plan is built); a
+    /// hand-made `PageData` out of range yields an empty slice.
+    pub fn page_bytes(&self, data: &PageData) -> &[u8] {
+        match *data {
+            PageData::Zeros => &[],
+            PageData::File { offset, len } => {
+                let start = offset as usize;
+                start
+                    .checked_add(len as usize)
+                    .and_then(|end| self.bundle.get(start..end))
+                    .unwrap_or(&[])
+            }
+            PageData::Generated { index } => self
+                .generated
+                .get(index as usize)
+                .map(|p| &p[..])
+                .unwrap_or(&[]),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! A small IGVM writer, for our boot images and test generators.

@@ -1,0 +1,1 @@
+//! Shared helpers for relaunch's end-to-end tests.

@@ -1,0 +1,6 @@
+//! relaunch: the hosted shell around `relaunch-core`.
+//!
+//! All `unsafe` lives in [`sys`].
+#![deny(missing_docs)]
+
+pub mod sys;

@@ -1,0 +1,1 @@
+//! Every `unsafe` block of the VMM: raw ioctls, mmaps, fds.
