@@ -3,4 +3,5 @@
 //! All `unsafe` lives in [`sys`].
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod sys;

@@ -1,10 +1,8 @@
-//! `relaunch` command-line entry point.
+//! `relaunch` command-line entry point: dispatches to the subcommands in `relaunch::cli`.
 
-fn main() {
-    std::process::exit(relaunch_cli());
-}
+use std::process::ExitCode;
 
-fn relaunch_cli() -> i32 {
-    eprintln!("relaunch: no command yet");
-    2
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    ExitCode::from(relaunch::cli::main(&args))
 }
