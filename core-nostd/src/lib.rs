@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod crc32;
 pub mod igvm;
 pub mod measure;
 pub mod ovmf;
