@@ -1,11 +1,82 @@
 //! `cargo xtask`: build images, CI checks, benchmarks.
+//!
+//! `cargo xtask test` is the project's test command (README); `.ci/run` calls it after
+//! `cargo xtask lint`.
 
-use anyhow::bail;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+const USAGE: &str = "usage: cargo xtask <lint|test|ci|build-images|bench ...>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        bail!("usage: cargo xtask <ci|build-images|bench>");
+    let Some((cmd, rest)) = args.split_first() else {
+        bail!("{USAGE}");
     };
-    bail!("unknown xtask command {cmd:?}")
+    match cmd.as_str() {
+        "lint" => lint(),
+        "test" => test(rest),
+        "ci" => {
+            lint()?;
+            test(rest)
+        }
+        other => bail!("unknown xtask command {other:?}; {USAGE}"),
+    }
+}
+
+/// Runs `program args` in the workspace root and fails if it does.
+pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Formatting, lints and the no_std promise of the core.
+fn lint() -> anyhow::Result<()> {
+    run("cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "--locked",
+            "-p",
+            "relaunch-core",
+            "--target",
+            "x86_64-unknown-none",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The test command: every test of the workspace.
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut args = vec!["test", "--workspace", "--locked"];
+    args.extend(extra.iter().map(String::as_str));
+    run("cargo", &args)
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what relaunch's build and tests need on a fresh machine. Idempotent.
+#  - the Rust targets for the bare-metal core/guests and the static musl binary;
+#  - the independent measurement oracles the golden tests compare against
+#    (scripts/oracles.sh: sev-snp-measure from PyPI, Debian's OVMF firmware).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add x86_64-unknown-none x86_64-unknown-linux-musl >/dev/null
+cargo fetch --locked >/dev/null
+
+if [[ -f scripts/oracles.sh ]]; then
+  bash scripts/oracles.sh
+fi
+
+if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then
+  echo "setup: warning: /dev/kvm is not usable here; 'relaunch run' and the KVM tests need it" >&2
+fi
+echo "setup: done"
