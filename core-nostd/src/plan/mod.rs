@@ -202,6 +202,67 @@ pub enum LaunchOp {
     },
 }
 
+/// End of the RAM below 4 GiB: guest RAM fills `[0, min(mem, LOW_RAM_END))`, the rest goes
+/// to `[HIGH_RAM_BASE, ..)`; `[LOW_RAM_END, HIGH_RAM_BASE)` is the 32-bit hole for MMIO and
+/// firmware (the layout QEMU's q35 uses for guests of up to 2.75 GiB below 4 GiB is similar;
+/// ours is fixed so a plan does not depend on the machine type).
+pub const LOW_RAM_END: u64 = 3 << 30;
+
+/// Start of the RAM above 4 GiB.
+pub const HIGH_RAM_BASE: u64 = 4 << 30;
+
+/// The guest RAM ranges `(gpa, size)` for `mem_bytes` of RAM, in ascending order: the part
+/// below [`LOW_RAM_END`], then the rest at [`HIGH_RAM_BASE`]. A range of size 0 is absent.
+/// `None` if the RAM would end past 2^64.
+pub fn ram_ranges(mem_bytes: u64) -> Option<[(u64, u64); 2]> {
+    let low = mem_bytes.min(LOW_RAM_END);
+    let high = mem_bytes - low;
+    HIGH_RAM_BASE.checked_add(high)?;
+    Some([(0, low), (HIGH_RAM_BASE, high)])
+}
+
+/// Whether `[gpa, gpa + size)` lies entirely inside the guest RAM of `mem_bytes`.
+pub fn in_ram(mem_bytes: u64, gpa: u64, size: u64) -> bool {
+    let Some(end) = gpa.checked_add(size) else {
+        return false;
+    };
+    ram_ranges(mem_bytes).is_some_and(|ranges| {
+        ranges
+            .iter()
+            .any(|&(base, len)| len != 0 && gpa >= base && end <= base.saturating_add(len))
+    })
+}
+
+/// The SNP ID block and ID authentication structure given at `SNP_LAUNCH_FINISH`
+/// (`../shared/spec/igvm-snp.md` §3.2), as QEMU builds them from an IGVM SNP_ID_BLOCK
+/// directive (`backends/igvm.c` `qigvm_directive_snp_id_block`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnpIdBlock {
+    /// The 96-byte ID block: ld[48], family_id[16], image_id[16], version u32 (= 1),
+    /// guest_svn u32, policy u64 (= the launch policy).
+    pub id_block: [u8; 96],
+    /// The 4096-byte ID authentication information structure.
+    pub id_auth: [u8; 4096],
+    /// Whether an author key is present (`auth_key_en`).
+    pub author_key_enabled: bool,
+}
+
+impl SnpIdBlock {
+    /// The expected launch digest the ID block carries (bytes 0..48).
+    pub fn ld(&self) -> [u8; 48] {
+        let mut ld = [0u8; 48];
+        ld.copy_from_slice(&self.id_block[..48]);
+        ld
+    }
+
+    /// The guest policy in the ID block (bytes 0x58..0x60).
+    pub fn policy(&self) -> u64 {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&self.id_block[0x58..0x60]);
+        u64::from_le_bytes(p)
+    }
+}
+
 /// A launch plan: the op stream a backend executes, with everything it borrows or owns.
 ///
 /// Built once per bundle and launch config; a relaunch re-executes it without re-parsing or
@@ -220,10 +281,24 @@ pub struct LaunchPlan<'a> {
     pub generated: alloc::vec::Vec<[u8; 4096]>,
     /// vCPU register sets, indexed by `LaunchOp::SetVpContext::ctx`.
     pub vp_contexts: alloc::vec::Vec<VpRegs>,
+    /// The SNP ID block given at `Finalize` when `LaunchOp::Finalize::id_block` is set.
+    pub id_block: Option<SnpIdBlock>,
 }
 
 #[cfg(feature = "alloc")]
-impl LaunchPlan<'_> {
+impl<'a> LaunchPlan<'a> {
+    /// An empty plan for `bundle` and `config` (no ops yet).
+    pub fn new(bundle: &'a [u8], config: LaunchConfig) -> Self {
+        LaunchPlan {
+            bundle,
+            config,
+            ops: alloc::vec::Vec::new(),
+            generated: alloc::vec::Vec::new(),
+            vp_contexts: alloc::vec::Vec::new(),
+            id_block: None,
+        }
+    }
+
     /// The bytes of a page's data: at most 4096; the rest of the page is zero.
     ///
     /// # Panics
