@@ -7,6 +7,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+mod bench;
+mod bench_relaunch;
+mod bench_size;
+
 const USAGE: &str = "usage: cargo xtask <lint|test|ci|build-images|bench ...>";
 
 fn main() -> anyhow::Result<()> {
@@ -21,6 +25,11 @@ fn main() -> anyhow::Result<()> {
             lint()?;
             test(rest)
         }
+        "bench" => match rest.split_first() {
+            Some((sub, more)) if sub == "relaunch" => bench_relaunch::main(more),
+            Some((sub, more)) if sub == "size" => bench_size::main(more),
+            _ => bail!("usage: cargo xtask bench <relaunch|size|...> [options]"),
+        },
         other => bail!("unknown xtask command {other:?}; {USAGE}"),
     }
 }
