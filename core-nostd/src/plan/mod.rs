@@ -10,6 +10,9 @@
 #[cfg(feature = "alloc")]
 use crate::arch::regs::VpRegs;
 
+#[cfg(feature = "alloc")]
+pub mod ovmf;
+
 /// The platform a launch targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Platform {
@@ -135,6 +138,20 @@ pub enum PageData {
     Generated {
         /// Index into the generated-page arena.
         index: u32,
+    },
+    /// Bytes `[start, start + len)` of generated page `index`, loaded at the same offset of
+    /// the target page; the rest of the target page is left as it is. Only these bytes are
+    /// given to the platform: SEV/SEV-ES `LAUNCH_UPDATE_DATA` (and so the SHA-256 launch
+    /// digest) covers exactly them. Used for QEMU's 176-byte padded kernel-hashes table,
+    /// which QEMU encrypts in place at an unaligned GPA (`target/i386/sev.c`
+    /// `sev_add_kernel_loader_hashes`). Never used on SNP (whole pages only).
+    GeneratedPart {
+        /// Index into the generated-page arena.
+        index: u32,
+        /// First byte within the page.
+        start: u16,
+        /// Number of bytes (`start + len <= 4096`).
+        len: u16,
     },
 }
 
@@ -319,6 +336,13 @@ impl<'a> LaunchPlan<'a> {
                 .get(index as usize)
                 .map(|p| &p[..])
                 .unwrap_or(&[]),
+            PageData::GeneratedPart { index, start, len } => {
+                let start = usize::from(start);
+                self.generated
+                    .get(index as usize)
+                    .and_then(|p| p.get(start..start.checked_add(usize::from(len))?))
+                    .unwrap_or(&[])
+            }
         }
     }
 }
