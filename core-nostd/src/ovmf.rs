@@ -664,15 +664,11 @@ pub struct Firmware<'a> {
     bytes: &'a [u8],
     table_start: usize,
     table_end: usize,
-    sev_es_reset: Option<u32>,
-    hash_table: Option<HashTableArea>,
-    sev: Option<SevMetadata<'a>>,
-    tdx: Option<TdxMetadata<'a>>,
 }
 
 impl<'a> Firmware<'a> {
-    /// Parses and validates an image: the GUID table and every metadata structure this
-    /// module knows.
+    /// Parses an image and validates its GUID table (sizes, no duplicate GUIDs). The
+    /// entries' contents are validated by the accessors that interpret them.
     ///
     /// # Errors
     /// [`OvmfError`] names the structure and image offset at fault.
@@ -706,14 +702,10 @@ impl<'a> Firmware<'a> {
             ))?;
         let table_start = table_end - entries_len;
 
-        let mut fw = Firmware {
+        let fw = Firmware {
             bytes,
             table_start,
             table_end,
-            sev_es_reset: None,
-            hash_table: None,
-            sev: None,
-            tdx: None,
         };
 
         // Walk the whole table once: sizes and duplicates.
@@ -735,30 +727,6 @@ impl<'a> Firmware<'a> {
             }
         }
 
-        if let Some(e) = fw.entry(&SEV_ES_RESET_BLOCK_GUID) {
-            let addr = entry_u32(&e, 0, Structure::SevEsResetBlock)?;
-            if addr == 0 {
-                return Err(err(
-                    Structure::SevEsResetBlock,
-                    e.offset,
-                    OvmfErrorKind::ZeroResetAddress,
-                ));
-            }
-            fw.sev_es_reset = Some(addr);
-        }
-        if let Some(e) = fw.entry(&SEV_HASH_TABLE_GUID) {
-            let base = entry_u32(&e, 0, Structure::SevHashTable)?;
-            let size = entry_u32(&e, 4, Structure::SevHashTable)?;
-            if base != 0 {
-                fw.hash_table = Some(HashTableArea { base, size });
-            }
-        }
-        if let Some(e) = fw.entry(&SEV_METADATA_GUID) {
-            fw.sev = Some(parse_sev_metadata(bytes, &e)?);
-        }
-        if let Some(e) = fw.entry(&TDX_METADATA_GUID) {
-            fw.tdx = Some(parse_tdx_metadata(bytes, &e)?);
-        }
         Ok(fw)
     }
 
@@ -801,23 +769,60 @@ impl<'a> Firmware<'a> {
     }
 
     /// The SEV-ES AP reset address (the SEV-ES reset block), if the image has one.
-    pub fn sev_es_reset_addr(&self) -> Option<u32> {
-        self.sev_es_reset
+    ///
+    /// # Errors
+    /// The entry is shorter than 4 bytes, or the address is 0 (QEMU refuses it).
+    pub fn sev_es_reset_addr(&self) -> Result<Option<u32>, OvmfError> {
+        let Some(e) = self.entry(&SEV_ES_RESET_BLOCK_GUID) else {
+            return Ok(None);
+        };
+        let addr = entry_u32(&e, 0, Structure::SevEsResetBlock)?;
+        if addr == 0 {
+            return Err(err(
+                Structure::SevEsResetBlock,
+                e.offset,
+                OvmfErrorKind::ZeroResetAddress,
+            ));
+        }
+        Ok(Some(addr))
     }
 
-    /// The kernel-hashes table area, if the image has one with a non-zero base.
-    pub fn sev_hash_table(&self) -> Option<HashTableArea> {
-        self.hash_table
+    /// The kernel-hashes table area, if the image has one with a non-zero base (OVMF builds
+    /// without one carry the entry with base 0).
+    ///
+    /// # Errors
+    /// The entry is shorter than 8 bytes.
+    pub fn sev_hash_table(&self) -> Result<Option<HashTableArea>, OvmfError> {
+        let Some(e) = self.entry(&SEV_HASH_TABLE_GUID) else {
+            return Ok(None);
+        };
+        let base = entry_u32(&e, 0, Structure::SevHashTable)?;
+        let size = entry_u32(&e, 4, Structure::SevHashTable)?;
+        Ok((base != 0).then_some(HashTableArea { base, size }))
     }
 
-    /// The SEV metadata, if present.
-    pub fn sev_metadata(&self) -> Option<SevMetadata<'a>> {
-        self.sev
+    /// The SEV metadata, if present, validated.
+    ///
+    /// Metadata is validated on demand, per platform, as QEMU does: the 4 KiB test images
+    /// of sev-snp-measure, for one, carry TDX metadata that points outside them, which only
+    /// matters for a TDX launch.
+    ///
+    /// # Errors
+    /// [`OvmfError`] at the faulty field.
+    pub fn sev_metadata(&self) -> Result<Option<SevMetadata<'a>>, OvmfError> {
+        self.entry(&SEV_METADATA_GUID)
+            .map(|e| parse_sev_metadata(self.bytes, &e))
+            .transpose()
     }
 
-    /// The TDX metadata, if present.
-    pub fn tdx_metadata(&self) -> Option<TdxMetadata<'a>> {
-        self.tdx
+    /// The TDX metadata, if present, validated (see [`Firmware::sev_metadata`]).
+    ///
+    /// # Errors
+    /// [`OvmfError`] at the faulty field.
+    pub fn tdx_metadata(&self) -> Result<Option<TdxMetadata<'a>>, OvmfError> {
+        self.entry(&TDX_METADATA_GUID)
+            .map(|e| parse_tdx_metadata(self.bytes, &e))
+            .transpose()
     }
 }
 
@@ -1181,6 +1186,16 @@ mod tests {
     use std::format;
     use std::vec::Vec;
 
+    /// Parses and interprets every entry this module knows.
+    fn full(img: &[u8]) -> Result<(), OvmfError> {
+        let fw = Firmware::parse(img)?;
+        fw.sev_es_reset_addr()?;
+        fw.sev_hash_table()?;
+        fw.sev_metadata()?;
+        fw.tdx_metadata()?;
+        Ok(())
+    }
+
     #[test]
     fn guid_text_and_bytes() {
         assert_eq!(
@@ -1207,15 +1222,15 @@ mod tests {
         assert_eq!(detect(&img), InputKind::Firmware);
         let fw = Firmware::parse(&img).unwrap();
         assert_eq!(fw.base_gpa(), 0xffff_0000);
-        assert_eq!(fw.sev_es_reset_addr(), Some(0x80_b004));
+        assert_eq!(fw.sev_es_reset_addr(), Ok(Some(0x80_b004)));
         assert_eq!(
             fw.sev_hash_table(),
-            Some(HashTableArea {
+            Ok(Some(HashTableArea {
                 base: 0x81_0c00,
                 size: 0x400
-            })
+            }))
         );
-        let sev = fw.sev_metadata().unwrap();
+        let sev = fw.sev_metadata().unwrap().unwrap();
         assert_eq!(sev.len(), 6);
         let kinds: Vec<_> = sev.sections().map(|s| s.kind).collect();
         assert_eq!(
@@ -1229,7 +1244,7 @@ mod tests {
                 SevSectionKind::SnpSecMem
             ]
         );
-        let tdx = fw.tdx_metadata().unwrap();
+        let tdx = fw.tdx_metadata().unwrap().unwrap();
         let secs: Vec<_> = tdx.sections().collect();
         assert_eq!(secs.len(), 4);
         assert_eq!(secs[0].kind, TdvfSectionKind::Bfv);
@@ -1261,9 +1276,9 @@ mod tests {
         let img = Builder::new(4096).build();
         let fw = Firmware::parse(&img).unwrap();
         assert_eq!(fw.table_entries().count(), 0);
-        assert!(fw.sev_metadata().is_none());
-        assert!(fw.tdx_metadata().is_none());
-        assert!(fw.sev_es_reset_addr().is_none());
+        assert_eq!(fw.sev_metadata(), Ok(None));
+        assert_eq!(fw.tdx_metadata(), Ok(None));
+        assert_eq!(fw.sev_es_reset_addr(), Ok(None));
     }
 
     #[test]
@@ -1297,7 +1312,7 @@ mod tests {
         let trailer = 4096 - 0x20 - 18 - 18;
         img[trailer..trailer + 2].copy_from_slice(&5u16.to_le_bytes());
         assert!(matches!(
-            Firmware::parse(&img).unwrap_err().kind,
+            full(&img).unwrap_err().kind,
             OvmfErrorKind::BadEntrySize { size: 5, .. }
         ));
         // duplicate
@@ -1306,7 +1321,7 @@ mod tests {
             .entry(SEV_ES_RESET_BLOCK_GUID, &1u32.to_le_bytes())
             .build();
         assert!(matches!(
-            Firmware::parse(&img).unwrap_err().kind,
+            full(&img).unwrap_err().kind,
             OvmfErrorKind::DuplicateEntry { .. }
         ));
         // short reset block
@@ -1314,7 +1329,7 @@ mod tests {
             .entry(SEV_ES_RESET_BLOCK_GUID, &[1, 2])
             .build();
         assert!(matches!(
-            Firmware::parse(&img).unwrap_err().kind,
+            full(&img).unwrap_err().kind,
             OvmfErrorKind::EntryTooShort {
                 len: 2,
                 need: 4,
@@ -1326,14 +1341,14 @@ mod tests {
             .entry(SEV_ES_RESET_BLOCK_GUID, &0u32.to_le_bytes())
             .build();
         assert_eq!(
-            Firmware::parse(&img).unwrap_err().kind,
+            full(&img).unwrap_err().kind,
             OvmfErrorKind::ZeroResetAddress
         );
         // hash table with base 0 = none
         let img = Builder::new(4096)
             .entry(SEV_HASH_TABLE_GUID, &[0u8; 8])
             .build();
-        assert_eq!(Firmware::parse(&img).unwrap().sev_hash_table(), None);
+        assert_eq!(Firmware::parse(&img).unwrap().sev_hash_table(), Ok(None));
     }
 
     fn with_asev(blob: &[u8], off: usize) -> Vec<u8> {
@@ -1349,7 +1364,7 @@ mod tests {
             .entry(SEV_METADATA_GUID, &0x5000u32.to_le_bytes())
             .build();
         assert!(matches!(
-            Firmware::parse(&img).unwrap_err().kind,
+            full(&img).unwrap_err().kind,
             OvmfErrorKind::OutOfImage {
                 offset_from_end: 0x5000
             }
@@ -1359,34 +1374,34 @@ mod tests {
             .entry(SEV_METADATA_GUID, &8u32.to_le_bytes())
             .build();
         assert!(matches!(
-            Firmware::parse(&img).unwrap_err().kind,
+            full(&img).unwrap_err().kind,
             OvmfErrorKind::OutOfImage { .. }
         ));
         let mut good = asev(&[(0x1000, 0x1000, 1)]);
-        assert!(Firmware::parse(&with_asev(&good, 0x1000)).is_ok());
+        assert!(full(&with_asev(&good, 0x1000)).is_ok());
         // signature
         good[0] = b'X';
         assert!(matches!(
-            Firmware::parse(&with_asev(&good, 0x1000)).unwrap_err().kind,
+            full(&with_asev(&good, 0x1000)).unwrap_err().kind,
             OvmfErrorKind::BadSignature { .. }
         ));
         good[0] = b'A';
         // version
         good[8] = 2;
         assert_eq!(
-            Firmware::parse(&with_asev(&good, 0x1000)).unwrap_err().kind,
+            full(&with_asev(&good, 0x1000)).unwrap_err().kind,
             OvmfErrorKind::BadVersion { version: 2 }
         );
         good[8] = 1;
         // count too big for the length
         good[12] = 9;
         assert!(matches!(
-            Firmware::parse(&with_asev(&good, 0x1000)).unwrap_err().kind,
+            full(&with_asev(&good, 0x1000)).unwrap_err().kind,
             OvmfErrorKind::BadLength { count: 9, .. }
         ));
         good[12] = 0xff;
         good[15] = 0xff;
-        assert!(Firmware::parse(&with_asev(&good, 0x1000)).is_err());
+        assert!(full(&with_asev(&good, 0x1000)).is_err());
         // misaligned / empty / past 4 GiB
         for (gpa, size) in [
             (0x1001, 0x1000),
@@ -1396,14 +1411,14 @@ mod tests {
         ] {
             let bad = asev(&[(gpa, size, 1)]);
             assert!(matches!(
-                Firmware::parse(&with_asev(&bad, 0x1000)).unwrap_err().kind,
+                full(&with_asev(&bad, 0x1000)).unwrap_err().kind,
                 OvmfErrorKind::BadRange { section: 0, .. }
             ));
         }
         // length running past the image end
         let mut long = asev(&[(0x1000, 0x1000, 1)]);
         long[4..8].copy_from_slice(&0x100u32.to_le_bytes());
-        assert!(Firmware::parse(&with_asev(&long, 0x40)).is_err());
+        assert!(full(&with_asev(&long, 0x40)).is_err());
     }
 
     fn with_tdvf(blob: &[u8]) -> Vec<u8> {
@@ -1416,9 +1431,9 @@ mod tests {
     fn rejects_bad_tdx_metadata() {
         let bfv = (0u32, 0x1000u32, 0xffff_c000u64, 0x1000u64, 0u32, 1u32);
         let hob = (0, 0, 0x80_0000, 0x1000, 2, 0);
-        assert!(Firmware::parse(&with_tdvf(&tdvf(&[bfv, hob]))).is_ok());
+        assert!(full(&with_tdvf(&tdvf(&[bfv, hob]))).is_ok());
         assert_eq!(
-            Firmware::parse(&with_tdvf(&tdvf(&[bfv]))).unwrap_err().kind,
+            full(&with_tdvf(&tdvf(&[bfv]))).unwrap_err().kind,
             OvmfErrorKind::TooFewSections { count: 1 }
         );
         let cases: [(TdvfRow, OvmfErrorKind); 9] = [
@@ -1486,7 +1501,7 @@ mod tests {
             ),
         ];
         for (sec, kind) in cases {
-            let e = Firmware::parse(&with_tdvf(&tdvf(&[sec, hob]))).unwrap_err();
+            let e = full(&with_tdvf(&tdvf(&[sec, hob]))).unwrap_err();
             assert_eq!(e.kind, kind, "{sec:x?}");
             assert_eq!(e.at, Structure::TdxMetadata);
         }
@@ -1494,12 +1509,12 @@ mod tests {
         let mut t = tdvf(&[bfv, hob]);
         t[4] = t[4].wrapping_add(1);
         assert!(matches!(
-            Firmware::parse(&with_tdvf(&t)).unwrap_err().kind,
+            full(&with_tdvf(&t)).unwrap_err().kind,
             OvmfErrorKind::BadLength { .. }
         ));
         // PermMem with PAGE_AUG is fine
         let perm = (0, 0, 0x100_0000, 0x1000, 4, 2);
-        assert!(Firmware::parse(&with_tdvf(&tdvf(&[bfv, hob, perm]))).is_ok());
+        assert!(full(&with_tdvf(&tdvf(&[bfv, hob, perm]))).is_ok());
     }
 
     #[test]
@@ -1523,8 +1538,10 @@ mod tests {
                 let mut m = img.clone();
                 m[i] = v;
                 let _ = Firmware::parse(&m).map(|fw| {
-                    let _ = fw.sev_metadata().map(|s| s.sections().count());
-                    let _ = fw.tdx_metadata().map(|s| s.sections().count());
+                    let _ = fw.sev_es_reset_addr();
+                    let _ = fw.sev_hash_table();
+                    let _ = fw.sev_metadata().map(|s| s.map(|s| s.sections().count()));
+                    let _ = fw.tdx_metadata().map(|s| s.map(|s| s.sections().count()));
                     fw.table_entries().count()
                 });
             }

@@ -425,9 +425,9 @@ fn push_pages(plan: &mut LaunchPlan<'_>, gpa: u64, size: u64, kind: PageKind, da
 }
 
 fn plan_snp(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
-    let meta = fw.sev_metadata().ok_or(FirmwarePlanError::NoSevMetadata)?;
+    let meta = fw.sev_metadata()?.ok_or(FirmwarePlanError::NoSevMetadata)?;
     let ap_reset = fw
-        .sev_es_reset_addr()
+        .sev_es_reset_addr()?
         .ok_or(FirmwarePlanError::NoResetBlock)?;
     let mem = plan.config.mem_bytes;
     let mut ranges: Vec<(u32, u64, u64)> = Vec::with_capacity(meta.len());
@@ -448,7 +448,7 @@ fn plan_snp(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
     let hashes_page = match plan.config.kernel_hashes {
         None => None,
         Some(h) => {
-            let area = fw.sev_hash_table().ok_or(FirmwarePlanError::NoHashTable)?;
+            let area = fw.sev_hash_table()?.ok_or(FirmwarePlanError::NoHashTable)?;
             let section = meta
                 .sections()
                 .find(|s| s.kind == SevSectionKind::SnpKernelHashes)
@@ -523,7 +523,7 @@ fn plan_sev(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
     let es = plan.config.platform == Platform::SevEs;
     let ap_reset = if es {
         Some(
-            fw.sev_es_reset_addr()
+            fw.sev_es_reset_addr()?
                 .ok_or(FirmwarePlanError::NoResetBlock)?,
         )
     } else {
@@ -534,7 +534,7 @@ fn plan_sev(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
     let table = match plan.config.kernel_hashes {
         None => None,
         Some(h) => {
-            let area = fw.sev_hash_table().ok_or(FirmwarePlanError::NoHashTable)?;
+            let area = fw.sev_hash_table()?.ok_or(FirmwarePlanError::NoHashTable)?;
             let start = u64::from(area.base) & (PAGE_SIZE - 1);
             let page_gpa = u64::from(area.base) - start;
             if (area.size as usize) < PADDED_HASH_TABLE_LEN
@@ -577,7 +577,7 @@ fn plan_sev(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
 }
 
 fn plan_tdx(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
-    let meta = fw.tdx_metadata().ok_or(FirmwarePlanError::NoTdxMetadata)?;
+    let meta = fw.tdx_metadata()?.ok_or(FirmwarePlanError::NoTdxMetadata)?;
     let mem = plan.config.mem_bytes;
     let flash = (fw.base_gpa(), fw.len());
     let mut ranges: Vec<(u32, u64, u64)> = Vec::with_capacity(meta.len());
