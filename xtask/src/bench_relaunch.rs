@@ -16,14 +16,15 @@
 //!   way from outside too.
 //! - Cold start: process spawn → first guest serial byte on the VMM's stdout.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kvm_ioctls::Kvm;
 
-use crate::bench::{self, floor, guest, ms, qemu, Summary};
+use crate::bench::{self, floor, guest, ms, qemu, Reaped, Summary};
 
 const USAGE: &str = "usage: cargo xtask bench relaunch [--cycles N (>= 200)] [--mem-mib N] \
                      [--cold-runs N (>= 20)] [--qemu-seconds S]";
@@ -103,8 +104,10 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
 #[derive(Default)]
 struct Results {
     relaunch: Option<Summary>,
+    relaunch_spin: Option<Summary>,
     prestage: Option<Summary>,
-    relaunch_cycle: Option<Summary>,
+    prestage_at_once: Option<Summary>,
+    relaunch_cycle: Option<(Summary, f64)>,
     floor: Option<Summary>,
     qemu: Vec<(String, Summary, f64)>,
     cold_relaunch: Option<Summary>,
@@ -118,7 +121,6 @@ fn run(o: Opts) -> anyhow::Result<()> {
     println!("host: {}", bench::host_description());
     let dir = bench::work_dir()?;
     let page = guest::page(guest::Ending::ResetCf9);
-    let igvm = bench::write_file(&dir, "tiny-reset.igvm", &guest::igvm(&page)?)?;
     let bios = bench::write_file(&dir, "tiny-reset.bios", &guest::bios_image(&page))?;
     println!(
         "guest: 4 KiB real-mode page at {:#x} (out 0x80; out 0x3f8 'R'; out 0xcf9 6), {} MiB RAM",
@@ -133,7 +135,11 @@ fn run(o: Opts) -> anyhow::Result<()> {
 
     // (a) + relaunch cold start.
     match bench::build_relaunch_static() {
-        Ok(bin) => relaunch_part(&o, &bin, &igvm, &mut r),
+        Ok(bin) => {
+            if let Err(e) = relaunch_part(&o, &bin, &dir, &mut r) {
+                println!("relaunch: {e:#}");
+            }
+        }
         Err(e) => println!("relaunch: cannot build the binary: {e:#}"),
     }
 
@@ -182,10 +188,269 @@ fn floor_part(o: &Opts, page: &[u8; guest::PAGE_SIZE]) -> anyhow::Result<Option<
     Ok(crit)
 }
 
-fn relaunch_part(o: &Opts, bin: &Path, igvm: &Path, r: &mut Results) {
+/// Guest loop iterations before the reset for the prestage runs: long enough (≈ 9 ms here,
+/// see `guest::Ending::SpinThenReset`) for the next VM to be built while the guest runs.
+const SPIN: u32 = 20_000;
+
+/// Launches skipped at the start of every relaunch run (first-use costs).
+const WARMUP: usize = 5;
+
+/// One `relaunch run` configuration of part (a).
+struct Variant {
+    name: &'static str,
+    guest: &'static str,
+    prestage: bool,
+}
+
+fn relaunch_command(bin: &Path, igvm: &Path, mem_mib: u64, extra: &[String]) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("run")
+        .arg(igvm)
+        .args(["--mem", &format!("{mem_mib}M"), "--quiet"])
+        .args(extra);
+    c
+}
+
+fn command_text(c: &Command) -> String {
+    std::iter::once(c.get_program().to_string_lossy().into_owned())
+        .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Per-launch timings from the VMM's `exit` event lines, by field name, in microseconds
+/// (`*_ns` fields are converted), in launch order.
+fn event_timings(text: &str) -> BTreeMap<String, Vec<Duration>> {
+    let mut out: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v.get("event").and_then(|e| e.as_str()) != Some("exit") {
+            continue;
+        }
+        let Some(t) = v.get("timings").and_then(|t| t.as_object()) else {
+            continue;
+        };
+        for (k, val) in t {
+            let Some(n) = val.as_u64() else { continue };
+            let (name, d) = if let Some(base) = k.strip_suffix("_ns") {
+                (base, Duration::from_nanos(n))
+            } else if let Some(base) = k.strip_suffix("_us") {
+                (base, Duration::from_micros(n))
+            } else {
+                continue;
+            };
+            out.entry(name.to_string()).or_default().push(d);
+        }
+    }
+    out
+}
+
+/// Runs `relaunch` for `cycles` relaunches with `--events`, checks it stopped at the reboot
+/// limit, and returns the per-launch timings (warm-up launches dropped).
+fn relaunch_events(
+    bin: &Path,
+    igvm: &Path,
+    o: &Opts,
+    prestage: bool,
+    events: &Path,
+) -> anyhow::Result<BTreeMap<String, Vec<Duration>>> {
+    let _ = std::fs::remove_file(events);
+    let reboots = o.cycles + WARMUP;
+    let mut extra = vec![
+        "--max-reboots".to_string(),
+        reboots.to_string(),
+        "--events".to_string(),
+        events.display().to_string(),
+    ];
+    if prestage {
+        extra.push("--prestage".into());
+    }
+    let mut cmd = relaunch_command(bin, igvm, o.mem_mib, &extra);
+    println!("command: {}", command_text(&cmd));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = Reaped::spawn(&mut cmd)?;
+    let mut stderr = child.0.stderr.take().context("no stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    // Bounded: at most 10 ms per launch plus a minute, then the child is killed.
+    let limit = Duration::from_millis(10 * reboots as u64) + Duration::from_secs(60);
+    let status = wait_bounded(&mut child, limit);
+    drop(child);
+    let err = err_reader.join().unwrap_or_default();
+    let Some(status) = status else {
+        bail!(
+            "relaunch did not finish within {limit:?}; stderr: {}",
+            tail(&err)
+        );
+    };
+    // Reboot contract: exit code 4 = the guest asked for a reset after --max-reboots.
+    if status.code() != Some(4) {
+        bail!(
+            "relaunch exited with {status} (expected 4 = reboot limit); stderr: {}",
+            tail(&err)
+        );
+    }
+    let text =
+        std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let mut t = event_timings(&text);
+    for v in t.values_mut() {
+        let skip = WARMUP.min(v.len());
+        v.drain(..skip);
+    }
+    Ok(t)
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// Waits for `child` up to `limit`; `None` (child killed) on timeout.
+fn wait_bounded(child: &mut Reaped, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.0.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.0.kill();
+                let _ = child.0.wait();
+                return None;
+            }
+        }
+    }
+}
+
+fn relaunch_part(o: &Opts, bin: &Path, dir: &Path, r: &mut Results) -> anyhow::Result<()> {
     println!("\n-- (a) relaunch: {} --", bin.display());
-    let _ = (o, igvm, r);
-    println!("relaunch: not measured yet");
+    let reset = bench::write_file(
+        dir,
+        "tiny-reset.igvm",
+        &guest::igvm(&guest::page(guest::Ending::ResetCf9))?,
+    )?;
+    let spin = bench::write_file(
+        dir,
+        "tiny-spin-reset.igvm",
+        &guest::igvm(&guest::page(guest::Ending::SpinThenReset(SPIN)))?,
+    )?;
+    let variants = [
+        Variant {
+            name: "reset at once",
+            guest: "tiny-reset",
+            prestage: false,
+        },
+        Variant {
+            name: "reset at once, --prestage",
+            guest: "tiny-reset",
+            prestage: true,
+        },
+        Variant {
+            name: "spin ~9 ms, then reset",
+            guest: "tiny-spin-reset",
+            prestage: false,
+        },
+        Variant {
+            name: "spin ~9 ms, then reset, --prestage",
+            guest: "tiny-spin-reset",
+            prestage: true,
+        },
+    ];
+    for v in &variants {
+        let igvm = if v.guest == "tiny-reset" {
+            &reset
+        } else {
+            &spin
+        };
+        println!("\n[{}] {} relaunches (+{WARMUP} warm-up)", v.name, o.cycles);
+        let events = dir.join(format!(
+            "events-{}{}.jsonl",
+            v.guest,
+            if v.prestage { "-prestage" } else { "" }
+        ));
+        let t = match relaunch_events(bin, igvm, o, v.prestage, &events) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("relaunch [{}]: failed: {e:#}", v.name);
+                continue;
+            }
+        };
+        println!(
+            "{:<34} {:>10} {:>10} {:>6}",
+            "event timing (per launch)", "p50 ms", "p99 ms", "n"
+        );
+        for (k, samples) in &t {
+            if let Some(s) = Summary::of(samples) {
+                println!("{k:<34} {:>10} {:>10} {:>6}", ms(s.p50), ms(s.p99), s.n);
+            }
+        }
+        let lat = t.get("relaunch_latency").and_then(|v| Summary::of(v));
+        match lat {
+            Some(s) if s.n >= o.cycles.saturating_sub(WARMUP) => {}
+            Some(s) => println!("warning: only {} latency samples", s.n),
+            None => println!("relaunch [{}]: no relaunch_latency in the events", v.name),
+        }
+        match (v.guest, v.prestage) {
+            ("tiny-reset", false) => r.relaunch = lat,
+            ("tiny-spin-reset", true) => r.prestage = lat,
+            ("tiny-reset", true) => r.prestage_at_once = lat,
+            _ => r.relaunch_spin = lat,
+        }
+    }
+
+    // The full cycle from outside, counted like QEMU's in-place loop.
+    let window = Duration::from_millis(50);
+    let measure = Duration::from_secs(o.qemu_seconds);
+    let extra = ["--max-reboots".to_string(), "100000000".to_string()];
+    let mut cmd = relaunch_command(bin, &reset, o.mem_mib, &extra);
+    println!("\ncommand: {}", command_text(&cmd));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = Reaped::spawn(&mut cmd)?;
+    let rx = bench::stdout_arrivals(&mut child.0)?;
+    let res = bench::cycle_times(&rx, Duration::from_millis(500), measure, window);
+    drop(child);
+    match res {
+        Ok((per, total)) => {
+            let rate = total as f64 / measure.as_secs_f64();
+            if let Some(s) = Summary::of(&per) {
+                println!(
+                    "relaunch loop from outside: {total} relaunches in {:.1} s = {rate:.0}/s; per cycle over {} windows of {} ms: p50 {} ms, p99 {} ms",
+                    measure.as_secs_f64(), s.n, window.as_millis(), ms(s.p50), ms(s.p99)
+                );
+                r.relaunch_cycle = Some((s, rate));
+            }
+        }
+        Err(e) => println!("relaunch loop from outside: failed: {e:#}"),
+    }
+
+    // Cold start.
+    let extra = ["--max-reboots".to_string(), "0".to_string()];
+    let probe = relaunch_command(bin, &reset, o.mem_mib, &extra);
+    println!("\ncold start command: {}", command_text(&probe));
+    match bench::cold_starts(o.cold_runs, Duration::from_secs(10), || {
+        relaunch_command(bin, &reset, o.mem_mib, &extra)
+    }) {
+        Ok(v) => {
+            let s = Summary::of(&v).context("no cold-start samples")?;
+            println!(
+                "relaunch: cold start → first serial byte, {} runs: p50 {} ms, p99 {} ms",
+                s.n,
+                ms(s.p50),
+                ms(s.p99)
+            );
+            r.cold_relaunch = Some(s);
+        }
+        Err(e) => println!("relaunch: cold start failed: {e:#}"),
+    }
+    Ok(())
 }
 
 fn qemu_part(o: &Opts, bios: &Path, r: &mut Results) -> anyhow::Result<()> {
@@ -271,14 +536,27 @@ fn print_table(r: &Results) {
     );
     println!(
         "{:<52} {}",
-        "relaunch latency with --prestage",
+        "  same, guest spins ~9 ms before its reset",
+        show(r.relaunch_spin)
+    );
+    println!(
+        "{:<52} {}",
+        "relaunch latency, --prestage (guest spins ~9 ms)",
         show(r.prestage)
     );
     println!(
         "{:<52} {}",
-        "relaunch full cycle, from outside (serial windows)",
-        show(r.relaunch_cycle)
+        "  same, guest resets at once (VM not ready yet)",
+        show(r.prestage_at_once)
     );
+    match r.relaunch_cycle {
+        Some((s, rate)) => println!(
+            "{:<52} {} ({rate:.0} relaunches/s)",
+            "relaunch full cycle, from outside",
+            show(Some(s))
+        ),
+        None => println!("{:<52} {na}", "relaunch full cycle, from outside"),
+    }
     println!("{:<52} {}", "raw floor critical path", show(r.floor));
     for (m, s, rate) in &r.qemu {
         println!(
