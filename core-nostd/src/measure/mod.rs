@@ -1,1 +1,967 @@
 //! Launch measurements, folded over a launch plan's op stream.
+//!
+//! - [`snp`]: the SEV-SNP PAGE_INFO chain (SHA-384), page types, streaming [`snp::SnpDigest`].
+//! - [`sev`]: the SEV / SEV-ES launch digest (SHA-256) and `LAUNCH_MEASURE` (HMAC).
+//! - [`tdx`]: the TDX MRTD (SHA-384 over MEM.PAGE.ADD / MR.EXTEND records).
+//! - [`expected`] / [`expected_with`] (feature `alloc`): the measurement of a whole
+//!   [`LaunchPlan`], and [`PageDigests`], the per-bundle cache of page hashes.
+//!
+//! Every choice (which page kinds each platform measures, how VMSAs are built, SEV-ES INIT2
+//! vs legacy, ...) is written down with its source in `docs/measurement.md`.
+
+pub mod sev;
+pub mod snp;
+pub mod tdx;
+
+#[cfg(feature = "alloc")]
+use alloc::vec::Vec;
+
+#[cfg(feature = "alloc")]
+use crate::arch::vmsa::{kvm_measured_vmsa, KVM_VMSA_GPA};
+#[cfg(feature = "alloc")]
+use crate::plan::{LaunchOp, LaunchPlan, PageData};
+use crate::plan::{PageKind, Platform};
+
+/// A launch measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Measurement {
+    /// Native launches are not measured.
+    None,
+    /// SEV launch digest (SHA-256; `LAUNCH_MEASURE` HMACs it, see [`sev::launch_measure`]).
+    Sev([u8; 32]),
+    /// SEV-ES launch digest (SHA-256, VMSAs included).
+    SevEs([u8; 32]),
+    /// SEV-SNP launch digest (the report's MEASUREMENT).
+    Snp([u8; 48]),
+    /// TDX MRTD.
+    Tdx([u8; 48]),
+}
+
+impl Measurement {
+    /// The digest bytes (empty for [`Measurement::None`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Measurement::None => &[],
+            Measurement::Sev(d) | Measurement::SevEs(d) => d,
+            Measurement::Snp(d) | Measurement::Tdx(d) => d,
+        }
+    }
+}
+
+/// Lowercase hex of the digest; `none` for [`Measurement::None`].
+impl core::fmt::Display for Measurement {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if let Measurement::None = self {
+            return f.write_str("none");
+        }
+        for b in self.as_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an SNP ID block's launch digest equals the measurement (the firmware refuses
+/// `SNP_LAUNCH_FINISH` with BAD_MEASUREMENT otherwise). Always `false` for non-SNP
+/// measurements.
+pub fn id_block_matches(id_block_ld: &[u8; 48], m: &Measurement) -> bool {
+    matches!(m, Measurement::Snp(ld) if ld == id_block_ld)
+}
+
+/// Choices that are not part of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeasureOptions {
+    /// SEV-ES only: the VM is created with `KVM_SEV_INIT2` (VM type 3), so KVM fills the
+    /// VMSA's FPU block (fcw 0x37F, mxcsr 0x1F80) and SEV_FEATURES = `vmsa_features`;
+    /// `false` = legacy `KVM_SEV_ES_INIT` (FPU block and SEV_FEATURES 0), which is what
+    /// QEMU's `sev-guest` does by default (`legacy-vm-type=auto`).
+    ///
+    /// Default `true`: it is what relaunch's SEV-ES backend does and what sev-snp-measure's
+    /// SEV-ES vectors assume ([`crate::arch::vmsa::kvm_measured_vmsa`]).
+    pub sev_es_init2: bool,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions { sev_es_init2: true }
+    }
+}
+
+/// Why a plan cannot be measured. `op` is the index into `LaunchPlan::ops`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MeasureError {
+    /// An op before `CreateVm`, or no `CreateVm` at all (`op` = number of ops).
+    MissingCreateVm {
+        /// Op index.
+        op: usize,
+    },
+    /// A second `CreateVm`.
+    DuplicateCreateVm {
+        /// Op index.
+        op: usize,
+    },
+    /// An op after `Finalize`.
+    OpAfterFinalize {
+        /// Op index.
+        op: usize,
+    },
+    /// The plan never finalizes: nothing is measured yet.
+    MissingFinalize,
+    /// `SetVpContext` for a vCPU that is not created.
+    VpOutOfRange {
+        /// Op index.
+        op: usize,
+        /// vCPU index.
+        vp: u32,
+        /// vCPUs created.
+        vcpus: u32,
+    },
+    /// `SetVpContext` naming a register set the plan does not have.
+    ContextOutOfRange {
+        /// Op index.
+        op: usize,
+        /// Index into `LaunchPlan::vp_contexts`.
+        ctx: u32,
+    },
+    /// A vCPU without `SetVpContext` on a platform that measures vCPU state (SEV-ES, SNP).
+    MissingVpContext {
+        /// vCPU index.
+        vp: u32,
+    },
+    /// An import's data lies outside the bundle or the generated pages, or is longer than a
+    /// page.
+    PageDataOutOfRange {
+        /// Op index.
+        op: usize,
+    },
+    /// A page kind the platform has no firmware operation for (Secrets and CPUID pages
+    /// exist only on SNP).
+    KindNotOnPlatform {
+        /// Op index.
+        op: usize,
+        /// The kind.
+        kind: PageKind,
+        /// The platform.
+        platform: Platform,
+    },
+    /// The [`PageDigests`] were not computed for this plan.
+    DigestsMismatch {
+        /// First op index whose digest is missing (or the number of ops).
+        op: usize,
+    },
+}
+
+impl core::fmt::Display for MeasureError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            MeasureError::MissingCreateVm { op } => {
+                write!(f, "op {op}: the plan does not start with CreateVm")
+            }
+            MeasureError::DuplicateCreateVm { op } => write!(f, "op {op}: a second CreateVm"),
+            MeasureError::OpAfterFinalize { op } => write!(f, "op {op}: after Finalize"),
+            MeasureError::MissingFinalize => f.write_str("the plan has no Finalize"),
+            MeasureError::VpOutOfRange { op, vp, vcpus } => write!(
+                f,
+                "op {op}: SetVpContext for vCPU {vp}, but only {vcpus} vCPUs are created"
+            ),
+            MeasureError::ContextOutOfRange { op, ctx } => {
+                write!(
+                    f,
+                    "op {op}: SetVpContext names register set {ctx}, which does not exist"
+                )
+            }
+            MeasureError::MissingVpContext { vp } => write!(
+                f,
+                "vCPU {vp} has no SetVpContext; its VMSA would be measured from unknown state"
+            ),
+            MeasureError::PageDataOutOfRange { op } => {
+                write!(f, "op {op}: page data out of range")
+            }
+            MeasureError::KindNotOnPlatform { op, kind, platform } => {
+                write!(f, "op {op}: {kind:?} pages do not exist on {platform}")
+            }
+            MeasureError::DigestsMismatch { op } => write!(
+                f,
+                "op {op}: the precomputed page digests do not belong to this plan"
+            ),
+        }
+    }
+}
+
+/// Sentinel in [`PageDigests`] / [`DigestJobs`]: this op needs no contents digest.
+#[cfg(feature = "alloc")]
+const NO_JOB: u32 = u32::MAX;
+
+/// The pages whose SHA-384 an SNP measurement needs, deduplicated by data source (a bundle
+/// often imports one blob, e.g. a page of zeros, many times: it is hashed once).
+///
+/// The hosted shell splits [`DigestJobs::pages`] across threads, hashes each chunk with
+/// [`hash_pages`], concatenates the results in order and calls [`DigestJobs::finish`];
+/// [`PageDigests::compute`] is the single-threaded version. The result is kept with the
+/// cached plan: a relaunch re-measures nothing.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DigestJobs {
+    /// Distinct page sources to hash, in first-use order.
+    pub pages: Vec<PageData>,
+    op_job: Vec<u32>,
+}
+
+#[cfg(feature = "alloc")]
+impl DigestJobs {
+    /// Number of pages to hash.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether there is nothing to hash.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Pairs the jobs with their digests (`digests[i]` = SHA-384 of `pages[i]`).
+    ///
+    /// # Errors
+    /// [`MeasureError::DigestsMismatch`] if the counts differ.
+    pub fn finish(self, digests: Vec<[u8; 48]>) -> Result<PageDigests, MeasureError> {
+        if digests.len() != self.pages.len() {
+            return Err(MeasureError::DigestsMismatch {
+                op: self.op_job.len(),
+            });
+        }
+        Ok(PageDigests {
+            op_job: self.op_job,
+            digests,
+        })
+    }
+}
+
+/// Hashes `pages[i]` of `plan` into `out[i]` ([`snp::contents_digest`]); pairs beyond the
+/// shorter slice are left alone. Safe to run on several threads over disjoint chunks.
+#[cfg(feature = "alloc")]
+pub fn hash_pages(plan: &LaunchPlan<'_>, pages: &[PageData], out: &mut [[u8; 48]]) {
+    for (d, o) in pages.iter().zip(out.iter_mut()) {
+        *o = snp::contents_digest(plan.page_bytes(d));
+    }
+}
+
+/// The contents digests an SNP measurement of `plan` needs: one job per distinct data
+/// source of a `Normal` import. Empty for other platforms (SEV and TDX hash raw page bytes
+/// into one stream, which cannot be split).
+#[cfg(feature = "alloc")]
+pub fn page_digest_jobs(plan: &LaunchPlan<'_>) -> DigestJobs {
+    use alloc::collections::BTreeMap;
+    let snp = plan.config.platform == Platform::Snp;
+    let mut seen: BTreeMap<(u8, u32, u32), u32> = BTreeMap::new();
+    let mut pages = Vec::new();
+    let mut op_job = Vec::with_capacity(plan.ops.len());
+    for op in &plan.ops {
+        let job = match op {
+            LaunchOp::ImportPage {
+                kind: PageKind::Normal,
+                data,
+                ..
+            } if snp => {
+                let key = match *data {
+                    PageData::Zeros => (0, 0, 0),
+                    PageData::File { offset, len } => (1, offset, len),
+                    PageData::Generated { index } => (2, index, 0),
+                };
+                let next = u32::try_from(pages.len()).unwrap_or(NO_JOB);
+                let j = *seen.entry(key).or_insert(next);
+                if j == next {
+                    pages.push(*data);
+                }
+                j
+            }
+            _ => NO_JOB,
+        };
+        op_job.push(job);
+    }
+    DigestJobs { pages, op_job }
+}
+
+/// Precomputed SHA-384 page contents for one plan (see [`DigestJobs`]).
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageDigests {
+    op_job: Vec<u32>,
+    digests: Vec<[u8; 48]>,
+}
+
+#[cfg(feature = "alloc")]
+impl PageDigests {
+    /// Hashes every page `plan` needs, on this thread.
+    pub fn compute(plan: &LaunchPlan<'_>) -> Self {
+        let jobs = page_digest_jobs(plan);
+        let mut digests = alloc::vec![[0u8; 48]; jobs.len()];
+        hash_pages(plan, &jobs.pages, &mut digests);
+        PageDigests {
+            op_job: jobs.op_job,
+            digests,
+        }
+    }
+
+    /// The contents digest for op `op`, if it has one.
+    pub fn for_op(&self, op: usize) -> Option<&[u8; 48]> {
+        let j = *self.op_job.get(op)?;
+        self.digests.get(usize::try_from(j).ok()?)
+    }
+
+    /// Number of distinct pages hashed.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Whether no page was hashed.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
+/// The bytes an import's data refers to, checked.
+#[cfg(feature = "alloc")]
+pub(crate) fn page_data<'p>(
+    plan: &'p LaunchPlan<'_>,
+    data: &PageData,
+    op: usize,
+) -> Result<&'p [u8], MeasureError> {
+    let ok = match *data {
+        PageData::Zeros => true,
+        PageData::File { offset, len } => {
+            len as usize <= snp::PAGE_SIZE
+                && plan.page_bytes(data).len() == len as usize
+                && (offset as usize).checked_add(len as usize).is_some()
+        }
+        PageData::Generated { index } => (index as usize) < plan.generated.len(),
+    };
+    if ok {
+        Ok(plan.page_bytes(data))
+    } else {
+        Err(MeasureError::PageDataOutOfRange { op })
+    }
+}
+
+/// The running measurement of one platform (shared with `fwmodel`).
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug)]
+pub(crate) enum Acc {
+    Native,
+    Sev(sev::SevDigest),
+    SevEs(sev::SevDigest),
+    Snp(snp::SnpDigest),
+    Tdx(tdx::MrtdDigest),
+}
+
+#[cfg(feature = "alloc")]
+impl Acc {
+    pub(crate) fn new(platform: Platform) -> Self {
+        match platform {
+            Platform::Native => Acc::Native,
+            Platform::Sev => Acc::Sev(sev::SevDigest::new()),
+            Platform::SevEs => Acc::SevEs(sev::SevDigest::new()),
+            Platform::Snp => Acc::Snp(snp::SnpDigest::new()),
+            Platform::Tdx => Acc::Tdx(tdx::MrtdDigest::new()),
+        }
+    }
+
+    pub(crate) fn platform(&self) -> Platform {
+        match self {
+            Acc::Native => Platform::Native,
+            Acc::Sev(_) => Platform::Sev,
+            Acc::SevEs(_) => Platform::SevEs,
+            Acc::Snp(_) => Platform::Snp,
+            Acc::Tdx(_) => Platform::Tdx,
+        }
+    }
+
+    /// One imported page. `digest` is the precomputed SHA-384 of `bytes` (SNP Normal only).
+    pub(crate) fn import(
+        &mut self,
+        op: usize,
+        gpa: u64,
+        kind: PageKind,
+        bytes: &[u8],
+        digest: Option<&[u8; 48]>,
+    ) -> Result<(), MeasureError> {
+        let platform = self.platform();
+        let not_here = MeasureError::KindNotOnPlatform { op, kind, platform };
+        match self {
+            Acc::Native => {}
+            Acc::Snp(d) => match (snp::page_type(kind), digest) {
+                (None, _) => {}
+                (Some(t), Some(c)) => d.update(c, gpa, t),
+                (Some(t), None) => d.update_page(bytes, gpa, t),
+            },
+            // LAUNCH_UPDATE_DATA: Normal pages with their bytes, Zero pages as 4 KiB of
+            // zeros (QEMU issues IGVM zero pages as LAUNCH_UPDATE_DATA over zeros);
+            // Unmeasured and Shared pages are not given to the firmware.
+            Acc::Sev(d) | Acc::SevEs(d) => match kind {
+                PageKind::Normal => d.update_page(bytes),
+                PageKind::Zero => d.update_page(&[]),
+                PageKind::Unmeasured | PageKind::Shared => {}
+                PageKind::Secrets | PageKind::Cpuid => return Err(not_here),
+            },
+            // Normal: PAGE.ADD + 16 MR.EXTEND; Zero and Unmeasured: PAGE.ADD only (TDVF
+            // sections without the MR_EXTEND attribute); Shared: never added.
+            Acc::Tdx(d) => match kind {
+                PageKind::Normal => d.add_measured_page(gpa, bytes),
+                PageKind::Zero | PageKind::Unmeasured => d.page_add(gpa),
+                PageKind::Shared => {}
+                PageKind::Secrets | PageKind::Cpuid => return Err(not_here),
+            },
+        }
+        Ok(())
+    }
+
+    /// KVM's VMSA step (SEV-ES `LAUNCH_UPDATE_VMSA`, SNP inside `SNP_LAUNCH_FINISH`): one
+    /// VMSA per vCPU in creation order, built from its registers.
+    pub(crate) fn vmsas<'r>(
+        &mut self,
+        regs: impl Iterator<Item = &'r crate::arch::regs::VpRegs>,
+        vmsa_features: u64,
+        opts: MeasureOptions,
+    ) {
+        match self {
+            Acc::Snp(d) => {
+                for r in regs {
+                    let page = kvm_measured_vmsa(r, vmsa_features, Platform::Snp, true);
+                    d.update_page(&page, KVM_VMSA_GPA, snp::PAGE_TYPE_VMSA);
+                }
+            }
+            Acc::SevEs(d) => {
+                for r in regs {
+                    let page =
+                        kvm_measured_vmsa(r, vmsa_features, Platform::SevEs, opts.sev_es_init2);
+                    d.update(&page);
+                }
+            }
+            Acc::Native | Acc::Sev(_) | Acc::Tdx(_) => {}
+        }
+    }
+
+    /// Whether the platform measures vCPU state.
+    pub(crate) fn measures_vcpus(&self) -> bool {
+        matches!(self, Acc::Snp(_) | Acc::SevEs(_))
+    }
+
+    pub(crate) fn finish(self) -> Measurement {
+        match self {
+            Acc::Native => Measurement::None,
+            Acc::Sev(d) => Measurement::Sev(d.finish()),
+            Acc::SevEs(d) => Measurement::SevEs(d.finish()),
+            Acc::Snp(d) => Measurement::Snp(d.ld()),
+            Acc::Tdx(d) => Measurement::Tdx(d.finish()),
+        }
+    }
+}
+
+/// The measurement of `plan` with the default [`MeasureOptions`], hashing pages on this
+/// thread. See [`expected_with`].
+///
+/// # Errors
+/// See [`expected_with`].
+#[cfg(feature = "alloc")]
+pub fn expected(plan: &LaunchPlan<'_>) -> Result<Measurement, MeasureError> {
+    expected_with(plan, None, MeasureOptions::default())
+}
+
+/// The measurement the platform will report for `plan`: a fold over `plan.ops`.
+///
+/// - The plan must be `CreateVm`, then any `MapRam` / `ImportPage` / `SetVpContext`, then
+///   exactly one `Finalize`, which is last.
+/// - **SNP:** each `ImportPage` is one `SNP_LAUNCH_UPDATE` (Normal → NORMAL with the page's
+///   SHA-384, Zero → ZERO, Unmeasured → UNMEASURED, Secrets → SECRETS, Cpuid → CPUID;
+///   Shared is not given to the firmware); at `Finalize`, one VMSA per vCPU in vCPU order at
+///   0xFFFFFFFFF000, built by [`kvm_measured_vmsa`] from the vCPU's last `SetVpContext`
+///   and `CreateVm::vmsa_features`.
+/// - **SEV / SEV-ES:** SHA-256 over Normal pages' bytes and Zero pages as 4096 zeros, in op
+///   order; SEV-ES then appends every vCPU's VMSA (INIT2 or legacy per `opts`).
+/// - **TDX:** MRTD: Normal → PAGE.ADD + 16 MR.EXTEND; Zero, Unmeasured → PAGE.ADD only.
+/// - **Native:** [`Measurement::None`] (the plan is still checked).
+///
+/// `digests` (from [`PageDigests::compute`] or [`DigestJobs::finish`] for this plan) saves
+/// re-hashing SNP Normal pages.
+///
+/// # Errors
+/// [`MeasureError`] for a plan that is not a well-formed launch: ops before `CreateVm` or
+/// after `Finalize`, a missing `Finalize`, bad vCPU / context / page-data indices, a vCPU
+/// without `SetVpContext` on SEV-ES/SNP (the planner emits one per vCPU; we do not guess
+/// a reset state), Secrets/CPUID pages on SEV/TDX, digests of another plan.
+#[cfg(feature = "alloc")]
+pub fn expected_with(
+    plan: &LaunchPlan<'_>,
+    digests: Option<&PageDigests>,
+    opts: MeasureOptions,
+) -> Result<Measurement, MeasureError> {
+    if let Some(d) = digests {
+        if d.op_job.len() != plan.ops.len() {
+            return Err(MeasureError::DigestsMismatch {
+                op: d.op_job.len().min(plan.ops.len()),
+            });
+        }
+    }
+    let mut acc: Option<(Acc, u64)> = None;
+    let mut vps: Vec<Option<u32>> = Vec::new();
+    let mut result = None;
+    for (i, op) in plan.ops.iter().enumerate() {
+        if result.is_some() {
+            return Err(MeasureError::OpAfterFinalize { op: i });
+        }
+        if let LaunchOp::CreateVm {
+            platform,
+            vmsa_features,
+            vcpus,
+            ..
+        } = *op
+        {
+            if acc.is_some() {
+                return Err(MeasureError::DuplicateCreateVm { op: i });
+            }
+            acc = Some((Acc::new(platform), vmsa_features));
+            vps = alloc::vec![None; vcpus as usize];
+            continue;
+        }
+        let Some((a, features)) = acc.as_mut() else {
+            return Err(MeasureError::MissingCreateVm { op: i });
+        };
+        match *op {
+            LaunchOp::CreateVm { .. } | LaunchOp::MapRam { .. } => {}
+            LaunchOp::ImportPage { gpa, kind, data } => {
+                let bytes = page_data(plan, &data, i)?;
+                let digest = match digests {
+                    Some(d) if matches!(a, Acc::Snp(_)) && kind == PageKind::Normal => {
+                        Some(d.for_op(i).ok_or(MeasureError::DigestsMismatch { op: i })?)
+                    }
+                    _ => None,
+                };
+                a.import(i, gpa, kind, bytes, digest)?;
+            }
+            LaunchOp::SetVpContext { vp, ctx, .. } => {
+                if ctx as usize >= plan.vp_contexts.len() {
+                    return Err(MeasureError::ContextOutOfRange { op: i, ctx });
+                }
+                let vcpus = u32::try_from(vps.len()).unwrap_or(u32::MAX);
+                let slot = vps.get_mut(vp as usize).ok_or(MeasureError::VpOutOfRange {
+                    op: i,
+                    vp,
+                    vcpus,
+                })?;
+                *slot = Some(ctx);
+            }
+            LaunchOp::Finalize { .. } => {
+                let mut regs = Vec::with_capacity(vps.len());
+                if a.measures_vcpus() {
+                    for (vp, ctx) in vps.iter().enumerate() {
+                        let r = ctx.and_then(|c| plan.vp_contexts.get(c as usize)).ok_or(
+                            MeasureError::MissingVpContext {
+                                vp: u32::try_from(vp).unwrap_or(u32::MAX),
+                            },
+                        )?;
+                        regs.push(r);
+                    }
+                }
+                let mut done = a.clone();
+                done.vmsas(regs.into_iter(), *features, opts);
+                result = Some(done.finish());
+            }
+        }
+    }
+    match (acc, result) {
+        (None, _) => Err(MeasureError::MissingCreateVm { op: plan.ops.len() }),
+        (Some(_), None) => Err(MeasureError::MissingFinalize),
+        (Some(_), Some(m)) => Ok(m),
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use crate::arch::vmsa::{reset_regs, BSP_RESET_ADDR};
+    use crate::plan::{LaunchConfig, VpSource};
+    use alloc::string::ToString;
+
+    const OVMF_X64: &[u8] = include_bytes!("testdata/ovmf_OvmfX64_suffix.bin");
+    const OVMF_AMDSEV: &[u8] = include_bytes!("testdata/ovmf_AmdSev_suffix.bin");
+    const AP_RESET: u32 = 0x0080_B004;
+
+    fn unhex<const N: usize>(s: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    fn config(platform: Platform, vcpus: u32, sig: u32) -> LaunchConfig {
+        LaunchConfig {
+            platform,
+            vcpus,
+            mem_bytes: 256 << 20,
+            vcpu_sig: sig,
+            guest_features: 0,
+            policy: None,
+            host_data: [0; 32],
+            kernel_hashes: None,
+        }
+    }
+
+    fn plan_new(bundle: &[u8], cfg: LaunchConfig) -> LaunchPlan<'_> {
+        LaunchPlan {
+            bundle,
+            config: cfg,
+            ops: Vec::new(),
+            generated: Vec::new(),
+            vp_contexts: Vec::new(),
+            id_block: None,
+        }
+    }
+
+    fn pages(plan: &mut LaunchPlan<'_>, gpa: u64, n: u64, kind: PageKind) {
+        for i in 0..n {
+            plan.ops.push(LaunchOp::ImportPage {
+                gpa: gpa + i * 4096,
+                kind,
+                data: PageData::Zeros,
+            });
+        }
+    }
+
+    /// The launch QEMU issues for a 4 KiB OVMF fixture with its SEV metadata (the page list
+    /// sev-snp-measure's `snp_update_metadata_pages` walks).
+    fn ovmf_plan(
+        bundle: &[u8],
+        platform: Platform,
+        vcpus: u32,
+        sig: u32,
+        features: u64,
+        amdsev: bool,
+    ) -> LaunchPlan<'_> {
+        let mut p = plan_new(bundle, config(platform, vcpus, sig));
+        p.ops.push(LaunchOp::CreateVm {
+            platform,
+            policy: 0x30000,
+            vmsa_features: features & !1,
+            vcpus,
+        });
+        p.ops.push(LaunchOp::MapRam {
+            gpa: 0,
+            size: 256 << 20,
+        });
+        p.ops.push(LaunchOp::ImportPage {
+            gpa: 0xFFFF_F000,
+            kind: PageKind::Normal,
+            data: PageData::File {
+                offset: 0,
+                len: 4096,
+            },
+        });
+        if platform == Platform::Snp {
+            pages(&mut p, 0x80_0000, 9, PageKind::Zero);
+            pages(&mut p, 0x80_A000, 3, PageKind::Zero);
+            pages(&mut p, 0x80_D000, 1, PageKind::Secrets);
+            pages(&mut p, 0x80_E000, 1, PageKind::Cpuid);
+            pages(&mut p, 0x80_F000, 1, PageKind::Zero);
+            if amdsev {
+                pages(&mut p, 0x81_0000, 1, PageKind::Zero); // kernel hashes, no kernel
+                pages(&mut p, 0x81_1000, 15, PageKind::Zero);
+            } else {
+                pages(&mut p, 0x81_0000, 16, PageKind::Zero);
+            }
+        }
+        for vp in 0..vcpus {
+            let addr = if vp == 0 { BSP_RESET_ADDR } else { AP_RESET };
+            p.vp_contexts.push(reset_regs(sig, addr));
+            p.ops.push(LaunchOp::SetVpContext {
+                vp,
+                source: VpSource::Reset,
+                ctx: vp,
+            });
+        }
+        p.ops.push(LaunchOp::Finalize {
+            id_block: false,
+            host_data: [0; 32],
+        });
+        p
+    }
+
+    fn snp(plan: &LaunchPlan<'_>) -> [u8; 48] {
+        let a = expected(plan).unwrap();
+        // The precomputed-digest path gives the same answer.
+        let pd = PageDigests::compute(plan);
+        assert_eq!(
+            expected_with(plan, Some(&pd), MeasureOptions::default()),
+            Ok(a)
+        );
+        match a {
+            Measurement::Snp(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // sev-snp-measure tests/test_guest.py vectors (../shared/spec/igvm-snp.md §5).
+    #[test]
+    fn snp_ovmfx64_1vcpu_features_1() {
+        let p = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 0x1, false);
+        assert_eq!(snp(&p), unhex::<48>("da0296de8193586a5512078dcd719eccecbd87e2b825ad4148c44f665dc87df21e5b49e21523a9ad993afdb6a30b4005"));
+    }
+
+    #[test]
+    fn snp_ovmfx64_1vcpu_features_21() {
+        let p = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 0x21, false);
+        assert_eq!(snp(&p), unhex::<48>("28797ae0afaba4005a81e629acebfb59e6687949d6be44007cd5506823b0dd66f146aaae26ff291eed7b493d8a64c385"));
+    }
+
+    #[test]
+    fn snp_amdsev_1vcpu_features_21() {
+        let p = ovmf_plan(OVMF_AMDSEV, Platform::Snp, 1, 0x0080_0F12, 0x21, true);
+        assert_eq!(snp(&p), unhex::<48>("e1e1ca029dd7973ab9513295be68198472dcd4fc834bd9af9b63f6e8a1674dbf281a9278a4a2ebe0eed9f22adbcd0e2b"));
+    }
+
+    #[test]
+    fn snp_amdsev_4vcpus() {
+        // sev-snp-measure 0.0.13 snp_calc_launch_digest(4, 0x800F12, AmdSev, no kernel, 0x21).
+        let p = ovmf_plan(OVMF_AMDSEV, Platform::Snp, 4, 0x0080_0F12, 0x21, true);
+        assert_eq!(snp(&p), unhex::<48>("d68d266388700e557d590470821a64a38014b2af64e3fe4e520f6806f41e876d42215e43c25466708691b16c769d6f35"));
+    }
+
+    #[test]
+    fn snp_ovmfx64_2vcpus_milan() {
+        // sev-snp-measure 0.0.13 snp_calc_launch_digest(2, 0xA00F11, OvmfX64, no kernel, 0x1).
+        let sig = crate::arch::cpu::vcpu_sig_by_name("EPYC-Milan").unwrap();
+        let p = ovmf_plan(OVMF_X64, Platform::Snp, 2, sig, 0x1, false);
+        assert_eq!(snp(&p), unhex::<48>("b83938759979c150552cfc94e70e03dd106249bb77584d3a7bb8ade029d419b74ce19dc0db5542076599ac4c95ac0a38"));
+    }
+
+    #[test]
+    fn sev_ovmfx64() {
+        let p = ovmf_plan(OVMF_X64, Platform::Sev, 1, 0x0080_0F12, 0, false);
+        let m = expected(&p).unwrap();
+        assert_eq!(
+            m.to_string(),
+            "b4c021e085fb83ceffe6571a3d357b4a98773c83c474e47f76c876708fe316da"
+        );
+        assert!(matches!(m, Measurement::Sev(_)));
+    }
+
+    #[test]
+    fn sev_es_amdsev_2vcpus() {
+        // sev-snp-measure 0.0.13 seves_calc_launch_digest(2, 0x830F10, AmdSev, no kernel).
+        let p = ovmf_plan(OVMF_AMDSEV, Platform::SevEs, 2, 0x0083_0F10, 0, true);
+        let want = "7d3621c6c7ed13f5109687681a67e7afc5220c71f43b45296f37cb09aa7462bb";
+        assert_eq!(expected(&p).unwrap().to_string(), want);
+        // QEMU's default legacy KVM_SEV_ES_INIT measures the VMSAs differently.
+        let legacy = expected_with(
+            &p,
+            None,
+            MeasureOptions {
+                sev_es_init2: false,
+            },
+        )
+        .unwrap();
+        assert_ne!(legacy.to_string(), want);
+    }
+
+    #[test]
+    fn tdx_mrtd() {
+        let mut p = plan_new(&[], config(Platform::Tdx, 1, 0));
+        p.ops.push(LaunchOp::CreateVm {
+            platform: Platform::Tdx,
+            policy: 0,
+            vmsa_features: 0,
+            vcpus: 1,
+        });
+        pages(&mut p, 0, 1, PageKind::Normal);
+        pages(&mut p, 0x1000, 1, PageKind::Shared); // never added
+        p.ops.push(LaunchOp::Finalize {
+            id_block: false,
+            host_data: [0; 32],
+        });
+        // ../shared/spec/kvm-coco-abi.md §3.3: ADD+EXTEND of a zero page at GPA 0.
+        assert_eq!(
+            expected(&p).unwrap(),
+            Measurement::Tdx(unhex::<48>("236f0efa607ff8843f1855d7ef80dc3dda8fb455787a186b8787212951eab0096e3193bb26f817c2b63c21f5e10f9938"))
+        );
+        // ADD only at 0xFFFFF000.
+        p.ops.drain(1..3);
+        p.ops.insert(
+            1,
+            LaunchOp::ImportPage {
+                gpa: 0xFFFF_F000,
+                kind: PageKind::Unmeasured,
+                data: PageData::Zeros,
+            },
+        );
+        assert_eq!(
+            expected(&p).unwrap(),
+            Measurement::Tdx(unhex::<48>("8d411e4377a0da03b249acbe9a7939b44b4483b5a6c81341f00d60c1f417257f9a5c1c03f2f223c59f010f4933f238b8"))
+        );
+    }
+
+    #[test]
+    fn snp_shared_pages_are_not_measured_and_vp_contexts_last_wins() {
+        let base = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 0x1, false);
+        let mut p = base.clone();
+        p.ops.insert(
+            3,
+            LaunchOp::ImportPage {
+                gpa: 0x1000,
+                kind: PageKind::Shared,
+                data: PageData::Zeros,
+            },
+        );
+        // An earlier, different context for vCPU 0 is overridden by the later one.
+        p.vp_contexts.push(reset_regs(0x1234, BSP_RESET_ADDR));
+        p.ops.insert(
+            4,
+            LaunchOp::SetVpContext {
+                vp: 0,
+                source: VpSource::Reset,
+                ctx: 1,
+            },
+        );
+        assert_eq!(snp(&p), snp(&base));
+    }
+
+    #[test]
+    fn digests_are_deduplicated_and_checked() {
+        let mut p = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 0x1, false);
+        for i in 0..3u64 {
+            p.ops.insert(
+                3,
+                LaunchOp::ImportPage {
+                    gpa: 0x10_0000 + i * 4096,
+                    kind: PageKind::Normal,
+                    data: PageData::File {
+                        offset: 0,
+                        len: 4096,
+                    },
+                },
+            );
+        }
+        let jobs = page_digest_jobs(&p);
+        assert_eq!(jobs.len(), 1);
+        // The threaded path: hash the jobs in two chunks, then finish.
+        let mut out = alloc::vec![[0u8; 48]; jobs.len()];
+        let (a, b) = out.split_at_mut(0);
+        hash_pages(&p, &jobs.pages[..0], a);
+        hash_pages(&p, &jobs.pages[0..], b);
+        let pd = jobs.clone().finish(out).unwrap();
+        assert_eq!(
+            expected_with(&p, Some(&pd), MeasureOptions::default()),
+            expected(&p)
+        );
+        assert!(matches!(
+            jobs.finish(Vec::new()),
+            Err(MeasureError::DigestsMismatch { .. })
+        ));
+        let other = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 0x1, false);
+        assert!(matches!(
+            expected_with(&other, Some(&pd), MeasureOptions::default()),
+            Err(MeasureError::DigestsMismatch { .. })
+        ));
+        // Non-SNP plans hash nothing up front.
+        let sev = ovmf_plan(OVMF_X64, Platform::Sev, 1, 0, 0, false);
+        assert!(page_digest_jobs(&sev).is_empty());
+    }
+
+    #[test]
+    fn malformed_plans_are_errors() {
+        let good = ovmf_plan(OVMF_X64, Platform::Snp, 2, 0x0080_0F12, 0x1, false);
+        let n = good.ops.len();
+        let mut p = good.clone();
+        p.ops.remove(0);
+        assert_eq!(expected(&p), Err(MeasureError::MissingCreateVm { op: 0 }));
+        let mut p = good.clone();
+        p.ops.pop();
+        assert_eq!(expected(&p), Err(MeasureError::MissingFinalize));
+        let mut p = good.clone();
+        p.ops.push(LaunchOp::MapRam { gpa: 0, size: 4096 });
+        assert_eq!(expected(&p), Err(MeasureError::OpAfterFinalize { op: n }));
+        let mut p = good.clone();
+        let c = p.ops[0];
+        p.ops.insert(1, c);
+        assert_eq!(expected(&p), Err(MeasureError::DuplicateCreateVm { op: 1 }));
+        let mut p = good.clone();
+        p.ops.remove(n - 2); // SetVpContext of vCPU 1
+        assert_eq!(expected(&p), Err(MeasureError::MissingVpContext { vp: 1 }));
+        let mut p = good.clone();
+        p.ops[n - 2] = LaunchOp::SetVpContext {
+            vp: 2,
+            source: VpSource::Reset,
+            ctx: 1,
+        };
+        assert!(matches!(
+            expected(&p),
+            Err(MeasureError::VpOutOfRange { vp: 2, .. })
+        ));
+        let mut p = good.clone();
+        p.ops[n - 2] = LaunchOp::SetVpContext {
+            vp: 1,
+            source: VpSource::Reset,
+            ctx: 9,
+        };
+        assert!(matches!(
+            expected(&p),
+            Err(MeasureError::ContextOutOfRange { ctx: 9, .. })
+        ));
+        let mut p = good.clone();
+        p.ops[2] = LaunchOp::ImportPage {
+            gpa: 0,
+            kind: PageKind::Normal,
+            data: PageData::File {
+                offset: 4000,
+                len: 200,
+            },
+        };
+        assert_eq!(
+            expected(&p),
+            Err(MeasureError::PageDataOutOfRange { op: 2 })
+        );
+        let mut p = good.clone();
+        p.ops[2] = LaunchOp::ImportPage {
+            gpa: 0,
+            kind: PageKind::Normal,
+            data: PageData::Generated { index: 0 },
+        };
+        assert_eq!(
+            expected(&p),
+            Err(MeasureError::PageDataOutOfRange { op: 2 })
+        );
+        let mut p = ovmf_plan(OVMF_X64, Platform::SevEs, 1, 0, 0, false);
+        p.ops.insert(
+            3,
+            LaunchOp::ImportPage {
+                gpa: 0,
+                kind: PageKind::Secrets,
+                data: PageData::Zeros,
+            },
+        );
+        assert!(matches!(
+            expected(&p),
+            Err(MeasureError::KindNotOnPlatform {
+                kind: PageKind::Secrets,
+                ..
+            })
+        ));
+        assert_eq!(
+            expected(&plan_new(&[], config(Platform::Snp, 1, 0))),
+            Err(MeasureError::MissingCreateVm { op: 0 })
+        );
+        // Every error has a message.
+        assert!(!MeasureError::MissingFinalize.to_string().is_empty());
+    }
+
+    #[test]
+    fn native_and_display() {
+        let p = ovmf_plan(OVMF_X64, Platform::Native, 1, 0, 0, false);
+        assert_eq!(expected(&p), Ok(Measurement::None));
+        assert_eq!(Measurement::None.to_string(), "none");
+        assert_eq!(Measurement::Tdx([0xAB; 48]).to_string().len(), 96);
+        let ld = [7u8; 48];
+        assert!(id_block_matches(&ld, &Measurement::Snp(ld)));
+        assert!(!id_block_matches(&ld, &Measurement::Snp([8; 48])));
+        assert!(!id_block_matches(&ld, &Measurement::Tdx(ld)));
+    }
+}
