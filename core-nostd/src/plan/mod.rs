@@ -11,6 +11,33 @@
 use crate::arch::regs::VpRegs;
 
 #[cfg(feature = "alloc")]
+pub mod error;
+#[cfg(feature = "alloc")]
+pub mod igvm;
+
+/// Plans a launch: detects the kind of `bundle` (IGVM file or OVMF/TDVF image,
+/// [`crate::ovmf::detect`]) and runs the matching planner ([`igvm::plan_igvm`],
+/// [`ovmf::plan_firmware`]). Pure and deterministic; never panics on any input.
+///
+/// # Errors
+/// [`error::PlanError`]: where (IGVM header index and file offset, image offset, or the
+/// launch config) and what; the `Display` form is one line with a fix-it where KVM imposes
+/// the rule.
+#[cfg(feature = "alloc")]
+pub fn plan<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>, error::PlanError> {
+    match crate::ovmf::detect(bundle) {
+        crate::ovmf::InputKind::Igvm => igvm::plan_igvm(bundle, cfg),
+        crate::ovmf::InputKind::Firmware => {
+            ovmf::plan_firmware(bundle, cfg).map_err(error::PlanError::from)
+        }
+        crate::ovmf::InputKind::Unknown => Err(error::PlanError::new(
+            error::Location::Bundle,
+            error::PlanErrorKind::UnknownInput,
+        )),
+    }
+}
+
+#[cfg(feature = "alloc")]
 pub mod ovmf;
 
 /// The platform a launch targets.
