@@ -9,7 +9,10 @@
 //!   boot-marker write (`out 0x80`), in nanoseconds. The guest resets right after the
 //!   marker, so one process run gives `--max-reboots` samples. With and without
 //!   `--prestage`.
-//! - (b) the raw floor: `bench::floor`, in this process, the same number of cycles.
+//! - (b) the raw floor: `bench::floor`, in this process, the same number of cycles. The
+//!   machine is shared and KVM's memslot and teardown costs swing with host load (SRCU
+//!   grace periods), so the floor and relaunch's main variant are measured interleaved: a
+//!   floor block, then a relaunch run, [`ROUNDS`] times, and each side is pooled.
 //! - (c) QEMU in place: `-bios` image with the same page; serial bytes (one per boot) are
 //!   counted in 50 ms windows → per-reset time per window → p50/p99. The same windowed
 //!   count is taken of relaunch's serial output, so the two loops are compared the same
@@ -109,83 +112,185 @@ struct Results {
     prestage_at_once: Option<Summary>,
     relaunch_cycle: Option<(Summary, f64)>,
     floor: Option<Summary>,
+    floor_gmem: Option<Summary>,
     qemu: Vec<(String, Summary, f64)>,
     cold_relaunch: Option<Summary>,
     cold_qemu: Vec<(String, Summary)>,
 }
 
+/// Floor blocks and relaunch runs alternate this many times for the main comparison.
+const ROUNDS: usize = 3;
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn run(o: Opts) -> anyhow::Result<()> {
     println!("== cargo xtask bench relaunch ==");
-    println!("command: cargo xtask bench relaunch --cycles {} --mem-mib {} --cold-runs {} --qemu-seconds {}",
-        o.cycles, o.mem_mib, o.cold_runs, o.qemu_seconds);
+    println!(
+        "command: cargo xtask bench relaunch --cycles {} --mem-mib {} --cold-runs {} \
+         --qemu-seconds {}",
+        o.cycles, o.mem_mib, o.cold_runs, o.qemu_seconds
+    );
     println!("host: {}", bench::host_description());
+    println!("load average at start: {}", load());
     let dir = bench::work_dir()?;
     let page = guest::page(guest::Ending::ResetCf9);
     let bios = bench::write_file(&dir, "tiny-reset.bios", &guest::bios_image(&page))?;
+    let reset = bench::write_file(&dir, "tiny-reset.igvm", &guest::igvm(&page)?)?;
+    let spin = bench::write_file(
+        &dir,
+        "tiny-spin-reset.igvm",
+        &guest::igvm(&guest::page(guest::Ending::SpinThenReset(SPIN)))?,
+    )?;
     println!(
         "guest: 4 KiB real-mode page at {:#x} (out 0x80; out 0x3f8 'R'; out 0xcf9 6), {} MiB RAM",
         guest::PAGE_GPA,
         o.mem_mib
     );
-    // (b) the raw floor, first: it needs nothing but /dev/kvm.
-    let mut r = Results {
-        floor: floor_part(&o, &page)?,
-        ..Results::default()
+    let mut r = Results::default();
+    let bin = match bench::build_relaunch_static() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("relaunch: cannot build the binary: {e:#}");
+            None
+        }
     };
 
-    // (a) + relaunch cold start.
-    match bench::build_relaunch_static() {
-        Ok(bin) => {
-            if let Err(e) = relaunch_part(&o, &bin, &dir, &mut r) {
-                println!("relaunch: {e:#}");
+    // (a) main variant and (b) the floor, interleaved.
+    println!(
+        "\n-- (a)+(b) relaunch (guest resets at once, no prestage) and the raw KVM floor, \
+         interleaved in {ROUNDS} rounds --"
+    );
+    let kvm = Kvm::new().context("opening /dev/kvm")?;
+    let mut floor_cycles: [Vec<floor::Cycle>; 2] = Default::default();
+    let mut main_events: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut main_error = None;
+    let per_round = o.cycles.div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        floor_block(&kvm, &o, &page, per_round, &mut floor_cycles)?;
+        println!("round {round}: floor block done, load {}", load());
+        let (Some(bin), None) = (&bin, &main_error) else {
+            continue;
+        };
+        let events = dir.join(format!("events-tiny-reset-{round}.jsonl"));
+        match relaunch_events(bin, &reset, o.mem_mib, per_round, false, &events) {
+            Ok(t) => {
+                for (k, v) in t {
+                    main_events.entry(k).or_default().extend(v);
+                }
+                println!("round {round}: relaunch run done, load {}", load());
             }
+            Err(e) => main_error = Some(e),
         }
-        Err(e) => println!("relaunch: cannot build the binary: {e:#}"),
+    }
+    print_floor(&floor_cycles, &mut r)?;
+    if bin.is_some() {
+        println!("\nrelaunch [reset at once] ({ROUNDS} runs pooled):");
+        match main_error {
+            Some(e) => println!("relaunch [reset at once]: failed: {e:#}"),
+            None => r.relaunch = print_events(&main_events, o.cycles),
+        }
+    }
+
+    // (a) the other variants, the loop from outside, and cold start.
+    if let Some(bin) = &bin {
+        relaunch_part(&o, bin, &reset, &spin, &dir, &mut r);
     }
 
     // (c) QEMU.
     qemu_part(&o, &bios, &mut r)?;
 
+    println!("\nload average at end: {}", load());
     print_table(&r);
     Ok(())
 }
 
-fn floor_part(o: &Opts, page: &[u8; guest::PAGE_SIZE]) -> anyhow::Result<Option<Summary>> {
-    println!(
-        "\n-- (b) raw KVM floor: {} cycles in this process (kvm-ioctls, no relaunch code) --",
-        o.cycles
-    );
-    let kvm = Kvm::new().context("opening /dev/kvm")?;
+/// Runs `n` floor cycles per backing (interleaved), after two warm-up cycles each.
+fn floor_block(
+    kvm: &Kvm,
+    o: &Opts,
+    page: &[u8; guest::PAGE_SIZE],
+    n: usize,
+    out: &mut [Vec<floor::Cycle>; 2],
+) -> anyhow::Result<()> {
     let mem = o.mem_mib << 20;
-    // Two warm-up cycles (first-use page faults in the kernel and here).
-    for _ in 0..2 {
-        floor::cycle(&kvm, mem, page)?;
-    }
-    let mut cycles = Vec::with_capacity(o.cycles);
-    for _ in 0..o.cycles {
-        cycles.push(floor::cycle(&kvm, mem, page)?);
-    }
-    let col =
-        |f: fn(&floor::Cycle) -> Duration| -> Vec<Duration> { cycles.iter().map(f).collect() };
-    let rows: [(&str, Vec<Duration>); 7] = [
-        ("KVM_CREATE_VM", col(|c| c.create_vm)),
-        ("mmap + load page", col(|c| c.memory)),
-        ("KVM_SET_USER_MEMORY_REGION", col(|c| c.memslot)),
-        ("KVM_CREATE_VCPU + kvm_run mmap", col(|c| c.vcpu)),
-        ("KVM_RUN to boot marker", col(|c| c.first_run)),
-        ("= critical path", col(|c| c.critical_path())),
-        ("teardown (off critical path)", col(|c| c.teardown)),
-    ];
-    println!("{:<34} {:>10} {:>10}", "step", "p50 ms", "p99 ms");
-    let mut crit = None;
-    for (name, v) in &rows {
-        let s = Summary::of(v).context("no floor samples")?;
-        println!("{name:<34} {:>10} {:>10}", ms(s.p50), ms(s.p99));
-        if name.starts_with('=') {
-            crit = Some(s);
+    let backings = [floor::Backing::Anonymous, floor::Backing::GuestMemfd];
+    let mut gmem_ok = true;
+    for i in 0..n + 2 {
+        for (j, b) in backings.into_iter().enumerate() {
+            if b == floor::Backing::GuestMemfd && !gmem_ok {
+                continue;
+            }
+            match floor::cycle(kvm, mem, b, page) {
+                Ok(c) if i >= 2 => out[j].push(c),
+                Ok(_) => {}
+                // guest_memfd is optional (the VMM falls back to anonymous memory).
+                Err(e) if b == floor::Backing::GuestMemfd && i == 0 => {
+                    println!("floor with {}: not available: {e:#}", b.name());
+                    gmem_ok = false;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    Ok(crit)
+    Ok(())
+}
+
+fn print_floor(cycles: &[Vec<floor::Cycle>; 2], r: &mut Results) -> anyhow::Result<()> {
+    let backings = [floor::Backing::Anonymous, floor::Backing::GuestMemfd];
+    for (i, b) in backings.into_iter().enumerate() {
+        let cs = &cycles[i];
+        if cs.is_empty() {
+            continue;
+        }
+        println!("\nfloor, {} ({} cycles):", b.name(), cs.len());
+        let col =
+            |f: fn(&floor::Cycle) -> Duration| -> Vec<Duration> { cs.iter().map(f).collect() };
+        let rows: [(&str, Vec<Duration>); 7] = [
+            ("KVM_CREATE_VM", col(|c| c.create_vm)),
+            ("[gmem +] mmap + load page", col(|c| c.memory)),
+            ("KVM_SET_USER_MEMORY_REGION2", col(|c| c.memslot)),
+            ("KVM_CREATE_VCPU + kvm_run mmap", col(|c| c.vcpu)),
+            ("KVM_RUN to boot marker", col(|c| c.first_run)),
+            ("= critical path", col(|c| c.critical_path())),
+            ("teardown (off critical path)", col(|c| c.teardown)),
+        ];
+        println!("{:<34} {:>10} {:>10}", "step", "p50 ms", "p99 ms");
+        for (name, v) in &rows {
+            let s = Summary::of(v).context("no floor samples")?;
+            println!("{name:<34} {:>10} {:>10}", ms(s.p50), ms(s.p99));
+            if name.starts_with('=') {
+                match b {
+                    floor::Backing::Anonymous => r.floor = Some(s),
+                    floor::Backing::GuestMemfd => r.floor_gmem = Some(s),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints every per-launch event timing; returns the relaunch latency summary.
+fn print_events(t: &BTreeMap<String, Vec<Duration>>, expected: usize) -> Option<Summary> {
+    println!(
+        "{:<34} {:>10} {:>10} {:>6}",
+        "event timing (per launch)", "p50 ms", "p99 ms", "n"
+    );
+    for (k, samples) in t {
+        if let Some(s) = Summary::of(samples) {
+            println!("{k:<34} {:>10} {:>10} {:>6}", ms(s.p50), ms(s.p99), s.n);
+        }
+    }
+    let lat = t.get("relaunch_latency").and_then(|v| Summary::of(v));
+    match lat {
+        Some(s) if s.n >= expected => {}
+        Some(s) => println!("warning: {} latency samples, {expected} expected", s.n),
+        None => println!("no relaunch_latency in the events"),
+    }
+    lat
 }
 
 /// Guest loop iterations before the reset for the prestage runs: long enough (≈ 9 ms here,
@@ -194,13 +299,6 @@ const SPIN: u32 = 20_000;
 
 /// Launches skipped at the start of every relaunch run (first-use costs).
 const WARMUP: usize = 5;
-
-/// One `relaunch run` configuration of part (a).
-struct Variant {
-    name: &'static str,
-    guest: &'static str,
-    prestage: bool,
-}
 
 fn relaunch_command(bin: &Path, igvm: &Path, mem_mib: u64, extra: &[String]) -> Command {
     let mut c = Command::new(bin);
@@ -252,12 +350,13 @@ fn event_timings(text: &str) -> BTreeMap<String, Vec<Duration>> {
 fn relaunch_events(
     bin: &Path,
     igvm: &Path,
-    o: &Opts,
+    mem_mib: u64,
+    launches: usize,
     prestage: bool,
     events: &Path,
 ) -> anyhow::Result<BTreeMap<String, Vec<Duration>>> {
     let _ = std::fs::remove_file(events);
-    let reboots = o.cycles + WARMUP;
+    let reboots = launches + WARMUP;
     let mut extra = vec![
         "--max-reboots".to_string(),
         reboots.to_string(),
@@ -267,7 +366,7 @@ fn relaunch_events(
     if prestage {
         extra.push("--prestage".into());
     }
-    let mut cmd = relaunch_command(bin, igvm, o.mem_mib, &extra);
+    let mut cmd = relaunch_command(bin, igvm, mem_mib, &extra);
     println!("command: {}", command_text(&cmd));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -328,88 +427,44 @@ fn wait_bounded(child: &mut Reaped, limit: Duration) -> Option<std::process::Exi
     }
 }
 
-fn relaunch_part(o: &Opts, bin: &Path, dir: &Path, r: &mut Results) -> anyhow::Result<()> {
-    println!("\n-- (a) relaunch: {} --", bin.display());
-    let reset = bench::write_file(
-        dir,
-        "tiny-reset.igvm",
-        &guest::igvm(&guest::page(guest::Ending::ResetCf9))?,
-    )?;
-    let spin = bench::write_file(
-        dir,
-        "tiny-spin-reset.igvm",
-        &guest::igvm(&guest::page(guest::Ending::SpinThenReset(SPIN)))?,
-    )?;
+fn relaunch_part(o: &Opts, bin: &Path, reset: &Path, spin: &Path, dir: &Path, r: &mut Results) {
+    println!("\n-- (a) relaunch, other variants: {} --", bin.display());
     let variants = [
-        Variant {
-            name: "reset at once",
-            guest: "tiny-reset",
-            prestage: false,
-        },
-        Variant {
-            name: "reset at once, --prestage",
-            guest: "tiny-reset",
-            prestage: true,
-        },
-        Variant {
-            name: "spin ~9 ms, then reset",
-            guest: "tiny-spin-reset",
-            prestage: false,
-        },
-        Variant {
-            name: "spin ~9 ms, then reset, --prestage",
-            guest: "tiny-spin-reset",
-            prestage: true,
-        },
+        ("reset at once, --prestage", reset, true),
+        ("spin ~9 ms, then reset", spin, false),
+        ("spin ~9 ms, then reset, --prestage", spin, true),
     ];
-    for v in &variants {
-        let igvm = if v.guest == "tiny-reset" {
-            &reset
-        } else {
-            &spin
-        };
-        println!("\n[{}] {} relaunches (+{WARMUP} warm-up)", v.name, o.cycles);
-        let events = dir.join(format!(
-            "events-{}{}.jsonl",
-            v.guest,
-            if v.prestage { "-prestage" } else { "" }
-        ));
-        let t = match relaunch_events(bin, igvm, o, v.prestage, &events) {
-            Ok(t) => t,
+    for (i, (name, igvm, prestage)) in variants.into_iter().enumerate() {
+        println!("\n[{name}] {} relaunches (+{WARMUP} warm-up)", o.cycles);
+        let events = dir.join(format!("events-variant-{i}.jsonl"));
+        let lat = match relaunch_events(bin, igvm, o.mem_mib, o.cycles, prestage, &events) {
+            Ok(t) => print_events(&t, o.cycles),
             Err(e) => {
-                println!("relaunch [{}]: failed: {e:#}", v.name);
+                println!("relaunch [{name}]: failed: {e:#}");
                 continue;
             }
         };
-        println!(
-            "{:<34} {:>10} {:>10} {:>6}",
-            "event timing (per launch)", "p50 ms", "p99 ms", "n"
-        );
-        for (k, samples) in &t {
-            if let Some(s) = Summary::of(samples) {
-                println!("{k:<34} {:>10} {:>10} {:>6}", ms(s.p50), ms(s.p99), s.n);
-            }
-        }
-        let lat = t.get("relaunch_latency").and_then(|v| Summary::of(v));
-        match lat {
-            Some(s) if s.n >= o.cycles.saturating_sub(WARMUP) => {}
-            Some(s) => println!("warning: only {} latency samples", s.n),
-            None => println!("relaunch [{}]: no relaunch_latency in the events", v.name),
-        }
-        match (v.guest, v.prestage) {
-            ("tiny-reset", false) => r.relaunch = lat,
-            ("tiny-spin-reset", true) => r.prestage = lat,
-            ("tiny-reset", true) => r.prestage_at_once = lat,
-            _ => r.relaunch_spin = lat,
+        match i {
+            0 => r.prestage_at_once = lat,
+            1 => r.relaunch_spin = lat,
+            _ => r.prestage = lat,
         }
     }
+    if let Err(e) = outside_and_cold(o, bin, reset, r) {
+        println!("relaunch: {e:#}");
+    }
+}
 
+fn outside_and_cold(o: &Opts, bin: &Path, reset: &Path, r: &mut Results) -> anyhow::Result<()> {
     // The full cycle from outside, counted like QEMU's in-place loop.
     let window = Duration::from_millis(50);
     let measure = Duration::from_secs(o.qemu_seconds);
     let extra = ["--max-reboots".to_string(), "100000000".to_string()];
-    let mut cmd = relaunch_command(bin, &reset, o.mem_mib, &extra);
-    println!("\ncommand: {}", command_text(&cmd));
+    let mut cmd = relaunch_command(bin, reset, o.mem_mib, &extra);
+    println!(
+        "\nrelaunch loop from outside, command: {}",
+        command_text(&cmd)
+    );
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -433,10 +488,10 @@ fn relaunch_part(o: &Opts, bin: &Path, dir: &Path, r: &mut Results) -> anyhow::R
 
     // Cold start.
     let extra = ["--max-reboots".to_string(), "0".to_string()];
-    let probe = relaunch_command(bin, &reset, o.mem_mib, &extra);
+    let probe = relaunch_command(bin, reset, o.mem_mib, &extra);
     println!("\ncold start command: {}", command_text(&probe));
     match bench::cold_starts(o.cold_runs, Duration::from_secs(10), || {
-        relaunch_command(bin, &reset, o.mem_mib, &extra)
+        relaunch_command(bin, reset, o.mem_mib, &extra)
     }) {
         Ok(v) => {
             let s = Summary::of(&v).context("no cold-start samples")?;
@@ -462,7 +517,7 @@ fn qemu_part(o: &Opts, bios: &Path, r: &mut Results) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    println!("{version}");
+    println!("{version}; load {}", load());
     let window = Duration::from_millis(50);
     for machine in ["q35", "pc"] {
         println!("command: {}", qemu::command_text(bios, machine, o.mem_mib));
@@ -558,6 +613,11 @@ fn print_table(r: &Results) {
         None => println!("{:<52} {na}", "relaunch full cycle, from outside"),
     }
     println!("{:<52} {}", "raw floor critical path", show(r.floor));
+    println!(
+        "{:<52} {}",
+        "  same with a guest_memfd slot (relaunch's backing)",
+        show(r.floor_gmem)
+    );
     for (m, s, rate) in &r.qemu {
         println!(
             "{:<52} {} ({rate:.0} resets/s)",
@@ -596,6 +656,12 @@ fn print_table(r: &Results) {
             verdict(a.p50.as_secs_f64() <= 1.1 * f.p50.as_secs_f64())
         ),
         _ => println!("relaunch p50 / floor critical path p50   = not measured"),
+    }
+    if let (Some(a), Some(f)) = (r.relaunch, r.floor_gmem) {
+        println!(
+            "relaunch p50 / floor with guest_memfd p50  = {}   (same backing as relaunch)",
+            ratio(a.p50, f.p50)
+        );
     }
     match (r.prestage, &qemu_reset) {
         (Some(p), Some((m, q))) => println!(
@@ -641,6 +707,22 @@ mod tests {
         assert!(parse(&args(&["--mem-mib", "0"])).is_err());
         assert!(parse(&args(&["--cycles"])).is_err());
         assert!(parse(&args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn exit_event_timings() {
+        let text = r#"{"event":"launch","timings":{"execute_us":9}}
+{"event":"exit","generation":1,"timings":{"run_us":5,"boot_marker_us":2}}
+not json
+{"event":"exit","generation":2,"timings":{"relaunch_latency_us":400,"run_us":6,"x_ns":1500,"flag":true}}
+"#;
+        let t = event_timings(text);
+        let us = Duration::from_micros;
+        assert_eq!(t["relaunch_latency"], vec![us(400)]);
+        assert_eq!(t["run"], vec![us(5), us(6)]);
+        assert_eq!(t["x"], vec![Duration::from_nanos(1500)]);
+        assert!(!t.contains_key("execute"));
+        assert!(!t.contains_key("flag"));
     }
 
     #[test]
