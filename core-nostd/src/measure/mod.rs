@@ -145,6 +145,14 @@ pub enum MeasureError {
         /// The platform.
         platform: Platform,
     },
+    /// A partial page (`PageData::GeneratedPart`) on a platform that only takes whole pages
+    /// (SNP, TDX).
+    PartialPage {
+        /// Op index.
+        op: usize,
+        /// The platform.
+        platform: Platform,
+    },
     /// The [`PageDigests`] were not computed for this plan.
     DigestsMismatch {
         /// First op index whose digest is missing (or the number of ops).
@@ -181,6 +189,10 @@ impl core::fmt::Display for MeasureError {
             MeasureError::KindNotOnPlatform { op, kind, platform } => {
                 write!(f, "op {op}: {kind:?} pages do not exist on {platform}")
             }
+            MeasureError::PartialPage { op, platform } => write!(
+                f,
+                "op {op}: a partial page, but {platform} only takes whole pages"
+            ),
             MeasureError::DigestsMismatch { op } => write!(
                 f,
                 "op {op}: the precomputed page digests do not belong to this plan"
@@ -267,6 +279,9 @@ pub fn page_digest_jobs(plan: &LaunchPlan<'_>) -> DigestJobs {
                     PageData::Zeros => (0, 0, 0),
                     PageData::File { offset, len } => (1, offset, len),
                     PageData::Generated { index } => (2, index, 0),
+                    PageData::GeneratedPart { index, start, len } => {
+                        (3, index, u32::from(start) << 16 | u32::from(len))
+                    }
                 };
                 let next = u32::try_from(pages.len()).unwrap_or(NO_JOB);
                 let j = *seen.entry(key).or_insert(next);
@@ -335,6 +350,10 @@ pub(crate) fn page_data<'p>(
                 && (offset as usize).checked_add(len as usize).is_some()
         }
         PageData::Generated { index } => (index as usize) < plan.generated.len(),
+        PageData::GeneratedPart { index, start, len } => {
+            (index as usize) < plan.generated.len()
+                && usize::from(start) + usize::from(len) <= snp::PAGE_SIZE
+        }
     };
     if ok {
         Ok(plan.page_bytes(data))
@@ -377,16 +396,23 @@ impl Acc {
     }
 
     /// One imported page. `digest` is the precomputed SHA-384 of `bytes` (SNP Normal only).
+    /// `partial`: the data is a byte range of a page (`PageData::GeneratedPart`), given to
+    /// the firmware as exactly those bytes; only SEV/SEV-ES (and native) have such an
+    /// operation.
     pub(crate) fn import(
         &mut self,
         op: usize,
         gpa: u64,
         kind: PageKind,
         bytes: &[u8],
+        partial: bool,
         digest: Option<&[u8; 48]>,
     ) -> Result<(), MeasureError> {
         let platform = self.platform();
         let not_here = MeasureError::KindNotOnPlatform { op, kind, platform };
+        if partial && matches!(self, Acc::Snp(_) | Acc::Tdx(_)) {
+            return Err(MeasureError::PartialPage { op, platform });
+        }
         match self {
             Acc::Native => {}
             Acc::Snp(d) => match (snp::page_type(kind), digest) {
@@ -398,6 +424,7 @@ impl Acc {
             // zeros (QEMU issues IGVM zero pages as LAUNCH_UPDATE_DATA over zeros);
             // Unmeasured and Shared pages are not given to the firmware.
             Acc::Sev(d) | Acc::SevEs(d) => match kind {
+                PageKind::Normal if partial => d.update(bytes),
                 PageKind::Normal => d.update_page(bytes),
                 PageKind::Zero => d.update_page(&[]),
                 PageKind::Unmeasured | PageKind::Shared => {}
@@ -536,7 +563,8 @@ pub fn expected_with(
                     }
                     _ => None,
                 };
-                a.import(i, gpa, kind, bytes, digest)?;
+                let partial = matches!(data, PageData::GeneratedPart { .. });
+                a.import(i, gpa, kind, bytes, partial, digest)?;
             }
             LaunchOp::SetVpContext { vp, ctx, .. } => {
                 if ctx as usize >= plan.vp_contexts.len() {
@@ -761,6 +789,49 @@ mod tests {
         )
         .unwrap();
         assert_ne!(legacy.to_string(), want);
+    }
+
+    #[test]
+    fn sev_partial_page_is_hashed_exactly() {
+        use sha2::{Digest, Sha256};
+        let mut p = ovmf_plan(OVMF_X64, Platform::SevEs, 1, 0x0080_0F12, 0, false);
+        let mut page = [0u8; 4096];
+        page[0xC00..0xC00 + 176].fill(0x5A);
+        p.generated.push(page);
+        let part = LaunchOp::ImportPage {
+            gpa: 0x81_0000,
+            kind: PageKind::Normal,
+            data: PageData::GeneratedPart {
+                index: 0,
+                start: 0xC00,
+                len: 176,
+            },
+        };
+        p.ops.insert(3, part);
+        let mut h = Sha256::new();
+        h.update(OVMF_X64);
+        h.update([0x5A; 176]);
+        for vp in 0..1 {
+            h.update(kvm_measured_vmsa(
+                &p.vp_contexts[vp],
+                0,
+                Platform::SevEs,
+                true,
+            ));
+        }
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(expected(&p), Ok(Measurement::SevEs(want)));
+        // Whole pages only on SNP.
+        let mut s = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 1, false);
+        s.generated.push(page);
+        s.ops.insert(3, part);
+        assert_eq!(
+            expected(&s),
+            Err(MeasureError::PartialPage {
+                op: 3,
+                platform: Platform::Snp
+            })
+        );
     }
 
     #[test]
