@@ -18,6 +18,8 @@ extern crate alloc;
 
 pub mod arch;
 pub mod crc32;
+#[cfg(feature = "alloc")]
+pub mod fwmodel;
 pub mod igvm;
 pub mod measure;
 pub mod ovmf;
