@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 mod bench;
 mod bench_relaunch;
 mod bench_size;
+mod images;
 
 const USAGE: &str = "usage: cargo xtask <lint|test|ci|build-images|bench ...>";
 
@@ -25,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             lint()?;
             test(rest)
         }
+        "build-images" => images::build_images(rest),
         "bench" => match rest.split_first() {
             Some((sub, more)) if sub == "relaunch" => bench_relaunch::main(more),
             Some((sub, more)) if sub == "size" => bench_size::main(more),

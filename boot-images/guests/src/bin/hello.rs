@@ -1,0 +1,34 @@
+//! `hello`: prints a greeting and the launch generation, then powers off.
+//!
+//! Serial output (one launch):
+//! ```text
+//! hello from relaunch guest
+//! generation N
+//! ```
+//! N is read from fw_cfg `etc/relaunch/generation` through the data port; when the fw_cfg
+//! ID advertises DMA it is read again by DMA and a disagreement is reported as a panic.
+//! Without fw_cfg or the file, the second line is `generation unknown`.
+#![no_std]
+#![no_main]
+
+use relaunch_guests::{fw_cfg, println, serial};
+
+#[no_mangle]
+extern "C" fn guest_main() {
+    serial::init();
+    println!("hello from relaunch guest");
+    if !fw_cfg::present() {
+        println!("generation unknown");
+        return;
+    }
+    match fw_cfg::generation() {
+        Some(g) => {
+            if fw_cfg::id() & fw_cfg::ID_DMA != 0 {
+                let d = fw_cfg::dma_read_u64_file(fw_cfg::FILE_GENERATION);
+                assert_eq!(d, Some(g), "fw_cfg DMA read disagrees with the data port");
+            }
+            println!("generation {g}");
+        }
+        None => println!("generation unknown"),
+    }
+}

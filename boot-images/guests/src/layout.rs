@@ -1,0 +1,50 @@
+//! Guest-physical memory layout of relaunch's test guests.
+//!
+//! Shared, as this one file, by the guests (`boot-images/guests`) and the IGVM packer
+//! (`boot-images/src/lib.rs` includes it with `#[path]`), so the two cannot disagree.
+//! Everything is identity-mapped; docs/boot-images.md "Memory layout" draws it.
+
+/// The GDT (one page, from the packer): null, 64-bit code, flat data, 32-bit code.
+pub const GDT: u64 = 0x1000;
+/// GDTR limit: four 8-byte descriptors.
+pub const GDT_LIMIT: u16 = 4 * 8 - 1;
+/// 64-bit code selector.
+pub const SEL_CODE64: u16 = 0x08;
+/// Flat 4 GiB data selector.
+pub const SEL_DATA: u16 = 0x10;
+/// Flat 4 GiB 32-bit code selector (the AP trampoline's protected-mode step).
+pub const SEL_CODE32: u16 = 0x18;
+
+/// PML4 (CR3). One entry, pointing at [`PDPT`].
+pub const PML4: u64 = 0x2000;
+/// PDPT: four entries, pointing at the four page directories at [`PD`].
+pub const PDPT: u64 = 0x3000;
+/// Four page directories (0x4000..0x8000) of 2 MiB pages: identity map of 0..4 GiB.
+pub const PD: u64 = 0x4000;
+/// Number of page directories (each maps 1 GiB).
+pub const PD_COUNT: u64 = 4;
+
+/// The real-mode AP start-up page: SIPI vector `AP_TRAMPOLINE >> 12` = 0x08.
+pub const AP_TRAMPOLINE: u64 = 0x8000;
+
+/// The BSP stack: 64 KiB of zero pages, RSP starts at [`STACK_TOP`].
+pub const STACK_BOTTOM: u64 = 0x7_0000;
+/// Initial RSP of the BSP.
+pub const STACK_TOP: u64 = 0x8_0000;
+
+/// The guest program (ELF PT_LOAD segments) lives in `IMAGE_BASE..IMAGE_END`.
+pub const IMAGE_BASE: u64 = 0x10_0000;
+/// End of the image window.
+pub const IMAGE_END: u64 = 0x20_0000;
+
+/// Scratch RAM the guests use without initial contents (fw_cfg DMA descriptors and
+/// buffers): declared with REQUIRED_MEMORY, not imported.
+pub const SCRATCH: u64 = 0x20_0000;
+/// Size of [`SCRATCH`].
+pub const SCRATCH_SIZE: u64 = 0x10_0000;
+
+/// The lowest RAM size the guests run with (everything above ends below this).
+pub const RAM_NEEDED: u64 = SCRATCH + SCRATCH_SIZE;
+
+/// The byte every guest writes to port 0x80 first thing at entry.
+pub const BOOT_MARKER: u8 = 0x01;

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Smoke-runs a relaunch test-guest IGVM bundle (its NATIVE view) on /dev/kvm.
+
+A development aid for boot-images only, independent of the relaunch VMM: it loads the
+native view's PAGE_DATA and VP context, and models exactly the guest conventions of
+docs/boot-images.md (port 0x80, COM1, fw_cfg PIO + DMA with etc/relaunch/generation and
+key 0x0005, reset via 0x64 / 0xCF9 / triple fault, power-off via 0x604, pvpanic 0x505,
+in-kernel LAPIC for SMP). Each reset starts a new KVM VM with generation + 1.
+
+    python3 boot-images/tools/kvm_smoke.py boot-images/out/hello.igvm
+    python3 boot-images/tools/kvm_smoke.py boot-images/out/smp.igvm --vcpus 4
+    python3 boot-images/tools/kvm_smoke.py boot-images/out/reboot-loop.igvm --reboot-until 7
+
+Exit status: 0 after a power-off, 1 on pvpanic / error / timeout.
+"""
+import argparse
+import ctypes
+import mmap
+import os
+import struct
+import sys
+import threading
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+
+
+def _io(nr):
+    return (0xAE << 8) | nr
+
+
+def _iow(nr, size):
+    return (1 << 30) | (size << 16) | (0xAE << 8) | nr
+
+
+def _ior(nr, size):
+    return (2 << 30) | (size << 16) | (0xAE << 8) | nr
+
+
+def _iowr(nr, size):
+    return (3 << 30) | (size << 16) | (0xAE << 8) | nr
+
+
+# linux/include/uapi/linux/kvm.h, arch/x86/include/uapi/asm/kvm.h
+KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_GET_SUPPORTED_CPUID = _iowr(0x05, 8)
+KVM_CREATE_VM = _io(0x01)
+KVM_CREATE_VCPU = _io(0x41)
+KVM_SET_USER_MEMORY_REGION = _iow(0x46, 32)
+KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_RUN = _io(0x80)
+KVM_GET_REGS = _ior(0x81, 144)
+KVM_SET_REGS = _iow(0x82, 144)
+KVM_GET_SREGS = _ior(0x83, 312)
+KVM_SET_SREGS = _iow(0x84, 312)
+KVM_SET_CPUID2 = _iow(0x90, 8)
+
+EXIT_IO, EXIT_HLT, EXIT_MMIO, EXIT_SHUTDOWN = 2, 5, 6, 8
+EXIT_NAMES = {0: "unknown", 9: "fail_entry", 17: "internal_error", 24: "system_event"}
+
+
+def ioctl(fd, req, arg=None):
+    if arg is None:
+        ptr = None
+    elif isinstance(arg, int):
+        ptr = arg
+    else:
+        ptr = ctypes.addressof(arg)
+    r = libc.ioctl(fd, req, ptr)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"ioctl {req:#x}: {os.strerror(e)}")
+    return r
+
+
+class Igvm:
+    """The native view of an IGVM file: pages, native VP context."""
+
+    def __init__(self, data):
+        magic, ver, voff, vsize, total, _crc = struct.unpack_from("<6I", data, 0)
+        assert magic == 0x4D564749 and ver == 1 and total == len(data), "not an IGVM v1 file"
+        self.pages = []  # (gpa, bytes or None)
+        self.context = None
+        native = None
+        at, end = voff, voff + vsize
+        while at < end:
+            typ, length = struct.unpack_from("<II", data, at)
+            body = data[at + 8:at + 8 + length]
+            at += 8 + ((length + 7) & ~7)
+            if typ == 0x001:
+                mask, _vtl, ptype = struct.unpack_from("<IBB", body)
+                if ptype == 0:
+                    native = mask
+            elif typ == 0x302:
+                gpa, mask, off, flags, dtype = struct.unpack_from("<QIIIH", body)
+                if native is not None and mask & native:
+                    self.pages.append((gpa, data[off:off + 4096] if off else None))
+            elif typ == 0x304:
+                gpa, mask, off, vp = struct.unpack_from("<QIIH", body)
+                if native is not None and mask & native and vp == 0:
+                    self.context = data[off:off + 232]
+        assert native is not None, "no NATIVE platform"
+        assert self.context is not None, "no native VP context"
+
+
+class FwCfg:
+    def __init__(self, vm, items, files):
+        self.vm = vm
+        self.items = dict(items)
+        names = sorted(files)
+        directory = struct.pack(">I", len(names))
+        for i, name in enumerate(names):
+            key = 0x20 + i
+            self.items[key] = files[name]
+            directory += struct.pack(">IHH56s", len(files[name]), key, 0, name.encode())
+        self.items[0x19] = directory
+        self.key, self.off, self.dma_high = 0, 0, 0
+
+    def select(self, key):
+        self.key, self.off = key, 0
+
+    def read_byte(self):
+        item = self.items.get(self.key, b"")
+        b = item[self.off] if self.off < len(item) else 0
+        self.off += 1
+        return b
+
+    def dma(self, addr):
+        ram = self.vm.ram
+        if addr + 16 > len(ram):
+            return
+        control, length, address = struct.unpack_from(">IIQ", ram, addr)
+        if control & 0x08:
+            self.select(control >> 16)
+        error = False
+        if control & 0x02:
+            item = self.items.get(self.key, b"")
+            if address + length > len(ram):
+                error = True
+            else:
+                chunk = item[self.off:self.off + length]
+                chunk = chunk + bytes(length - len(chunk))
+                ram[address:address + length] = chunk
+                self.off += length
+        elif control & 0x04:
+            self.off += length
+        elif control & 0x10:
+            error = True  # nothing is writable
+        struct.pack_into(">I", ram, addr, 1 if error else 0)
+
+
+class Launch:
+    def __init__(self, kvm, igvm, args, generation):
+        self.args = args
+        self.generation = generation
+        self.vm = ioctl(kvm, KVM_CREATE_VM, 0)
+        size = args.mem << 20
+        self.ram_ptr = libc.mmap(None, size, 3, 0x22, -1, 0)  # RW, PRIVATE|ANONYMOUS
+        self.ram = (ctypes.c_char * size).from_address(self.ram_ptr)
+        self.ram = memoryview(self.ram).cast("B")
+        region = struct.pack("<IIQQQ", 0, 0, 0, size, self.ram_ptr)
+        buf = ctypes.create_string_buffer(region, 32)
+        ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, buf)
+        if args.vcpus > 1:
+            ioctl(self.vm, KVM_CREATE_IRQCHIP)
+        for gpa, page in igvm.pages:
+            if gpa + 4096 <= size and page is not None:
+                self.ram[gpa:gpa + len(page)] = page
+        files = {"etc/relaunch/generation": struct.pack("<Q", generation)}
+        if args.reboot_until is not None:
+            files["opt/relaunch/reboot-until"] = struct.pack("<Q", args.reboot_until)
+        self.fw = FwCfg(self, {0: b"QEMU", 1: struct.pack("<I", 3),
+                               5: struct.pack("<H", args.vcpus)}, files)
+        self.lock = threading.Lock()
+        self.outcome = None
+        self.done = threading.Event()
+        self.first_marker = None
+        self.exits = {"io": 0, "mmio": 0}
+        mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE)
+        cpuid = self.supported_cpuid(kvm)
+        self.vcpus = []
+        for i in range(args.vcpus):
+            fd = ioctl(self.vm, KVM_CREATE_VCPU, i)
+            ioctl(fd, KVM_SET_CPUID2, cpuid)
+            run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.vcpus.append((fd, run))
+        self.set_context(self.vcpus[0][0], igvm.context)
+        self.start = time.monotonic()
+
+    @staticmethod
+    def supported_cpuid(kvm):
+        n = 256
+        buf = ctypes.create_string_buffer(8 + 40 * n)
+        struct.pack_into("<I", buf, 0, n)
+        ioctl(kvm, KVM_GET_SUPPORTED_CPUID, buf)
+        return buf
+
+    @staticmethod
+    def set_context(fd, c):
+        g = struct.unpack_from("<18Q", c, 0)  # rax..r15, rip, rflags
+        idtr_base, idtr_limit = struct.unpack_from("<QH", c, 144)
+        gdtr_limit, gdtr_base = struct.unpack_from("<HQ", c, 158)
+        cs_sel, cs_attr, cs_base, cs_lim = struct.unpack_from("<HHII", c, 168)
+        ds_sel, ds_attr, ds_base, ds_lim = struct.unpack_from("<HHII", c, 180)
+        _gs_base, cr0, cr3, cr4, efer = struct.unpack_from("<5Q", c, 192)
+        sregs = ctypes.create_string_buffer(312)
+        ioctl(fd, KVM_GET_SREGS, sregs)
+
+        def seg(index, sel, attr, base, limit):
+            # kvm_segment: base, limit, selector, type, present, dpl, db, s, l, g, avl
+            struct.pack_into("<QIHBBBBBBBB", sregs, index * 24, base, limit, sel,
+                             attr & 0xF, (attr >> 7) & 1, (attr >> 5) & 3, (attr >> 14) & 1,
+                             (attr >> 4) & 1, (attr >> 13) & 1, (attr >> 15) & 1,
+                             (attr >> 12) & 1)
+
+        seg(0, cs_sel, cs_attr, cs_base, cs_lim)
+        for i in (1, 2, 3, 4, 5):  # ds es fs gs ss
+            seg(i, ds_sel, ds_attr, ds_base, ds_lim)
+        struct.pack_into("<QH", sregs, 192, gdtr_base, gdtr_limit)
+        struct.pack_into("<QH", sregs, 208, idtr_base, idtr_limit)
+        struct.pack_into("<Q", sregs, 224, cr0)
+        struct.pack_into("<QQ", sregs, 240, cr3, cr4)
+        struct.pack_into("<Q", sregs, 264, efer)
+        ioctl(fd, KVM_SET_SREGS, sregs)
+        # IGVM order rax rcx rdx rbx rsp rbp rsi rdi; kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp
+        kvm_order = (g[0], g[3], g[1], g[2], g[6], g[7], g[4], g[5]) + g[8:]
+        regs = ctypes.create_string_buffer(struct.pack("<18Q", *kvm_order), 144)
+        ioctl(fd, KVM_SET_REGS, regs)
+
+    def finish(self, outcome):
+        with self.lock:
+            if self.outcome is None:
+                self.outcome = outcome
+        self.done.set()
+
+    def io(self, run):
+        direction, size, port, count, off = struct.unpack_from("<BBHIQ", run, 32)
+        data = run[off:off + size * count]
+        out = direction == 1
+        value = int.from_bytes(data[:size], "little")
+        self.exits["io"] += 1
+        if out and port == 0x80 and self.first_marker is None:
+            self.first_marker = time.monotonic() - self.start
+        if port == 0x3F8 and out:
+            sys.stdout.buffer.write(bytes(data[:1]))
+            sys.stdout.flush()
+        elif port == 0x3FD and not out:
+            run[off] = 0x60
+        elif port == 0x510 and out and size == 2:
+            self.fw.select(value)
+        elif port == 0x511 and not out:
+            for i in range(size * count):
+                run[off + i] = self.fw.read_byte()
+        elif port == 0x514 and out and size == 4:
+            self.fw.dma_high = int.from_bytes(data[:4], "big")
+        elif port == 0x518 and out and size == 4:
+            self.fw.dma((self.fw.dma_high << 32) | int.from_bytes(data[:4], "big"))
+        elif port == 0x64 and out and value == 0xFE:
+            self.finish("reset:i8042")
+        elif port == 0xCF9 and out and size == 1 and value & 0x04:
+            self.finish("reset:cf9")
+        elif port == 0x604 and out and size == 2 and value & 0x2000:
+            self.finish("poweroff")
+        elif port == 0x505 and out:
+            self.finish("panic")
+        elif not out:
+            for i in range(size * count):
+                run[off + i] = 0xFF
+
+    def vcpu_loop(self, index):
+        fd, run = self.vcpus[index]
+        while not self.done.is_set():
+            try:
+                ioctl(fd, KVM_RUN)
+            except OSError as e:
+                if e.errno in (4, 11):  # EINTR, EAGAIN (INIT on a waiting AP)
+                    continue
+                self.finish(f"error:vcpu{index}:{e}")
+                return
+            reason = struct.unpack_from("<I", run, 8)[0]
+            if reason == EXIT_IO:
+                self.io(run)
+            elif reason == EXIT_MMIO:
+                self.exits["mmio"] += 1
+                _addr, _data, length, is_write = struct.unpack_from("<Q8sIB", run, 32)
+                if not is_write:
+                    run[40:40 + length] = b"\xff" * length
+            elif reason == EXIT_HLT:
+                self.finish(f"hlt:vcpu{index}")
+            elif reason == EXIT_SHUTDOWN:
+                if self.args.verbose:
+                    regs = ctypes.create_string_buffer(144)
+                    ioctl(fd, KVM_GET_REGS, regs)
+                    g = struct.unpack_from("<18Q", regs)
+                    print(f"[smoke] shutdown: rip {g[16]:#x} rsp {g[6]:#x}", file=sys.stderr)
+                self.finish("reset:triple-fault")
+            elif reason == 17:  # KVM_EXIT_INTERNAL_ERROR: suberror, ndata, data[]
+                sub, ndata = struct.unpack_from("<II", run, 32)
+                data = struct.unpack_from(f"<{min(ndata, 16)}Q", run, 40)
+                self.finish(f"exit:internal_error:{sub}:{[hex(d) for d in data]}")
+            else:
+                self.finish(f"exit:{EXIT_NAMES.get(reason, reason)}")
+
+    def run(self, timeout):
+        threads = [threading.Thread(target=self.vcpu_loop, args=(i,), daemon=True)
+                   for i in range(len(self.vcpus))]
+        for t in threads:
+            t.start()
+        if not self.done.wait(timeout):
+            return "timeout"
+        return self.outcome
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("igvm")
+    p.add_argument("--mem", type=int, default=64, help="RAM in MiB")
+    p.add_argument("--vcpus", type=int, default=1)
+    p.add_argument("--reboot-until", type=int)
+    p.add_argument("--max-launches", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--verbose", action="store_true", help="registers at a triple fault")
+    args = p.parse_args()
+    igvm = Igvm(open(args.igvm, "rb").read())
+    kvm = os.open("/dev/kvm", os.O_RDWR)
+    for generation in range(1, args.max_launches + 1):
+        launch = Launch(kvm, igvm, args, generation)
+        outcome = launch.run(args.timeout)
+        marker = (f"{launch.first_marker * 1e3:.2f} ms" if launch.first_marker is not None
+                  else "none")
+        print(f"[smoke] generation {generation}: {outcome}; first port-0x80 write after "
+              f"{marker}; exits {launch.exits}", file=sys.stderr)
+        if outcome == "poweroff":
+            os._exit(0)
+        if not outcome.startswith("reset:"):
+            os._exit(1)
+        if args.vcpus > 1:
+            print("[smoke] resets with several vCPUs are not modelled", file=sys.stderr)
+            os._exit(1)
+        os.close(launch.vcpus[0][0])
+        os.close(launch.vm)
+    print("[smoke] launch limit reached", file=sys.stderr)
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    main()
