@@ -68,7 +68,7 @@ pub enum FwErrorKind {
         /// The rule it breaks.
         reason: &'static str,
     },
-    /// `CreateVm` with no vCPU.
+    /// `CreateVm` with no vCPU, or more than [`crate::measure::MAX_VCPUS`].
     NoVcpus,
     /// A GPA or size that is not 4 KiB aligned.
     Misaligned {
@@ -155,7 +155,9 @@ impl core::fmt::Display for FwError {
             FwErrorKind::Policy { policy, reason } => {
                 write!(f, "guest policy {policy:#x} refused: {reason}")
             }
-            FwErrorKind::NoVcpus => f.write_str("a VM needs at least one vCPU"),
+            FwErrorKind::NoVcpus => {
+                write!(f, "a VM needs 1 to {} vCPUs", crate::measure::MAX_VCPUS)
+            }
             FwErrorKind::Misaligned { gpa } => write!(f, "{gpa:#x} is not 4 KiB aligned"),
             FwErrorKind::BadRange { gpa, size } => write!(
                 f,
@@ -345,7 +347,7 @@ impl FwModel {
         if self.state != FwState::Uninit {
             return Err(FwErrorKind::AlreadyStarted);
         }
-        if vcpus == 0 {
+        if vcpus == 0 || vcpus > crate::measure::MAX_VCPUS {
             return Err(FwErrorKind::NoVcpus);
         }
         let bad = |reason| Err(FwErrorKind::Policy { policy, reason });

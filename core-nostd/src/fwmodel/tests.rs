@@ -417,6 +417,10 @@ fn rejects_bad_policies_and_vcpus() {
         *vcpus = 0;
     }
     assert_eq!(err(&p).kind, FwErrorKind::NoVcpus);
+    if let LaunchOp::CreateVm { vcpus, .. } = &mut p.ops[0] {
+        *vcpus = u32::MAX;
+    }
+    assert_eq!(err(&p).kind, FwErrorKind::NoVcpus);
     // A second vCPU without state.
     let mut p = small(Platform::SevEs);
     if let LaunchOp::CreateVm { vcpus, .. } = &mut p.ops[0] {

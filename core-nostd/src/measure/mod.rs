@@ -68,6 +68,11 @@ pub fn id_block_matches(id_block_ld: &[u8; 48], m: &Measurement) -> bool {
     matches!(m, Measurement::Snp(ld) if ld == id_block_ld)
 }
 
+/// The most vCPUs a VM can have (`KVM_MAX_VCPUS` on x86 with `CONFIG_MAXSMP`,
+/// `arch/x86/include/asm/kvm_host.h`); larger counts are refused before anything is
+/// allocated for them.
+pub const MAX_VCPUS: u32 = 4096;
+
 /// Choices that are not part of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MeasureOptions {
@@ -95,6 +100,13 @@ pub enum MeasureError {
     MissingCreateVm {
         /// Op index.
         op: usize,
+    },
+    /// `CreateVm` with more than [`MAX_VCPUS`] vCPUs.
+    TooManyVcpus {
+        /// Op index.
+        op: usize,
+        /// The count.
+        vcpus: u32,
     },
     /// A second `CreateVm`.
     DuplicateCreateVm {
@@ -167,6 +179,9 @@ impl core::fmt::Display for MeasureError {
                 write!(f, "op {op}: the plan does not start with CreateVm")
             }
             MeasureError::DuplicateCreateVm { op } => write!(f, "op {op}: a second CreateVm"),
+            MeasureError::TooManyVcpus { op, vcpus } => {
+                write!(f, "op {op}: {vcpus} vCPUs, more than KVM's {MAX_VCPUS}")
+            }
             MeasureError::OpAfterFinalize { op } => write!(f, "op {op}: after Finalize"),
             MeasureError::MissingFinalize => f.write_str("the plan has no Finalize"),
             MeasureError::VpOutOfRange { op, vp, vcpus } => write!(
@@ -545,6 +560,9 @@ pub fn expected_with(
         {
             if acc.is_some() {
                 return Err(MeasureError::DuplicateCreateVm { op: i });
+            }
+            if vcpus > MAX_VCPUS {
+                return Err(MeasureError::TooManyVcpus { op: i, vcpus });
             }
             acc = Some((Acc::new(platform), vmsa_features));
             vps = alloc::vec![None; vcpus as usize];
@@ -954,6 +972,20 @@ mod tests {
         let c = p.ops[0];
         p.ops.insert(1, c);
         assert_eq!(expected(&p), Err(MeasureError::DuplicateCreateVm { op: 1 }));
+        let mut p = good.clone();
+        p.ops[0] = LaunchOp::CreateVm {
+            platform: Platform::Snp,
+            policy: 0x30000,
+            vmsa_features: 0,
+            vcpus: u32::MAX,
+        };
+        assert_eq!(
+            expected(&p),
+            Err(MeasureError::TooManyVcpus {
+                op: 0,
+                vcpus: u32::MAX
+            })
+        );
         let mut p = good.clone();
         p.ops.remove(n - 2); // SetVpContext of vCPU 1
         assert_eq!(expected(&p), Err(MeasureError::MissingVpContext { vp: 1 }));
