@@ -559,3 +559,46 @@ fn published_vectors() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// TDX has no PyPI oracle: Debian's OVMF.fd (which carries TDVF metadata) is cross-checked
+/// against `tests/vectors/tdx/mrtd.py`, a separate from-scratch Python implementation of
+/// the TDVF section walk and MRTD (same project, shared code: none).
+#[test]
+fn debian_ovmf_tdx_mrtd_vs_script() {
+    let fd = debian_fd("ovmf/OVMF.fd");
+    let python = oracles().join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "oracle missing: {} not found; run scripts/oracles.sh",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .arg(repo_root().join("tests/vectors/tdx/mrtd.py"))
+        .arg(&fd)
+        .output()
+        .expect("run mrtd.py");
+    assert!(
+        out.status.success(),
+        "mrtd.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let image = std::fs::read(&fd).unwrap();
+    let k = kernel_files();
+    for vcpus in [1, 4] {
+        let c = Case {
+            mode: Platform::Tdx,
+            vcpus,
+            cpu: "EPYC-v4",
+            features: 0,
+            kernel: false,
+            initrd: false,
+            append: None,
+        };
+        assert_eq!(ours(&image, &c, &k).unwrap(), theirs, "{}", c.name());
+    }
+    let rec = recorded("debian-ovmf/expected.txt");
+    if rec.get("package").map(String::as_str) == Some(debian_ovmf_version().as_str()) {
+        assert_eq!(rec.get("tdx-mrtd"), Some(&theirs));
+    }
+}
