@@ -1,0 +1,90 @@
+//! Shared helpers of the KVM integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relaunch::audit::{AuditLog, EventSink};
+use relaunch::devices::console::Console;
+use relaunch::session::{run_session, SessionConfig, SessionReport};
+use relaunch::vstate::Host;
+use relaunch_core::plan::{LaunchPlan, Platform};
+
+/// Opens /dev/kvm, or reports the skip: `None` means "skip this test" (prints
+/// `SKIPPED: no /dev/kvm`); under `CI=true` a missing /dev/kvm fails the test instead.
+pub fn host(prefer_gmem: bool) -> Option<Host> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but /dev/kvm is missing"
+        );
+        println!("SKIPPED: no /dev/kvm");
+        return None;
+    }
+    Some(Host::open(prefer_gmem).expect("open /dev/kvm"))
+}
+
+/// A session config with captured console and in-memory events.
+pub fn config(mem: u64, max_reboots: Option<u64>, prestage: bool) -> SessionConfig {
+    SessionConfig {
+        mem_bytes: mem,
+        max_reboots,
+        prestage,
+        console: Arc::new(Console::capture(1 << 20)),
+        audit: None,
+        events: Some(Arc::new(EventSink::Memory(Default::default()))),
+        fw_cfg_files: Vec::new(),
+        bundle_sha256: "00".repeat(32),
+        platform: Platform::Native,
+        predicted_measurement: None,
+        plan_time: Duration::ZERO,
+    }
+}
+
+/// With an audit log at `path`.
+pub fn with_audit(mut c: SessionConfig, path: &std::path::Path) -> SessionConfig {
+    c.audit = Some(Arc::new(AuditLog::open(path).expect("audit log")));
+    c
+}
+
+/// Runs a session.
+pub fn run(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> SessionReport {
+    run_session(host, plan, cfg)
+}
+
+/// Captured guest output.
+pub fn output(cfg: &SessionConfig) -> String {
+    String::from_utf8_lossy(&cfg.console.captured()).into_owned()
+}
+
+/// Event lines.
+pub fn events(cfg: &SessionConfig) -> Vec<String> {
+    cfg.events.as_ref().map(|e| e.lines()).unwrap_or_default()
+}
+
+/// Open fds of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident set size of this process, KiB.
+pub fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Percentile of durations (sorted copy), in microseconds.
+pub fn pct_us(v: &[Duration], p: f64) -> u128 {
+    let mut s: Vec<_> = v.to_vec();
+    s.sort();
+    if s.is_empty() {
+        return 0;
+    }
+    let i = ((s.len() - 1) as f64 * p).round() as usize;
+    s[i].as_micros()
+}

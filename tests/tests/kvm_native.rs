@@ -1,0 +1,175 @@
+//! The native KVM backend end to end with hand-assembled guests (`relaunch::testing`): boot,
+//! serial output, every reset and power-off path, fw_cfg launch generation, SMP via
+//! INIT/SIPI, a hostile guest, prestaging, guest_memfd and anonymous RAM, the audit log.
+
+mod kvm_common;
+
+use kvm_common::*;
+use relaunch::devices::ResetSource;
+use relaunch::session::{EXIT_GUEST_FATAL, EXIT_POWER_OFF, EXIT_REBOOT_LIMIT};
+use relaunch::testing;
+use relaunch::vcpu::Outcome;
+use relaunch::vstate::MemoryBacking;
+
+const MEM: u64 = 64 << 20;
+
+#[test]
+fn kvm_hello_powers_off() {
+    for gmem in [true, false] {
+        let Some(host) = host(gmem) else { return };
+        if !gmem {
+            assert_eq!(host.backing, MemoryBacking::Anonymous);
+        }
+        let plan = testing::plan(testing::HELLO, &[], 1, MEM, 0);
+        let cfg = config(MEM, None, false);
+        let r = run(&host, &plan, &cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+        assert_eq!(r.launches, 1);
+        assert_eq!(output(&cfg), "hello from a hand-built plan\n");
+        let ev = events(&cfg);
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].contains("\"outcome\":\"power-off\""), "{}", ev[0]);
+        assert!(ev[0].contains("\"exit_code\":0"), "{}", ev[0]);
+        println!("backing {:?}: {}", host.backing, ev[0]);
+    }
+}
+
+#[test]
+fn kvm_i8042_reset_relaunches_until_limit() {
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan(testing::RESET, &[], 1, MEM, 0);
+    let cfg = config(MEM, Some(5), false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT);
+    assert_eq!(r.launches, 6);
+    assert_eq!(r.outcome, Outcome::Reset(ResetSource::I8042));
+    assert_eq!(r.relaunch_latency.len(), 5);
+    let ev = events(&cfg);
+    assert_eq!(ev.len(), 6);
+    for (i, e) in ev.iter().enumerate() {
+        assert!(e.contains(&format!("\"generation\":{}", i + 1)), "{e}");
+        assert!(e.contains("\"reason\":\"i8042\""), "{e}");
+    }
+    assert!(ev[5].contains("\"exit_code\":4"));
+    assert!(ev[1].contains("\"relaunch_latency_us\":"));
+    println!(
+        "relaunch latency p50 {} us, max {} us",
+        pct_us(&r.relaunch_latency, 0.5),
+        pct_us(&r.relaunch_latency, 1.0)
+    );
+}
+
+#[test]
+fn kvm_fw_cfg_generation_and_cf9_reset() {
+    for prestage in [false, true] {
+        let Some(host) = host(true) else { return };
+        let plan = testing::plan(testing::FW_LOOP, &[], 1, MEM, 0);
+        let mut cfg = config(MEM, None, prestage);
+        cfg.fw_cfg_files = vec![(
+            "opt/relaunch/reboot-until".into(),
+            4u64.to_le_bytes().to_vec(),
+        )];
+        let r = run(&host, &plan, &cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+        assert_eq!(r.launches, 4);
+        assert_eq!(output(&cfg), "g1\ng2\ng3\ng4\n");
+        let ev = events(&cfg);
+        assert!(ev[0].contains("\"reason\":\"cf9\""), "{}", ev[0]);
+        println!(
+            "prestage {prestage}: relaunch latency {:?}",
+            r.relaunch_latency
+        );
+    }
+}
+
+#[test]
+fn kvm_triple_fault_is_a_reset() {
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan_with_regs(
+        testing::TRIPLE_FAULT,
+        testing::protected_mode_regs(testing::CODE_GPA),
+        1,
+        MEM,
+    );
+    let cfg = config(MEM, Some(1), false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.outcome, Outcome::Reset(ResetSource::TripleFault));
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT);
+    assert_eq!(r.launches, 2);
+}
+
+#[test]
+fn kvm_pvpanic_is_guest_fatal() {
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan(testing::PANIC, &[], 1, MEM, 0);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_GUEST_FATAL);
+    assert_eq!(r.outcome, Outcome::GuestFatal("pvpanic".into()));
+}
+
+#[test]
+fn kvm_hostile_guest_is_survived() {
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan(testing::JUNK, &[], 1, MEM, 0);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    let ev = events(&cfg);
+    let e = &ev[0];
+    let unknown: u64 = e
+        .split("\"unknown_io\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(unknown > 10_000, "{e}");
+    // The DMA request outside RAM (the second one, at 0x3000, reads an all-zero request:
+    // a no-op that succeeds).
+    assert!(e.contains("\"fw_cfg_dma_errors\":1"), "{e}");
+    // The console got the junk bytes, bounded by the capture.
+    assert!(!cfg.console.captured().is_empty());
+}
+
+#[test]
+fn kvm_smp_aps_start_by_init_sipi() {
+    let Some(host) = host(true) else { return };
+    for vcpus in [2u32, 4] {
+        let plan = testing::smp_plan(vcpus, MEM);
+        let cfg = config(MEM, None, false);
+        let r = run(&host, &plan, &cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+        let out = output(&cfg);
+        assert_eq!(out.matches('A').count(), (vcpus - 1) as usize, "{out:?}");
+        assert!(out.ends_with("S\n"), "{out:?}");
+    }
+}
+
+#[test]
+fn kvm_audit_log_records_every_launch_before_it_runs() {
+    let Some(host) = host(true) else { return };
+    let path =
+        std::env::temp_dir().join(format!("relaunch-kvm-audit-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let plan = testing::plan(testing::RESET, &[], 1, MEM, 0);
+    let cfg = with_audit(config(MEM, Some(2), false), &path);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for (i, pair) in lines.chunks(2).enumerate() {
+        let g = format!("\"generation\":{}", i + 1);
+        assert!(pair[0].starts_with("{\"event\":\"launch\""), "{}", pair[0]);
+        assert!(pair[0].contains(&g));
+        assert!(pair[0].contains("\"bundle_sha256\":\"0000"));
+        assert!(pair[0].contains("\"platform\":\"native\""));
+        assert!(pair[0].contains("\"predicted_measurement\":null"));
+        assert!(pair[0].contains(&format!("\"mem\":{MEM}")));
+        assert!(pair[0].contains("\"execute_us\":"));
+        assert!(pair[1].starts_with("{\"event\":\"exit\""), "{}", pair[1]);
+        assert!(pair[1].contains(&g));
+        assert!(pair[1].contains("\"outcome\":\"reset\""));
+    }
+    let _ = std::fs::remove_file(&path);
+}

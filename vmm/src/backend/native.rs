@@ -1,0 +1,445 @@
+//! The native KVM backend: an ordinary KVM VM (type 0) running the bundle's native view.
+//!
+//! Recipe (Firecracker-style, top to bottom): `CreateVm` → VM fd, in-kernel irqchip, guest
+//! RAM memslots (`vstate::ram_layout`), vCPUs with CPUID; `MapRam` → memslots for ranges not
+//! yet backed; `ImportPage` → copy bytes into the (fresh, zeroed) mapping; `SetVpContext` →
+//! register ioctls; `Finalize` → started APs made runnable. vCPUs without a VP context keep
+//! KVM's reset state: vCPU 0 (the BSP) starts at the reset vector, the others wait for
+//! INIT/SIPI in `KVM_MP_STATE_UNINITIALIZED`; so do APs whose context is the planner's
+//! `VpSource::Reset` state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_debugregs, kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment,
+    kvm_xcrs, Msrs, KVM_MP_STATE_RUNNABLE,
+};
+use relaunch_core::arch::regs::{DescriptorTable, Segment, VpRegs};
+use relaunch_core::plan::{LaunchOp, LaunchPlan, PageKind, Platform, VpSource};
+
+use super::{kvm_err, BackendError, LaunchBackend};
+use crate::sys::kvm::{Vcpu, Vm};
+use crate::vstate::{ram_layout, GuestMemory, Host, Region, PAGE_SIZE};
+
+/// `IA32_PAT` (Intel SDM Vol. 4, Table 2-2).
+const MSR_IA32_PAT: u32 = 0x277;
+
+/// Time spent per op class while building one VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecTimings {
+    /// `KVM_CREATE_VM` + irqchip + RAM memslots + vCPUs.
+    pub create_vm: Duration,
+    /// Extra memslots for `MapRam`.
+    pub map_ram: Duration,
+    /// Page copies.
+    pub import: Duration,
+    /// Register setup.
+    pub vp_context: Duration,
+    /// Total, start of the first op to the end of `Finalize`.
+    pub total: Duration,
+}
+
+/// A VM ready to run: built by executing a plan, not started yet.
+#[derive(Debug)]
+pub struct BuiltVm {
+    /// vCPUs, index = vCPU id (dropped first: field order).
+    pub vcpus: Vec<Vcpu>,
+    /// The VM fd (keeps the memslot mappings alive with the vCPUs).
+    pub vm: Vm,
+    /// Guest memory, shared with devices (fw_cfg DMA).
+    pub memory: Arc<GuestMemory>,
+    /// Build timings.
+    pub timings: ExecTimings,
+}
+
+struct Building {
+    vm: Vm,
+    vcpus: Vec<Vcpu>,
+    memory: GuestMemory,
+    started: Vec<bool>,
+}
+
+/// The native backend: executes a plan on `host`, producing a [`BuiltVm`].
+pub struct NativeBackend<'h> {
+    host: &'h Host,
+    mem_bytes: u64,
+    state: Option<Building>,
+    finalized: bool,
+    timings: ExecTimings,
+    t0: Option<Instant>,
+}
+
+impl<'h> NativeBackend<'h> {
+    /// A backend that will give the guest `mem_bytes` of RAM at `[0, mem)` (split around the
+    /// 32-bit hole).
+    pub fn new(host: &'h Host, mem_bytes: u64) -> NativeBackend<'h> {
+        NativeBackend {
+            host,
+            mem_bytes,
+            state: None,
+            finalized: false,
+            timings: ExecTimings::default(),
+            t0: None,
+        }
+    }
+
+    /// The built VM, once `Finalize` ran.
+    ///
+    /// # Errors
+    /// `BackendError::Order` when the plan did not create and finalize a VM.
+    pub fn finish(self) -> Result<BuiltVm, BackendError> {
+        let st = self
+            .state
+            .ok_or(BackendError::Order("plan has no CreateVm"))?;
+        if !self.finalized {
+            return Err(BackendError::Order("plan has no Finalize"));
+        }
+        Ok(BuiltVm {
+            vcpus: st.vcpus,
+            vm: st.vm,
+            memory: Arc::new(st.memory),
+            timings: self.timings,
+        })
+    }
+
+    fn building(&mut self) -> Result<&mut Building, BackendError> {
+        if self.finalized {
+            return Err(BackendError::Order("op after Finalize"));
+        }
+        self.state
+            .as_mut()
+            .ok_or(BackendError::Order("op before CreateVm"))
+    }
+
+    fn create_vm(&mut self, platform: Platform, vcpus: u32) -> Result<(), BackendError> {
+        if self.state.is_some() {
+            return Err(BackendError::Order("second CreateVm"));
+        }
+        if platform != Platform::Native {
+            return Err(BackendError::Platform(platform));
+        }
+        let max = self.host.kvm.get_max_vcpus();
+        if vcpus == 0 || vcpus as usize > max {
+            return Err(BackendError::VcpuCount(vcpus, max));
+        }
+        let host = self.host;
+        let vm = host.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let mut vm = Vm::new(vm);
+        // In-kernel PIC/IOAPIC/LAPIC: needed for INIT/SIPI AP start-up and HLT in the kernel.
+        // No PIT: its kernel timer thread would cost every relaunch; our guests use none.
+        vm.fd()
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let mut memory = GuestMemory::default();
+        for (gpa, size) in ram_layout(self.mem_bytes) {
+            add_region(host, &mut vm, &mut memory, gpa, size)?;
+        }
+        let mut list = Vec::with_capacity(vcpus as usize);
+        for id in 0..vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut cpuid = host.cpuid.clone();
+            for e in cpuid.as_mut_slice() {
+                match e.function {
+                    // CPUID.1:EBX[31:24] initial APIC ID (Intel SDM Vol. 2A, CPUID).
+                    1 => e.ebx = (e.ebx & 0x00FF_FFFF) | (id << 24),
+                    // CPUID.0Bh/1Fh:EDX x2APIC ID.
+                    0xB | 0x1F => e.edx = id,
+                    _ => {}
+                }
+            }
+            vcpu.fd()
+                .set_cpuid2(&cpuid)
+                .map_err(kvm_err("KVM_SET_CPUID2"))?;
+            list.push(vcpu);
+        }
+        self.state = Some(Building {
+            vm,
+            started: vec![false; list.len()],
+            vcpus: list,
+            memory,
+        });
+        Ok(())
+    }
+}
+
+fn add_region(
+    host: &Host,
+    vm: &mut Vm,
+    memory: &mut GuestMemory,
+    gpa: u64,
+    size: u64,
+) -> Result<(), BackendError> {
+    let mapping = Arc::new(
+        host.map_ram(vm, size)
+            .map_err(kvm_err("mapping guest RAM"))?,
+    );
+    vm.add_memslot(gpa, Arc::clone(&mapping))
+        .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION2"))?;
+    memory.push(Region { gpa, mapping });
+    Ok(())
+}
+
+impl LaunchBackend for NativeBackend<'_> {
+    fn apply(&mut self, op: &LaunchOp, plan: &LaunchPlan) -> Result<(), BackendError> {
+        let t = Instant::now();
+        let t0 = *self.t0.get_or_insert(t);
+        match *op {
+            LaunchOp::CreateVm {
+                platform, vcpus, ..
+            } => {
+                self.create_vm(platform, vcpus)?;
+                self.timings.create_vm += t.elapsed();
+            }
+            LaunchOp::MapRam { gpa, size } => {
+                let host = self.host;
+                let b = self.building()?;
+                let bad = BackendError::Range { gpa, size };
+                if gpa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || gpa.checked_add(size).is_none()
+                {
+                    return Err(bad);
+                }
+                for (g, s) in b.memory.uncovered(gpa, size) {
+                    add_region(host, &mut b.vm, &mut b.memory, g, s)?;
+                }
+                self.timings.map_ram += t.elapsed();
+            }
+            LaunchOp::ImportPage { gpa, kind, data } => {
+                let b = self.building()?;
+                // Fresh mappings are zero: only non-zero contents need copying (this keeps
+                // untouched guest pages unallocated, and relaunch fast).
+                let bytes = plan.page_bytes(&data);
+                let bytes = bytes
+                    .get(..bytes.len().min(PAGE_SIZE as usize))
+                    .unwrap_or(&[]);
+                // Check the whole page is backed even when nothing is copied.
+                b.memory.locate(gpa, PAGE_SIZE)?;
+                if kind != PageKind::Zero && !bytes.is_empty() {
+                    b.memory.write(gpa, bytes)?;
+                }
+                self.timings.import += t.elapsed();
+            }
+            LaunchOp::SetVpContext { vp, ctx, source } => {
+                let b = self.building()?;
+                let vcpus = b.vcpus.len() as u32;
+                let err = BackendError::Vp {
+                    vp,
+                    ctx,
+                    vcpus,
+                    contexts: plan.vp_contexts.len(),
+                };
+                let regs = plan.vp_contexts.get(ctx as usize).ok_or(err)?;
+                let vcpu = b.vcpus.get(vp as usize).ok_or(BackendError::Vp {
+                    vp,
+                    ctx,
+                    vcpus,
+                    contexts: plan.vp_contexts.len(),
+                })?;
+                set_vp_regs(vcpu, regs)?;
+                // Only a context the bundle gives starts an AP; an AP in the architectural
+                // reset state waits for INIT/SIPI like on real hardware (its registers are
+                // reset again by INIT anyway).
+                if source == VpSource::Bundle {
+                    if let Some(s) = b.started.get_mut(vp as usize) {
+                        *s = true;
+                    }
+                }
+                self.timings.vp_context += t.elapsed();
+            }
+            LaunchOp::Finalize { .. } => {
+                let b = self.building()?;
+                // An AP with its own context starts running at once instead of waiting for
+                // INIT/SIPI (vCPU 0 is runnable already: it is KVM's BSP).
+                for (id, (vcpu, started)) in b.vcpus.iter().zip(&b.started).enumerate() {
+                    if id != 0 && *started {
+                        vcpu.fd()
+                            .set_mp_state(kvm_mp_state {
+                                mp_state: KVM_MP_STATE_RUNNABLE,
+                            })
+                            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+                    }
+                }
+                self.finalized = true;
+                self.timings.total = t0.elapsed();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Converts a segment in the VMSA attribute encoding (AMD APM Vol. 2, Table B-4: bits 7:0 =
+/// type, S, DPL, P; bits 11:8 = AVL, L, D/B, G) to KVM's unpacked `kvm_segment`.
+pub fn kvm_segment_from(s: &Segment) -> kvm_segment {
+    let a = s.attrib;
+    let present = ((a >> 7) & 1) as u8;
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: (a & 0xF) as u8,
+        s: ((a >> 4) & 1) as u8,
+        dpl: ((a >> 5) & 3) as u8,
+        present,
+        avl: ((a >> 8) & 1) as u8,
+        l: ((a >> 9) & 1) as u8,
+        db: ((a >> 10) & 1) as u8,
+        g: ((a >> 11) & 1) as u8,
+        unusable: u8::from(present == 0),
+        padding: 0,
+    }
+}
+
+fn dtable(t: &DescriptorTable) -> kvm_dtable {
+    kvm_dtable {
+        base: t.base,
+        limit: t.limit,
+        padding: [0; 3],
+    }
+}
+
+/// Loads `r` into `vcpu`: SREGS, REGS, then XCR0, PAT, DR6/DR7 and FCW/MXCSR when set.
+///
+/// # Errors
+/// The failing ioctl.
+pub fn set_vp_regs(vcpu: &Vcpu, r: &VpRegs) -> Result<(), BackendError> {
+    let fd = vcpu.fd();
+    let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    sregs.cs = kvm_segment_from(&r.cs);
+    sregs.ds = kvm_segment_from(&r.ds);
+    sregs.es = kvm_segment_from(&r.es);
+    sregs.fs = kvm_segment_from(&r.fs);
+    sregs.gs = kvm_segment_from(&r.gs);
+    sregs.ss = kvm_segment_from(&r.ss);
+    sregs.tr = kvm_segment_from(&r.tr);
+    sregs.ldt = kvm_segment_from(&r.ldtr);
+    sregs.gdt = dtable(&r.gdtr);
+    sregs.idt = dtable(&r.idtr);
+    sregs.cr0 = r.cr0;
+    sregs.cr3 = r.cr3;
+    sregs.cr4 = r.cr4;
+    sregs.efer = r.efer;
+    fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let g = &r.gprs;
+    let regs = kvm_regs {
+        rax: g.rax,
+        rbx: g.rbx,
+        rcx: g.rcx,
+        rdx: g.rdx,
+        rsi: g.rsi,
+        rdi: g.rdi,
+        rsp: g.rsp,
+        rbp: g.rbp,
+        r8: g.r8,
+        r9: g.r9,
+        r10: g.r10,
+        r11: g.r11,
+        r12: g.r12,
+        r13: g.r13,
+        r14: g.r14,
+        r15: g.r15,
+        rip: r.rip,
+        // Bit 1 of RFLAGS is reserved-one (KVM sets it anyway).
+        rflags: r.rflags | 2,
+    };
+    fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    if r.xcr0 != 0 {
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = r.xcr0;
+        fd.set_xcrs(&xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
+    }
+    if r.pat != 0 {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_PAT,
+            data: r.pat,
+            ..Default::default()
+        }])
+        .map_err(|_| BackendError::Kvm {
+            what: "building KVM_SET_MSRS",
+            errno: crate::sys::Errno::new(libc::ENOMEM),
+        })?;
+        let n = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+        if n != 1 {
+            return Err(BackendError::Kvm {
+                what: "KVM_SET_MSRS (IA32_PAT refused)",
+                errno: crate::sys::Errno::new(libc::EINVAL),
+            });
+        }
+    }
+    if r.dr6 != 0 || r.dr7 != 0 {
+        let dr = kvm_debugregs {
+            dr6: r.dr6,
+            dr7: r.dr7,
+            ..Default::default()
+        };
+        fd.set_debug_regs(&dr)
+            .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
+    }
+    if r.fcw != 0 || r.mxcsr != 0 {
+        let fpu = kvm_fpu {
+            fcw: r.fcw,
+            mxcsr: r.mxcsr,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
+    }
+    Ok(())
+}
+
+/// Executes `plan` on a fresh native VM.
+///
+/// # Errors
+/// [`super::ExecError`] for the first failing op, or a missing `CreateVm`/`Finalize`
+/// (reported at index `plan.ops.len()`).
+pub fn build_vm(
+    host: &Host,
+    mem_bytes: u64,
+    plan: &LaunchPlan,
+) -> Result<BuiltVm, super::ExecError> {
+    let mut backend = NativeBackend::new(host, mem_bytes);
+    super::execute(&mut backend, plan)?;
+    backend.finish().map_err(|source| super::ExecError {
+        index: plan.ops.len(),
+        op: super::OpKind::Finalize,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_attrib_unpacks() {
+        // 64-bit code: P=1 DPL=0 S=1 type=0xB, L=1, G=1 → 0xA9B.
+        let k = kvm_segment_from(&Segment {
+            selector: 8,
+            attrib: 0xA9B,
+            limit: 0xFFFF_FFFF,
+            base: 0,
+        });
+        assert_eq!(
+            (k.type_, k.s, k.dpl, k.present, k.avl, k.l, k.db, k.g, k.unusable),
+            (0xB, 1, 0, 1, 0, 1, 0, 1, 0)
+        );
+        // 32-bit data, DPL 3, AVL: 0xDF3 = G D/B AVL | P DPL3 S type3.
+        let k = kvm_segment_from(&Segment {
+            selector: 0x10,
+            attrib: 0xDF3,
+            limit: 0xFFFF_FFFF,
+            base: 0x1000,
+        });
+        assert_eq!(
+            (k.type_, k.s, k.dpl, k.present, k.avl, k.l, k.db, k.g, k.unusable),
+            (3, 1, 3, 1, 1, 0, 1, 1, 0)
+        );
+        assert_eq!(k.base, 0x1000);
+        // Not present → unusable.
+        assert_eq!(kvm_segment_from(&Segment::default()).unusable, 1);
+    }
+}

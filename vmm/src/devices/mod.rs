@@ -1,0 +1,301 @@
+//! The guest-facing devices, and only these (`docs/devices.md`): COM1 16550, the port-0x80
+//! boot marker, reset (i8042 0xFE on 0x64, 0xCF9 RST_CPU), power-off (0x604 SLP_EN), pvpanic
+//! (0x505), fw_cfg (0x510/0x511/0x514/0x518). Every other port or MMIO access is logged
+//! (rate-limited) and ignored: reads return all-ones.
+//!
+//! The guest is hostile: every handler works on bounded state, never touches host paths,
+//! and turns anything malformed into "ignored" or a fw_cfg ERROR bit.
+
+pub mod console;
+pub mod fw_cfg;
+pub mod serial;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use console::Console;
+use fw_cfg::FwCfg;
+use serial::{Serial, COM1};
+
+use crate::vstate::GuestMemory;
+
+/// Boot-marker port: the first write per launch is timestamped.
+pub const PORT_BOOT_MARKER: u16 = 0x80;
+/// i8042 command port (0xFE = pulse reset line).
+pub const PORT_I8042_CMD: u16 = 0x64;
+/// i8042 data port.
+pub const PORT_I8042_DATA: u16 = 0x60;
+/// ICH9 reset control register (RST_CNT).
+pub const PORT_RST_CNT: u16 = 0xCF9;
+/// ICH9 PM1a control (PM base 0x600 + 4): SLP_EN (bit 13) powers off.
+pub const PORT_PM1A_CNT: u16 = 0x604;
+/// pvpanic.
+pub const PORT_PVPANIC: u16 = 0x505;
+
+/// i8042 "pulse output line 0" = CPU reset (IBM PC/AT technical reference).
+const I8042_RESET: u8 = 0xFE;
+/// RST_CNT bit 2: RST_CPU (Intel ICH9 datasheet 13.7.5; QEMU `hw/isa/lpc_ich9.c`).
+const RST_CNT_RST_CPU: u8 = 1 << 2;
+/// RST_CNT bits kept across writes (SYS_RST bit 1, FULL_RST bit 3).
+const RST_CNT_MASK: u8 = 0x0A;
+/// PM1_CNT.SLP_EN (ACPI 6.5 §4.8.3.2.1).
+const PM1_SLP_EN: u16 = 1 << 13;
+/// pvpanic PANICKED (QEMU `docs/specs/pvpanic.rst`).
+const PVPANIC_PANICKED: u8 = 1 << 0;
+/// pvpanic CRASH_LOADED.
+const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+
+/// How many unknown accesses per launch are logged before the rest are only counted.
+pub const UNKNOWN_LOG_LIMIT: u64 = 8;
+
+/// Why the guest asked for a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetSource {
+    /// 0xFE to port 0x64.
+    I8042,
+    /// RST_CPU written to port 0xCF9.
+    Cf9,
+    /// `KVM_EXIT_SHUTDOWN` (triple fault).
+    TripleFault,
+    /// `KVM_EXIT_SYSTEM_EVENT` RESET.
+    SystemEvent,
+}
+
+impl ResetSource {
+    /// Name in events and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResetSource::I8042 => "i8042",
+            ResetSource::Cf9 => "cf9",
+            ResetSource::TripleFault => "triple-fault",
+            ResetSource::SystemEvent => "system-event-reset",
+        }
+    }
+}
+
+/// What a device access asks the VMM to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing: keep running.
+    None,
+    /// Reset the guest (relaunch).
+    Reset(ResetSource),
+    /// Power off.
+    PowerOff,
+    /// The guest reported a crash (pvpanic).
+    Panic,
+}
+
+/// Timestamps of one launch, shared between vCPU threads.
+#[derive(Debug)]
+pub struct LaunchClock {
+    /// When the vCPU threads were started.
+    pub started: Instant,
+    /// First `KVM_RUN` return on any vCPU.
+    pub first_exit: OnceLock<Instant>,
+    /// First write to port 0x80.
+    pub boot_marker: OnceLock<Instant>,
+}
+
+impl LaunchClock {
+    /// A clock started now.
+    pub fn start() -> LaunchClock {
+        LaunchClock {
+            started: Instant::now(),
+            first_exit: OnceLock::new(),
+            boot_marker: OnceLock::new(),
+        }
+    }
+}
+
+/// The devices of one launch.
+#[derive(Debug)]
+pub struct Devices {
+    console: Arc<Console>,
+    memory: Arc<GuestMemory>,
+    clock: Arc<LaunchClock>,
+    serial: Serial,
+    fw_cfg: FwCfg,
+    rst_cnt: u8,
+    /// Unknown port/MMIO accesses seen.
+    pub unknown: u64,
+}
+
+impl Devices {
+    /// Devices for one launch.
+    pub fn new(
+        console: Arc<Console>,
+        memory: Arc<GuestMemory>,
+        clock: Arc<LaunchClock>,
+        fw_cfg: FwCfg,
+    ) -> Devices {
+        Devices {
+            console,
+            memory,
+            clock,
+            serial: Serial::new(),
+            fw_cfg,
+            rst_cnt: 0,
+            unknown: 0,
+        }
+    }
+
+    /// fw_cfg DMA requests that failed.
+    pub fn fw_cfg_errors(&self) -> u64 {
+        self.fw_cfg.dma_errors
+    }
+
+    fn unknown(&mut self, what: &str, addr: u64, len: usize) {
+        self.unknown = self.unknown.saturating_add(1);
+        if self.unknown <= UNKNOWN_LOG_LIMIT {
+            eprintln!("relaunch: guest {what} {addr:#x} ({len} bytes) ignored");
+            if self.unknown == UNKNOWN_LOG_LIMIT {
+                eprintln!("relaunch: further unknown guest accesses this launch are only counted");
+            }
+        }
+    }
+
+    /// Guest `in` from `port`.
+    pub fn io_in(&mut self, port: u16, data: &mut [u8]) -> Action {
+        match port {
+            COM1..=0x3FF => self.serial.read(port - COM1, data, &self.console),
+            fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
+                self.fw_cfg.io_in(port, data)
+            }
+            // i8042 status: output and input buffers empty; data: nothing.
+            PORT_I8042_CMD | PORT_I8042_DATA => data.fill(0),
+            PORT_RST_CNT => {
+                data.fill(0);
+                if let Some(b) = data.first_mut() {
+                    *b = self.rst_cnt;
+                }
+            }
+            PORT_PVPANIC => {
+                data.fill(0);
+                if let Some(b) = data.first_mut() {
+                    *b = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
+                }
+            }
+            PORT_PM1A_CNT | 0x605 | PORT_BOOT_MARKER => data.fill(0),
+            _ => {
+                data.fill(0xFF);
+                self.unknown("port read", u64::from(port), data.len());
+            }
+        }
+        Action::None
+    }
+
+    /// Guest `out` to `port`.
+    pub fn io_out(&mut self, port: u16, data: &[u8]) -> Action {
+        let first = data.first().copied().unwrap_or(0);
+        match port {
+            PORT_BOOT_MARKER => {
+                let _ = self.clock.boot_marker.set(Instant::now());
+            }
+            COM1..=0x3FF => self.serial.write(port - COM1, data, &self.console),
+            fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
+                self.fw_cfg.io_out(port, data, &self.memory)
+            }
+            PORT_I8042_CMD if first == I8042_RESET => return Action::Reset(ResetSource::I8042),
+            PORT_I8042_CMD | PORT_I8042_DATA => {}
+            PORT_RST_CNT => {
+                if data.len() == 1 && first & RST_CNT_RST_CPU != 0 {
+                    return Action::Reset(ResetSource::Cf9);
+                }
+                self.rst_cnt = first & RST_CNT_MASK;
+            }
+            PORT_PM1A_CNT | 0x605 => {
+                let val = match (port, data) {
+                    (PORT_PM1A_CNT, [lo, hi, ..]) => u16::from_le_bytes([*lo, *hi]),
+                    (0x605, [hi]) => u16::from(*hi) << 8,
+                    _ => 0,
+                };
+                if val & PM1_SLP_EN != 0 {
+                    return Action::PowerOff;
+                }
+            }
+            PORT_PVPANIC => {
+                if first & PVPANIC_PANICKED != 0 {
+                    return Action::Panic;
+                }
+            }
+            _ => self.unknown("port write", u64::from(port), data.len()),
+        }
+        Action::None
+    }
+
+    /// Guest MMIO read (nothing is mapped: all-ones).
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        data.fill(0xFF);
+        self.unknown("MMIO read", addr, data.len());
+    }
+
+    /// Guest MMIO write (ignored).
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        self.unknown("MMIO write", addr, data.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices() -> (Devices, Arc<Console>, Arc<LaunchClock>) {
+        let console = Arc::new(Console::capture(1024));
+        let clock = Arc::new(LaunchClock::start());
+        let d = Devices::new(
+            Arc::clone(&console),
+            Arc::new(GuestMemory::default()),
+            Arc::clone(&clock),
+            FwCfg::new(1, 1, &[]),
+        );
+        (d, console, clock)
+    }
+
+    #[test]
+    fn reset_poweroff_panic_ports() {
+        let (mut d, _, _) = devices();
+        assert_eq!(d.io_out(0x64, &[0xFE]), Action::Reset(ResetSource::I8042));
+        assert_eq!(d.io_out(0x64, &[0xFF]), Action::None);
+        assert_eq!(d.io_out(0xCF9, &[0x02]), Action::None);
+        let mut b = [0u8];
+        d.io_in(0xCF9, &mut b);
+        assert_eq!(b[0], 0x02);
+        assert_eq!(d.io_out(0xCF9, &[0x06]), Action::Reset(ResetSource::Cf9));
+        assert_eq!(d.io_out(0xCF9, &[0x0E]), Action::Reset(ResetSource::Cf9));
+        assert_eq!(d.io_out(0x604, &0x2000u16.to_le_bytes()), Action::PowerOff);
+        assert_eq!(d.io_out(0x604, &0x3400u16.to_le_bytes()), Action::PowerOff);
+        assert_eq!(d.io_out(0x604, &0x1C00u16.to_le_bytes()), Action::None);
+        assert_eq!(d.io_out(0x605, &[0x20]), Action::PowerOff);
+        assert_eq!(d.io_out(0x604, &[0x20]), Action::None);
+        assert_eq!(d.io_out(0x505, &[1]), Action::Panic);
+        assert_eq!(d.io_out(0x505, &[2]), Action::None);
+    }
+
+    #[test]
+    fn boot_marker_keeps_first_write() {
+        let (mut d, _, clock) = devices();
+        assert!(clock.boot_marker.get().is_none());
+        d.io_out(0x80, &[1]);
+        let t = *clock.boot_marker.get().unwrap();
+        d.io_out(0x80, &[2]);
+        assert_eq!(*clock.boot_marker.get().unwrap(), t);
+    }
+
+    #[test]
+    fn unknown_accesses_are_counted_and_ignored() {
+        let (mut d, console, _) = devices();
+        for p in 0..=u16::MAX {
+            let mut b = [0u8; 4];
+            if !matches!(p, 0x64 | 0x505 | 0x604 | 0x605 | 0xCF9 | 0x510..=0x51B) {
+                d.io_out(p, &[0xFE, 0xFF, 0xFF, 0xFF]);
+            }
+            d.io_in(p, &mut b);
+        }
+        d.mmio_read(0xFEE0_0000, &mut [0; 8]);
+        d.mmio_write(0xFFFF_FFFF_FFFF_FFF0, &[1; 8]);
+        assert!(d.unknown > 60000);
+        // The 0xFE etc. bytes written to COM1 THR reached the console, bounded.
+        assert!(console.captured().len() <= 1024);
+    }
+}

@@ -1,0 +1,107 @@
+//! Kicking a vCPU thread out of `KVM_RUN`: a real-time signal whose handler sets
+//! `kvm_run.immediate_exit` of the vCPU bound to the receiving thread.
+//!
+//! Why the handler writes `immediate_exit` (Firecracker does the same): a signal that lands
+//! between the thread's last check of its stop flag and its next `KVM_RUN` would otherwise be
+//! lost and the vCPU would keep running; with `immediate_exit = 1` that `KVM_RUN` returns
+//! `EINTR` at once (`Documentation/virt/kvm/api.rst`, "immediate_exit").
+
+use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
+
+use super::kvm::Vcpu;
+use super::Errno;
+
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread is running, or null.
+    static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal: the first real-time signal the C library leaves to applications.
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_sig: libc::c_int) {
+    // `try_with` on a const-initialised thread-local neither allocates nor panics: safe to
+    // call in a signal handler.
+    let target = KICK_TARGET
+        .try_with(Cell::get)
+        .unwrap_or(std::ptr::null_mut());
+    if !target.is_null() {
+        let flag = target
+            .cast::<u8>()
+            .wrapping_add(std::mem::offset_of!(kvm_run, immediate_exit));
+        // SAFETY: write_volatile needs a valid, aligned pointer: `target` is the `kvm_run`
+        // mapping of the vCPU this very thread is running inside `with_kick_target`, which
+        // resets the pointer to null before that vCPU (and its mapping) can be dropped or
+        // leave this thread; this handler runs on the same thread, so the mapping is alive.
+        // `flag` is byte `offset_of!(kvm_run, immediate_exit)` (1, asserted in `sys::kvm`)
+        // of it: in bounds, and a u8 needs no alignment.
+        unsafe { std::ptr::write_volatile(flag, 1) };
+    }
+}
+
+/// Installs the kick handler (once per process; later calls return the first result).
+///
+/// # Errors
+/// The `sigaction` errno.
+pub fn install_kick_handler() -> Result<(), Errno> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let r = INSTALLED.get_or_init(|| {
+        // SAFETY: an all-zero `sigaction` is a valid value of this plain C struct (empty mask,
+        // no flags); we fill the handler next.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as usize;
+        // No SA_RESTART: a kicked blocking call returns EINTR. No SA_SIGINFO: one-argument
+        // handler.
+        act.sa_flags = 0;
+        // SAFETY: sigaction(2) needs a valid signal number and a valid `act`: the signal is
+        // SIGRTMIN (reserved for applications), `act` is initialised above and its handler is
+        // async-signal-safe (it only touches a const thread-local and a volatile byte); a
+        // null `oldact` is allowed.
+        let rc = unsafe { libc::sigaction(kick_signal(), &act, std::ptr::null_mut()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Errno::last().errno())
+        }
+    });
+    r.map_err(Errno::new)
+}
+
+/// Runs `f` with `vcpu` as this thread's kick target: a kick signal delivered to this thread
+/// while `f` runs makes the vCPU's next (or current) `KVM_RUN` return `EINTR`.
+pub fn with_kick_target<R>(vcpu: &mut Vcpu, f: impl FnOnce(&mut Vcpu) -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = KICK_TARGET.try_with(|c| c.set(std::ptr::null_mut()));
+        }
+    }
+    let ptr = vcpu.kvm_run_ptr();
+    KICK_TARGET.with(|c| c.set(ptr));
+    let _reset = Reset;
+    f(vcpu)
+}
+
+/// Sends the kick signal to `thread` (a no-op error `ESRCH` if it already ended).
+///
+/// # Errors
+/// The `pthread_kill` error number.
+pub fn kick<T>(thread: &JoinHandle<T>) -> Result<(), Errno> {
+    let pt = thread.as_pthread_t();
+    // SAFETY: pthread_kill needs a pthread_t of a thread that has not been joined/detached:
+    // `thread` is a live JoinHandle (borrowed, so not joined yet), which keeps the pthread_t
+    // valid even if the thread has already finished.
+    let rc = unsafe { libc::pthread_kill(pt, kick_signal()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::new(rc))
+    }
+}
