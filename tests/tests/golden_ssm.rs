@@ -483,16 +483,19 @@ fn generated_ovmfx64_without_hash_table() {
 }
 
 /// The published vectors of sev-snp-measure's `tests/test_guest.py` (commit 8f2b337),
-/// `../shared/spec/igvm-snp.md` §5. Their 4 KiB fixtures are not redistributed here; point
-/// `RELAUNCH_SSM_FIXTURES` at a directory holding `ovmf_AmdSev_suffix.bin` and
-/// `ovmf_OvmfX64_suffix.bin` (sha256 8f765dfa…b16c / b4c021e0…16da) and run with
-/// `--ignored`.
+/// `../shared/spec/igvm-snp.md` §5, through `plan_firmware` + `measure::expected`. The 4 KiB
+/// fixtures are read from `RELAUNCH_SSM_FIXTURES` when set, else from the copies another
+/// test keeps in `core-nostd/src/measure/testdata/` (provenance in its README).
 #[test]
-#[ignore = "needs sev-snp-measure's tests/fixtures (not redistributed): RELAUNCH_SSM_FIXTURES=dir"]
 fn published_vectors() {
-    let dir = PathBuf::from(
-        std::env::var_os("RELAUNCH_SSM_FIXTURES")
-            .expect("set RELAUNCH_SSM_FIXTURES to the directory with the 4 KiB fixtures"),
+    let dir = std::env::var_os("RELAUNCH_SSM_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("core-nostd/src/measure/testdata"));
+    assert!(
+        dir.join("ovmf_AmdSev_suffix.bin").exists(),
+        "sev-snp-measure's fixtures not found in {}; set RELAUNCH_SSM_FIXTURES to a directory \
+         holding ovmf_AmdSev_suffix.bin and ovmf_OvmfX64_suffix.bin",
+        dir.display()
     );
     let amd = std::fs::read(dir.join("ovmf_AmdSev_suffix.bin")).unwrap();
     let x64 = std::fs::read(dir.join("ovmf_OvmfX64_suffix.bin")).unwrap();
