@@ -30,15 +30,18 @@ use kvm_ioctls::Kvm;
 use crate::bench::{self, floor, guest, ms, qemu, Reaped, Summary};
 
 const USAGE: &str = "usage: cargo xtask bench relaunch [--cycles N (>= 200)] [--mem-mib N] \
-                     [--cold-runs N (>= 20)] [--qemu-seconds S]";
+                     [--cold-runs N (>= 20)] [--qemu-seconds S] [--relaunch-bin PATH]";
 
 /// Options of one run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Opts {
     cycles: usize,
     mem_mib: u64,
     cold_runs: usize,
     qemu_seconds: u64,
+    /// A prebuilt `relaunch` to measure instead of building the static release binary
+    /// (A/B comparisons of two builds).
+    relaunch_bin: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -47,6 +50,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         mem_mib: 64,
         cold_runs: 20,
         qemu_seconds: 3,
+        relaunch_bin: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -61,6 +65,13 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--mem-mib" => o.mem_mib = val("--mem-mib")?,
             "--cold-runs" => o.cold_runs = usize::try_from(val("--cold-runs")?)?,
             "--qemu-seconds" => o.qemu_seconds = val("--qemu-seconds")?,
+            "--relaunch-bin" => {
+                let p = it
+                    .next()
+                    .with_context(|| format!("--relaunch-bin needs a value; {USAGE}"))?;
+                o.relaunch_bin =
+                    Some(std::fs::canonicalize(p).with_context(|| format!("--relaunch-bin {p}"))?);
+            }
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}; {USAGE}"),
         }
@@ -131,8 +142,15 @@ fn run(o: Opts) -> anyhow::Result<()> {
     println!("== cargo xtask bench relaunch ==");
     println!(
         "command: cargo xtask bench relaunch --cycles {} --mem-mib {} --cold-runs {} \
-         --qemu-seconds {}",
-        o.cycles, o.mem_mib, o.cold_runs, o.qemu_seconds
+         --qemu-seconds {}{}",
+        o.cycles,
+        o.mem_mib,
+        o.cold_runs,
+        o.qemu_seconds,
+        o.relaunch_bin
+            .as_ref()
+            .map(|p| format!(" --relaunch-bin {}", p.display()))
+            .unwrap_or_default()
     );
     println!("host: {}", bench::host_description());
     println!("load average at start: {}", load());
@@ -151,13 +169,19 @@ fn run(o: Opts) -> anyhow::Result<()> {
         o.mem_mib
     );
     let mut r = Results::default();
-    let bin = match bench::build_relaunch_static() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!("relaunch: cannot build the binary: {e:#}");
-            None
-        }
+    let bin = match &o.relaunch_bin {
+        Some(b) => Some(b.clone()),
+        None => match bench::build_relaunch_static() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                println!("relaunch: cannot build the static binary: {e:#}");
+                None
+            }
+        },
     };
+    if let Some(b) = &bin {
+        println!("relaunch binary: {}", b.display());
+    }
 
     // (a) main variant and (b) the floor, interleaved.
     println!(
@@ -300,11 +324,13 @@ const SPIN: u32 = 20_000;
 /// Launches skipped at the start of every relaunch run (first-use costs).
 const WARMUP: usize = 5;
 
+/// `relaunch run IGVM --mem N extra...`. Runs that count serial bytes keep the console;
+/// event-only runs add `--quiet` (which also discards guest output) to `extra`.
 fn relaunch_command(bin: &Path, igvm: &Path, mem_mib: u64, extra: &[String]) -> Command {
     let mut c = Command::new(bin);
     c.arg("run")
         .arg(igvm)
-        .args(["--mem", &format!("{mem_mib}M"), "--quiet"])
+        .args(["--mem", &format!("{mem_mib}M")])
         .args(extra);
     c
 }
@@ -358,6 +384,7 @@ fn relaunch_events(
     let _ = std::fs::remove_file(events);
     let reboots = launches + WARMUP;
     let mut extra = vec![
+        "--quiet".to_string(),
         "--max-reboots".to_string(),
         reboots.to_string(),
         "--events".to_string(),

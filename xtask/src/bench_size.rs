@@ -5,11 +5,13 @@
 //!   release profile strips symbols); `file` and `ldd` must both say the binary is static.
 //!   Target ≤ 2 MiB.
 //! - RSS: relaunch runs an idle guest (`bench::guest`, `Ending::Halt`: boot marker, one
-//!   serial byte, then `cli; hlt`) with `--mem 256M`. Once the guest's serial byte has
-//!   arrived and the process has settled, `/proc/PID/smaps` is read: VMM-own RSS = total Rss
-//!   of all mappings minus the Rss of the guest-RAM mapping(s) (every mapping at least as
-//!   large as the guest RAM, i.e. the 256 MiB anonymous or guest_memfd mapping). Target
-//!   ≤ 4 MiB.
+//!   serial byte, then `cli; hlt`) with `--mem 256M --audit-log FILE`. Once the audit log
+//!   holds the launch record (written before the guest runs) and the process has had 1 s
+//!   to settle, `/proc/PID/smaps` is read: VMM-own RSS = total Rss of all mappings minus the
+//!   Rss of the guest-RAM mapping(s) (every mapping at least as large as the guest RAM, i.e.
+//!   the 256 MiB anonymous or guest_memfd mapping). Target ≤ 4 MiB. The same is measured
+//!   with `--prestage` (a second VM is built while the guest runs): its extra RSS is the
+//!   memory cost of prestaging.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,24 +21,46 @@ use anyhow::{bail, Context};
 
 use crate::bench::{self, guest, Reaped};
 
-const USAGE: &str = "usage: cargo xtask bench size";
+const USAGE: &str = "usage: cargo xtask bench size [--relaunch-bin PATH]";
 
 /// Guest RAM for the RSS measurement.
 const GUEST_MIB: u64 = 256;
 
 /// Entry point.
 pub fn main(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unexpected argument {a:?}; {USAGE}");
-    }
+    let bin = match args {
+        [] => None,
+        [flag, path] if flag == "--relaunch-bin" => {
+            Some(std::fs::canonicalize(path).with_context(|| format!("--relaunch-bin {path}"))?)
+        }
+        _ => bail!("unexpected arguments {args:?}; {USAGE}"),
+    };
     println!("== cargo xtask bench size ==");
     println!("host: {}", bench::host_description());
-    let bin = bench::build_relaunch_static()?;
-    binary_size(&bin)?;
+    let bin = match bin {
+        Some(b) => {
+            println!("measuring the given binary {}", b.display());
+            b
+        }
+        None => bench::build_relaunch_static()?,
+    };
+    let is_static = binary_size(&bin)?;
     let dir = bench::work_dir()?;
     let page = guest::page(guest::Ending::Halt);
     let igvm = bench::write_file(&dir, "tiny-idle.igvm", &guest::igvm(&page)?)?;
-    rss(&bin, &igvm, &[])?;
+    let plain = rss(&bin, &igvm, &dir, &[])?;
+    let staged = rss(&bin, &igvm, &dir, &["--prestage"])?;
+    println!(
+        "\n--prestage memory cost: VMM-own RSS {:+} KiB, guest-RAM-sized mappings {:+} KiB Rss \
+         ({} vs {} such mappings; untouched guest RAM costs address space, not RSS)",
+        staged.own_kib as i64 - plain.own_kib as i64,
+        staged.guest_kib as i64 - plain.guest_kib as i64,
+        staged.guest_maps,
+        plain.guest_maps
+    );
+    if !is_static {
+        bail!("{} is not a static executable", bin.display());
+    }
     Ok(())
 }
 
@@ -58,13 +82,15 @@ fn says_static(file: &str, ldd: &str) -> bool {
     file_ok && ldd_ok
 }
 
-fn binary_size(bin: &Path) -> anyhow::Result<()> {
+/// Prints the binary's `file`/`ldd` verdicts and size; returns whether it is static.
+fn binary_size(bin: &Path) -> anyhow::Result<bool> {
     let file = tool_output("file", bin)?;
     let ldd = tool_output("ldd", bin)?;
     println!("$ file {}\n{file}", bin.display());
     println!("$ ldd {}\n{ldd}", bin.display());
-    if !says_static(&file, &ldd) {
-        bail!("{} is not a static executable", bin.display());
+    let is_static = says_static(&file, &ldd);
+    if !is_static {
+        println!("NOT STATIC: {} needs a dynamic loader", bin.display());
     }
     let len = std::fs::metadata(bin)
         .with_context(|| format!("stat {}", bin.display()))?
@@ -79,7 +105,7 @@ fn binary_size(bin: &Path) -> anyhow::Result<()> {
             "yes"
         }
     );
-    Ok(())
+    Ok(is_static)
 }
 
 /// One mapping of /proc/PID/smaps.
@@ -134,35 +160,51 @@ pub fn split_rss(maps: &[Mapping], guest_bytes: u64) -> (u64, u64) {
     (total, guest)
 }
 
-fn rss(bin: &Path, igvm: &Path, extra: &[&str]) -> anyhow::Result<()> {
+/// One RSS measurement.
+struct Rss {
+    own_kib: u64,
+    guest_kib: u64,
+    guest_maps: usize,
+}
+
+fn rss(bin: &Path, igvm: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Rss> {
+    let audit = dir.join("rss-audit.jsonl");
+    let _ = std::fs::remove_file(&audit);
     let mut cmd = Command::new(bin);
     cmd.arg("run")
         .arg(igvm)
-        .args(["--mem", &format!("{GUEST_MIB}M")])
+        .args(["--mem", &format!("{GUEST_MIB}M"), "--audit-log"])
+        .arg(&audit)
         .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::null());
     println!(
-        "\n$ {} run {} --mem {GUEST_MIB}M {}",
+        "\n$ {} run {} --mem {GUEST_MIB}M --audit-log {} {}",
         bin.display(),
         igvm.display(),
+        audit.display(),
         extra.join(" ")
     );
     let mut child = Reaped::spawn(&mut cmd)?;
     let pid = child.0.id();
-    let rx = bench::stdout_arrivals(&mut child.0)?;
+    // The launch record is written (and flushed) before the guest runs.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((_, k)) if k > 0 => break,
-            Ok(_) => continue,
-            Err(_) => bail!("the idle guest printed nothing within 10 s"),
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.contains("\"launch\"") {
+            break;
         }
+        if let Ok(Some(st)) = child.0.try_wait() {
+            bail!("relaunch exited ({st}) before its launch record");
+        }
+        if Instant::now() > deadline {
+            bail!("no launch record in {} within 10 s", audit.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    // Let the VMM settle (threads started, any post-launch work done).
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the VMM settle (vCPU thread in the guest's hlt, prestaged VM built).
+    std::thread::sleep(Duration::from_secs(1));
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("reading /proc/{pid}/smaps"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -172,18 +214,22 @@ fn rss(bin: &Path, igvm: &Path, extra: &[&str]) -> anyhow::Result<()> {
     drop(child);
     let maps = parse_smaps(&smaps);
     let (total, guest) = split_rss(&maps, GUEST_MIB << 20);
-    let vmrss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or("VmRSS: ?")
-        .to_string();
-    println!("{vmrss}");
-    for m in maps
+    for l in status.lines().filter(|l| {
+        l.starts_with("VmRSS:")
+            || l.starts_with("RssAnon:")
+            || l.starts_with("RssFile:")
+            || l.starts_with("RssShmem:")
+            || l.starts_with("Threads:")
+    }) {
+        println!("{l}");
+    }
+    let big: Vec<&Mapping> = maps
         .iter()
         .filter(|m| m.end.saturating_sub(m.start) >= GUEST_MIB << 20)
-    {
+        .collect();
+    for m in &big {
         println!(
-            "guest mapping {:#x}-{:#x} ({} MiB) {:?}: Rss {} KiB",
+            "guest-RAM-sized mapping {:#x}-{:#x} ({} MiB) {:?}: Rss {} KiB",
             m.start,
             m.end,
             (m.end - m.start) >> 20,
@@ -193,11 +239,16 @@ fn rss(bin: &Path, igvm: &Path, extra: &[&str]) -> anyhow::Result<()> {
     }
     let own = total.saturating_sub(guest);
     println!(
-        "RSS: total {total} KiB, guest RAM {guest} KiB, VMM own {own} KiB = {:.2} MiB (target <= 4 MiB: {})",
+        "RSS (sum of smaps Rss): total {total} KiB, guest RAM {guest} KiB, VMM own {own} KiB = \
+         {:.2} MiB (target <= 4 MiB: {})",
         own as f64 / 1024.0,
         if own <= 4 * 1024 { "MET" } else { "MISSED" }
     );
-    Ok(())
+    Ok(Rss {
+        own_kib: own,
+        guest_kib: guest,
+        guest_maps: big.len(),
+    })
 }
 
 #[cfg(test)]
