@@ -4,14 +4,16 @@
 //! `cargo xtask build-images`) are ELF executables linked at fixed guest-physical
 //! addresses. [`pack`] turns one into an IGVM v1 file with [`relaunch_core::writer`]:
 //!
-//! - two platforms: NATIVE (mask [`MASK_NATIVE`]) and SEV-SNP (mask [`MASK_SNP`]), SNP
-//!   guest policy [`SNP_POLICY`];
-//! - PAGE_DATA shared by both views (mask native|snp), in ascending GPA order: the GDT,
-//!   the page tables (identity map of 0..4 GiB with 2 MiB pages), the ELF's PT_LOAD
-//!   segments (page-granular; `.bss` and the BSP stack as zero pages);
+//! - platforms NATIVE (mask [`MASK_NATIVE`]), SEV-SNP (mask [`MASK_SNP`], guest policy
+//!   [`SNP_POLICY`]) and, when the ELF has a TDX reset page, TDX (mask [`MASK_TDX`]);
+//! - PAGE_DATA shared by all views, in ascending GPA order: the GDT, the page tables
+//!   (identity map of 0..4 GiB with 2 MiB pages), the ELF's PT_LOAD segments
+//!   (page-granular; `.bss` and the BSP stack as zero pages); the TDX reset page (the ELF
+//!   segment at [`layout::TDX_RESET_PAGE`]) under the TDX mask only;
 //! - REQUIRED_MEMORY for the scratch RAM the guests use uninitialised;
-//! - one VP context per view, both starting the BSP directly in 64-bit long mode at the ELF
-//!   entry: an `IgvmNativeVpContextX64` for NATIVE, a VMSA at 0xFFFFFFFFF000 for SNP.
+//! - a VP context for NATIVE and SNP, both starting the BSP directly in 64-bit long mode at
+//!   the ELF entry: an `IgvmNativeVpContextX64` for NATIVE, a VMSA at 0xFFFFFFFFF000 for
+//!   SNP. TDX has no VP context: TD vCPUs start at 0xFFFFFFF0 in the TDX reset page.
 //!
 //! The layout is [`layout`] (the same file the guests compile) and docs/boot-images.md.
 //! The packer is deterministic: the same ELF always gives the same bytes.
@@ -33,6 +35,10 @@ const PAGE: u64 = 4096;
 pub const MASK_NATIVE: u32 = 1;
 /// Compatibility mask of the SEV-SNP view.
 pub const MASK_SNP: u32 = 2;
+/// Compatibility mask of the TDX view (present when the ELF has a TDX reset page).
+pub const MASK_TDX: u32 = 4;
+/// The TDX view's shared-GPA boundary: the shared bit of a TD with GPAW 48 (bit 47).
+pub const TDX_SHARED_GPA_BOUNDARY: u64 = 1 << 47;
 /// SNP guest policy: SMT allowed (bit 16), bit 17 must be one; no debug, no migration
 /// agent (`../shared/spec/igvm-snp.md` §4.1).
 pub const SNP_POLICY: u64 = 0x3_0000;
@@ -98,11 +104,12 @@ impl fmt::Display for PackError {
             ),
             PackError::SegmentOutsideLayout { index, gpa } => write!(
                 f,
-                "program header {index}: loads at {gpa:#x}, outside {:#x}..{:#x} and the AP page \
-                 {:#x} (or vaddr != paddr)",
+                "program header {index}: loads at {gpa:#x}, outside {:#x}..{:#x}, the AP page \
+                 {:#x} and the TDX reset page {:#x} (or vaddr != paddr)",
                 layout::IMAGE_BASE,
                 layout::IMAGE_END,
-                layout::AP_TRAMPOLINE
+                layout::AP_TRAMPOLINE,
+                layout::TDX_RESET_PAGE
             ),
             PackError::EntryOutsideImage { entry } => {
                 write!(f, "entry point {entry:#x} outside the image window")
@@ -373,24 +380,42 @@ pub fn snp_vmsa(entry: u64) -> Vec<u8> {
     v
 }
 
+/// Whether `gpa..gpa+size` lies in the TDX reset page.
+fn in_tdx_reset_page(gpa: u64, size: u64) -> bool {
+    gpa >= layout::TDX_RESET_PAGE
+        && gpa
+            .checked_add(size)
+            .is_some_and(|end| end <= layout::TDX_RESET_PAGE + PAGE)
+}
+
 /// Packs a guest ELF into an IGVM bundle (see the crate documentation).
 pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
     let elf = parse_elf(elf_bytes)?;
     if !(layout::IMAGE_BASE..layout::IMAGE_END).contains(&elf.entry) {
         return Err(PackError::EntryOutsideImage { entry: elf.entry });
     }
-    // Page-granular image: GPA → contents (None = a page of zeros).
-    let mut pages: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
+    let has_tdx = elf
+        .segments
+        .iter()
+        .any(|s| in_tdx_reset_page(s.gpa, s.mem_size));
+    let shared = MASK_NATIVE | MASK_SNP | if has_tdx { MASK_TDX } else { 0 };
+
+    // Page-granular image: GPA → (compatibility mask, contents; None = a page of zeros).
+    let mut pages: BTreeMap<u64, (u32, Option<Vec<u8>>)> = BTreeMap::new();
     for (index, s) in elf.segments.iter().enumerate() {
-        if !in_layout(s.gpa, s.mem_size) {
+        let mask = if in_tdx_reset_page(s.gpa, s.mem_size) {
+            MASK_TDX
+        } else if in_layout(s.gpa, s.mem_size) {
+            shared
+        } else {
             return Err(PackError::SegmentOutsideLayout { index, gpa: s.gpa });
-        }
-        // In the layout, so gpa + mem_size < 2^32 and nothing below overflows.
+        };
+        // In the layout, so gpa + mem_size <= 2^32 and nothing below overflows.
         let first = s.gpa & !(PAGE - 1);
         let end = s.gpa + s.mem_size;
         let mut page = first;
         while page < end {
-            pages.entry(page).or_insert(None);
+            pages.entry(page).or_insert((mask, None));
             page += PAGE;
         }
         for (i, &byte) in s.data.iter().enumerate() {
@@ -398,17 +423,17 @@ pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
                 continue;
             }
             let gpa = s.gpa + i as u64;
-            let slot = pages.entry(gpa & !(PAGE - 1)).or_insert(None);
-            slot.get_or_insert_with(|| vec![0u8; PAGE as usize])[(gpa % PAGE) as usize] = byte;
+            let slot = pages.entry(gpa & !(PAGE - 1)).or_insert((mask, None));
+            slot.1.get_or_insert_with(|| vec![0u8; PAGE as usize])[(gpa % PAGE) as usize] = byte;
         }
     }
-    pages.insert(layout::GDT, Some(gdt_page()));
+    pages.insert(layout::GDT, (shared, Some(gdt_page())));
     for (gpa, table) in page_tables() {
-        pages.insert(gpa, Some(table));
+        pages.insert(gpa, (shared, Some(table)));
     }
     let mut gpa = layout::STACK_BOTTOM;
     while gpa < layout::STACK_TOP {
-        pages.insert(gpa, None);
+        pages.insert(gpa, (shared, None));
         gpa += PAGE;
     }
 
@@ -416,19 +441,22 @@ pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
     let native = b.platform(IgvmPlatformType::NATIVE, 0)?;
     let snp = b.platform(IgvmPlatformType::SEV_SNP, 0)?;
     debug_assert_eq!((native, snp), (MASK_NATIVE, MASK_SNP));
+    if has_tdx {
+        let tdx = b.platform(IgvmPlatformType::TDX, TDX_SHARED_GPA_BOUNDARY)?;
+        debug_assert_eq!(tdx, MASK_TDX);
+    }
     b.guest_policy(SNP_POLICY, snp);
-    let both = native | snp;
-    for (gpa, data) in &pages {
+    for (gpa, (mask, data)) in &pages {
         let data = data.as_deref().unwrap_or(&[]);
         b.page_data(
             *gpa,
-            both,
+            *mask,
             IgvmPageDataFlags::new(),
             IgvmPageDataType::NORMAL,
             data,
         )?;
     }
-    b.required_memory(layout::SCRATCH, both, layout::SCRATCH_SIZE as u32, 0);
+    b.required_memory(layout::SCRATCH, shared, layout::SCRATCH_SIZE as u32, 0);
     b.native_vp_context(native, 0, &native_context(elf.entry))?;
     b.vp_context(SNP_VMSA_GPA, snp, 0, &snp_vmsa(elf.entry))?;
     Ok(b.finish()?)
@@ -480,6 +508,21 @@ mod tests {
                 (0x8000, &[0xFA, 0xF4], 2),
                 (0x10_0000, &text, 5),
                 (0x10_2000, &data, 0x3000), // data, then zero pages of .bss
+            ],
+        )
+    }
+
+    /// [`sample_elf`] plus a TDX reset page whose last 16 bytes hold a `jmp`.
+    fn sample_elf_tdx() -> Vec<u8> {
+        let text = [0xB0u8, 0x01, 0xE6, 0x80, 0xF4];
+        let mut reset = vec![0xF4u8; 4096];
+        reset[0xFF0] = 0xE9; // jmp rel32 to the page start
+        reset[0xFF1..0xFF5].copy_from_slice(&(-0xFF5i32).to_le_bytes());
+        make_elf(
+            0x10_0000,
+            &[
+                (0x10_0000, &text, 5),
+                (layout::TDX_RESET_PAGE, &reset, 4096),
             ],
         )
     }
@@ -595,6 +638,35 @@ mod tests {
             .directives()
             .iter()
             .any(|d| matches!(d, IgvmDirectiveHeader::X64NativeVpContext { .. })));
+    }
+
+    #[test]
+    fn tdx_view_gets_the_reset_page_only_there() {
+        let bytes = pack(&sample_elf_tdx()).unwrap();
+        let file = IgvmFile::new_from_binary(&bytes, None).expect("igvm crate rejects it");
+        let tdx: Vec<_> = file
+            .platforms()
+            .iter()
+            .map(|p| match p {
+                IgvmPlatformHeader::SupportedPlatform(s) => {
+                    (s.compatibility_mask, s.platform_type, s.shared_gpa_boundary)
+                }
+            })
+            .collect();
+        assert_eq!(
+            tdx[2],
+            (MASK_TDX, IgvmPlatformType::TDX, TDX_SHARED_GPA_BOUNDARY)
+        );
+        let pages = page_data(&file);
+        let all = MASK_NATIVE | MASK_SNP | MASK_TDX;
+        let (last, rest) = pages.split_last().unwrap();
+        assert_eq!((last.0, last.1), (layout::TDX_RESET_PAGE, MASK_TDX));
+        assert_eq!(last.2[0xFF0], 0xE9);
+        assert!(rest.iter().all(|p| p.1 == all));
+        // Without a reset page, no TDX view.
+        let plain = IgvmFile::new_from_binary(&pack(&sample_elf()).unwrap(), None).unwrap();
+        assert_eq!(plain.platforms().len(), 2);
+        check_with_core(&bytes, 0x10_0000);
     }
 
     #[test]
@@ -749,15 +821,25 @@ mod tests {
         let file = relaunch_core::igvm::IgvmFile::parse(bytes).expect("core parser");
         assert_eq!(file.mask_for(IgvmPlatformType::NATIVE), Some(MASK_NATIVE));
         assert_eq!(file.mask_for(IgvmPlatformType::SEV_SNP), Some(MASK_SNP));
-        for platform in [Platform::Native, Platform::Snp] {
+        let tdx = file.mask_for(IgvmPlatformType::TDX);
+        assert!(tdx.is_none() || tdx == Some(MASK_TDX));
+        let mut platforms = vec![Platform::Native, Platform::Snp];
+        if tdx.is_some() {
+            platforms.push(Platform::Tdx);
+        }
+        for platform in platforms {
             let plan = relaunch_core::plan::plan(bytes, &config(platform))
                 .unwrap_or_else(|e| panic!("{platform}: {e}"));
             let mut ctx = None;
             let mut imports = 0;
+            let mut reset_page = false;
             for op in &plan.ops {
                 match *op {
                     LaunchOp::SetVpContext { vp: 0, ctx: c, .. } => ctx = Some(c),
-                    LaunchOp::ImportPage { .. } => imports += 1,
+                    LaunchOp::ImportPage { gpa, .. } => {
+                        imports += 1;
+                        reset_page |= gpa == layout::TDX_RESET_PAGE;
+                    }
                     LaunchOp::CreateVm { policy, .. } if platform == Platform::Snp => {
                         assert_eq!(policy, SNP_POLICY)
                     }
@@ -765,7 +847,17 @@ mod tests {
                 }
             }
             assert!(imports > 7 + 16, "{platform}: {imports} pages");
+            assert_eq!(reset_page, platform == Platform::Tdx, "{platform}");
             let regs = plan.vp_contexts[ctx.expect("VP 0 context") as usize];
+            if platform == Platform::Tdx {
+                // The TDX module's initial state: the reset page takes it from there.
+                assert_eq!(regs.rip, 0xFFFF_FFF0);
+                assert!(matches!(
+                    relaunch_core::measure::expected(&plan),
+                    Ok(relaunch_core::measure::Measurement::Tdx(_))
+                ));
+                continue;
+            }
             assert_eq!(regs.rip, entry, "{platform}");
             assert_eq!(regs.gprs.rsp, layout::STACK_TOP, "{platform}");
             assert_eq!(regs.cs.selector, layout::SEL_CODE64, "{platform}");

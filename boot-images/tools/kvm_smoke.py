@@ -10,6 +10,11 @@ in-kernel LAPIC for SMP). Each reset starts a new KVM VM with generation + 1.
     python3 boot-images/tools/kvm_smoke.py boot-images/out/hello.igvm
     python3 boot-images/tools/kvm_smoke.py boot-images/out/smp.igvm --vcpus 4
     python3 boot-images/tools/kvm_smoke.py boot-images/out/reboot-loop.igvm --reboot-until 7
+    python3 boot-images/tools/kvm_smoke.py boot-images/out/smp.igvm --view tdx --vcpus 2
+
+`--view tdx` loads the TDX view instead and starts every vCPU in the TDX module's initial
+state (flat 32-bit protected mode at 0xFFFFFFF0, paging off, EFER 0x901, RSI = vCPU index),
+as relaunch's emulated:tdx backend would; it proves nothing about real TDX.
 
 Exit status: 0 after a power-off, 1 on pvpanic / error / timeout.
 """
@@ -58,6 +63,7 @@ KVM_SET_REGS = _iow(0x82, 144)
 KVM_GET_SREGS = _ior(0x83, 312)
 KVM_SET_SREGS = _iow(0x84, 312)
 KVM_SET_CPUID2 = _iow(0x90, 8)
+KVM_SET_MP_STATE = _iow(0x99, 4)
 
 EXIT_IO, EXIT_HLT, EXIT_MMIO, EXIT_SHUTDOWN = 2, 5, 6, 8
 EXIT_NAMES = {0: "unknown", 9: "fail_entry", 17: "internal_error", 24: "system_event"}
@@ -78,9 +84,9 @@ def ioctl(fd, req, arg=None):
 
 
 class Igvm:
-    """The native view of an IGVM file: pages, native VP context."""
+    """One view of an IGVM file: its pages and (native view) its VP context."""
 
-    def __init__(self, data):
+    def __init__(self, data, platform_type=0):
         magic, ver, voff, vsize, total, _crc = struct.unpack_from("<6I", data, 0)
         assert magic == 0x4D564749 and ver == 1 and total == len(data), "not an IGVM v1 file"
         self.pages = []  # (gpa, bytes or None)
@@ -93,7 +99,7 @@ class Igvm:
             at += 8 + ((length + 7) & ~7)
             if typ == 0x001:
                 mask, _vtl, ptype = struct.unpack_from("<IBB", body)
-                if ptype == 0:
+                if ptype == platform_type:
                     native = mask
             elif typ == 0x302:
                 gpa, mask, off, flags, dtype = struct.unpack_from("<QIIIH", body)
@@ -103,8 +109,8 @@ class Igvm:
                 gpa, mask, off, vp = struct.unpack_from("<QIIH", body)
                 if native is not None and mask & native and vp == 0:
                     self.context = data[off:off + 232]
-        assert native is not None, "no NATIVE platform"
-        assert self.context is not None, "no native VP context"
+        assert native is not None, f"no platform of type {platform_type}"
+        assert platform_type != 0 or self.context is not None, "no native VP context"
 
 
 class FwCfg:
@@ -167,9 +173,17 @@ class Launch:
         ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, buf)
         if args.vcpus > 1:
             ioctl(self.vm, KVM_CREATE_IRQCHIP)
-        for gpa, page in igvm.pages:
-            if gpa + 4096 <= size and page is not None:
-                self.ram[gpa:gpa + len(page)] = page
+        # Pages above RAM (the TDX reset page) get one extra memslot each.
+        for slot, (gpa, page) in enumerate(igvm.pages, start=1):
+            if gpa + 4096 <= size:
+                if page is not None:
+                    self.ram[gpa:gpa + len(page)] = page
+                continue
+            ptr = libc.mmap(None, 4096, 3, 0x22, -1, 0)
+            if page is not None:
+                ctypes.memmove(ptr, page, len(page))
+            region = struct.pack("<IIQQQ", slot, 0, gpa, 4096, ptr)
+            ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, ctypes.create_string_buffer(region, 32))
         files = {"etc/relaunch/generation": struct.pack("<Q", generation)}
         if args.reboot_until is not None:
             files["opt/relaunch/reboot-until"] = struct.pack("<Q", args.reboot_until)
@@ -188,8 +202,33 @@ class Launch:
             ioctl(fd, KVM_SET_CPUID2, cpuid)
             run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.vcpus.append((fd, run))
-        self.set_context(self.vcpus[0][0], igvm.context)
+        if igvm.context is not None:
+            self.set_context(self.vcpus[0][0], igvm.context)
+        else:
+            for i, (fd, _run) in enumerate(self.vcpus):
+                self.set_tdx_initial(fd, i)
         self.start = time.monotonic()
+
+    @staticmethod
+    def set_tdx_initial(fd, index):
+        """core-nostd arch::vmsa::tdx_initial_regs / tdx_vcpu_regs."""
+        sregs = ctypes.create_string_buffer(312)
+        ioctl(fd, KVM_GET_SREGS, sregs)
+        flat = [(0xC09B, 0)] + [(0xC093, i) for i in (1, 2, 3, 4, 5)]
+        for attr, index_ in flat:
+            struct.pack_into("<QIHBBBBBBBB", sregs, index_ * 24, 0, 0xFFFFFFFF, 0,
+                             attr & 0xF, 1, 0, 1, 1, 0, 1, 0)
+        struct.pack_into("<QH", sregs, 192, 0, 0xFFFF)
+        struct.pack_into("<QH", sregs, 208, 0, 0)
+        struct.pack_into("<Q", sregs, 224, 0x21)
+        struct.pack_into("<QQ", sregs, 240, 0, 0x40)
+        struct.pack_into("<Q", sregs, 264, 0x901)
+        ioctl(fd, KVM_SET_SREGS, sregs)
+        # kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags
+        regs = [0, 48, 0, 0x800F12, index, 0, 0, 0] + [0] * 8 + [0xFFFFFFF0, 2]
+        ioctl(fd, KVM_SET_REGS, ctypes.create_string_buffer(struct.pack("<18Q", *regs), 144))
+        mp_state = ctypes.create_string_buffer(struct.pack("<I", 0), 4)  # RUNNABLE
+        ioctl(fd, KVM_SET_MP_STATE, mp_state)
 
     @staticmethod
     def supported_cpuid(kvm):
@@ -324,8 +363,9 @@ def main():
     p.add_argument("--max-launches", type=int, default=20)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--verbose", action="store_true", help="registers at a triple fault")
+    p.add_argument("--view", choices=["native", "tdx"], default="native")
     args = p.parse_args()
-    igvm = Igvm(open(args.igvm, "rb").read())
+    igvm = Igvm(open(args.igvm, "rb").read(), {"native": 0, "tdx": 3}[args.view])
     kvm = os.open("/dev/kvm", os.O_RDWR)
     for generation in range(1, args.max_launches + 1):
         launch = Launch(kvm, igvm, args, generation)

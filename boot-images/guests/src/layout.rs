@@ -27,6 +27,11 @@ pub const PD_COUNT: u64 = 4;
 /// The real-mode AP start-up page: SIPI vector `AP_TRAMPOLINE >> 12` = 0x08.
 pub const AP_TRAMPOLINE: u64 = 0x8000;
 
+/// The TDX view's reset page: every TD vCPU starts at 0xFFFFFFF0 in 32-bit protected mode
+/// with paging off; the code here (the guests' `.tdx_reset` section) parks the APs and
+/// takes the BSP to [`IMAGE_BASE`] in long mode. Only the TDX view imports this page.
+pub const TDX_RESET_PAGE: u64 = 0xFFFF_F000;
+
 /// The BSP stack: 64 KiB of zero pages, RSP starts at [`STACK_TOP`].
 pub const STACK_BOTTOM: u64 = 0x7_0000;
 /// Initial RSP of the BSP.

@@ -33,6 +33,66 @@ global_asm!(
     poweroff = sym power::power_off,
 );
 
+// The TDX reset page (layout::TDX_RESET_PAGE, imported by the TDX view only). A TD vCPU
+// starts at 0xFFFFFFF0 in flat 32-bit protected mode, paging off, EFER.LME possibly
+// already set by the TDX module, RSI = its vCPU index. APs park (`cli; hlt`; the smp guest
+// restarts them with INIT-SIPI where the platform allows it); the BSP enables PAE, loads
+// CR3 and the GDT, sets EFER.LME if needed, turns paging on and jumps to `_start` in
+// 64-bit mode with the same RSP as the other views.
+global_asm!(
+    ".section .tdx_reset, \"ax\"",
+    ".code32",
+    "tdx_start:",
+    "    testl %esi, %esi",
+    "    jnz 3f",
+    "    movl %cr4, %eax",
+    "    orl $0x20, %eax", // PAE
+    "    movl %eax, %cr4",
+    "    movl ${pml4}, %eax",
+    "    movl %eax, %cr3",
+    "    movl $0xC0000080, %ecx", // EFER
+    "    rdmsr",
+    "    testl $0x100, %eax", // LME already set (the TDX module's initial EFER)?
+    "    jnz 1f",
+    "    orl $0x100, %eax",
+    "    wrmsr",
+    "1:  lgdtl tdx_gdtr",
+    "    movl %cr0, %eax",
+    "    orl $0x80000000, %eax", // PG
+    "    movl %eax, %cr0",
+    "    ljmpl ${code64}, $tdx_long64",
+    "3:  cli",
+    "    hlt",
+    "    jmp 3b",
+    ".code64",
+    "tdx_long64:",
+    "    movw ${data}, %ax",
+    "    movw %ax, %ds",
+    "    movw %ax, %es",
+    "    movw %ax, %ss",
+    "    movw %ax, %fs",
+    "    movw %ax, %gs",
+    "    movl ${stack_top}, %esp",
+    "    movl $_start, %eax",
+    "    jmp *%rax",
+    ".balign 8",
+    "tdx_gdtr:",
+    "    .word {gdt_limit}",
+    "    .long {gdt}",
+    ".code32",
+    ".org 0xFF0", // the reset vector, 0xFFFFFFF0
+    "    jmp tdx_start",
+    ".org 0x1000, 0xF4",
+    ".text",
+    pml4 = const layout::PML4,
+    code64 = const layout::SEL_CODE64,
+    data = const layout::SEL_DATA,
+    stack_top = const layout::STACK_TOP,
+    gdt_limit = const layout::GDT_LIMIT,
+    gdt = const layout::GDT,
+    options(att_syntax),
+);
+
 /// `print!` to COM1.
 #[macro_export]
 macro_rules! print {
