@@ -84,8 +84,11 @@ pub const HASH_KERNEL_GUID: Guid = Guid::from_fields(
 pub enum FirmwarePlanError {
     /// The image does not parse.
     Parse(OvmfError),
-    /// `vcpus` is 0.
-    NoVcpus,
+    /// `vcpus` is 0 or more than [`crate::measure::MAX_VCPUS`].
+    BadVcpuCount {
+        /// The count asked for.
+        vcpus: u32,
+    },
     /// The image is larger than the hole between [`LOW_RAM_END`] and 4 GiB.
     ImageTooLarge {
         /// Image length.
@@ -164,7 +167,11 @@ impl fmt::Display for FirmwarePlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FirmwarePlanError::Parse(e) => write!(f, "{e}"),
-            FirmwarePlanError::NoVcpus => f.write_str("at least one vCPU is needed"),
+            FirmwarePlanError::BadVcpuCount { vcpus } => write!(
+                f,
+                "{vcpus} vCPUs: a VM needs 1 to {}",
+                crate::measure::MAX_VCPUS
+            ),
             FirmwarePlanError::ImageTooLarge { len } => write!(
                 f,
                 "firmware image of {len:#x} bytes does not fit below 4 GiB above guest RAM \
@@ -254,8 +261,8 @@ pub fn hash_table_bytes(h: &KernelHashes) -> [u8; PADDED_HASH_TABLE_LEN] {
 /// or does not fit the launch config.
 pub fn plan_firmware<'a>(image: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>> {
     let fw = Firmware::parse(image)?;
-    if cfg.vcpus == 0 {
-        return Err(FirmwarePlanError::NoVcpus);
+    if cfg.vcpus == 0 || cfg.vcpus > crate::measure::MAX_VCPUS {
+        return Err(FirmwarePlanError::BadVcpuCount { vcpus: cfg.vcpus });
     }
     if fw.len() > FOUR_GIB - LOW_RAM_END {
         return Err(FirmwarePlanError::ImageTooLarge { len: fw.len() });
@@ -1145,10 +1152,13 @@ mod tests {
             FirmwarePlanError::Parse(_)
         ));
         let img = amdsev_like();
-        assert_eq!(
-            plan_firmware(&img, &cfg(Platform::Snp, 0)).unwrap_err(),
-            FirmwarePlanError::NoVcpus
-        );
+        for vcpus in [0, 4097, u32::MAX] {
+            assert_eq!(
+                plan_firmware(&img, &cfg(Platform::Snp, vcpus)).unwrap_err(),
+                FirmwarePlanError::BadVcpuCount { vcpus }
+            );
+        }
+        assert!(plan_firmware(&img, &cfg(Platform::Tdx, 4096)).is_ok());
         let mut small = cfg(Platform::Snp, 1);
         small.mem_bytes = 0x80_0000;
         assert_eq!(
