@@ -2,6 +2,10 @@
 """Writes a few small valid IGVM files as a starting corpus for the `parse` target.
 
 Usage: python3 fuzz/make_seeds.py fuzz/corpus/parse
+       python3 fuzz/make_seeds.py --plan fuzz/corpus/parse_plan_measure
+With --plan, every seed (plus boot-images/prebuilt/hello.igvm and the OVMF fixtures of
+core-nostd/src/measure/testdata) is written once per platform, prefixed with the 4-byte
+launch config the parse_plan_measure target reads.
 Layouts: igvm_defs 0.5 (see ../shared/spec/igvm-snp.md section 1).
 """
 import os
@@ -93,9 +97,23 @@ seeds = {
         lambda ds: [plat(1, 2), (0x107, b"1.0"), (0x80000155, b"xyz"), page(0, 1, 0)],
     ),
 }
-out = sys.argv[1]
+plan = sys.argv[1] == "--plan"
+out = sys.argv[-1]
 os.makedirs(out, exist_ok=True)
+if plan:
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    for rel in [
+        "boot-images/prebuilt/hello.igvm",
+        "core-nostd/src/measure/testdata/ovmf_AmdSev_suffix.bin",
+        "core-nostd/src/measure/testdata/ovmf_OvmfX64_suffix.bin",
+    ]:
+        path = os.path.join(root, rel)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                seeds[os.path.basename(rel)] = f.read()
+    # config bytes: platform (native, sev, sev-es, snp, tdx), vCPUs-1, RAM size index, flags
+    seeds = {f"{n}.{p}": bytes([p, 0, 1, 1]) + b for n, b in seeds.items() for p in range(5)}
 for name, b in seeds.items():
-    with open(os.path.join(out, name + ".igvm"), "wb") as f:
+    with open(os.path.join(out, name if plan else name + ".igvm"), "wb") as f:
         f.write(b)
 print(f"wrote {len(seeds)} seeds to {out}")
