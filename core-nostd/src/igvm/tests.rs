@@ -1820,3 +1820,52 @@ fn page_layout_256_mib_is_fast() {
     assert_eq!(e.header_index, Some(5 + n as u32 - 1));
     let _ = format!("{e}");
 }
+
+#[test]
+fn writer_layouts_of_other_tools() {
+    // coconut-svsm igvmbld rounds the start of the file data up to a page: data may start
+    // after a gap.
+    let mut data = vec![0u8; 0x300];
+    data.extend(vmsa_page());
+    let f = build(1, &data, |ds| {
+        with(
+            std_plats(),
+            vec![
+                vp(0xFFFF_FFFF_F000, SNP, ds + 0x300, 0),
+                page(0, SNP, 0, 0, 0),
+            ],
+        )
+    });
+    let p = ok(&f);
+    let Header::VpContext {
+        data: d,
+        file_offset,
+        ..
+    } = p.headers().nth(5).unwrap().header
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (d, file_offset),
+        (&data[0x300..], p.file_data_start() + 0x300)
+    );
+    // Variable headers that do not start right after the fixed header.
+    let f = build(1, &[], |_| with(std_plats(), vec![page(0, SNP, 0, 0, 0)]));
+    let mut g = f[..0x18].to_vec();
+    g.extend([0u8; 8]);
+    g.extend(&f[0x18..]);
+    g[8..12].copy_from_slice(&0x20u32.to_le_bytes());
+    refix(&mut g);
+    let p = ok(&g);
+    assert_eq!(p.headers().next().unwrap().offset, 0x20);
+    assert_eq!(p.header_count(), 6);
+    // A VMSA with file_offset 0 has no data: rejected (only PAGE_DATA uses 0 for zeros).
+    let f = build(1, &[], |_| with(std_plats(), vec![vp(0, SNP, 0, 0)]));
+    assert_eq!(
+        kind(&f),
+        IgvmErrorKind::FileDataOutOfRange {
+            file_offset: 0,
+            size: 4096
+        }
+    );
+}
