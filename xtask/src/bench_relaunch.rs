@@ -170,18 +170,19 @@ fn run(o: Opts) -> anyhow::Result<()> {
     );
     let mut r = Results::default();
     let bin = match &o.relaunch_bin {
-        Some(b) => Some(b.clone()),
-        None => match bench::build_relaunch_static() {
+        Some(b) => Some((b.clone(), "given with --relaunch-bin")),
+        None => match bench::build_relaunch_for_bench() {
             Ok(b) => Some(b),
             Err(e) => {
-                println!("relaunch: cannot build the static binary: {e:#}");
+                println!("relaunch: cannot build the binary: {e:#}");
                 None
             }
         },
     };
-    if let Some(b) = &bin {
-        println!("relaunch binary: {}", b.display());
+    if let Some((b, what)) = &bin {
+        println!("relaunch binary: {} ({what})", b.display());
     }
+    let bin = bin.map(|(b, _)| b);
 
     // (a) main variant and (b) the floor, interleaved.
     println!(
@@ -211,6 +212,7 @@ fn run(o: Opts) -> anyhow::Result<()> {
         }
     }
     print_floor(&floor_cycles, &mut r)?;
+    irqchip_order(&kvm, &o)?;
     if bin.is_some() {
         println!("\nrelaunch [reset at once] ({ROUNDS} runs pooled):");
         match main_error {
@@ -293,6 +295,34 @@ fn print_floor(cycles: &[Vec<floor::Cycle>; 2], r: &mut Results) -> anyhow::Resu
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Diagnostic (not part of the floor): does creating the in-kernel irqchip before the RAM
+/// memslot cost more than after it? 50 fresh VMs each way, interleaved.
+fn irqchip_order(kvm: &Kvm, o: &Opts) -> anyhow::Result<()> {
+    let mem = o.mem_mib << 20;
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    for _ in 0..50 {
+        before.push(floor::irqchip_and_memslot(kvm, mem, true)?);
+        after.push(floor::irqchip_and_memslot(kvm, mem, false)?);
+    }
+    println!(
+        "\ndiagnostic: KVM_CREATE_IRQCHIP + one {} MiB memslot on a fresh VM, 50 each:",
+        o.mem_mib
+    );
+    for (name, v) in [
+        ("irqchip, then memslot", &before),
+        ("memslot, then irqchip", &after),
+    ] {
+        let s = Summary::of(v).context("no samples")?;
+        println!(
+            "{name:<34} p50 {:>8} ms  p99 {:>8} ms",
+            ms(s.p50),
+            ms(s.p99)
+        );
     }
     Ok(())
 }

@@ -235,6 +235,36 @@ pub fn cycle(
     Ok(c)
 }
 
+/// Diagnostic: time of `KVM_CREATE_IRQCHIP` + one anonymous `mem_bytes` memslot at GPA 0
+/// on a fresh VM, with the irqchip created `before` or after the memslot (VM creation and
+/// teardown not included). On this host the order matters: see docs/benchmarks.md.
+pub fn irqchip_and_memslot(kvm: &Kvm, mem_bytes: u64, before: bool) -> anyhow::Result<Duration> {
+    let len = usize::try_from(mem_bytes).context("memory size")?;
+    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    let mem = Mapping::anonymous(len)?;
+    let region = kvm_userspace_memory_region2 {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: mem_bytes,
+        userspace_addr: mem.addr as u64,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    if before {
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+    }
+    // SAFETY: as in `cycle`: `mem` is a live mapping of exactly `memory_size` bytes that
+    // outlives `vm` (dropped after it, below), and this VM has no other slot.
+    unsafe { vm.set_user_memory_region2(region) }.context("KVM_SET_USER_MEMORY_REGION2")?;
+    if !before {
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+    }
+    let d = t.elapsed();
+    drop(vm);
+    drop(mem);
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +295,9 @@ mod tests {
             let c = cycle(&kvm, 2 << 20, b, &page).unwrap();
             assert!(c.critical_path() > Duration::ZERO);
             assert!(cycle(&kvm, 4095, b, &page).is_err());
+        }
+        for before in [true, false] {
+            assert!(irqchip_and_memslot(&kvm, 2 << 20, before).unwrap() > Duration::ZERO);
         }
     }
 }

@@ -124,6 +124,30 @@ pub fn build_relaunch_static() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds the `relaunch` release binary for timing runs: the static musl binary (what ships),
+/// or, when that does not build, the host-libc release build with a loud note (the timings
+/// of the two differ only in process start-up). Returns the path and a label.
+pub fn build_relaunch_for_bench() -> anyhow::Result<(PathBuf, &'static str)> {
+    match build_relaunch_static() {
+        Ok(p) => Ok((p, "static musl release build")),
+        Err(e) => {
+            println!(
+                "NOTE: the static musl build failed ({e:#}); measuring the glibc release \
+                 build instead"
+            );
+            crate::run(
+                "cargo",
+                &["build", "--release", "--locked", "-p", "relaunch"],
+            )?;
+            let bin = target_dir().join("release").join("relaunch");
+            if !bin.is_file() {
+                bail!("built relaunch but {} is missing", bin.display());
+            }
+            Ok((bin, "glibc release build (musl build FAILED)"))
+        }
+    }
+}
+
 /// A child process that is killed and reaped when dropped, so no bench path leaves one
 /// behind (errors, timeouts, early returns).
 pub struct Reaped(pub Child);
