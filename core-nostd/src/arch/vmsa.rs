@@ -750,7 +750,8 @@ fn not_loadable(field: &'static str, value: u64, reason: &'static str) -> VmsaEr
 /// - CR0 bits 63:32 zero, NW only with CD, PG only with PE (`kvm_is_valid_cr0`);
 /// - `kvm_is_valid_sregs`: EFER.LME with CR0.PG needs CR4.PAE, EFER.LMA and a CR3 below
 ///   2^52; otherwise neither EFER.LMA nor CS.L;
-/// - CR4: no architecturally reserved bit (15, 26–27, 29–31, 33–63);
+/// - CR4: no architecturally reserved bit (15, 25, 26, 29–31, 33–63; bit 27 LASS, 28 LAM_SUP
+///   and 32 FRED are defined and left to KVM's CPUID check);
 /// - EFER: only SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE, AUTOIBRS (`kvm_valid_efer`);
 /// - XCR0 (`__kvm_set_xcr`): FP set; YMM needs SSE; BNDREGS = BNDCSR; AVX-512 all three or
 ///   none and then YMM; XTILECFG = XTILEDATA; bit 63 clear;
@@ -782,7 +783,7 @@ pub fn check_kvm_loadable(regs: &VpRegs) -> Result<(), VmsaError> {
     if cr0 & CR0_PG != 0 && cr0 & CR0_PE == 0 {
         return Err(not_loadable("cr0", cr0, "PG set without PE"));
     }
-    const CR4_RESERVED: u64 = !((1u64 << 32) | (1 << 28) | 0x01FF_7FFF);
+    const CR4_RESERVED: u64 = !((1u64 << 32) | (1 << 28) | (1 << 27) | 0x01FF_7FFF);
     if regs.cr4 & CR4_RESERVED != 0 {
         return Err(not_loadable("cr4", regs.cr4, "reserved bit set"));
     }
