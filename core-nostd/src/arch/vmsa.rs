@@ -1459,6 +1459,74 @@ mod tests {
         assert_eq!(tdx_initial_regs().gprs.rbx, 48);
     }
 
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Random values in every field a VP context may carry: the QEMU→KVM conversion never
+    /// panics, and measuring the measured page again is a fixed point.
+    #[test]
+    fn random_contexts_reach_a_fixed_point() {
+        let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+        let allowed: &[(usize, usize)] = &[
+            (0x00, 0xA0),
+            (0xD0, 8),
+            (0x148, 0x38),
+            (0x178, 8),
+            (0x1D8, 8),
+            (0x1F8, 8),
+            (0x268, 8),
+            (0x308, 0x18),
+            (0x328, 0x58),
+            (0x3E8, 8),
+            (0x408, 4),
+            (0x410, 2),
+        ];
+        let mut accepted = 0;
+        for i in 0..2000 {
+            let mut page = [0u8; VMSA_SIZE];
+            for &(off, len) in allowed {
+                for b in &mut page[off..off + len] {
+                    *b = rng.next() as u8;
+                }
+            }
+            if i % 2 == 0 {
+                // Keep GDTR/IDTR limits and the TR/LDTR bases acceptable half of the time.
+                page[0x66..0x68].fill(0);
+                page[0x86..0x88].fill(0);
+                let ldtr_base: [u8; 8] = page[0x78..0x80].try_into().unwrap();
+                page[0x98..0xA0].copy_from_slice(&ldtr_base);
+            }
+            page[0x3B0] = (rng.next() as u8) | 1;
+            let Ok((regs, f)) = regs_from_vmsa(&page, Platform::Snp) else {
+                continue;
+            };
+            accepted += 1;
+            let _ = check_kvm_loadable(&regs);
+            let mut m1 = kvm_measured_vmsa(&regs, f, Platform::Snp, true);
+            m1[0xCB] = 0;
+            let (regs2, f2) = regs_from_vmsa(&m1, Platform::Snp).unwrap();
+            assert_eq!(f2, f);
+            let mut m2 = kvm_measured_vmsa(&regs2, f2, Platform::Snp, true);
+            m2[0xCB] = 0;
+            assert_eq!(m1, m2);
+        }
+        assert!(accepted > 900, "{accepted}");
+        // Arbitrary bytes as a native context never panic either.
+        for _ in 0..2000 {
+            let len = (rng.next() % 4200) as usize;
+            let bytes: heapless::Vec<u8, 4200> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = regs_from_native_context(&bytes);
+            let _ = parse_vmsa(&bytes);
+        }
+    }
+
     #[test]
     fn field_names() {
         assert_eq!(field_name(0x3B0), "sev_features");
