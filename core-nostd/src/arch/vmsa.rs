@@ -9,7 +9,7 @@
 //! - [`reset_regs`], [`regs_from_native_context`], [`tdx_initial_regs`]: the other sources of
 //!   initial vCPU state.
 //!
-//! Field-by-field truth: `../shared/spec/kvm-vmsa-synthesis.md` (cited as [syn] below).
+//! Field-by-field truth: `../shared/spec/kvm-vmsa-synthesis.md` (cited as \[syn\] below).
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -565,7 +565,7 @@ pub fn check_vmsa_supported(vmsa: &Vmsa, platform: Platform) -> Result<(), VmsaE
 
 /// A bundle's VMSA → (the registers QEMU gives KVM for it, the VMSA's SEV_FEATURES).
 ///
-/// Implements QEMU's path for an IGVM VP_CONTEXT on SEV-ES/SNP ([syn] §4(b)):
+/// Implements QEMU's path for an IGVM VP_CONTEXT on SEV-ES/SNP (\[syn\] §4(b)):
 /// [`check_vmsa_supported`], then `sev_apply_cpu_context`:
 /// - segment attributes lose bits 15:12 (VMSA → SegmentCache → `kvm_segment`);
 /// - CR0 gets ET (bit 4) ORed in (`cpu_x86_update_cr0`);
@@ -658,7 +658,7 @@ fn kvm_dtable(d: &DescriptorTable) -> VmsaSegment {
     }
 }
 
-/// The VMSA KVM builds from `regs` and measures (`sev_es_sync_vmsa`, [syn] §1–§3), for a VMM
+/// The VMSA KVM builds from `regs` and measures (`sev_es_sync_vmsa`, \[syn\] §1–§3), for a VMM
 /// that sets REGS, SREGS, XCRS, DEBUGREGS and the PAT MSR from `regs` and **sends no FPU
 /// state** (XSTATE_BV = 0, as QEMU does; `regs.fcw`/`regs.mxcsr` are not used).
 ///
@@ -891,7 +891,7 @@ fn seg(selector: u16, attrib: u16, limit: u32, base: u64) -> Segment {
     }
 }
 
-/// QEMU's x86 reset state for a vCPU, as QEMU sends it to KVM ([syn] §4(a);
+/// QEMU's x86 reset state for a vCPU, as QEMU sends it to KVM (\[syn\] §4(a);
 /// `x86_cpu_reset_hold` + `kvm_put_sregs2`): CS sel 0xF000 base `reset_addr & 0xFFFF0000`
 /// limit 0xFFFF attrib 0x9B, RIP `reset_addr & 0xFFFF`; ES/SS/DS/FS/GS attrib 0x93 limit
 /// 0xFFFF; LDTR 0x82, TR 0x8B (limit 0xFFFF); GDTR/IDTR limit 0xFFFF; RDX = `vcpu_sig`
