@@ -469,7 +469,13 @@ impl fmt::Display for IgvmErrorKind {
                 "compatibility_mask {mask:#x} names a platform this header does not apply to"
             ),
             WrongArchitecture => f.write_str("header type not allowed on the file's architecture"),
-            MisalignedGpa { gpa, align } => write!(f, "gpa {gpa:#x} not {} KiB aligned", align >> 10),
+            MisalignedGpa { gpa, align } => {
+                if align >= 1 << 20 {
+                    write!(f, "gpa {gpa:#x} not {} MiB aligned", align >> 20)
+                } else {
+                    write!(f, "gpa {gpa:#x} not {} KiB aligned", align >> 10)
+                }
+            }
             BadSize { size } => write!(f, "size {size:#x} is not a non-zero multiple of 4 KiB"),
             GpaOverflow { gpa, size } => {
                 write!(f, "range {gpa:#x}+{size:#x} overflows the address space")

@@ -1869,3 +1869,14 @@ fn writer_layouts_of_other_tools() {
         }
     );
 }
+
+#[test]
+fn display_of_2mb_alignment() {
+    let f = build(1, &[], |_| {
+        with(std_plats(), vec![page(0x1000, SNP, 0, 1, 0)])
+    });
+    assert_eq!(
+        err(&f).to_string(),
+        "header 5 (PAGE_DATA) at 0x90: gpa 0x1000 not 2 MiB aligned"
+    );
+}
