@@ -1,0 +1,222 @@
+//! The boot images (`boot-images/out/*.igvm`, built by `cargo xtask build-images`) planned by
+//! the core and run on real KVM: serial output, reboot counts, exit codes, audit records,
+//! and the `relaunch run` command line's reboot contract.
+//!
+//! A missing image prints `SKIPPED: ... (run cargo xtask build-images)`; under `CI=true` it
+//! fails instead (CI builds the images first).
+
+mod kvm_common;
+
+use std::path::PathBuf;
+
+use kvm_common::*;
+use relaunch::session::{EXIT_POWER_OFF, EXIT_REBOOT_LIMIT, EXIT_USAGE};
+use relaunch::vstate::Host;
+use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
+use sha2::{Digest, Sha256};
+
+const MEM: u64 = 256 << 20;
+
+fn image(name: &str) -> Option<(PathBuf, Vec<u8>)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../boot-images/out")
+        .join(format!("{name}.igvm"));
+    match std::fs::read(&path) {
+        Ok(b) => Some((path, b)),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {} is missing",
+                path.display()
+            );
+            println!(
+                "SKIPPED: {} missing (run cargo xtask build-images)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn plan_native<'a>(host: &Host, bundle: &'a [u8], vcpus: u32) -> LaunchPlan<'a> {
+    let cfg = LaunchConfig {
+        platform: Platform::Native,
+        vcpus,
+        mem_bytes: MEM,
+        vcpu_sig: host.vcpu_signature(),
+        guest_features: 0,
+        policy: None,
+        host_data: [0; 32],
+        kernel_hashes: None,
+    };
+    relaunch_core::plan::plan(bundle, &cfg).expect("plan the native view")
+}
+
+#[test]
+fn kvm_image_hello() {
+    let Some(host) = host(true) else { return };
+    let Some((_, bundle)) = image("hello") else {
+        return;
+    };
+    let plan = plan_native(&host, &bundle, 1);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    let out = output(&cfg);
+    assert!(out.contains("hello from relaunch guest"), "{out:?}");
+    assert!(out.contains("generation 1"), "{out:?}");
+}
+
+#[test]
+fn kvm_image_reboot_loop_counts_generations() {
+    let Some(host) = host(true) else { return };
+    let Some((_, bundle)) = image("reboot-loop") else {
+        return;
+    };
+    let plan = plan_native(&host, &bundle, 1);
+    for prestage in [false, true] {
+        let mut cfg = config(MEM, None, prestage);
+        cfg.fw_cfg_files = vec![(
+            "opt/relaunch/reboot-until".into(),
+            7u64.to_le_bytes().to_vec(),
+        )];
+        let r = run(&host, &plan, &cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+        assert_eq!(r.launches, 7);
+        let out = output(&cfg);
+        for g in 1..=7 {
+            assert!(out.contains(&format!("generation {g}\n")), "{out:?}");
+        }
+        assert!(out.contains("done after 7 launches"), "{out:?}");
+        let ev = events(&cfg);
+        let reasons: Vec<_> = ev
+            .iter()
+            .filter_map(|e| e.split("\"reason\":\"").nth(1)?.split('"').next())
+            .collect();
+        // Every reset path the guest rotates through was taken.
+        for reason in ["i8042", "cf9", "triple-fault"] {
+            assert!(reasons.contains(&reason), "{reasons:?}");
+        }
+        println!(
+            "reboot-loop prestage={prestage}: relaunch latency p50 {} us",
+            pct_us(&r.relaunch_latency, 0.5)
+        );
+    }
+    // Reboot limit: the guest wants 7 launches, we allow 2 relaunches.
+    let mut cfg = config(MEM, Some(2), false);
+    cfg.fw_cfg_files = vec![(
+        "opt/relaunch/reboot-until".into(),
+        7u64.to_le_bytes().to_vec(),
+    )];
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT);
+    assert_eq!(r.launches, 3);
+}
+
+#[test]
+fn kvm_image_smp_reports_every_vcpu() {
+    let Some(host) = host(true) else { return };
+    let Some((_, bundle)) = image("smp") else {
+        return;
+    };
+    for vcpus in [1u32, 2, 4] {
+        let plan = plan_native(&host, &bundle, vcpus);
+        let cfg = config(MEM, None, false);
+        let r = run(&host, &plan, &cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+        let out = output(&cfg);
+        assert!(out.contains(&format!("smp: {vcpus} cpus")), "{out:?}");
+        for k in 1..vcpus {
+            assert!(out.contains(&format!("cpu {k} up")), "{out:?}");
+        }
+    }
+}
+
+#[test]
+fn kvm_image_junk_is_survived() {
+    let Some(host) = host(true) else { return };
+    let Some((_, bundle)) = image("junk") else {
+        return;
+    };
+    let plan = plan_native(&host, &bundle, 1);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    assert!(output(&cfg).contains("survived"));
+}
+
+fn cli(args: &[&str]) -> u8 {
+    let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    relaunch::cli::main(&v)
+}
+
+#[test]
+fn kvm_cli_reboot_contract_and_audit_log() {
+    let Some(_host) = host(true) else { return };
+    let Some((path, bundle)) = image("reboot-loop") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("relaunch-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let events = dir.join("events.jsonl");
+    let p = path.to_str().unwrap();
+    let (a, e) = (audit.to_str().unwrap(), events.to_str().unwrap());
+    // Power-off after 3 launches: exit 0.
+    let code = cli(&[
+        "run",
+        p,
+        "--quiet",
+        "--audit-log",
+        a,
+        "--events",
+        e,
+        "--fw-cfg",
+        "opt/relaunch/reboot-until=u64:3",
+    ]);
+    assert_eq!(code, EXIT_POWER_OFF);
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    let sha = relaunch::json::hex(&Sha256::digest(&bundle));
+    for (i, pair) in lines.chunks(2).enumerate() {
+        assert!(pair[0].starts_with("{\"event\":\"launch\""));
+        assert!(pair[0].contains(&format!("\"generation\":{}", i + 1)));
+        assert!(pair[0].contains(&format!("\"bundle_sha256\":\"{sha}\"")));
+        assert!(pair[0].contains("\"memory_backing\":\"guest_memfd\""));
+        assert!(pair[1].starts_with("{\"event\":\"exit\""));
+    }
+    assert!(lines[5].contains("\"outcome\":\"power-off\""));
+    assert!(lines[5].contains("\"exit_code\":0"));
+    assert_eq!(std::fs::read_to_string(&events).unwrap().lines().count(), 3);
+    // Reboot limit: exit 4.
+    let code = cli(&[
+        "run",
+        p,
+        "--quiet",
+        "--max-reboots",
+        "1",
+        "--fw-cfg",
+        "opt/relaunch/reboot-until=u64:3",
+    ]);
+    assert_eq!(code, EXIT_REBOOT_LIMIT);
+    // Bad flags, bad bundles, unsupported platforms: exit 2, nothing started (no record).
+    let before = std::fs::read_to_string(&audit).unwrap();
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, b"not an igvm file at all").unwrap();
+    let j = junk.to_str().unwrap();
+    for args in [
+        &["run"][..],
+        &["run", p, "--mem", "12"],
+        &["run", p, "--vcpus", "0"],
+        &["run", p, "--bogus"],
+        &["run", p, "--platform", "snp", "--audit-log", a],
+        &["run", "/nonexistent/bundle.igvm", "--audit-log", a],
+        &["run", j, "--audit-log", a],
+        &["run", p, "--audit-log", "/nonexistent/dir/audit.jsonl"],
+    ] {
+        assert_eq!(cli(args), EXIT_USAGE, "{args:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&audit).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
