@@ -268,7 +268,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 .u64("stop_us", us(stop))
                 .u64("execute_us", us(timings.total))
                 .u64("swap_us", us(swap));
-            let exit = JsonObj::new()
+            let mut exit = JsonObj::new()
                 .str("event", "exit")
                 .u64("time_ms", unix_ms())
                 .u64("generation", generation)
@@ -277,8 +277,13 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 .opt_u64("exit_code", final_code.map(u64::from))
                 .obj("timings", tj)
                 .u64("unknown_io", unknown)
-                .u64("fw_cfg_dma_errors", fw_errors)
-                .finish();
+                .u64("fw_cfg_dma_errors", fw_errors);
+            if final_code.is_some() {
+                // Off the relaunch path: only the last launch reports the VMM's footprint.
+                let (rss, fds) = own_footprint();
+                exit = exit.opt_u64("vmm_rss_kib", rss).opt_u64("open_fds", fds);
+            }
+            let exit = exit.finish();
             if let Some(ev) = &cfg.events {
                 ev.emit(&exit);
             }
@@ -318,6 +323,30 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
         drop(tx);
         report
     })
+}
+
+/// The VMM's own resident memory (`RssAnon + RssFile` of `/proc/self/status`, KiB: guest
+/// RAM backed by guest_memfd is `RssShmem` and excluded; anonymous guest RAM the VMM touched
+/// is included) and its open fd count.
+pub fn own_footprint() -> (Option<u64>, Option<u64>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let rss = field("RssAnon:")
+        .zip(field("RssFile:"))
+        .map(|(a, f)| a.saturating_add(f));
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64);
+    (rss, fds)
 }
 
 fn launch_record(

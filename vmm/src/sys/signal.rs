@@ -94,7 +94,10 @@ pub fn with_kick_target<R>(vcpu: &mut Vcpu, f: impl FnOnce(&mut Vcpu) -> R) -> R
 /// # Errors
 /// The `pthread_kill` error number.
 pub fn kick<T>(thread: &JoinHandle<T>) -> Result<(), Errno> {
-    let pt = thread.as_pthread_t();
+    // std's `RawPthread` is an integer; libc's `pthread_t` is an integer on glibc and a
+    // pointer on musl: the cast is the identity on the first and int-to-pointer on the second.
+    #[allow(clippy::unnecessary_cast, trivial_numeric_casts)]
+    let pt = thread.as_pthread_t() as libc::pthread_t;
     // SAFETY: pthread_kill needs a pthread_t of a thread that has not been joined/detached:
     // `thread` is a live JoinHandle (borrowed, so not joined yet), which keeps the pthread_t
     // valid even if the thread has already finished.
