@@ -260,8 +260,8 @@ pub enum Header<'a> {
         data_type: PageDataType,
         /// Absolute file offset of the data (0 = a page of zeros).
         file_offset: u32,
-        /// The data: empty for a zero page, else at most one page (4 KiB or 2 MiB) of file
-        /// bytes; a page whose data the file cuts short is zero-extended.
+        /// The data: empty for a zero page, else 4096 file bytes for a 4 KiB page, or up to
+        /// 2 MiB for a 2 MiB page whose data the file may cut short (the rest is zero).
         data: &'a [u8],
     },
     /// 0x303 PARAMETER_INSERT.
@@ -927,8 +927,13 @@ impl<'a> DecodeCtx<'a> {
         let compatibility_mask = self.mask(p.compatibility_mask)?;
         let data = if p.file_offset == 0 {
             &[][..]
-        } else {
+        } else if flags.is_2mb_page {
+            // Writers disagree on 2 MiB page data (igvm 0.5 writes and reads 4 KiB of it):
+            // take up to 2 MiB, the file may end earlier (the rest is zero).
             self.data_upto(p.file_offset, page)?
+        } else {
+            // igvm 0.5 reads exactly 4 KiB; its writer and svsm igvmbld write whole pages.
+            self.data(p.file_offset, page)?
         };
         Ok(Header::PageData {
             gpa: p.gpa,
@@ -1089,9 +1094,8 @@ impl<'a> DecodeCtx<'a> {
                 if b.author_key_signature.as_bytes().iter().any(|&x| x != 0)
                     || b.author_public_key.as_bytes().iter().any(|&x| x != 0)
                 {
-                    return Err(K::InvalidField {
+                    return Err(K::ReservedNotZero {
                         field: "author key (author_key_enabled is 0)",
-                        value: 0,
                     });
                 }
             }

@@ -16,7 +16,8 @@
 //! - VP_CONTEXT bodies of 0x14 (igvm, svsm igvmbld) or 0x18 bytes (zero tail);
 //! - a VP context may be anywhere among the directives (igvm-wrap writes the VMSA before
 //!   the page data of other platforms);
-//! - a PAGE_DATA whose 4 KiB of data the file cuts short is zero-extended;
+//! - a 2 MiB PAGE_DATA takes up to 2 MiB of file data (igvm reads 4 KiB), shorter at the end
+//!   of the file;
 //! - a VP context mask may name several platforms that share a context format.
 //!
 //! Stricter than igvm 0.5: compatibility masks must name only declared platforms, reserved

@@ -961,8 +961,7 @@ fn page_data() {
                 page(0x4000, SNP, 0, 0, 2),
                 page(0x5000, SNP, 0, 0, 3),
                 page(0x20_0000, NATIVE, ds, 1, 0),
-                // The file ends 100 bytes into this page: zero-extended.
-                page(0x6000, SNP, ds + 4096, 0, 0),
+                page(0x6000, SNP, ds + 100, 0, 0),
             ],
         )
     });
@@ -1012,7 +1011,12 @@ fn page_data() {
     let Header::PageData { data: d, .. } = hs[6] else {
         panic!()
     };
-    assert_eq!(d, &data[4096..]);
+    assert_eq!(d, &data[100..4196]);
+    // A 4 KiB page needs 4096 bytes of data in the file.
+    let f = build(1, &data, |ds| {
+        with(std_plats(), vec![page(0x1000, SNP, ds + 4096, 0, 0)])
+    });
+    assert!(matches!(kind(&f), IgvmErrorKind::FileDataOutOfRange { .. }));
 
     let cases: Vec<((u32, Vec<u8>), IgvmErrorKind)> = vec![
         (
@@ -1633,9 +1637,8 @@ fn snp_id_block_and_vbs_measurement() {
         ),
         (
             id_block(SNP, 0, 5),
-            IgvmErrorKind::InvalidField {
+            IgvmErrorKind::ReservedNotZero {
                 field: "author key (author_key_enabled is 0)",
-                value: 0,
             },
         ),
         (
