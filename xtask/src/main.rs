@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 mod bench;
+mod bench_measure;
 mod bench_relaunch;
 mod bench_size;
 mod images;
@@ -30,7 +31,8 @@ fn main() -> anyhow::Result<()> {
         "bench" => match rest.split_first() {
             Some((sub, more)) if sub == "relaunch" => bench_relaunch::main(more),
             Some((sub, more)) if sub == "size" => bench_size::main(more),
-            _ => bail!("usage: cargo xtask bench <relaunch|size|...> [options]"),
+            Some((sub, more)) if sub == "measure" => bench_measure::main(more),
+            _ => bail!("usage: cargo xtask bench <relaunch|size|measure|...> [options]"),
         },
         other => bail!("unknown xtask command {other:?}; {USAGE}"),
     }
