@@ -12,29 +12,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// A JSON object being built on one line.
+/// A JSON object being built on one line (a by-value builder over `crate::json`'s escaping,
+/// convenient for records assembled across several steps).
 #[derive(Debug, Default)]
 pub struct JsonObj {
     buf: String,
 }
 
-/// Appends `s` as a JSON string literal (RFC 8259 §7 escaping).
+/// Appends `s` as a JSON string literal (the shared writer's escaping, `crate::json`).
 pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::json::write_str(out, s);
 }
 
 impl JsonObj {
