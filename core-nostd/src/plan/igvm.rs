@@ -97,6 +97,9 @@ pub const MAX_PARAMETER_TOTAL: u64 = 16 << 20;
 
 /// SNP policy bit 17: reserved, must be one (SEV-SNP firmware ABI, `SNP_LAUNCH_START`).
 const SNP_POLICY_MBO: u64 = 1 << 17;
+/// SNP policy bit 16: SMT allowed; KVM's `snp_launch_start` requires it
+/// (`../shared/spec/igvm-snp.md` §2.2, §6.9).
+const SNP_POLICY_SMT: u64 = 1 << 16;
 /// QEMU's default SNP policy (`DEFAULT_SEV_SNP_POLICY`): SMT allowed, MBO.
 pub const DEFAULT_SNP_POLICY: u64 = 0x30000;
 /// QEMU's default SEV policy (`sev-guest` `policy=0x1`: NODBG).
@@ -431,6 +434,13 @@ impl<'a, 'c> Planner<'a, 'c> {
             Platform::Snp if policy & SNP_POLICY_MBO == 0 => Err(bad(
                 "bit 17 is reserved and must be 1 (KVM SNP_LAUNCH_START refuses it); set it, \
                  e.g. 0x30000",
+            )),
+            Platform::Snp if policy & SNP_POLICY_SMT == 0 => Err(bad(
+                "bit 16 (SMT allowed) must be 1: KVM SNP_LAUNCH_START refuses a policy without \
+                 it; set it, e.g. 0x30000",
+            )),
+            Platform::Snp if policy >> 26 != 0 => Err(bad(
+                "bits above 25 are not defined by the SEV-SNP firmware ABI",
             )),
             Platform::Sev | Platform::SevEs if policy > u64::from(u32::MAX) => {
                 Err(bad("a SEV policy is 32 bits"))

@@ -516,6 +516,11 @@ fn snp_policy_needs_mbo_bit() {
     c.policy = Some(0x10000);
     let e = plan_igvm(&file, &c).unwrap_err();
     assert!(matches!(e.kind, E::BadPolicy { .. }), "{e}");
+    c.policy = Some(0x20000);
+    let e = plan_igvm(&file, &c).unwrap_err();
+    assert!(alloc::format!("{e}").contains("bit 16"), "{e}");
+    c.policy = Some(0x30000 | (1 << 26));
+    assert!(plan_igvm(&file, &c).is_err());
     c.policy = Some(0x30000 | (1 << 19));
     let plan = plan_igvm(&file, &c).unwrap();
     assert!(matches!(plan.ops[0], LaunchOp::CreateVm { policy, .. } if policy == 0xB0000));
