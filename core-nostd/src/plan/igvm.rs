@@ -29,9 +29,9 @@
 //!   ENVIRONMENT_INFO bit 0 (memory_is_shared) = 1 as QEMU sets it; MEMORY_MAP = our RAM
 //!   ranges as MEMORY entries, sorted. Unlike QEMU, which `g_malloc0`s every area, an area's
 //!   initial file data is loaded (the IGVM definition says so); areas are never measured,
-//!   so digests do not change. MMIO_RANGES, COMMAND_LINE, MADT, SRAT, SLIT, PPTT,
-//!   DEVICE_TREE and ERROR_RANGE are refused (QEMU 11 fails on them as well, except MADT
-//!   in newer QEMU).
+//!   so digests do not change. MADT: the ACPI table QEMU generates ([`build_madt`]).
+//!   MMIO_RANGES, COMMAND_LINE, SRAT, SLIT, PPTT, DEVICE_TREE and ERROR_RANGE are refused
+//!   (QEMU 11 fails on them as well).
 //! - **Memory.** RAM is [`super::ram_ranges`]; every imported range outside RAM gets its own
 //!   `MapRam` region (QEMU `qigvm_prepare_memory` creates one per page run). Imports must
 //!   lie below the platform's address limit ([`gpa_limit`]) and below shared_gpa_boundary
@@ -532,8 +532,8 @@ impl<'a, 'c> Planner<'a, 'c> {
                 self.id_block = Some(b);
                 Ok(())
             }
+            Header::Madt(p) => self.madt(at, p),
             Header::Srat(_)
-            | Header::Madt(_)
             | Header::MmioRanges(_)
             | Header::CommandLine(_)
             | Header::Slit(_)
@@ -678,6 +678,34 @@ impl<'a, 'c> Planner<'a, 'c> {
             }
             chunk.copy_from_slice(&e);
         }
+        Ok(())
+    }
+
+    /// MADT: the ACPI table QEMU generates for the IGVM MADT parameter
+    /// (`target/i386/igvm.c` `qigvm_directive_madt` → `acpi_build_madt_standalone`; layout
+    /// ACPI 6.5 §5.2.12), written at `byte_offset`: one Local APIC entry per vCPU (APIC ID
+    /// = vCPU index; x2APIC entries from ID 255), the I/O APIC at 0xFEC00000 (GSI base 0),
+    /// the ISA overrides QEMU's PC declares (IRQ 0 → GSI 2; IRQs 5, 9, 10, 11 level,
+    /// active high) and a Local APIC NMI on LINT1 for all processors. Unmeasured: the
+    /// contents change no digest; they tell the guest (e.g. COCONUT-SVSM) its vCPUs.
+    fn madt(&mut self, at: Location, p: Parameter) -> Result<(), PlanError> {
+        let table = build_madt(self.cfg.vcpus);
+        let buf = self.area_buf(at, p.parameter_area_index)?;
+        let area_size = buf.len() as u64;
+        let start = usize::try_from(p.byte_offset).unwrap_or(usize::MAX);
+        let dst = start
+            .checked_add(table.len())
+            .and_then(|end| buf.get_mut(start..end))
+            .ok_or(PlanError::new(
+                at,
+                E::ParameterDoesNotFit {
+                    index: p.parameter_area_index,
+                    byte_offset: p.byte_offset,
+                    needed: table.len() as u64,
+                    area_size,
+                },
+            ))?;
+        dst.copy_from_slice(&table);
         Ok(())
     }
 
@@ -935,6 +963,71 @@ fn header_type(h: &Header<'_>) -> u32 {
         #[allow(unreachable_patterns)]
         _ => 0,
     }
+}
+
+/// The ACPI MADT ("APIC") for `vcpus` vCPUs; see `Planner::madt`.
+pub fn build_madt(vcpus: u32) -> Vec<u8> {
+    let mut t: Vec<u8> = Vec::new();
+    // SDT header (36 bytes); length and checksum patched below. OEM fields as QEMU's.
+    t.extend_from_slice(b"APIC");
+    t.extend_from_slice(&0u32.to_le_bytes()); // length
+    t.push(3); // revision (QEMU builds MADT revision 3)
+    t.push(0); // checksum
+    t.extend_from_slice(b"BOCHS ");
+    t.extend_from_slice(b"BXPC    ");
+    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+    t.extend_from_slice(b"BXPC");
+    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+    t.extend_from_slice(&0xFEE0_0000u32.to_le_bytes()); // local APIC address
+    t.extend_from_slice(&1u32.to_le_bytes()); // flags: PCAT_COMPAT
+    let x2apic = vcpus > 255;
+    for id in 0..vcpus {
+        if id < 255 {
+            // Processor Local APIC: type 0, length 8, UID, APIC ID, flags (enabled).
+            let b = id.to_le_bytes();
+            t.extend_from_slice(&[0, 8, b[0], b[0]]);
+            t.extend_from_slice(&1u32.to_le_bytes());
+        } else {
+            // Processor Local x2APIC: type 9, length 16, reserved, x2APIC ID, flags, UID.
+            t.extend_from_slice(&[9, 16, 0, 0]);
+            t.extend_from_slice(&id.to_le_bytes());
+            t.extend_from_slice(&1u32.to_le_bytes());
+            t.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    // I/O APIC: type 1, length 12, ID 0, reserved, address, GSI base.
+    t.extend_from_slice(&[1, 12, 0, 0]);
+    t.extend_from_slice(&0xFEC0_0000u32.to_le_bytes());
+    t.extend_from_slice(&0u32.to_le_bytes());
+    // Interrupt source overrides: type 2, length 10, bus 0, source, GSI, flags.
+    for (irq, gsi, flags) in [
+        (0u8, 2u32, 0u16),
+        (5, 5, 0xD),
+        (9, 9, 0xD),
+        (10, 10, 0xD),
+        (11, 11, 0xD),
+    ] {
+        t.extend_from_slice(&[2, 10, 0, irq]);
+        t.extend_from_slice(&gsi.to_le_bytes());
+        t.extend_from_slice(&flags.to_le_bytes());
+    }
+    // Local APIC NMI for all processors on LINT1 (x2APIC form when x2APIC entries exist).
+    if x2apic {
+        t.extend_from_slice(&[0xA, 12, 0, 0]);
+        t.extend_from_slice(&u32::MAX.to_le_bytes());
+        t.extend_from_slice(&[1, 0, 0, 0]);
+    } else {
+        t.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
+    }
+    let len = u32::try_from(t.len()).unwrap_or(u32::MAX).to_le_bytes();
+    if let Some(l) = t.get_mut(4..8) {
+        l.copy_from_slice(&len);
+    }
+    let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    if let Some(c) = t.get_mut(9) {
+        *c = 0u8.wrapping_sub(sum);
+    }
+    t
 }
 
 /// Sorts and merges overlapping or adjacent ranges.

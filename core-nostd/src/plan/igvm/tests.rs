@@ -668,3 +668,37 @@ fn dispatcher_detects_input_kind() {
     let e = crate::plan::plan(b"IGVM", &cfg(Platform::Snp, 1)).unwrap_err();
     assert!(matches!(e.kind, E::Igvm(_)), "{e}");
 }
+
+#[test]
+fn madt_lists_every_vcpu() {
+    let mut b = IgvmBuilder::new();
+    let m = b.platform(IgvmPlatformType::SEV_SNP, 0).unwrap();
+    b.parameter_area(0, 4096, &[]).unwrap();
+    // MADT (0x309): IGVM_VHS_PARAMETER { area 0, byte_offset 0x10 }.
+    b.raw_header(0x309, &[0, 0, 0, 0, 0x10, 0, 0, 0]);
+    b.parameter_insert(0x20000, m, 0);
+    let file = b.finish().unwrap();
+    let plan = plan_igvm(&file, &cfg(Platform::Snp, 3)).unwrap();
+    let PageData::Generated { index } = imports(&plan)[0].2 else {
+        panic!()
+    };
+    let page = &plan.generated[index as usize];
+    let t = &page[0x10..];
+    assert_eq!(&t[..4], b"APIC");
+    let len = u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize;
+    // 44 bytes of header, 3 × 8 LAPIC, 12 IOAPIC, 5 × 10 overrides, 6 NMI.
+    assert_eq!(len, 44 + 24 + 12 + 50 + 6);
+    assert_eq!(
+        t[..len].iter().fold(0u8, |a, &b| a.wrapping_add(b)),
+        0,
+        "checksum"
+    );
+    assert_eq!(&t[44..52], &[0, 8, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(&t[60..68], &[0, 8, 2, 2, 1, 0, 0, 0]);
+    // 300 vCPUs: x2APIC entries from ID 255; a one-page area is too small for 300 × 8 + ..
+    let big = build_madt(300);
+    assert_eq!(big.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
+    assert_eq!(big.len(), 44 + 255 * 8 + 45 * 16 + 12 + 50 + 12);
+    let e = plan_igvm(&file, &cfg(Platform::Snp, 600)).unwrap_err();
+    assert!(matches!(e.kind, E::ParameterDoesNotFit { .. }), "{e}");
+}
