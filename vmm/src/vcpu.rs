@@ -158,8 +158,10 @@ fn vcpu_loop(
                 }
             },
             Ok(VcpuExit::InternalError) => {
+                let (suberror, data) = vcpu.internal_error();
+                let rip = vcpu.fd().get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
                 ctl.post(Outcome::GuestFatal(format!(
-                    "KVM internal error on vCPU {id}"
+                    "KVM internal error on vCPU {id}: suberror {suberror}, data {data:x?}, rip {rip:#x}"
                 )));
                 return;
             }

@@ -177,6 +177,24 @@ impl Vcpu {
         self.fd.get_kvm_run()
     }
 
+    /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data
+    /// words (`include/uapi/linux/kvm.h`, `struct kvm_run` union member `internal`).
+    pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+            return (0, Vec::new());
+        }
+        // SAFETY: reading a union field needs the field to be the active one: the kernel
+        // writes `internal` for exit_reason KVM_EXIT_INTERNAL_ERROR, checked just above; every
+        // bit pattern is a valid value of its plain integer fields.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        (
+            internal.suberror,
+            internal.data.get(..n).unwrap_or(&[]).to_vec(),
+        )
+    }
+
     /// How many mappings this vCPU keeps alive (for tests).
     pub fn kept_mappings(&self) -> usize {
         self.keep
