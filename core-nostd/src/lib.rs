@@ -24,4 +24,6 @@ pub mod igvm;
 pub mod measure;
 pub mod ovmf;
 pub mod plan;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testutil;
 pub mod writer;
