@@ -18,7 +18,7 @@ mod igvm_gen;
 use igvm::measurement::{generate_snp_measurement, generate_tdx_measurement};
 use igvm::IsolationType;
 use igvm_defs::IgvmPlatformType;
-use igvm_gen::{random_igvm_crate_file, reset_vmsa, spec_file, GenOptions, SIG};
+use igvm_gen::{random_igvm_crate_file, reset_vmsa, spec_file, spec_file_with, GenOptions, SIG};
 use relaunch_core::arch::vmsa::KVM_VMSA_GPA;
 use relaunch_core::measure::snp::{contents_digest, page_info_digest, PAGE_TYPE_VMSA};
 use relaunch_core::measure::{expected, Measurement};
@@ -180,4 +180,14 @@ fn our_writer_and_the_igvm_crate_agree_on_our_files() {
             "{n}-page area"
         );
     }
+}
+
+#[test]
+fn a_vmsa_before_the_pages_is_still_measured_last() {
+    // igvm-wrap writes its VMSA before the page data. KVM measures every VMSA at
+    // SNP_LAUNCH_FINISH, so the digest is the one of the VMSA-last file; the igvm crate
+    // measures the VMSA where it stands and so gets another value.
+    let file = spec_file_with(1, true);
+    assert_eq!(ours(&file, Platform::Snp, 1).to_string(), N1);
+    assert_ne!(hex(&igvm_snp(&file)), N1);
 }

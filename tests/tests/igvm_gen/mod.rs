@@ -83,9 +83,19 @@ pub fn random_vmsa(rng: &mut Rng, features: u64) -> [u8; 4096] {
 /// 0x10000, NORMAL @0 (byte i = i & 0xFF), zero page @0x1000, unmeasured @0x2000, SECRETS
 /// @0x3000, CPUID_DATA @0x4000, the QEMU BSP VMSA at 0xFFFFFFFFF000.
 pub fn spec_file(n: u64) -> Vec<u8> {
+    spec_file_with(n, false)
+}
+
+/// [`spec_file`], with the VMSA written right after the GUEST_POLICY when `vmsa_first`
+/// (igvm-wrap puts its VMSA before the page data).
+pub fn spec_file_with(n: u64, vmsa_first: bool) -> Vec<u8> {
     let mut b = IgvmBuilder::new();
     let m = b.platform(IgvmPlatformType::SEV_SNP, 0).unwrap();
     b.guest_policy(0x30000, m);
+    if vmsa_first {
+        b.vp_context(KVM_VMSA_GPA, m, 0, &reset_vmsa(Platform::Snp, 1))
+            .unwrap();
+    }
     b.parameter_area(0, n * 4096, &[]).unwrap();
     b.vp_count(0, 0);
     b.parameter_insert(0x10000, m, 0);
@@ -109,8 +119,10 @@ pub fn spec_file(n: u64) -> Vec<u8> {
     // measured; QEMU rebuilds them).
     b.page_data(0x4000, m, f, IgvmPageDataType::CPUID_DATA, &[0; 4096])
         .unwrap();
-    b.vp_context(KVM_VMSA_GPA, m, 0, &reset_vmsa(Platform::Snp, 1))
-        .unwrap();
+    if !vmsa_first {
+        b.vp_context(KVM_VMSA_GPA, m, 0, &reset_vmsa(Platform::Snp, 1))
+            .unwrap();
+    }
     b.finish().unwrap()
 }
 

@@ -702,3 +702,99 @@ fn madt_lists_every_vcpu() {
     let e = plan_igvm(&file, &cfg(Platform::Snp, 600)).unwrap_err();
     assert!(matches!(e.kind, E::ParameterDoesNotFit { .. }), "{e}");
 }
+
+/// A bundle shaped like COCONUT-SVSM igvmbuilder's output for QEMU
+/// (`tools/igvmbuilder/src/igvm_builder.rs`): SNP and NATIVE views; three parameter areas
+/// (memory map, MADT, general: VP_COUNT at 0, ENVIRONMENT_INFO at 4) inserted for every
+/// view before any page data; the SNP VMSA at the KVM GPA *before* the pages; a native
+/// context; CPUID and secrets pages for SNP only.
+#[test]
+fn svsm_like_bundle_plans_on_both_views() {
+    use igvm_defs::IgvmNativeVpContextX64;
+    let mut b = IgvmBuilder::new();
+    let snp = b.platform(IgvmPlatformType::SEV_SNP, 0).unwrap();
+    let nat = b.platform(IgvmPlatformType::NATIVE, 0).unwrap();
+    let all = snp | nat;
+    b.guest_policy(0x30000, snp);
+    b.parameter_area(0, 4096, &[]).unwrap();
+    b.parameter_area(1, 4096, &[]).unwrap();
+    b.parameter_area(2, 4096, &[]).unwrap();
+    b.vp_count(2, 0);
+    b.environment_info(2, 4);
+    b.raw_header(0x309, &[1, 0, 0, 0, 0, 0, 0, 0]); // MADT in area 1
+    b.memory_map(0, 0);
+    b.parameter_insert(0x80_0000, all, 0);
+    b.parameter_insert(0x80_1000, all, 1);
+    b.parameter_insert(0x80_2000, all, 2);
+    b.vp_context(KVM_VMSA_GPA, snp, 0, &bsp_vmsa(0x21)).unwrap();
+    let mut ctx = IgvmNativeVpContextX64::new_zeroed();
+    ctx.rip = 0x80_8000;
+    ctx.code_selector = 0x8;
+    ctx.code_attributes = 0xA09B;
+    ctx.code_limit = 0xFFFF_FFFF;
+    ctx.data_selector = 0x10;
+    ctx.data_attributes = 0xC093;
+    ctx.data_limit = 0xFFFF_FFFF;
+    ctx.cr0 = 0x8000_0031;
+    ctx.cr3 = 0x80_4000;
+    ctx.cr4 = 0x20;
+    ctx.efer = 0x500;
+    b.native_vp_context(nat, 0, &ctx).unwrap();
+    let f = flags(false, false, false);
+    for i in 0..8u64 {
+        b.page_data(0x80_8000 + i * 4096, all, f, IgvmPageDataType::NORMAL, &[i as u8 + 1])
+            .unwrap();
+    }
+    b.page_data(0x80_3000, snp, f, IgvmPageDataType::CPUID_DATA, &[0; 16])
+        .unwrap();
+    b.page_data(0x80_5000, snp, f, IgvmPageDataType::SECRETS, &[])
+        .unwrap();
+    let file = b.finish().unwrap();
+
+    let plan = plan_igvm(&file, &cfg(Platform::Snp, 4)).unwrap();
+    assert!(matches!(
+        plan.ops[0],
+        LaunchOp::CreateVm {
+            vmsa_features: 0x20,
+            vcpus: 4,
+            ..
+        }
+    ));
+    let im = imports(&plan);
+    assert_eq!(im.len(), 3 + 8 + 2);
+    let PageData::Generated { index } = im[2].2 else {
+        panic!()
+    };
+    let general = &plan.generated[index as usize];
+    assert_eq!(&general[..8], &[4, 0, 0, 0, 1, 0, 0, 0]);
+    let PageData::Generated { index } = im[1].2 else {
+        panic!()
+    };
+    assert_eq!(&plan.generated[index as usize][..4], b"APIC");
+
+    let plan = plan_igvm(&file, &cfg(Platform::Native, 2)).unwrap();
+    let im = imports(&plan);
+    assert_eq!(im.len(), 3 + 8);
+    let vp0 = plan
+        .ops
+        .iter()
+        .find_map(|op| match *op {
+            LaunchOp::SetVpContext {
+                vp: 0,
+                source: VpSource::Bundle,
+                ctx,
+            } => Some(ctx),
+            _ => None,
+        })
+        .unwrap();
+    let r = plan.vp_contexts[vp0 as usize];
+    assert_eq!((r.rip, r.cr3, r.cs.selector), (0x80_8000, 0x80_4000, 0x8));
+    assert!(plan.ops.iter().any(|op| matches!(
+        op,
+        LaunchOp::SetVpContext {
+            vp: 1,
+            source: VpSource::Reset,
+            ..
+        }
+    )));
+}
