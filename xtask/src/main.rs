@@ -84,11 +84,33 @@ fn lint() -> anyhow::Result<()> {
             "x86_64-unknown-none",
         ],
     )?;
+    // The guests are their own cargo project (bare-metal target), outside the workspace.
+    let guests = "boot-images/guests/Cargo.toml";
+    run(
+        "cargo",
+        &["fmt", "--manifest-path", guests, "--", "--check"],
+    )?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--locked",
+            "--manifest-path",
+            guests,
+            "--target",
+            "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     Ok(())
 }
 
-/// The test command: every test of the workspace.
+/// The test command: builds the boot images (and checks the committed prebuilt bundle is
+/// what the sources produce), then runs every test of the workspace.
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    images::build_images(&["--check".to_string()])?;
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
     run("cargo", &args)
