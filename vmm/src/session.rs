@@ -4,22 +4,29 @@
 //! reset only swaps VMs.
 //!
 //! Recipe per launch: build (or take the prestaged VM) → audit `launch` record (written before
-//! the guest runs) → devices + vCPU threads → wait for the outcome → stop vCPUs → event line +
-//! audit `exit` record → reaper ← old VM → decide (relaunch / exit code).
+//! the guest runs) → devices, AP threads, vCPU 0 on the session thread itself → outcome →
+//! stop APs → event line + audit `exit` record → decide (relaunch / exit code).
+//!
+//! The critical path of a relaunch is the session thread alone: vCPU 0's `KVM_RUN` returns
+//! the reset on this thread, which builds (or takes) the next VM and enters its `KVM_RUN`
+//! with no thread hand-over in between. Everything else waits until the new launch has seen
+//! its first exit (or [`DEFER_MAX`]): the reaper then tears the old VM down and, with
+//! `prestage`, builds the next one — one after the other on the one reaper thread, so on a
+//! 2-CPU host neither competes with the new guest's vCPU nor with each other.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::ScopedJoinHandle;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use relaunch_core::plan::{LaunchOp, LaunchPlan, Platform};
 
 use crate::audit::{unix_ms, AuditLog, EventSink, JsonObj};
-use crate::backend::native::{build_vm, BuiltVm};
+use crate::backend::native::{build_vm, BuiltVm, ExecTimings, Prepared};
 use crate::backend::ExecError;
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::{Devices, LaunchClock};
+use crate::sys::kvm::Vcpu;
 use crate::vcpu::{run_vcpu, stop_all, Outcome, RunControl};
 use crate::vstate::Host;
 
@@ -36,6 +43,11 @@ pub const EXIT_REBOOT_LIMIT: u8 = 4;
 
 /// Latency samples kept at most (the report stays bounded however long the guest loops).
 pub const MAX_SAMPLES: usize = 65536;
+
+/// The longest the reaper waits for a new launch's first exit before it tears the previous
+/// VM down (or builds the prestaged one) anyway: a guest that never exits still gets the old
+/// VM's memory back.
+pub const DEFER_MAX: Duration = Duration::from_millis(20);
 
 /// Everything a session needs besides the host and the plan.
 #[derive(Debug)]
@@ -75,12 +87,16 @@ pub struct SessionReport {
     pub exit_code: u8,
     /// Per relaunch: reset request → first port-0x80 write of the next launch.
     pub relaunch_latency: Vec<Duration>,
-    /// Per relaunch: reset request → vCPU threads of the next launch started.
+    /// Per relaunch: reset request → vCPUs of the next launch started.
     pub reset_to_start: Vec<Duration>,
 }
 
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The exit code of an outcome that ends the session.
@@ -103,60 +119,168 @@ fn plan_vcpus(plan: &LaunchPlan) -> u32 {
         .unwrap_or(plan.config.vcpus)
 }
 
-struct Reap {
-    vm: Option<BuiltVm>,
-    audit: Option<Arc<AuditLog>>,
+/// Work for the reaper thread, done in order.
+enum Job {
+    /// Drop `vm` once `after` saw its first exit (or [`DEFER_MAX`] passed), then `fdatasync`
+    /// the audit log.
+    Reap {
+        vm: BuiltVm,
+        after: Option<Arc<LaunchClock>>,
+        audit: Option<Arc<AuditLog>>,
+    },
+    /// Prestage: build the VM of launch `generation` once `after` saw its first exit.
+    Build {
+        generation: u64,
+        after: Arc<LaunchClock>,
+    },
+}
+
+type BuildResult = Result<BuiltVm, ExecError>;
+
+enum Slot {
+    Idle,
+    Wanted(u64),
+    Building,
+    Ready(BuildResult),
+}
+
+/// The prestaged VM, between the reaper (builder) and the session (taker).
+struct Stage {
+    slot: Mutex<Slot>,
+    cv: Condvar,
+}
+
+impl Stage {
+    fn new() -> Stage {
+        Stage {
+            slot: Mutex::new(Slot::Idle),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session wants launch `generation` prestaged.
+    fn want(&self, generation: u64) {
+        *self.lock() = Slot::Wanted(generation);
+    }
+
+    /// The builder claims the build of `generation`; false when the session no longer
+    /// wants it (it built that VM itself, or the session ended).
+    fn begin(&self, generation: u64) -> bool {
+        let mut s = self.lock();
+        if matches!(*s, Slot::Wanted(g) if g == generation) {
+            *s = Slot::Building;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn finish(&self, r: BuildResult) {
+        *self.lock() = Slot::Ready(r);
+        self.cv.notify_all();
+    }
+
+    /// The prestaged VM: ready, or waited for while the builder is on it. `None` (and a
+    /// wanted build not started yet is cancelled) otherwise: the caller builds it itself,
+    /// which is faster than waiting for the reaper to get to it.
+    fn take(&self) -> Option<BuildResult> {
+        let mut s = self.lock();
+        loop {
+            match std::mem::replace(&mut *s, Slot::Idle) {
+                Slot::Ready(r) => return Some(r),
+                Slot::Building => {
+                    *s = Slot::Building;
+                    s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+                }
+                Slot::Wanted(_) | Slot::Idle => return None,
+            }
+        }
+    }
+}
+
+/// Marks the stage ready with an error if a build unwinds (never leaves the session waiting).
+struct BuildGuard<'a>(&'a Stage, bool);
+
+impl Drop for BuildGuard<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.finish(Err(ExecError {
+                index: 0,
+                op: crate::backend::OpKind::CreateVm,
+                source: crate::backend::BackendError::Order("prestage build panicked"),
+            }));
+        }
+    }
+}
+
+fn reaper(rx: mpsc::Receiver<Job>, host: &Host, prep: &Prepared, plan: &LaunchPlan, stage: &Stage) {
+    for job in rx {
+        match job {
+            Job::Reap { vm, after, audit } => {
+                if let Some(c) = after {
+                    c.wait_first_exit(DEFER_MAX);
+                }
+                drop(vm);
+                if let Some(a) = audit {
+                    let _ = a.sync();
+                }
+            }
+            Job::Build { generation, after } => {
+                after.wait_first_exit(DEFER_MAX);
+                if stage.begin(generation) {
+                    let mut guard = BuildGuard(stage, false);
+                    let r = build_vm(host, prep, plan);
+                    guard.1 = true;
+                    stage.finish(r);
+                }
+            }
+        }
+    }
+}
+
+fn empty_report(outcome: Outcome) -> SessionReport {
+    SessionReport {
+        launches: 0,
+        outcome,
+        exit_code: EXIT_VMM_ERROR,
+        relaunch_latency: Vec::new(),
+        reset_to_start: Vec::new(),
+    }
 }
 
 /// Runs launches of `plan` until power-off, a fatal event, an error or the reboot limit.
+/// vCPU 0 of every launch runs on the calling thread.
 pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> SessionReport {
     let vcpus = plan_vcpus(plan);
     let nb_cpus = u16::try_from(vcpus).unwrap_or(u16::MAX);
+    let prep = Prepared::new(host, cfg.mem_bytes, plan);
+    let stage = Stage::new();
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::channel::<Reap>();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (prep, stage) = (&prep, &stage);
         let reaper = std::thread::Builder::new()
             .name("reaper".into())
-            .spawn_scoped(s, move || {
-                for item in rx {
-                    drop(item.vm);
-                    if let Some(a) = item.audit {
-                        let _ = a.sync();
-                    }
-                }
-            });
+            .spawn_scoped(s, move || reaper(rx, host, prep, plan, stage));
         if let Err(e) = reaper {
-            return SessionReport {
-                launches: 0,
-                outcome: Outcome::VmmError(format!("spawning the reaper thread: {e}")),
-                exit_code: EXIT_VMM_ERROR,
-                relaunch_latency: Vec::new(),
-                reset_to_start: Vec::new(),
-            };
+            return empty_report(Outcome::VmmError(format!(
+                "spawning the reaper thread: {e}"
+            )));
         }
-        let mut report = SessionReport {
-            launches: 0,
-            outcome: Outcome::VmmError("no launch".into()),
-            exit_code: EXIT_VMM_ERROR,
-            relaunch_latency: Vec::new(),
-            reset_to_start: Vec::new(),
-        };
+        let mut report = empty_report(Outcome::VmmError("no launch".into()));
         let mut generation: u64 = 1;
         let mut reboots: u64 = 0;
         let mut reset_at: Option<Instant> = None;
-        let mut staged: Option<ScopedJoinHandle<'_, Result<BuiltVm, ExecError>>> = None;
+        // The previous launch's VM, reaped once this launch has started.
+        let mut old: Option<BuiltVm> = None;
         loop {
             let t_build = Instant::now();
+            let staged = if cfg.prestage { stage.take() } else { None };
             let prestaged = staged.is_some();
-            let built = match staged.take() {
-                Some(h) => h.join().unwrap_or_else(|_| {
-                    Err(ExecError {
-                        index: 0,
-                        op: crate::backend::OpKind::CreateVm,
-                        source: crate::backend::BackendError::Order("prestage thread panicked"),
-                    })
-                }),
-                None => build_vm(host, cfg.mem_bytes, plan),
-            };
+            let built = staged.unwrap_or_else(|| build_vm(host, prep, plan));
             let swap = t_build.elapsed();
             let built = match built {
                 Ok(b) => b,
@@ -174,8 +298,9 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                     // Never run a guest whose launch is not on record.
                     report.outcome = Outcome::VmmError(format!("writing the audit log: {e}"));
                     report.exit_code = EXIT_VMM_ERROR;
-                    let _ = tx.send(Reap {
-                        vm: Some(built),
+                    let _ = tx.send(Job::Reap {
+                        vm: built,
+                        after: None,
                         audit: None,
                     });
                     break;
@@ -194,17 +319,19 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 Arc::clone(&clock),
                 FwCfg::new(generation, nb_cpus, &cfg.fw_cfg_files),
             )));
-            let ctl = Arc::new(RunControl::new());
-            let mut threads = Vec::with_capacity(vcpu_fds.len());
-            for (id, vcpu) in vcpu_fds.into_iter().enumerate() {
+            let ctl = Arc::new(RunControl::with_main_thread());
+            let mut fds = vcpu_fds.into_iter();
+            let bsp = fds.next();
+            let mut aps = Vec::with_capacity(fds.len());
+            for (i, vcpu) in fds.enumerate() {
                 let (ctl2, dev2, clock2) =
                     (Arc::clone(&ctl), Arc::clone(&devices), Arc::clone(&clock));
-                let id = id as u32;
+                let id = u32::try_from(i).unwrap_or(u32::MAX).saturating_add(1);
                 match std::thread::Builder::new()
                     .name(format!("vcpu{id}"))
                     .spawn(move || run_vcpu(vcpu, id, ctl2, dev2, clock2))
                 {
-                    Ok(t) => threads.push(t),
+                    Ok(t) => aps.push(t),
                     Err(e) => {
                         ctl.post(Outcome::VmmError(format!("spawning vCPU thread {id}: {e}")));
                         break;
@@ -216,15 +343,40 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                     report.reset_to_start.push(clock.started.duration_since(r));
                 }
             }
+            // Off the critical path: the reaper gets to these after this launch's first exit,
+            // teardown first, then the prestage build (one thread: they never overlap; the
+            // other order measured slower here, docs/benchmarks.md).
             let may_relaunch = cfg.max_reboots.is_none_or(|m| reboots < m);
-            if cfg.prestage && may_relaunch {
-                staged = Some(s.spawn(|| build_vm(host, cfg.mem_bytes, plan)));
+            let next = generation.saturating_add(1);
+            if let Some(vm) = old.take() {
+                let _ = tx.send(Job::Reap {
+                    vm,
+                    after: Some(Arc::clone(&clock)),
+                    audit: cfg.audit.clone(),
+                });
             }
+            if cfg.prestage && may_relaunch {
+                stage.want(next);
+                let _ = tx.send(Job::Build {
+                    generation: next,
+                    after: Arc::clone(&clock),
+                });
+            }
+            // vCPU 0 on this thread, until an outcome is posted (an AP's post kicks us).
+            let bsp = bsp.map(|v| {
+                run_vcpu(
+                    v,
+                    0,
+                    Arc::clone(&ctl),
+                    Arc::clone(&devices),
+                    Arc::clone(&clock),
+                )
+            });
             let (outcome, at) = ctl.wait();
             let t_stop = Instant::now();
-            let vcpu_fds = stop_all(threads);
+            let mut vcpu_fds: Vec<Vcpu> = bsp.into_iter().collect();
+            vcpu_fds.extend(stop_all(aps));
             let stop = t_stop.elapsed();
-            cfg.console.flush();
             let latency =
                 reset_at.and_then(|r| clock.boot_marker.get().map(|b| b.duration_since(r)));
             if let Some(l) = latency {
@@ -233,9 +385,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 }
             }
             let (unknown, fw_errors) = {
-                let d = devices
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let d = devices.lock().unwrap_or_else(PoisonError::into_inner);
                 (d.unknown, d.fw_cfg_errors())
             };
             let is_reset = matches!(outcome, Outcome::Reset(_));
@@ -244,30 +394,22 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             } else {
                 Some(exit_code(&outcome))
             };
-            let tj = JsonObj::new()
-                .opt_u64(
-                    "reset_to_start_us",
-                    reset_at.map(|r| us(clock.started.duration_since(r))),
-                )
-                .opt_u64(
-                    "first_exit_us",
-                    clock
-                        .first_exit
-                        .get()
-                        .map(|t| us(t.duration_since(clock.started))),
-                )
-                .opt_u64(
-                    "boot_marker_us",
-                    clock
-                        .boot_marker
-                        .get()
-                        .map(|t| us(t.duration_since(clock.started))),
-                )
-                .opt_u64("relaunch_latency_us", latency.map(us))
-                .u64("run_us", us(at.duration_since(clock.started)))
-                .u64("stop_us", us(stop))
-                .u64("execute_us", us(timings.total))
-                .u64("swap_us", us(swap));
+            let times = LaunchTimes {
+                reset_to_start: reset_at.map(|r| clock.started.duration_since(r)),
+                first_exit: clock
+                    .first_exit
+                    .get()
+                    .map(|t| t.duration_since(clock.started)),
+                boot_marker: clock
+                    .boot_marker
+                    .get()
+                    .map(|t| t.duration_since(clock.started)),
+                relaunch_latency: latency,
+                run: at.duration_since(clock.started),
+                stop,
+                swap,
+                build: timings,
+            };
             let mut exit = JsonObj::new()
                 .str("event", "exit")
                 .u64("time_ms", unix_ms())
@@ -275,7 +417,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 .str("outcome", outcome.kind())
                 .str("reason", &outcome.reason())
                 .opt_u64("exit_code", final_code.map(u64::from))
-                .obj("timings", tj)
+                .obj("timings", times.json())
                 .u64("unknown_io", unknown)
                 .u64("fw_cfg_dma_errors", fw_errors);
             if final_code.is_some() {
@@ -289,14 +431,11 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             }
             let audit_ok = cfg.audit.as_ref().is_none_or(|a| a.append(&exit).is_ok());
             drop(devices);
-            let _ = tx.send(Reap {
-                vm: Some(BuiltVm {
-                    vcpus: vcpu_fds,
-                    vm,
-                    memory,
-                    timings,
-                }),
-                audit: cfg.audit.clone(),
+            old = Some(BuiltVm {
+                vcpus: vcpu_fds,
+                vm,
+                memory,
+                timings,
             });
             report.outcome = outcome;
             if !audit_ok {
@@ -309,20 +448,67 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 break;
             }
             reboots = reboots.saturating_add(1);
-            generation = generation.saturating_add(1);
+            generation = next;
             reset_at = Some(at);
         }
-        if let Some(h) = staged.take() {
-            if let Ok(Ok(vm)) = h.join() {
-                let _ = tx.send(Reap {
-                    vm: Some(vm),
-                    audit: None,
-                });
-            }
+        if let Some(vm) = old.take() {
+            let _ = tx.send(Job::Reap {
+                vm,
+                after: None,
+                audit: cfg.audit.clone(),
+            });
+        }
+        // A prestaged VM nobody will run (power-off, reboot limit, error).
+        if let Some(Ok(vm)) = stage.take() {
+            let _ = tx.send(Job::Reap {
+                vm,
+                after: None,
+                audit: None,
+            });
         }
         drop(tx);
         report
     })
+}
+
+/// Per-launch timings of the `exit` event line.
+struct LaunchTimes {
+    reset_to_start: Option<Duration>,
+    first_exit: Option<Duration>,
+    boot_marker: Option<Duration>,
+    relaunch_latency: Option<Duration>,
+    run: Duration,
+    stop: Duration,
+    swap: Duration,
+    build: ExecTimings,
+}
+
+impl LaunchTimes {
+    /// Every timing in µs (`*_us`, the original fields) and ns (`*_ns`), plus the build
+    /// steps in ns.
+    fn json(&self) -> JsonObj {
+        let b = &self.build;
+        let both = |o: JsonObj, name: &str, d: Option<Duration>| {
+            o.opt_u64(&format!("{name}_us"), d.map(us))
+                .opt_u64(&format!("{name}_ns"), d.map(ns))
+        };
+        let mut o = JsonObj::new();
+        o = both(o, "reset_to_start", self.reset_to_start);
+        o = both(o, "first_exit", self.first_exit);
+        o = both(o, "boot_marker", self.boot_marker);
+        o = both(o, "relaunch_latency", self.relaunch_latency);
+        o = both(o, "run", Some(self.run));
+        o = both(o, "stop", Some(self.stop));
+        o = both(o, "execute", Some(b.total));
+        o = both(o, "swap", Some(self.swap));
+        o.u64("kvm_create_vm_ns", ns(b.create_vm))
+            .u64("memslots_ns", ns(b.memslots))
+            .u64("irqchip_ns", ns(b.irqchip))
+            .u64("vcpus_ns", ns(b.vcpus))
+            .u64("map_ram_ns", ns(b.map_ram))
+            .u64("import_ns", ns(b.import))
+            .u64("vp_context_ns", ns(b.vp_context))
+    }
 }
 
 /// The VMM's own resident memory (`RssAnon + RssFile` of `/proc/self/status`, KiB: guest
@@ -385,7 +571,10 @@ fn launch_record(
                 .u64("plan_us", us(cfg.plan_time))
                 .bool("plan_cached", generation > 1)
                 .u64("execute_us", us(t.total))
-                .u64("create_vm_us", us(t.create_vm))
+                .u64(
+                    "create_vm_us",
+                    us(t.create_vm + t.memslots + t.irqchip + t.vcpus),
+                )
                 .u64("import_us", us(t.import))
                 .u64("vp_context_us", us(t.vp_context))
                 .bool("prestaged", prestaged)

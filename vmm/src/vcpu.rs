@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
 
-use crate::devices::{Action, Devices, LaunchClock, ResetSource};
+use crate::devices::{Action, Devices, LaunchClock, ResetSource, PORT_BOOT_MARKER};
 use crate::sys::kvm::Vcpu;
 use crate::sys::signal;
 
@@ -55,12 +55,24 @@ pub struct RunControl {
     stop: AtomicBool,
     outcome: Mutex<Option<(Outcome, Instant)>>,
     cv: Condvar,
+    /// The thread running vCPU 0 in the session (kicked when another thread posts).
+    main: Option<signal::ThreadHandle>,
 }
 
 impl RunControl {
     /// Fresh control.
     pub fn new() -> RunControl {
         RunControl::default()
+    }
+
+    /// Fresh control for a launch whose vCPU 0 runs on the calling thread: an outcome posted
+    /// by any other thread kicks this one out of `KVM_RUN`. The calling thread must outlive
+    /// every thread that can post (it joins them: `stop_all`).
+    pub fn with_main_thread() -> RunControl {
+        RunControl {
+            main: Some(signal::ThreadHandle::current()),
+            ..RunControl::default()
+        }
     }
 
     /// Whether vCPUs must stop.
@@ -77,6 +89,12 @@ impl RunControl {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.cv.notify_all();
+        drop(o);
+        if let Some(m) = &self.main {
+            if !m.is_current() {
+                let _ = m.kick();
+            }
+        }
     }
 
     /// Waits for an outcome.
@@ -124,9 +142,13 @@ fn vcpu_loop(
             return;
         }
         let exit = vcpu.run();
-        if clock.first_exit.get().is_none() {
-            let _ = clock.first_exit.set(Instant::now());
+        let t_exit = Instant::now();
+        // The boot marker is timed at the exit itself (as the raw floor times it), before
+        // anything else the VMM does for that exit.
+        if let Ok(VcpuExit::IoOut(PORT_BOOT_MARKER, _)) = &exit {
+            let _ = clock.boot_marker.set(t_exit);
         }
+        clock.note_exit_at(t_exit);
         let action = match exit {
             Ok(VcpuExit::IoOut(port, data)) => lock(devices).io_out(port, data),
             Ok(VcpuExit::IoIn(port, data)) => lock(devices).io_in(port, data),

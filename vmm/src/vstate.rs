@@ -182,28 +182,7 @@ impl GuestMemory {
 
     /// The parts of `[gpa, gpa + size)` that no region covers.
     pub fn uncovered(&self, gpa: u64, size: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let end = gpa.saturating_add(size);
-        let mut cur = gpa;
-        for r in &self.regions {
-            if r.end() <= cur {
-                continue;
-            }
-            if r.gpa >= end {
-                break;
-            }
-            if r.gpa > cur {
-                out.push((cur, r.gpa - cur));
-            }
-            cur = cur.max(r.end());
-            if cur >= end {
-                break;
-            }
-        }
-        if cur < end {
-            out.push((cur, end - cur));
-        }
-        out
+        uncovered_by(self.regions.iter().map(|r| (r.gpa, r.end())), gpa, size)
     }
 
     /// The region holding all of `[gpa, gpa + len)` and the offset of `gpa` in it.
@@ -255,6 +234,37 @@ impl GuestMemory {
             .fill_zero(off, n)
             .map_err(|e| (gpa, len, e).into())
     }
+}
+
+/// The parts of `[gpa, gpa + size)` (saturating at `u64::MAX`) outside every `[start, end)`
+/// range of `covered`, which must be sorted by start and non-overlapping.
+pub fn uncovered_by(
+    covered: impl IntoIterator<Item = (u64, u64)>,
+    gpa: u64,
+    size: u64,
+) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let end = gpa.saturating_add(size);
+    let mut cur = gpa;
+    for (start, stop) in covered {
+        if stop <= cur {
+            continue;
+        }
+        if start >= end {
+            break;
+        }
+        if start > cur {
+            out.push((cur, start - cur));
+        }
+        cur = cur.max(stop);
+        if cur >= end {
+            break;
+        }
+    }
+    if cur < end {
+        out.push((cur, end - cur));
+    }
+    out
 }
 
 /// Guest RAM layout for `mem` bytes: `[0, mem)`, split around the 32-bit PCI/MMIO hole

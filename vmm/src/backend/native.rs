@@ -1,36 +1,49 @@
 //! The native KVM backend: an ordinary KVM VM (type 0) running the bundle's native view.
 //!
-//! Recipe (Firecracker-style, top to bottom): `CreateVm` → VM fd, in-kernel irqchip, guest
-//! RAM memslots (`vstate::ram_layout`), vCPUs with CPUID; `MapRam` → memslots for ranges not
-//! yet backed; `ImportPage` → copy bytes into the (fresh, zeroed) mapping; `SetVpContext` →
+//! Recipe (Firecracker-style, top to bottom): `CreateVm` → VM fd, every memslot (guest RAM
+//! per `vstate::ram_layout` and every range the plan's `MapRam` ops ask for), then the
+//! in-kernel irqchip, then the vCPUs with CPUID; `MapRam` → only checks (its memslot exists
+//! already); `ImportPage` → copy bytes into the (fresh, zeroed) mapping; `SetVpContext` →
 //! register ioctls; `Finalize` → started APs made runnable. vCPUs without a VP context keep
 //! KVM's reset state: vCPU 0 (the BSP) starts at the reset vector, the others wait for
 //! INIT/SIPI in `KVM_MP_STATE_UNINITIALIZED`; so do APs whose context is the planner's
 //! `VpSource::Reset` state.
+//!
+//! Why every memslot comes before `KVM_CREATE_IRQCHIP`: on the nested `kvm_pvm` host this
+//! was measured on, each memslot registered after the irqchip costs ≈ 7–9 ms (vs ≈ 0.05 ms
+//! before it; `docs/benchmarks.md`, "Findings"). Everything that does not depend on the VM
+//! fd (the memslot layout, the per-vCPU CPUID tables, the `KVM_GET_SREGS` template of a fresh
+//! vCPU) is computed once per session in [`Prepared`] and reused by every relaunch.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_debugregs, kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment,
-    kvm_xcrs, Msrs, KVM_MP_STATE_RUNNABLE,
+    kvm_sregs, kvm_xcrs, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
 };
 use relaunch_core::arch::regs::{DescriptorTable, Segment, VpRegs};
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageKind, Platform, VpSource};
 
 use super::{kvm_err, BackendError, LaunchBackend};
 use crate::sys::kvm::{Vcpu, Vm};
-use crate::vstate::{ram_layout, GuestMemory, Host, Region, PAGE_SIZE};
+use crate::vstate::{ram_layout, uncovered_by, GuestMemory, Host, Region, PAGE_SIZE};
 
 /// `IA32_PAT` (Intel SDM Vol. 4, Table 2-2).
 const MSR_IA32_PAT: u32 = 0x277;
 
-/// Time spent per op class while building one VM.
+/// Time spent per step while building one VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecTimings {
-    /// `KVM_CREATE_VM` + irqchip + RAM memslots + vCPUs.
+    /// `KVM_CREATE_VM` alone.
     pub create_vm: Duration,
-    /// Extra memslots for `MapRam`.
+    /// Guest RAM mappings (guest_memfd + mmap) and every memslot.
+    pub memslots: Duration,
+    /// `KVM_CREATE_IRQCHIP`.
+    pub irqchip: Duration,
+    /// `KVM_CREATE_VCPU` (+ `kvm_run` mmap) and `KVM_SET_CPUID2`, all vCPUs.
+    pub vcpus: Duration,
+    /// `MapRam` ops (checks; a memslot only for a range [`Prepared`] did not foresee).
     pub map_ram: Duration,
     /// Page copies.
     pub import: Duration,
@@ -53,6 +66,115 @@ pub struct BuiltVm {
     pub timings: ExecTimings,
 }
 
+/// What building a VM for one plan on one host needs that does not depend on the VM fd:
+/// computed once per session ([`Prepared::new`]) and shared by every build (also by the
+/// prestage builder thread).
+#[derive(Debug)]
+pub struct Prepared {
+    mem_bytes: u64,
+    /// Memslot ranges `(gpa, size)`, sorted: the RAM ranges, then the parts of every
+    /// well-formed `MapRam` range not covered yet (in plan order).
+    slots: Vec<(u64, u64)>,
+    /// The `KVM_SET_CPUID2` table of each vCPU (APIC IDs patched in).
+    cpuid: Vec<CpuId>,
+    /// `KVM_GET_SREGS` and `KVM_GET_REGS` of a fresh vCPU, per vCPU index, learnt on the
+    /// first build that needs them: the SREGS fields a VP context does not set (CR2, CR8,
+    /// APIC base, pending IRQs), and what KVM's reset state already holds (a register file
+    /// equal to it needs no ioctl).
+    fresh: Mutex<Vec<Option<FreshRegs>>>,
+}
+
+impl Prepared {
+    /// Prepares `plan` for `mem_bytes` of guest RAM on `host`.
+    pub fn new(host: &Host, mem_bytes: u64, plan: &LaunchPlan) -> Prepared {
+        let mut slots = ram_layout(mem_bytes);
+        let mut vcpus = 0u32;
+        for op in &plan.ops {
+            match *op {
+                LaunchOp::CreateVm { vcpus: n, .. } => vcpus = n,
+                LaunchOp::MapRam { gpa, size } if map_ram_ok(gpa, size) => {
+                    for piece in uncovered_by(
+                        slots.iter().map(|&(g, s)| (g, g.saturating_add(s))),
+                        gpa,
+                        size,
+                    ) {
+                        let at = slots.partition_point(|&(g, _)| g < piece.0);
+                        slots.insert(at, piece);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // CreateVm rejects counts above KVM's limit before any table is used.
+        let n = (vcpus as usize).min(host.kvm.get_max_vcpus());
+        let cpuid = (0..n)
+            .map(|id| {
+                let id = id as u32;
+                let mut c = host.cpuid.clone();
+                for e in c.as_mut_slice() {
+                    match e.function {
+                        // CPUID.1:EBX[31:24] initial APIC ID (Intel SDM Vol. 2A, CPUID).
+                        1 => e.ebx = (e.ebx & 0x00FF_FFFF) | (id << 24),
+                        // CPUID.0Bh/1Fh:EDX x2APIC ID.
+                        0xB | 0x1F => e.edx = id,
+                        _ => {}
+                    }
+                }
+                c
+            })
+            .collect();
+        Prepared {
+            mem_bytes,
+            slots,
+            cpuid,
+            fresh: Mutex::new(vec![None; n]),
+        }
+    }
+
+    /// Guest RAM bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_bytes
+    }
+
+    /// The memslot ranges every build registers, `(gpa, size)`, by address.
+    pub fn slots(&self) -> &[(u64, u64)] {
+        &self.slots
+    }
+
+    /// The fresh-vCPU registers of vCPU `vp`: cached, or read from `vcpu` (which must be
+    /// fresh: no register set yet) and cached.
+    fn fresh_regs(&self, vp: u32, vcpu: &Vcpu) -> Result<FreshRegs, BackendError> {
+        let lock = || self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = lock().get(vp as usize).copied().flatten() {
+            return Ok(f);
+        }
+        let f = FreshRegs {
+            sregs: vcpu.fd().get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?,
+            regs: vcpu.fd().get_regs().map_err(kvm_err("KVM_GET_REGS"))?,
+        };
+        if let Some(slot) = lock().get_mut(vp as usize) {
+            *slot = Some(f);
+        }
+        Ok(f)
+    }
+}
+
+/// The registers of a vCPU right after `KVM_CREATE_VCPU` (KVM's reset state).
+#[derive(Clone, Copy, Debug)]
+pub struct FreshRegs {
+    /// `KVM_GET_SREGS`.
+    pub sregs: kvm_sregs,
+    /// `KVM_GET_REGS`.
+    pub regs: kvm_regs,
+}
+
+/// Whether a `MapRam` range is well-formed: 4 KiB aligned, a 4 KiB multiple, not wrapping.
+fn map_ram_ok(gpa: u64, size: u64) -> bool {
+    gpa.is_multiple_of(PAGE_SIZE)
+        && size.is_multiple_of(PAGE_SIZE)
+        && gpa.checked_add(size).is_some()
+}
+
 struct Building {
     vm: Vm,
     vcpus: Vec<Vcpu>,
@@ -63,7 +185,7 @@ struct Building {
 /// The native backend: executes a plan on `host`, producing a [`BuiltVm`].
 pub struct NativeBackend<'h> {
     host: &'h Host,
-    mem_bytes: u64,
+    prep: &'h Prepared,
     state: Option<Building>,
     finalized: bool,
     timings: ExecTimings,
@@ -71,12 +193,12 @@ pub struct NativeBackend<'h> {
 }
 
 impl<'h> NativeBackend<'h> {
-    /// A backend that will give the guest `mem_bytes` of RAM at `[0, mem)` (split around the
-    /// 32-bit hole).
-    pub fn new(host: &'h Host, mem_bytes: u64) -> NativeBackend<'h> {
+    /// A backend that builds the VM `prep` describes (guest RAM at `[0, mem)`, split around
+    /// the 32-bit hole, plus the plan's `MapRam` ranges) on `host`.
+    pub fn new(host: &'h Host, prep: &'h Prepared) -> NativeBackend<'h> {
         NativeBackend {
             host,
-            mem_bytes,
+            prep,
             state: None,
             finalized: false,
             timings: ExecTimings::default(),
@@ -123,38 +245,40 @@ impl<'h> NativeBackend<'h> {
         if vcpus == 0 || vcpus as usize > max {
             return Err(BackendError::VcpuCount(vcpus, max));
         }
-        let host = self.host;
+        let (host, prep) = (self.host, self.prep);
+        let t = Instant::now();
         let vm = host.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mut vm = Vm::new(vm);
+        self.timings.create_vm = t.elapsed();
+        // Every memslot before the irqchip (module doc).
+        let t = Instant::now();
+        let mut memory = GuestMemory::default();
+        for &(gpa, size) in &prep.slots {
+            add_region(host, &mut vm, &mut memory, gpa, size)?;
+        }
+        self.timings.memslots = t.elapsed();
         // In-kernel PIC/IOAPIC/LAPIC: needed for INIT/SIPI AP start-up and HLT in the kernel.
         // No PIT: its kernel timer thread would cost every relaunch; our guests use none.
+        let t = Instant::now();
         vm.fd()
             .create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let mut memory = GuestMemory::default();
-        for (gpa, size) in ram_layout(self.mem_bytes) {
-            add_region(host, &mut vm, &mut memory, gpa, size)?;
-        }
+        self.timings.irqchip = t.elapsed();
+        let t = Instant::now();
         let mut list = Vec::with_capacity(vcpus as usize);
         for id in 0..vcpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut cpuid = host.cpuid.clone();
-            for e in cpuid.as_mut_slice() {
-                match e.function {
-                    // CPUID.1:EBX[31:24] initial APIC ID (Intel SDM Vol. 2A, CPUID).
-                    1 => e.ebx = (e.ebx & 0x00FF_FFFF) | (id << 24),
-                    // CPUID.0Bh/1Fh:EDX x2APIC ID.
-                    0xB | 0x1F => e.edx = id,
-                    _ => {}
-                }
-            }
+            let cpuid = prep.cpuid.get(id as usize).ok_or(BackendError::Order(
+                "CreateVm vCPU count differs from the plan's",
+            ))?;
             vcpu.fd()
-                .set_cpuid2(&cpuid)
+                .set_cpuid2(cpuid)
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
             list.push(vcpu);
         }
+        self.timings.vcpus = t.elapsed();
         self.state = Some(Building {
             vm,
             started: vec![false; list.len()],
@@ -191,16 +315,15 @@ impl LaunchBackend for NativeBackend<'_> {
                 platform, vcpus, ..
             } => {
                 self.create_vm(platform, vcpus)?;
-                self.timings.create_vm += t.elapsed();
             }
             LaunchOp::MapRam { gpa, size } => {
                 let host = self.host;
                 let b = self.building()?;
-                let bad = BackendError::Range { gpa, size };
-                if gpa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || gpa.checked_add(size).is_none()
-                {
-                    return Err(bad);
+                if !map_ram_ok(gpa, size) {
+                    return Err(BackendError::Range { gpa, size });
                 }
+                // `Prepared` registered this range before the irqchip; a range it did not
+                // foresee (another plan) still gets its memslot here, the slow way.
                 for (g, s) in b.memory.uncovered(gpa, size) {
                     add_region(host, &mut b.vm, &mut b.memory, g, s)?;
                 }
@@ -222,6 +345,7 @@ impl LaunchBackend for NativeBackend<'_> {
                 self.timings.import += t.elapsed();
             }
             LaunchOp::SetVpContext { vp, ctx, source } => {
+                let prep = self.prep;
                 let b = self.building()?;
                 let vcpus = b.vcpus.len() as u32;
                 let err = BackendError::Vp {
@@ -237,7 +361,8 @@ impl LaunchBackend for NativeBackend<'_> {
                     vcpus,
                     contexts: plan.vp_contexts.len(),
                 })?;
-                set_vp_regs(vcpu, regs)?;
+                let fresh = prep.fresh_regs(vp, vcpu)?;
+                set_vp_regs(vcpu, &fresh, regs)?;
                 // Only a context the bundle gives starts an AP; an AP in the architectural
                 // reset state waits for INIT/SIPI like on real hardware (its registers are
                 // reset again by INIT anyway).
@@ -299,13 +424,16 @@ fn dtable(t: &DescriptorTable) -> kvm_dtable {
     }
 }
 
-/// Loads `r` into `vcpu`: SREGS, REGS, then XCR0, PAT, DR6/DR7 and FCW/MXCSR when set.
+/// Loads `r` into the fresh vCPU `vcpu` whose reset state is `fresh`: SREGS (the fields a VP
+/// context does not set come from `fresh`) and REGS, each only when it differs from the
+/// reset state (setting a register file to the value it holds changes nothing); then XCR0,
+/// PAT, DR6/DR7 and FCW/MXCSR when set.
 ///
 /// # Errors
 /// The failing ioctl.
-pub fn set_vp_regs(vcpu: &Vcpu, r: &VpRegs) -> Result<(), BackendError> {
+pub fn set_vp_regs(vcpu: &Vcpu, fresh: &FreshRegs, r: &VpRegs) -> Result<(), BackendError> {
     let fd = vcpu.fd();
-    let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    let mut sregs = fresh.sregs;
     sregs.cs = kvm_segment_from(&r.cs);
     sregs.ds = kvm_segment_from(&r.ds);
     sregs.es = kvm_segment_from(&r.es);
@@ -320,7 +448,9 @@ pub fn set_vp_regs(vcpu: &Vcpu, r: &VpRegs) -> Result<(), BackendError> {
     sregs.cr3 = r.cr3;
     sregs.cr4 = r.cr4;
     sregs.efer = r.efer;
-    fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    if sregs != fresh.sregs {
+        fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    }
     let g = &r.gprs;
     let regs = kvm_regs {
         rax: g.rax,
@@ -343,7 +473,9 @@ pub fn set_vp_regs(vcpu: &Vcpu, r: &VpRegs) -> Result<(), BackendError> {
         // Bit 1 of RFLAGS is reserved-one (KVM sets it anyway).
         rflags: r.rflags | 2,
     };
-    fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    if regs != fresh.regs {
+        fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    }
     if r.xcr0 != 0 {
         let mut xcrs = kvm_xcrs {
             nr_xcrs: 1,
@@ -398,10 +530,10 @@ pub fn set_vp_regs(vcpu: &Vcpu, r: &VpRegs) -> Result<(), BackendError> {
 /// (reported at index `plan.ops.len()`).
 pub fn build_vm(
     host: &Host,
-    mem_bytes: u64,
+    prep: &Prepared,
     plan: &LaunchPlan,
 ) -> Result<BuiltVm, super::ExecError> {
-    let mut backend = NativeBackend::new(host, mem_bytes);
+    let mut backend = NativeBackend::new(host, prep);
     super::execute(&mut backend, plan)?;
     backend.finish().map_err(|source| super::ExecError {
         index: plan.ops.len(),

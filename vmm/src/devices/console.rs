@@ -60,9 +60,14 @@ impl Console {
     pub fn output(&self, data: &[u8]) {
         match &self.out {
             Out::Stdout => {
+                // Written through at once: a prompt without a newline must show while the
+                // guest waits for input, and `stdout` is line-buffered. One `write(2)` per
+                // UART exit (several bytes for `rep outsb`) costs less than the exit itself.
                 // Errors (closed stdout) are ignored: the guest must not be able to stop the
                 // VMM by printing.
-                let _ = std::io::stdout().lock().write_all(data);
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(data);
+                let _ = o.flush();
             }
             Out::Discard => {}
             Out::Capture { buf, cap } => {
@@ -73,7 +78,8 @@ impl Console {
         }
     }
 
-    /// Flushes buffered output.
+    /// Flushes buffered output (guest output is written through already; this flushes
+    /// anything else the process printed to stdout).
     pub fn flush(&self) {
         if let Out::Stdout = self.out {
             let _ = std::io::stdout().lock().flush();

@@ -10,8 +10,8 @@ pub mod console;
 pub mod fw_cfg;
 pub mod serial;
 
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use console::Console;
 use fw_cfg::FwCfg;
@@ -86,7 +86,8 @@ pub enum Action {
     Panic,
 }
 
-/// Timestamps of one launch, shared between vCPU threads.
+/// Timestamps of one launch, shared between vCPU threads (and the reaper, which waits for the
+/// first exit before tearing the previous VM down).
 #[derive(Debug)]
 pub struct LaunchClock {
     /// When the vCPU threads were started.
@@ -95,6 +96,8 @@ pub struct LaunchClock {
     pub first_exit: OnceLock<Instant>,
     /// First write to port 0x80.
     pub boot_marker: OnceLock<Instant>,
+    exited: Mutex<bool>,
+    exited_cv: Condvar,
 }
 
 impl LaunchClock {
@@ -104,7 +107,35 @@ impl LaunchClock {
             started: Instant::now(),
             first_exit: OnceLock::new(),
             boot_marker: OnceLock::new(),
+            exited: Mutex::new(false),
+            exited_cv: Condvar::new(),
         }
+    }
+
+    /// A `KVM_RUN` returned now: see [`LaunchClock::note_exit_at`].
+    pub fn note_exit(&self) {
+        self.note_exit_at(Instant::now());
+    }
+
+    /// A `KVM_RUN` returned at `t`: the first call records `t` and wakes
+    /// [`LaunchClock::wait_first_exit`].
+    pub fn note_exit_at(&self, t: Instant) {
+        if self.first_exit.get().is_some() {
+            return;
+        }
+        let _ = self.first_exit.set(t);
+        *self.exited.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.exited_cv.notify_all();
+    }
+
+    /// Waits until the first exit was noted or `timeout` passed; returns whether it was.
+    pub fn wait_first_exit(&self, timeout: Duration) -> bool {
+        let g = self.exited.lock().unwrap_or_else(PoisonError::into_inner);
+        let (g, _) = self
+            .exited_cv
+            .wait_timeout_while(g, timeout, |done| !*done)
+            .unwrap_or_else(PoisonError::into_inner);
+        *g
     }
 }
 

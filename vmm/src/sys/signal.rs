@@ -108,3 +108,42 @@ pub fn kick<T>(thread: &JoinHandle<T>) -> Result<(), Errno> {
         Err(Errno::new(rc))
     }
 }
+
+/// A handle of a thread that stays alive while others may kick it (the session thread, which
+/// runs vCPU 0 and outlives every AP thread of its launch).
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadHandle(libc::pthread_t);
+
+impl ThreadHandle {
+    /// The calling thread.
+    pub fn current() -> ThreadHandle {
+        // SAFETY: pthread_self has no preconditions and cannot fail.
+        ThreadHandle(unsafe { libc::pthread_self() })
+    }
+
+    /// Whether this is the calling thread.
+    pub fn is_current(&self) -> bool {
+        let me = ThreadHandle::current();
+        // SAFETY: pthread_equal compares two pthread_t values and has no preconditions.
+        unsafe { libc::pthread_equal(self.0, me.0) != 0 }
+    }
+
+    /// Sends the kick signal to the thread.
+    ///
+    /// The caller must only use a handle while its thread is alive (see the type doc): the
+    /// session holds this invariant by joining every AP thread before it leaves a launch.
+    ///
+    /// # Errors
+    /// The `pthread_kill` error number.
+    pub fn kick(&self) -> Result<(), Errno> {
+        // SAFETY: pthread_kill needs the pthread_t of a live thread: by this type's contract
+        // the handle is only used while its thread runs (the session thread, alive until it
+        // has joined every thread that holds the handle); the signal has our handler.
+        let rc = unsafe { libc::pthread_kill(self.0, kick_signal()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Errno::new(rc))
+        }
+    }
+}
