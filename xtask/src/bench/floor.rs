@@ -1,10 +1,22 @@
-//! The raw KVM floor: the least any VMM must do to get a fresh VM to its first guest
-//! instruction on this host, with no relaunch code: `KVM_CREATE_VM`, one mapping of guest
-//! RAM (the tiny guest page copied to its top), one `KVM_SET_USER_MEMORY_REGION2` ending at
-//! 4 GiB (so the reset vector is inside it), `KVM_CREATE_VCPU` (+ its `kvm_run` mmap, as
-//! kvm-ioctls does it), and `KVM_RUN` until the first exit, which must be the guest's
-//! boot-marker `out 0x80`. Each step is timed; tearing the VM down (closing the vCPU and VM
-//! fds, unmapping memory) is timed separately: it is off relaunch's critical path.
+//! The raw KVM floor: what a VMM must do to get a fresh VM to its first guest instruction on
+//! this host, with no relaunch code, in two flavours ([`Work`]):
+//!
+//! - [`Work::Minimal`], the least any VMM can do: `KVM_CREATE_VM`, one mapping of guest RAM
+//!   (the tiny guest page copied to its top), one `KVM_SET_USER_MEMORY_REGION2` ending at
+//!   4 GiB (so the reset vector is inside it), `KVM_CREATE_VCPU` (+ its `kvm_run` mmap, as
+//!   kvm-ioctls does it), and `KVM_RUN` until the first exit, which must be the guest's
+//!   boot-marker `out 0x80`.
+//! - [`Work::SameAsRelaunch`], the same KVM work a relaunch of the tiny guest does, in
+//!   relaunch's order: `KVM_CREATE_VM`; guest RAM `[0, mem)` and the guest page's own 4 KiB
+//!   range at `0xFFFFF000` (the bundle's `MapRam`), each its own mapping and memslot with the
+//!   same backing; `KVM_CREATE_IRQCHIP` after the memslots; `KVM_CREATE_VCPU` +
+//!   `KVM_SET_CPUID2` (the host's supported CPUID); `KVM_RUN` to the marker. Only the plan's
+//!   register loads are left out: the tiny guest's VP context is the reset state a fresh
+//!   vCPU already has (relaunch skips those ioctls then too).
+//!
+//! Each step is timed; tearing the VM down (closing the vCPU and VM fds, unmapping memory)
+//! is timed separately, or handed to another thread ([`cycle_live`]) the way relaunch's
+//! reaper does it: it is off relaunch's critical path.
 //!
 //! This is the only code in xtask with `unsafe`: the memslot call is an `unsafe fn` in
 //! kvm-ioctls (the kernel gets a raw pointer), the mappings are raw `mmap`s, and a
@@ -14,8 +26,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kvm_bindings::{kvm_create_guest_memfd, kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD};
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_userspace_memory_region2, CpuId, KVM_MEM_GUEST_MEMFD,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use super::guest::{self, PAGE_SIZE};
 
@@ -46,6 +60,31 @@ impl Backing {
     }
 }
 
+/// How much work a floor cycle does (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// One memslot, no irqchip, no CPUID.
+    Minimal,
+    /// relaunch's memslots (RAM at 0 + the page's range), irqchip, CPUID.
+    SameAsRelaunch,
+}
+
+/// `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18 `include/uapi/linux/kvm.h`).
+const KVM_CAP_GUEST_MEMFD_FLAGS: u32 = 244;
+
+/// The backing relaunch picks on this host (`vmm/src/vstate.rs` `Host::open`): a guest_memfd
+/// when KVM offers both `MMAP` and `INIT_SHARED`, anonymous memory otherwise.
+pub fn relaunch_backing(kvm: &Kvm) -> Backing {
+    let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
+    let flags =
+        u64::try_from(kvm.check_extension_raw(u64::from(KVM_CAP_GUEST_MEMFD_FLAGS))).unwrap_or(0);
+    if flags & want == want {
+        Backing::GuestMemfd
+    } else {
+        Backing::Anonymous
+    }
+}
+
 /// Timings of one floor cycle.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cycle {
@@ -53,30 +92,46 @@ pub struct Cycle {
     pub create_vm: Duration,
     /// [`KVM_CREATE_GUEST_MEMFD` +] `mmap` of guest RAM + copying the guest page into it.
     pub memory: Duration,
-    /// `KVM_SET_USER_MEMORY_REGION2`.
+    /// `KVM_SET_USER_MEMORY_REGION2` (every slot).
     pub memslot: Duration,
-    /// `KVM_CREATE_VCPU` + `kvm_run` mmap.
+    /// `KVM_CREATE_IRQCHIP` ([`Work::SameAsRelaunch`] only).
+    pub irqchip: Duration,
+    /// `KVM_CREATE_VCPU` + `kvm_run` mmap [+ `KVM_SET_CPUID2`].
     pub vcpu: Duration,
     /// `KVM_RUN` until the boot-marker exit.
     pub first_run: Duration,
-    /// Dropping the vCPU, the VM and the mapping (off the critical path).
+    /// Dropping the vCPU, the VM and the mappings (off the critical path; zero when the
+    /// teardown was handed to another thread).
     pub teardown: Duration,
+}
+
+/// A VM left running by [`cycle_live`]; dropping it tears it down (vCPU, then VM, then the
+/// mappings: field order).
+pub struct Live {
+    _vcpu: VcpuFd,
+    _vm: VmFd,
+    _mem: Vec<Mapping>,
 }
 
 impl Cycle {
     /// Everything a relaunch must wait for: all steps but teardown.
     pub fn critical_path(&self) -> Duration {
-        self.create_vm + self.memory + self.memslot + self.vcpu + self.first_run
+        self.create_vm + self.memory + self.memslot + self.irqchip + self.vcpu + self.first_run
     }
 }
 
 /// A guest-RAM mapping (anonymous, or of a guest_memfd it owns), unmapped on drop.
-struct Mapping {
+pub struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
     /// The guest_memfd this maps (closed after the unmap, in `drop`).
     gmem: Option<OwnedFd>,
 }
+
+// SAFETY: a `Mapping` exclusively owns its mmap (nothing else unmaps it or holds references
+// into it once the VM using it is closed), so moving it to another thread to be dropped there
+// is sound; it is never shared (`Sync` is not implemented).
+unsafe impl Send for Mapping {}
 
 impl Mapping {
     fn anonymous(len: usize) -> anyhow::Result<Mapping> {
@@ -145,34 +200,30 @@ impl Drop for Mapping {
     }
 }
 
-/// Runs one floor cycle with `mem_bytes` of guest RAM (a multiple of 4 KiB, ≤ 4 GiB).
+/// Runs one floor cycle with `mem_bytes` of guest RAM (a multiple of 4 KiB, ≤ 3 GiB) and
+/// tears the VM down, timed.
 pub fn cycle(
     kvm: &Kvm,
     mem_bytes: u64,
     backing: Backing,
+    work: Work,
+    cpuid: &CpuId,
     page: &[u8; PAGE_SIZE],
 ) -> anyhow::Result<Cycle> {
-    let len = usize::try_from(mem_bytes).context("memory size")?;
-    if mem_bytes < PAGE_SIZE as u64
-        || mem_bytes > (1 << 32)
-        || !mem_bytes.is_multiple_of(PAGE_SIZE as u64)
-    {
-        bail!("floor memory size {mem_bytes} must be a 4 KiB multiple in [4 KiB, 4 GiB]");
-    }
-    let gpa = (1u64 << 32) - mem_bytes;
-    let mut c = Cycle::default();
-
+    let (mut c, live) = cycle_live(kvm, mem_bytes, backing, work, cpuid, page)?;
     let t = Instant::now();
-    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
-    c.create_vm = t.elapsed();
+    drop(live);
+    c.teardown = t.elapsed();
+    Ok(c)
+}
 
-    let t = Instant::now();
-    let mut mem = match backing {
-        Backing::Anonymous => Mapping::anonymous(len)?,
+fn map(vm: &VmFd, len: usize, backing: Backing) -> anyhow::Result<Mapping> {
+    match backing {
+        Backing::Anonymous => Mapping::anonymous(len),
         Backing::GuestMemfd => {
             let raw = vm
                 .create_guest_memfd(kvm_create_guest_memfd {
-                    size: mem_bytes,
+                    size: len as u64,
                     flags: GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
                     ..Default::default()
                 })
@@ -180,42 +231,91 @@ pub fn cycle(
             // SAFETY: from_raw_fd needs an open fd owned by nobody else: the ioctl just
             // returned it (errors were returned above) and kvm-ioctls leaves it to the caller.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            Mapping::guest_memfd(fd, len)?
+            Mapping::guest_memfd(fd, len)
         }
+    }
+}
+
+/// One floor cycle up to the boot marker; the VM is returned alive (its teardown is the
+/// caller's: inline in [`cycle`], or on another thread).
+pub fn cycle_live(
+    kvm: &Kvm,
+    mem_bytes: u64,
+    backing: Backing,
+    work: Work,
+    cpuid: &CpuId,
+    page: &[u8; PAGE_SIZE],
+) -> anyhow::Result<(Cycle, Live)> {
+    let len = usize::try_from(mem_bytes).context("memory size")?;
+    if mem_bytes < PAGE_SIZE as u64
+        || mem_bytes > (3 << 30)
+        || !mem_bytes.is_multiple_of(PAGE_SIZE as u64)
+    {
+        bail!("floor memory size {mem_bytes} must be a 4 KiB multiple in [4 KiB, 3 GiB]");
+    }
+    let mut c = Cycle::default();
+
+    let t = Instant::now();
+    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    c.create_vm = t.elapsed();
+
+    // (gpa, mapping) per memslot; the page goes to the top of the last one.
+    let t = Instant::now();
+    let mut mems: Vec<(u64, Mapping)> = match work {
+        Work::Minimal => vec![((1u64 << 32) - mem_bytes, map(&vm, len, backing)?)],
+        Work::SameAsRelaunch => vec![
+            (0, map(&vm, len, backing)?),
+            (guest::PAGE_GPA, map(&vm, PAGE_SIZE, backing)?),
+        ],
     };
-    let top = len - PAGE_SIZE;
-    mem.as_mut_slice()[top..].copy_from_slice(page);
+    if let Some((_, last)) = mems.last_mut() {
+        let s = last.as_mut_slice();
+        let top = s.len() - PAGE_SIZE;
+        s[top..].copy_from_slice(page);
+    }
     c.memory = t.elapsed();
 
-    let (flags, guest_memfd) = match &mem.gmem {
-        Some(fd) => (
-            KVM_MEM_GUEST_MEMFD,
-            u32::try_from(fd.as_raw_fd()).context("guest_memfd number")?,
-        ),
-        None => (0, 0),
-    };
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        flags,
-        guest_phys_addr: gpa,
-        memory_size: mem_bytes,
-        userspace_addr: mem.addr as u64,
-        guest_memfd_offset: 0,
-        guest_memfd,
-        ..Default::default()
-    };
     let t = Instant::now();
-    // SAFETY: kvm-ioctls `set_user_memory_region2` requires that `userspace_addr` points to
-    // valid memory of `memory_size` bytes for as long as the kernel uses it, that the region
-    // overlaps no other slot, and that a flagged `guest_memfd` is this VM's and covers
-    // `[offset, offset + size)`. `mem` is a live mapping of exactly that size, dropped only
-    // after `vm` (teardown below: `vcpu`, then `vm`, then `mem`); this VM has no other slot;
-    // the guest_memfd was created on this VM with `mem_bytes` and is what `mem` maps.
-    unsafe { vm.set_user_memory_region2(region) }.context("KVM_SET_USER_MEMORY_REGION2")?;
+    for (slot, (gpa, mem)) in mems.iter().enumerate() {
+        let (flags, guest_memfd) = match &mem.gmem {
+            Some(fd) => (
+                KVM_MEM_GUEST_MEMFD,
+                u32::try_from(fd.as_raw_fd()).context("guest_memfd number")?,
+            ),
+            None => (0, 0),
+        };
+        let region = kvm_userspace_memory_region2 {
+            slot: u32::try_from(slot).context("slot number")?,
+            flags,
+            guest_phys_addr: *gpa,
+            memory_size: mem.len as u64,
+            userspace_addr: mem.addr as u64,
+            guest_memfd_offset: 0,
+            guest_memfd,
+            ..Default::default()
+        };
+        // SAFETY: kvm-ioctls `set_user_memory_region2` requires that `userspace_addr` points
+        // to valid memory of `memory_size` bytes for as long as the kernel uses it, that the
+        // region overlaps no other slot, and that a flagged `guest_memfd` is this VM's and
+        // covers `[offset, offset + size)`. `mem` is a live mapping of exactly that size,
+        // dropped only after `vm` (`Live`'s field order); the slots' ranges are disjoint
+        // (RAM ≤ 3 GiB, the page at 4 GiB - 4 KiB); the guest_memfd was created on this VM
+        // with the mapping's length and is what `mem` maps.
+        unsafe { vm.set_user_memory_region2(region) }.context("KVM_SET_USER_MEMORY_REGION2")?;
+    }
     c.memslot = t.elapsed();
+
+    if work == Work::SameAsRelaunch {
+        let t = Instant::now();
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        c.irqchip = t.elapsed();
+    }
 
     let t = Instant::now();
     let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
+    if work == Work::SameAsRelaunch {
+        vcpu.set_cpuid2(cpuid).context("KVM_SET_CPUID2")?;
+    }
     c.vcpu = t.elapsed();
 
     let t = Instant::now();
@@ -226,13 +326,14 @@ pub fn cycle(
         VcpuExit::IoOut(port, _) => bail!("floor: first exit is an out to port {port:#x}"),
         other => bail!("floor: first exit is {other:?}, not the boot marker"),
     }
-
-    let t = Instant::now();
-    drop(vcpu);
-    drop(vm);
-    drop(mem);
-    c.teardown = t.elapsed();
-    Ok(c)
+    Ok((
+        c,
+        Live {
+            _vcpu: vcpu,
+            _vm: vm,
+            _mem: mems.into_iter().map(|(_, m)| m).collect(),
+        },
+    ))
 }
 
 /// Diagnostic: time of `KVM_CREATE_IRQCHIP` + one anonymous `mem_bytes` memslot at GPA 0
@@ -276,6 +377,7 @@ mod tests {
             create_vm: ms(1),
             memory: ms(2),
             memslot: ms(3),
+            irqchip: ms(0),
             vcpu: ms(4),
             first_run: ms(5),
             teardown: ms(100),
@@ -292,9 +394,13 @@ mod tests {
         };
         let page = guest::page(guest::Ending::ResetCf9);
         for b in [Backing::Anonymous, Backing::GuestMemfd] {
-            let c = cycle(&kvm, 2 << 20, b, &page).unwrap();
-            assert!(c.critical_path() > Duration::ZERO);
-            assert!(cycle(&kvm, 4095, b, &page).is_err());
+            let cpuid = kvm.get_supported_cpuid(256).unwrap();
+            for w in [Work::Minimal, Work::SameAsRelaunch] {
+                let c = cycle(&kvm, 2 << 20, b, w, &cpuid, &page).unwrap();
+                assert!(c.critical_path() > Duration::ZERO);
+                assert_eq!(c.irqchip.is_zero(), w == Work::Minimal);
+                assert!(cycle(&kvm, 4095, b, w, &cpuid, &page).is_err());
+            }
         }
         for before in [true, false] {
             assert!(irqchip_and_memslot(&kvm, 2 << 20, before).unwrap() > Duration::ZERO);
