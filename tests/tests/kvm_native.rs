@@ -145,6 +145,40 @@ fn kvm_smp_aps_start_by_init_sipi() {
     }
 }
 
+/// An AP's outcome must stop vCPU 0, which runs on the session thread itself and here sleeps
+/// in an in-kernel `hlt` with interrupts off: only the kick signal gets it out of `KVM_RUN`.
+/// A lost kick would hang the session, so it runs on its own thread with a deadline.
+#[test]
+fn kvm_ap_outcome_kicks_vcpu0_on_the_session_thread() {
+    let Some(host) = host(true) else { return };
+    // SMP_BSP up to its SIPI (LAPIC on, INIT + SIPI vector 2 to all others), then
+    // `1: cli; hlt; jmp 1b`.
+    let mut bsp = testing::SMP_BSP[..44].to_vec();
+    bsp.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfc]);
+    // The AP at 0x2000: `mov $0x604, %dx; mov $0x2000, %ax; out %ax, %dx` (PM1a SLP_EN:
+    // power-off), then `1: hlt; jmp 1b`.
+    const AP_POWER_OFF: &[u8] = &[0xba, 0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4, 0xeb, 0xfd];
+    let plan = testing::plan(
+        &bsp,
+        &[(testing::AP_GPA, AP_POWER_OFF)],
+        2,
+        MEM,
+        0xFEE0_0000,
+    );
+    let cfg = config(MEM, None, false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = run(&host, &plan, &cfg);
+        let _ = tx.send((r, events(&cfg)));
+    });
+    let (r, ev) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the session did not end: vCPU 0 was not kicked out of its hlt");
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    assert_eq!(r.outcome, Outcome::PowerOff("acpi-pm1-slp-en"));
+    assert_eq!(ev.len(), 1);
+}
+
 #[test]
 fn kvm_audit_log_records_every_launch_before_it_runs() {
     let Some(host) = host(true) else { return };

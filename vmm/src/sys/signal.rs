@@ -114,6 +114,13 @@ pub fn kick<T>(thread: &JoinHandle<T>) -> Result<(), Errno> {
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadHandle(libc::pthread_t);
 
+// SAFETY: a `pthread_t` is an opaque thread id (an integer on glibc, a pointer on musl that is
+// never dereferenced by us); POSIX lets any thread of the process pass it to pthread_kill and
+// pthread_equal, so moving or sharing the id between threads is sound.
+unsafe impl Send for ThreadHandle {}
+// SAFETY: see `Send`: the handle is immutable and only ever passed by value to libc.
+unsafe impl Sync for ThreadHandle {}
+
 impl ThreadHandle {
     /// The calling thread.
     pub fn current() -> ThreadHandle {
