@@ -49,6 +49,10 @@ pub const MAX_SAMPLES: usize = 65536;
 /// VM's memory back.
 pub const DEFER_MAX: Duration = Duration::from_millis(20);
 
+/// Jobs queued for the reaper at most (each holds at most one VM); a full queue makes the
+/// session wait.
+pub const REAP_QUEUE: usize = 32;
+
 /// Everything a session needs besides the host and the plan.
 #[derive(Debug)]
 pub struct SessionConfig {
@@ -260,7 +264,9 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
     let prep = Prepared::new(host, cfg.mem_bytes, plan);
     let stage = Stage::new();
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::channel::<Job>();
+        // Bounded: a guest that resets faster than VMs can be torn down makes the relaunch
+        // wait for the reaper instead of piling up dead VMs (and their memory) without limit.
+        let (tx, rx) = mpsc::sync_channel::<Job>(REAP_QUEUE);
         let (prep, stage) = (&prep, &stage);
         let reaper = std::thread::Builder::new()
             .name("reaper".into())

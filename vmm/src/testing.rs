@@ -245,21 +245,23 @@ pub const SMP_BSP: &[u8] = &[
     0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4, 0xeb, 0xfd,
 ];
 
-/// AP (started by SIPI at 0x2000): `lock inc` of the counter at 0x3000, prints "A", halts.
+/// AP (started by SIPI at 0x2000): prints "A", then `lock inc` of the counter at 0x3000 (in
+/// that order, so every "A" is out before the BSP can see the full count and print "S"),
+/// halts.
 ///
 /// ```text
 /// .code16
 /// ap:
-///   lock incb (0x3000)
 ///   mov $0x3f8, %dx
 ///   mov $'A', %al
 ///   out %al, %dx
+///   lock incb (0x3000)
 /// 1: cli
 ///   hlt
 ///   jmp 1b
 /// ```
 pub const SMP_AP: &[u8] = &[
-    0xf0, 0xfe, 0x06, 0x00, 0x30, 0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xfa, 0xf4, 0xeb, 0xfc,
+    0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xf0, 0xfe, 0x06, 0x00, 0x30, 0xfa, 0xf4, 0xeb, 0xfc,
 ];
 /// A real-mode segment (VMSA attribute encoding: present, S, type).
 fn rm_seg(selector: u16, base: u64, attrib: u16) -> Segment {
