@@ -290,7 +290,10 @@ fn floor_kind(i: usize) -> (&'static str, Option<floor::Backing>, floor::Work, b
     }
 }
 
-/// Runs `n` cycles of every floor (interleaved), after two warm-up cycles each.
+/// Runs `n` cycles of every floor after two warm-up cycles each: the inline-teardown floors
+/// interleaved cycle by cycle, then the 2nd-thread-teardown floor as one block of
+/// back-to-back cycles (interleaving it with inline teardowns would hide the overlap it is
+/// there to show).
 fn floor_block(
     kvm: &Kvm,
     o: &Opts,
@@ -302,30 +305,14 @@ fn floor_block(
 ) -> anyhow::Result<()> {
     let mem = o.mem_mib << 20;
     let mut ok = [true; FLOORS];
-    // The concurrent floor's reaper: drops each VM while the next cycles run.
-    let (tx, rx) = std::sync::mpsc::channel::<floor::Live>();
-    let reaper = std::thread::spawn(move || {
-        for live in rx {
-            drop(live);
-        }
-    });
-    let mut result = Ok(());
-    'outer: for i in 0..n + 2 {
+    for i in 0..n + 2 {
         for (j, ok_j) in ok.iter_mut().enumerate() {
-            if !*ok_j {
+            let (_, b, work, concurrent) = floor_kind(j);
+            if !*ok_j || concurrent {
                 continue;
             }
-            let (_, b, work, concurrent) = floor_kind(j);
             let b = b.unwrap_or(relaunch_backing);
-            let r = if concurrent {
-                floor::cycle_live(kvm, mem, b, work, cpuid, page).map(|(c, live)| {
-                    let _ = tx.send(live);
-                    c
-                })
-            } else {
-                floor::cycle(kvm, mem, b, work, cpuid, page)
-            };
-            match r {
+            match floor::cycle(kvm, mem, b, work, cpuid, page) {
                 Ok(c) if i >= 2 => out[j].push(c),
                 Ok(_) => {}
                 // guest_memfd is optional (the VMM falls back to anonymous memory).
@@ -333,10 +320,32 @@ fn floor_block(
                     println!("floor with {}: not available: {e:#}", b.name());
                     *ok_j = false;
                 }
-                Err(e) => {
-                    result = Err(e);
-                    break 'outer;
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // The concurrent floor: each VM goes to a reaper thread right after its boot marker
+    // (relaunch's reaper starts at the new launch's first exit, which is that marker).
+    let j = FLOORS - 1;
+    let (_, _, work, _) = floor_kind(j);
+    let (tx, rx) = std::sync::mpsc::channel::<floor::Live>();
+    let reaper = std::thread::spawn(move || {
+        for live in rx {
+            drop(live);
+        }
+    });
+    let mut result = Ok(());
+    for i in 0..n + 2 {
+        match floor::cycle_live(kvm, mem, relaunch_backing, work, cpuid, page) {
+            Ok((c, live)) => {
+                let _ = tx.send(live);
+                if i >= 2 {
+                    out[j].push(c);
                 }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         }
     }
