@@ -128,9 +128,13 @@ enum Job {
     /// Drop `vm` once `after` saw its first exit (or [`DEFER_MAX`] passed), then `fdatasync`
     /// the audit log.
     Reap {
-        vm: BuiltVm,
+        vm: Box<BuiltVm>,
         after: Option<Arc<LaunchClock>>,
         audit: Option<Arc<AuditLog>>,
+        /// The ended launch's event line, still to be formatted and written (without an
+        /// audit log nothing orders it against the next launch, so it waits until the next
+        /// launch runs).
+        event: Option<DeferredEvent>,
     },
     /// Prestage: build the VM of launch `generation` once `after` saw its first exit.
     Build {
@@ -224,9 +228,17 @@ impl Drop for BuildGuard<'_> {
 fn reaper(rx: mpsc::Receiver<Job>, host: &Host, prep: &Prepared, plan: &LaunchPlan, stage: &Stage) {
     for job in rx {
         match job {
-            Job::Reap { vm, after, audit } => {
+            Job::Reap {
+                vm,
+                after,
+                audit,
+                event,
+            } => {
                 if let Some(c) = after {
                     c.wait_first_exit(DEFER_MAX);
+                }
+                if let Some((line, sink)) = event {
+                    sink.emit(&line.finish());
                 }
                 drop(vm);
                 if let Some(a) = audit {
@@ -281,7 +293,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
         let mut reboots: u64 = 0;
         let mut reset_at: Option<Instant> = None;
         // The previous launch's VM, reaped once this launch has started.
-        let mut old: Option<BuiltVm> = None;
+        let mut old: Option<(BuiltVm, Option<DeferredEvent>)> = None;
         loop {
             let t_build = Instant::now();
             let staged = if cfg.prestage { stage.take() } else { None };
@@ -298,16 +310,17 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 }
             };
             report.launches = generation;
-            let record = launch_record(cfg, generation, &built, swap, prestaged, vcpus, host);
             if let Some(a) = &cfg.audit {
+                let record = launch_record(cfg, generation, &built, swap, prestaged, vcpus, host);
                 if let Err(e) = a.append(&record) {
                     // Never run a guest whose launch is not on record.
                     report.outcome = Outcome::VmmError(format!("writing the audit log: {e}"));
                     report.exit_code = EXIT_VMM_ERROR;
                     let _ = tx.send(Job::Reap {
-                        vm: built,
+                        vm: Box::new(built),
                         after: None,
                         audit: None,
+                        event: None,
                     });
                     break;
                 }
@@ -354,11 +367,12 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             // other order measured slower here, docs/benchmarks.md).
             let may_relaunch = cfg.max_reboots.is_none_or(|m| reboots < m);
             let next = generation.saturating_add(1);
-            if let Some(vm) = old.take() {
+            if let Some((vm, event)) = old.take() {
                 let _ = tx.send(Job::Reap {
-                    vm,
+                    vm: Box::new(vm),
                     after: Some(Arc::clone(&clock)),
                     audit: cfg.audit.clone(),
+                    event,
                 });
             }
             if cfg.prestage && may_relaunch {
@@ -416,33 +430,40 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 swap,
                 build: timings,
             };
-            let mut exit = JsonObj::new()
-                .str("event", "exit")
-                .u64("time_ms", unix_ms())
-                .u64("generation", generation)
-                .str("outcome", outcome.kind())
-                .str("reason", &outcome.reason())
-                .opt_u64("exit_code", final_code.map(u64::from))
-                .obj("timings", times.json())
-                .u64("unknown_io", unknown)
-                .u64("fw_cfg_dma_errors", fw_errors);
-            if final_code.is_some() {
+            let line = ExitLine {
+                time_ms: unix_ms(),
+                generation,
+                kind: outcome.kind(),
+                reason: outcome.reason(),
+                exit_code: final_code,
+                times,
+                unknown,
+                fw_errors,
                 // Off the relaunch path: only the last launch reports the VMM's footprint.
-                let (rss, fds) = own_footprint();
-                exit = exit.opt_u64("vmm_rss_kib", rss).opt_u64("open_fds", fds);
+                footprint: final_code.map(|_| own_footprint()),
+            };
+            let mut audit_ok = true;
+            let mut deferred = None;
+            if let Some(a) = &cfg.audit {
+                // The audit `exit` record must precede the next `launch` record: now.
+                let text = line.finish();
+                if let Some(ev) = &cfg.events {
+                    ev.emit(&text);
+                }
+                audit_ok = a.append(&text).is_ok();
+            } else if let Some(ev) = &cfg.events {
+                deferred = Some((Box::new(line), Arc::clone(ev)));
             }
-            let exit = exit.finish();
-            if let Some(ev) = &cfg.events {
-                ev.emit(&exit);
-            }
-            let audit_ok = cfg.audit.as_ref().is_none_or(|a| a.append(&exit).is_ok());
             drop(devices);
-            old = Some(BuiltVm {
-                vcpus: vcpu_fds,
-                vm,
-                memory,
-                timings,
-            });
+            old = Some((
+                BuiltVm {
+                    vcpus: vcpu_fds,
+                    vm,
+                    memory,
+                    timings,
+                },
+                deferred,
+            ));
             report.outcome = outcome;
             if !audit_ok {
                 report.outcome = Outcome::VmmError("writing the audit log".into());
@@ -457,24 +478,62 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             generation = next;
             reset_at = Some(at);
         }
-        if let Some(vm) = old.take() {
+        if let Some((vm, event)) = old.take() {
             let _ = tx.send(Job::Reap {
-                vm,
+                vm: Box::new(vm),
                 after: None,
                 audit: cfg.audit.clone(),
+                event,
             });
         }
         // A prestaged VM nobody will run (power-off, reboot limit, error).
         if let Some(Ok(vm)) = stage.take() {
             let _ = tx.send(Job::Reap {
-                vm,
+                vm: Box::new(vm),
                 after: None,
                 audit: None,
+                event: None,
             });
         }
         drop(tx);
         report
     })
+}
+
+/// An event line to write later, and where.
+type DeferredEvent = (Box<ExitLine>, Arc<EventSink>);
+
+/// The `exit` event line of one launch, formatted on demand (off the relaunch path when no
+/// audit log needs it at once).
+struct ExitLine {
+    time_ms: u64,
+    generation: u64,
+    kind: &'static str,
+    reason: String,
+    exit_code: Option<u8>,
+    times: LaunchTimes,
+    unknown: u64,
+    fw_errors: u64,
+    footprint: Option<(Option<u64>, Option<u64>)>,
+}
+
+impl ExitLine {
+    fn finish(&self) -> String {
+        let mut exit = JsonObj::new()
+            .str("event", "exit")
+            .u64("time_ms", self.time_ms)
+            .u64("generation", self.generation)
+            .str("outcome", self.kind)
+            .str("reason", &self.reason)
+            .opt_u64("exit_code", self.exit_code.map(u64::from))
+            .obj("timings", self.times.json())
+            .u64("unknown_io", self.unknown)
+            .u64("fw_cfg_dma_errors", self.fw_errors);
+        if let Some((rss, fds)) = self.footprint {
+            exit = exit.opt_u64("vmm_rss_kib", rss).opt_u64("open_fds", fds);
+        }
+        exit.finish()
+    }
 }
 
 /// Per-launch timings of the `exit` event line.
