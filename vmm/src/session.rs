@@ -225,7 +225,21 @@ impl Drop for BuildGuard<'_> {
     }
 }
 
-fn reaper(rx: mpsc::Receiver<Job>, host: &Host, prep: &Prepared, plan: &LaunchPlan, stage: &Stage) {
+/// A dead VM for a dropper thread, and the audit log to `fdatasync` after it.
+type DeadVm = (Box<BuiltVm>, Option<Arc<AuditLog>>);
+
+/// The reaper: waits for each launch's first exit, writes deferred event lines (in order),
+/// hands dead VMs to the dropper threads and runs the prestage builds. It never closes a VM
+/// itself: a teardown sleeps for milliseconds here (SRCU grace periods; docs/benchmarks.md)
+/// and would hold up the next prestage build.
+fn reaper(
+    rx: mpsc::Receiver<Job>,
+    droppers: mpsc::SyncSender<DeadVm>,
+    host: &Host,
+    prep: &Prepared,
+    plan: &LaunchPlan,
+    stage: &Stage,
+) {
     for job in rx {
         match job {
             Job::Reap {
@@ -240,9 +254,12 @@ fn reaper(rx: mpsc::Receiver<Job>, host: &Host, prep: &Prepared, plan: &LaunchPl
                 if let Some((line, sink)) = event {
                     sink.emit(&line.finish());
                 }
-                drop(vm);
-                if let Some(a) = audit {
-                    let _ = a.sync();
+                if let Err(mpsc::SendError((vm, audit))) = droppers.send((vm, audit)) {
+                    // No dropper left (cannot happen while the session runs): close it here.
+                    drop(vm);
+                    if let Some(a) = audit {
+                        let _ = a.sync();
+                    }
                 }
             }
             Job::Build { generation, after } => {
@@ -257,6 +274,22 @@ fn reaper(rx: mpsc::Receiver<Job>, host: &Host, prep: &Prepared, plan: &LaunchPl
         }
     }
 }
+
+/// A dropper thread: closes dead VMs (several droppers overlap their sleeping teardowns),
+/// then `fdatasync`s the audit log.
+fn dropper(rx: &Mutex<mpsc::Receiver<DeadVm>>) {
+    loop {
+        let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok((vm, audit)) = next else { return };
+        drop(vm);
+        if let Some(a) = audit {
+            let _ = a.sync();
+        }
+    }
+}
+
+/// Dropper threads per session.
+pub const DROPPERS: usize = 2;
 
 fn empty_report(outcome: Outcome) -> SessionReport {
     SessionReport {
@@ -275,14 +308,24 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
     let nb_cpus = u16::try_from(vcpus).unwrap_or(u16::MAX);
     let prep = Prepared::new(host, cfg.mem_bytes, plan);
     let stage = Stage::new();
+    let (drop_tx, drop_rx) = mpsc::sync_channel::<DeadVm>(REAP_QUEUE);
+    let drop_rx = Mutex::new(drop_rx);
     std::thread::scope(|s| {
         // Bounded: a guest that resets faster than VMs can be torn down makes the relaunch
         // wait for the reaper instead of piling up dead VMs (and their memory) without limit.
         let (tx, rx) = mpsc::sync_channel::<Job>(REAP_QUEUE);
-        let (prep, stage) = (&prep, &stage);
+        let (prep, stage, drop_rx) = (&prep, &stage, &drop_rx);
+        for i in 0..DROPPERS {
+            if let Err(e) = std::thread::Builder::new()
+                .name(format!("dropper{i}"))
+                .spawn_scoped(s, move || dropper(drop_rx))
+            {
+                return empty_report(Outcome::VmmError(format!("spawning a dropper thread: {e}")));
+            }
+        }
         let reaper = std::thread::Builder::new()
             .name("reaper".into())
-            .spawn_scoped(s, move || reaper(rx, host, prep, plan, stage));
+            .spawn_scoped(s, move || reaper(rx, drop_tx, host, prep, plan, stage));
         if let Err(e) = reaper {
             return empty_report(Outcome::VmmError(format!(
                 "spawning the reaper thread: {e}"
