@@ -9,10 +9,14 @@
 //!   boot-marker write (`out 0x80`), in nanoseconds. The guest resets right after the
 //!   marker, so one process run gives `--max-reboots` samples. With and without
 //!   `--prestage`.
-//! - (b) the raw floor: `bench::floor`, in this process, the same number of cycles. The
-//!   machine is shared and KVM's memslot and teardown costs swing with host load (SRCU
-//!   grace periods), so the floor and relaunch's main variant are measured interleaved: a
-//!   floor block, then a relaunch run, [`ROUNDS`] times, and each side is pooled.
+//! - (b) the raw floor: `bench::floor`, in this process, the same number of cycles, in four
+//!   flavours ([`floor_kind`]): the same KVM work as a relaunch of this guest with
+//!   relaunch's memory backing (the target's reference), the same with each VM closed on a
+//!   second thread while the next cycles run (relaunch's teardown strategy), and the
+//!   minimal one-memslot floor with anonymous memory and with a guest_memfd. The machine is
+//!   shared and KVM's memslot and teardown costs swing with host load (SRCU grace periods),
+//!   so the floors and relaunch's main variant are measured interleaved: a floor block,
+//!   then a relaunch run, [`ROUNDS`] times, and each side is pooled.
 //! - (c) QEMU in place: `-bios` image with the same page; serial bytes (one per boot) are
 //!   counted in 50 ms windows → per-reset time per window → p50/p99. The same windowed
 //!   count is taken of relaunch's serial output, so the two loops are compared the same

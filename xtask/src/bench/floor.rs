@@ -12,7 +12,8 @@
 //!   same backing; `KVM_CREATE_IRQCHIP` after the memslots; `KVM_CREATE_VCPU` +
 //!   `KVM_SET_CPUID2` (the host's supported CPUID); `KVM_RUN` to the marker. Only the plan's
 //!   register loads are left out: the tiny guest's VP context is the reset state a fresh
-//!   vCPU already has (relaunch skips those ioctls then too).
+//!   vCPU already has, but for RDX (KVM: 0x600, the plan: 0), so relaunch does one
+//!   `KVM_SET_REGS` more (it skips register files equal to the reset state).
 //!
 //! Each step is timed; tearing the VM down (closing the vCPU and VM fds, unmapping memory)
 //! is timed separately, or handed to another thread ([`cycle_live`]) the way relaunch's
