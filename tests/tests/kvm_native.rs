@@ -179,6 +179,28 @@ fn kvm_ap_outcome_kicks_vcpu0_on_the_session_thread() {
     assert_eq!(ev.len(), 1);
 }
 
+/// A plan that cannot be executed (a page outside guest RAM) ends the session with exit
+/// code 1 and one `exit` line (written through the reaper when there is no audit log).
+#[test]
+fn kvm_unexecutable_plan_is_a_vmm_error_with_an_event_line() {
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan(testing::HELLO, &[(MEM + 0x1000, &[1u8][..])], 1, MEM, 0);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(
+        r.exit_code,
+        relaunch::session::EXIT_VMM_ERROR,
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.launches, 0);
+    let ev = events(&cfg);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(ev[0].contains("\"outcome\":\"vmm-error\""), "{}", ev[0]);
+    assert!(ev[0].contains("\"exit_code\":1"), "{}", ev[0]);
+    assert!(output(&cfg).is_empty());
+}
+
 #[test]
 fn kvm_audit_log_records_every_launch_before_it_runs() {
     let Some(host) = host(true) else { return };

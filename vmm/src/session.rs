@@ -136,6 +136,8 @@ enum Job {
         /// launch runs).
         event: Option<DeferredEvent>,
     },
+    /// Write an event line (after every deferred line queued before it).
+    Emit { line: String, sink: Arc<EventSink> },
     /// Prestage: build the VM of launch `generation` once `after` saw its first exit.
     Build {
         generation: u64,
@@ -262,6 +264,7 @@ fn reaper(
                     }
                 }
             }
+            Job::Emit { line, sink } => sink.emit(&line),
             Job::Build { generation, after } => {
                 after.wait_first_exit(DEFER_MAX);
                 if stage.begin(generation) {
@@ -348,7 +351,29 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 Err(e) => {
                     report.outcome = Outcome::VmmError(format!("executing the launch plan: {e}"));
                     report.exit_code = EXIT_VMM_ERROR;
-                    emit_failure(cfg, generation, &report.outcome);
+                    let line = failure_line(generation, &report.outcome);
+                    if let Some(a) = &cfg.audit {
+                        let _ = a.append(&line);
+                    }
+                    if let Some(sink) = &cfg.events {
+                        if cfg.audit.is_some() {
+                            sink.emit(&line);
+                        } else {
+                            // Behind the previous launch's deferred line, in the reaper.
+                            if let Some((vm, event)) = old.take() {
+                                let _ = tx.send(Job::Reap {
+                                    vm: Box::new(vm),
+                                    after: None,
+                                    audit: None,
+                                    event,
+                                });
+                            }
+                            let _ = tx.send(Job::Emit {
+                                line,
+                                sink: Arc::clone(sink),
+                            });
+                        }
+                    }
                     break;
                 }
             };
@@ -691,19 +716,14 @@ fn launch_record(
         .finish()
 }
 
-fn emit_failure(cfg: &SessionConfig, generation: u64, outcome: &Outcome) {
-    let line = JsonObj::new()
+/// The `exit` line of a launch whose plan could not be executed.
+fn failure_line(generation: u64, outcome: &Outcome) -> String {
+    JsonObj::new()
         .str("event", "exit")
         .u64("time_ms", unix_ms())
         .u64("generation", generation)
         .str("outcome", outcome.kind())
         .str("reason", &outcome.reason())
         .u64("exit_code", u64::from(exit_code(outcome)))
-        .finish();
-    if let Some(ev) = &cfg.events {
-        ev.emit(&line);
-    }
-    if let Some(a) = &cfg.audit {
-        let _ = a.append(&line);
-    }
+        .finish()
 }
