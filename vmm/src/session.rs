@@ -242,6 +242,9 @@ fn reaper(
     plan: &LaunchPlan,
     stage: &Stage,
 ) {
+    // Woken at every launch start and first exit: it must not push the vCPU thread off its
+    // CPU at that moment (best effort; measured ≈ 0.03 ms better prestage p50 here).
+    let _ = crate::sys::cpu::set_current_thread_batch();
     for job in rx {
         match job {
             Job::Reap {
@@ -281,6 +284,7 @@ fn reaper(
 /// A dropper thread: closes dead VMs (several droppers overlap their sleeping teardowns),
 /// then `fdatasync`s the audit log.
 fn dropper(rx: &Mutex<mpsc::Receiver<DeadVm>>) {
+    let _ = crate::sys::cpu::set_current_thread_batch();
     loop {
         let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok((vm, audit)) = next else { return };
