@@ -742,8 +742,14 @@ fn svsm_like_bundle_plans_on_both_views() {
     b.native_vp_context(nat, 0, &ctx).unwrap();
     let f = flags(false, false, false);
     for i in 0..8u64 {
-        b.page_data(0x80_8000 + i * 4096, all, f, IgvmPageDataType::NORMAL, &[i as u8 + 1])
-            .unwrap();
+        b.page_data(
+            0x80_8000 + i * 4096,
+            all,
+            f,
+            IgvmPageDataType::NORMAL,
+            &[i as u8 + 1],
+        )
+        .unwrap();
     }
     b.page_data(0x80_3000, snp, f, IgvmPageDataType::CPUID_DATA, &[0; 16])
         .unwrap();
