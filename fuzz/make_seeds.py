@@ -3,8 +3,7 @@
 
 Usage: python3 fuzz/make_seeds.py fuzz/corpus/parse
        python3 fuzz/make_seeds.py --plan fuzz/corpus/parse_plan_measure
-With --plan, every seed (plus boot-images/prebuilt/hello.igvm and the OVMF fixtures of
-core-nostd/src/measure/testdata) is written once per platform, prefixed with the 4-byte
+With --plan, every seed (plus boot-images/prebuilt/hello.igvm) is written once per platform, prefixed with the 4-byte
 launch config the parse_plan_measure target reads.
 Layouts: igvm_defs 0.5 (see ../shared/spec/igvm-snp.md section 1).
 """
@@ -104,8 +103,6 @@ if plan:
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     for rel in [
         "boot-images/prebuilt/hello.igvm",
-        "core-nostd/src/measure/testdata/ovmf_AmdSev_suffix.bin",
-        "core-nostd/src/measure/testdata/ovmf_OvmfX64_suffix.bin",
     ]:
         path = os.path.join(root, rel)
         if os.path.exists(path):
