@@ -162,9 +162,7 @@ impl EventSink {
     pub fn emit(&self, line: &str) {
         match self {
             EventSink::Stderr => {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(line.as_bytes());
-                let _ = e.write_all(b"\n");
+                crate::elog!("{line}");
             }
             EventSink::File(f) => {
                 let _ = f.append(line);

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod devices;
 pub mod json;
+pub mod log;
 pub mod session;
 pub mod sys;
 pub mod testing;

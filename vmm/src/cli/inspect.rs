@@ -79,16 +79,12 @@ struct InspectArgs {
 /// Runs `relaunch inspect` with `args`; returns the exit code.
 pub fn main(args: &[String]) -> u8 {
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{HELP}");
-        return 0;
+        return crate::log::print_output("inspect", format!("{HELP}\n").as_bytes());
     }
     match run(args) {
-        Ok(out) => {
-            print!("{out}");
-            0
-        }
+        Ok(out) => crate::log::print_output("inspect", out.as_bytes()),
         Err(e) => {
-            eprintln!("relaunch inspect: {}", one_line(&e.to_string()));
+            crate::elog!("relaunch inspect: {}", one_line(&e.to_string()));
             super::EXIT_USAGE
         }
     }

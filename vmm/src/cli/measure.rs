@@ -142,16 +142,12 @@ pub struct MeasureArgs {
 /// Runs `relaunch measure` with `args`; returns the exit code.
 pub fn main(args: &[String]) -> u8 {
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{HELP}");
-        return 0;
+        return crate::log::print_output("measure", format!("{HELP}\n").as_bytes());
     }
     match run(args) {
-        Ok(out) => {
-            println!("{out}");
-            0
-        }
+        Ok(out) => crate::log::print_output("measure", format!("{out}\n").as_bytes()),
         Err(e) => {
-            eprintln!("relaunch measure: {}", one_line(&e.to_string()));
+            crate::elog!("relaunch measure: {}", one_line(&e.to_string()));
             super::EXIT_USAGE
         }
     }
@@ -228,7 +224,7 @@ fn run(args: &[String]) -> Result<String, MeasureCmdError> {
             } else {
                 "does NOT match (SNP_LAUNCH_FINISH would fail with BAD_MEASUREMENT)"
             };
-            eprintln!("relaunch measure: the bundle's SNP ID block ld {verdict} this digest");
+            crate::elog!("relaunch measure: the bundle's SNP ID block ld {verdict} this digest");
         }
     }
     if a.json {

@@ -13,7 +13,7 @@ const USAGE: &str = "usage: relaunch <inspect|measure|run> ...  (relaunch <comma
 /// Runs the command line `args` (without the program name) and returns the exit code.
 pub fn main(args: &[String]) -> u8 {
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
+        crate::elog!("{USAGE}");
         return EXIT_USAGE;
     };
     match cmd.as_str() {
@@ -21,11 +21,10 @@ pub fn main(args: &[String]) -> u8 {
         "measure" => measure::main(rest),
         "run" => run::main(rest),
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            0
+            crate::log::print_output("help", format!("{USAGE}\n").as_bytes())
         }
         other => {
-            eprintln!("relaunch: unknown command {other:?}; {USAGE}");
+            crate::elog!("relaunch: unknown command {other:?}; {USAGE}");
             EXIT_USAGE
         }
     }

@@ -176,15 +176,14 @@ fn host_signature() -> u32 {
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("relaunch run: {msg}");
+    crate::elog!("relaunch run: {msg}");
     EXIT_USAGE
 }
 
 /// Runs `relaunch run` with `args`; returns the exit code.
 pub fn main(args: &[String]) -> u8 {
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return 0;
+        return crate::log::print_output("run", format!("{USAGE}\n").as_bytes());
     }
     let opts = match parse(args) {
         Ok(o) => o,
@@ -235,11 +234,11 @@ pub fn main(args: &[String]) -> u8 {
     let host = match Host::open(!opts.no_guest_memfd) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("relaunch run: {e}");
+            crate::elog!("relaunch run: {e}");
             return EXIT_VMM_ERROR;
         }
     };
-    eprintln!(
+    crate::elog!(
         "relaunch: guest RAM {} MiB via {} ({} vCPU{})",
         opts.mem >> 20,
         host.backing.name(),
@@ -268,7 +267,7 @@ pub fn main(args: &[String]) -> u8 {
     let report = run_session(&host, &plan, &session);
     if let crate::vcpu::Outcome::VmmError(e) | crate::vcpu::Outcome::GuestFatal(e) = &report.outcome
     {
-        eprintln!("relaunch: launch {}: {e}", report.launches);
+        crate::elog!("relaunch: launch {}: {e}", report.launches);
     }
     report.exit_code
 }

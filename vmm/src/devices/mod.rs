@@ -179,9 +179,11 @@ impl Devices {
     fn unknown(&mut self, what: &str, addr: u64, len: usize) {
         self.unknown = self.unknown.saturating_add(1);
         if self.unknown <= UNKNOWN_LOG_LIMIT {
-            eprintln!("relaunch: guest {what} {addr:#x} ({len} bytes) ignored");
+            crate::elog!("relaunch: guest {what} {addr:#x} ({len} bytes) ignored");
             if self.unknown == UNKNOWN_LOG_LIMIT {
-                eprintln!("relaunch: further unknown guest accesses this launch are only counted");
+                crate::elog!(
+                    "relaunch: further unknown guest accesses this launch are only counted"
+                );
             }
         }
     }

@@ -1,0 +1,84 @@
+//! Writing to a closed pipe must not kill `relaunch` (Rust ignores SIGPIPE, so `println!`
+//! and `eprintln!` would panic on EPIPE, and `panic = "abort"` makes that exit 134).
+
+mod cli_common;
+
+use std::io::pipe;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use cli_common::{scratch, spec_file};
+
+/// Runs `relaunch ARGS` with stdout and/or stderr connected to a pipe whose read end is
+/// already closed; returns the exit code.
+fn run_closed(args: &[&str], close_stdout: bool, close_stderr: bool) -> i32 {
+    let (reader, writer) = pipe().unwrap();
+    drop(reader);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relaunch"));
+    c.args(args).stdin(Stdio::null());
+    c.stdout(if close_stdout {
+        Stdio::from(writer.try_clone().unwrap())
+    } else {
+        Stdio::null()
+    });
+    c.stderr(if close_stderr {
+        Stdio::from(writer)
+    } else {
+        Stdio::null()
+    });
+    let status = c.status().unwrap();
+    status.code().unwrap_or(-1)
+}
+
+#[test]
+fn inspect_and_measure_survive_a_closed_stdout() {
+    let f = scratch("pipe-spec.igvm", &spec_file(2, true));
+    let f = f.to_str().unwrap();
+    assert_eq!(run_closed(&["inspect", f], true, false), 0);
+    assert_eq!(run_closed(&["inspect", f, "--json"], true, true), 0);
+    let m = scratch("pipe-spec1.igvm", &spec_file(1, false));
+    let m = m.to_str().unwrap();
+    assert_eq!(
+        run_closed(&["measure", m, "--platform", "snp"], true, true),
+        0
+    );
+    for help in [
+        &["--help"][..],
+        &["inspect", "--help"],
+        &["measure", "--help"],
+        &["run", "--help"],
+    ] {
+        assert_eq!(run_closed(help, true, true), 0, "{help:?}");
+    }
+}
+
+#[test]
+fn errors_survive_a_closed_stderr() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["inspect", "/nonexistent.igvm"],
+        &["measure", "/nonexistent.igvm"],
+        &["run", "/nonexistent.igvm"],
+        &["run", "x.igvm", "--bogus"],
+    ] {
+        assert_eq!(run_closed(args, true, true), 2, "{args:?}");
+    }
+}
+
+/// The junk image pokes unknown ports (logged to stderr) and then powers off: a guest must
+/// not be able to kill the VMM through the log.
+#[test]
+fn kvm_guest_log_survives_a_closed_stderr() {
+    let img = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../boot-images/out/junk.igvm");
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !img.exists() || std::fs::File::open("/dev/kvm").is_err() {
+        assert!(!ci, "CI=true but /dev/kvm or {} is missing", img.display());
+        println!("SKIPPED: needs /dev/kvm and {}", img.display());
+        return;
+    }
+    let img = img.to_str().unwrap();
+    // 0 = power-off (docs/reboot-contract.md).
+    assert_eq!(run_closed(&["run", img, "--quiet"], false, true), 0);
+    assert_eq!(run_closed(&["run", img], true, true), 0);
+}
