@@ -3,6 +3,20 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `env::args()` panics on an argument that is not UTF-8; take the raw arguments and
+    // refuse such an argument with a one-line usage error instead.
+    let mut args = Vec::new();
+    for (i, a) in std::env::args_os().enumerate().skip(1) {
+        match a.into_string() {
+            Ok(s) => args.push(s),
+            Err(raw) => {
+                relaunch::elog!(
+                    "relaunch: argument {i} ({:?}) is not valid UTF-8",
+                    raw.to_string_lossy()
+                );
+                return ExitCode::from(relaunch::cli::EXIT_USAGE);
+            }
+        }
+    }
     ExitCode::from(relaunch::cli::main(&args))
 }

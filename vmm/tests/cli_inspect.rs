@@ -225,3 +225,25 @@ fn bad_input_is_one_line_and_exit_2() {
         "total_file_size",
     );
 }
+
+#[test]
+fn non_utf8_argument_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe.igvm");
+    for args in [
+        vec![std::ffi::OsStr::new("inspect"), bad],
+        vec![std::ffi::OsStr::new("run"), bad],
+        vec![bad],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaunch"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let r = cli_common::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_usage_error(&r, "relaunch: ", "not valid UTF-8");
+    }
+}
