@@ -97,6 +97,14 @@ pub enum PlanErrorKind {
         /// The limit.
         limit: u64,
     },
+    /// The bundle imports more separate ranges outside guest RAM than the planner allows
+    /// (each becomes its own memory region).
+    TooManyExtraRegions {
+        /// Separate ranges after merging touching ones.
+        regions: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// More imported pages than the planner's budget.
     TooManyPages {
         /// The limit.
@@ -284,6 +292,12 @@ impl fmt::Display for PlanErrorKind {
                 f,
                 "the bundle imports {bytes:#x} bytes outside guest RAM (limit {limit:#x}); \
                  give more RAM (--mem) so the imports fall inside it"
+            ),
+            TooManyExtraRegions { regions, limit } => write!(
+                f,
+                "the bundle imports {regions} separate ranges outside guest RAM (limit {limit}), \
+                 each needing its own memory region; give more RAM (--mem) so the imports fall \
+                 inside it, or make the bundle's out-of-RAM pages contiguous"
             ),
             TooManyPages { limit } => write!(f, "more than {limit} imported 4 KiB pages"),
             SnpOnlyPage { page, platform } => write!(

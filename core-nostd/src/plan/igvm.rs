@@ -88,6 +88,10 @@ pub const MAX_VCPUS: u32 = 4096;
 /// Most bytes outside guest RAM a bundle may import (firmware in the 32-bit hole and the
 /// like; each such range becomes its own memory region).
 pub const MAX_EXTRA_BYTES: u64 = 1 << 30;
+/// Most separate (merged) ranges outside guest RAM a bundle may import. Each becomes its own
+/// KVM memory slot and, for confidential guests, its own guest_memfd; scattered pages must not
+/// turn into thousands of them (real bundles have a handful: firmware, parameter pages).
+pub const MAX_EXTRA_REGIONS: usize = 64;
 /// Most 4 KiB pages one plan imports (16 GiB): bounds the op list on any input.
 pub const MAX_PAGES: u64 = 1 << 22;
 /// Largest parameter area the planner generates.
@@ -332,6 +336,15 @@ impl<'a, 'c> Planner<'a, 'c> {
             Platform::Native | Platform::Sev | Platform::Tdx => 0,
         };
         self.regions = merge_ranges(extra);
+        if self.regions.len() > MAX_EXTRA_REGIONS {
+            return Err(PlanError::new(
+                Location::Bundle,
+                E::TooManyExtraRegions {
+                    regions: self.regions.len() as u64,
+                    limit: MAX_EXTRA_REGIONS as u64,
+                },
+            ));
+        }
         let total = self
             .regions
             .iter()

@@ -87,24 +87,16 @@ pub struct Prepared {
 impl Prepared {
     /// Prepares `plan` for `mem_bytes` of guest RAM on `host`.
     pub fn new(host: &Host, mem_bytes: u64, plan: &LaunchPlan) -> Prepared {
-        let mut slots = ram_layout(mem_bytes);
-        let mut vcpus = 0u32;
-        for op in &plan.ops {
-            match *op {
-                LaunchOp::CreateVm { vcpus: n, .. } => vcpus = n,
-                LaunchOp::MapRam { gpa, size } if map_ram_ok(gpa, size) => {
-                    for piece in uncovered_by(
-                        slots.iter().map(|&(g, s)| (g, g.saturating_add(s))),
-                        gpa,
-                        size,
-                    ) {
-                        let at = slots.partition_point(|&(g, _)| g < piece.0);
-                        slots.insert(at, piece);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let slots = slot_ranges(mem_bytes, &plan.ops);
+        let vcpus = plan
+            .ops
+            .iter()
+            .filter_map(|op| match *op {
+                LaunchOp::CreateVm { vcpus, .. } => Some(vcpus),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or(0);
         // CreateVm rejects counts above KVM's limit before any table is used.
         let n = (vcpus as usize).min(host.kvm.get_max_vcpus());
         let cpuid = (0..n)
@@ -166,6 +158,41 @@ pub struct FreshRegs {
     pub sregs: kvm_sregs,
     /// `KVM_GET_REGS`.
     pub regs: kvm_regs,
+}
+
+/// The memslot ranges `(gpa, size)` of a plan, sorted and disjoint: the RAM ranges of
+/// `mem_bytes`, then the union of every well-formed `MapRam` range minus RAM. Sorts and merges
+/// once (O(n log n)): a plan may map many ranges, and inserting each into a sorted list
+/// after a scan would be quadratic.
+fn slot_ranges(mem_bytes: u64, ops: &[LaunchOp]) -> Vec<(u64, u64)> {
+    let ram = ram_layout(mem_bytes);
+    let mut maps: Vec<(u64, u64)> = ops
+        .iter()
+        .filter_map(|op| match *op {
+            LaunchOp::MapRam { gpa, size } if map_ram_ok(gpa, size) && size > 0 => {
+                Some((gpa, gpa.saturating_add(size)))
+            }
+            _ => None,
+        })
+        .collect();
+    maps.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(maps.len());
+    for (start, end) in maps {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut slots = ram.clone();
+    for (start, end) in merged {
+        slots.extend(uncovered_by(
+            ram.iter().map(|&(g, s)| (g, g.saturating_add(s))),
+            start,
+            end.saturating_sub(start),
+        ));
+    }
+    slots.sort_unstable();
+    slots
 }
 
 /// Whether a `MapRam` range is well-formed: 4 KiB aligned, a 4 KiB multiple, not wrapping.
@@ -545,6 +572,41 @@ pub fn build_vm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_ranges_are_ram_plus_the_union_of_maps() {
+        let map = |gpa, size| LaunchOp::MapRam { gpa, size };
+        let mem = 64 << 20;
+        let ops = [
+            map(0, mem),
+            map(0xFFFF_F000, 0x1000),
+            map(0xFFC0_0000, 0x20_0000),
+            // Overlaps RAM's end and the next map; touching ranges become one slot.
+            map(mem - 0x1000, 0x3000),
+            map(mem + 0x1000, 0x1000),
+            map(mem + 0x2000, 0x1000),
+            // Malformed: ignored.
+            map(0x1234, 0x1000),
+            map(u64::MAX - 0xFFF, 0x2000),
+        ];
+        assert_eq!(
+            slot_ranges(mem, &ops),
+            [
+                (0, mem),
+                (mem, 0x3000),
+                (0xFFC0_0000, 0x20_0000),
+                (0xFFFF_F000, 0x1000)
+            ]
+        );
+        // Many scattered maps: linear-ish, and every one is a slot.
+        let many: Vec<LaunchOp> = (0..20_000u64)
+            .rev()
+            .map(|i| map(0x1_0000_0000 + i * 0x2000, 0x1000))
+            .collect();
+        let s = slot_ranges(mem, &many);
+        assert_eq!(s.len(), 20_001);
+        assert!(s.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+    }
 
     #[test]
     fn segment_attrib_unpacks() {

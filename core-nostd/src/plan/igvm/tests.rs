@@ -804,3 +804,39 @@ fn svsm_like_bundle_plans_on_both_views() {
         }
     )));
 }
+
+/// Scattered pages outside RAM: each merged range is a memory slot, so their number is capped
+/// (touching pages merge and count once).
+#[test]
+fn scattered_pages_outside_ram_are_capped() {
+    let bundle = |n: u64, stride: u64| {
+        let mut b = IgvmBuilder::new();
+        let m = b.platform(IgvmPlatformType::NATIVE, 0).unwrap();
+        for i in 0..n {
+            b.page_data(
+                0xC000_0000 + i * stride,
+                m,
+                flags(false, false, false),
+                IgvmPageDataType::NORMAL,
+                &[],
+            )
+            .unwrap();
+        }
+        b.finish().unwrap()
+    };
+    let c = cfg(Platform::Native, 1);
+    let n = MAX_EXTRA_REGIONS as u64;
+    plan_igvm(&bundle(n, 0x2000), &c).unwrap();
+    // Contiguous pages are one range, however many.
+    plan_igvm(&bundle(4 * n, 0x1000), &c).unwrap();
+    let e = plan_igvm(&bundle(n + 1, 0x2000), &c).unwrap_err();
+    assert_eq!(
+        e.kind,
+        E::TooManyExtraRegions {
+            regions: n + 1,
+            limit: n
+        }
+    );
+    let msg = alloc::format!("{e}");
+    assert!(msg.contains("--mem"), "{msg}");
+}
