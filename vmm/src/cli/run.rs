@@ -265,6 +265,11 @@ pub fn main(args: &[String]) -> u8 {
         plan_time,
     };
     let report = run_session(&host, &plan, &session);
+    // Write out buffered guest output; a stdout nobody drains must not hold the exit up long.
+    let dropped = session.console.finish(std::time::Duration::from_secs(2));
+    if dropped > 0 {
+        crate::elog!("relaunch: {dropped} bytes of guest output dropped (stdout did not keep up)");
+    }
     if let crate::vcpu::Outcome::VmmError(e) | crate::vcpu::Outcome::GuestFatal(e) = &report.outcome
     {
         crate::elog!("relaunch: launch {}: {e}", report.launches);

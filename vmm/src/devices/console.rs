@@ -3,20 +3,127 @@
 //!
 //! Bounded everywhere: input is a queue of at most `INPUT_CAP` bytes (the stdin reader waits
 //! while it is full), captured output keeps at most its capacity.
+//!
+//! Guest output never blocks a vCPU: it is called with the devices mutex held, so a `write(2)`
+//! to an undrained pipe would stall every vCPU and with them reset and power-off. Output goes
+//! into a buffer of at most [`OUTPUT_CAP`] bytes that a writer thread drains to stdout; bytes
+//! that do not fit are dropped and counted ([`Console::finish`] reports them).
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Read, Write};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Bytes of guest input buffered at most.
 pub const INPUT_CAP: usize = 4096;
+/// Bytes of guest output buffered at most while the writer thread is blocked.
+pub const OUTPUT_CAP: usize = 64 << 10;
+
+/// Output waiting for the writer thread.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// Bytes dropped because `buf` was full.
+    dropped: u64,
+    /// The writer thread holds a chunk it is writing.
+    writing: bool,
+    /// The writer thread sleeps on `wake`.
+    idle: bool,
+    /// The sink failed (closed pipe): output is discarded from now on.
+    broken: bool,
+}
+
+/// A bounded buffer drained by a writer thread.
+#[derive(Debug)]
+struct Writer {
+    state: Mutex<Pending>,
+    /// Signalled when output arrives for an idle writer.
+    wake: Condvar,
+    /// Signalled when the writer has written everything.
+    drained: Condvar,
+    cap: usize,
+}
+
+impl Writer {
+    /// Starts the writer thread over `sink` (detached: it sleeps while there is no output).
+    fn spawn(mut sink: Box<dyn Write + Send>, cap: usize) -> std::io::Result<Arc<Writer>> {
+        let w = Arc::new(Writer {
+            state: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+            cap,
+        });
+        let me = Arc::clone(&w);
+        std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                let mut chunk = Vec::new();
+                loop {
+                    {
+                        let mut p = lock(&me.state);
+                        p.writing = false;
+                        while p.buf.is_empty() {
+                            me.drained.notify_all();
+                            p.idle = true;
+                            p = me.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
+                        }
+                        p.idle = false;
+                        p.writing = true;
+                        chunk.clear();
+                        std::mem::swap(&mut p.buf, &mut chunk);
+                    }
+                    // Errors: a closed stdout must not stop the VMM; later output is dropped.
+                    if sink.write_all(&chunk).and_then(|()| sink.flush()).is_err() {
+                        lock(&me.state).broken = true;
+                    }
+                }
+            })?;
+        Ok(w)
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut p = lock(&self.state);
+        if p.broken {
+            return;
+        }
+        let n = self.cap.saturating_sub(p.buf.len()).min(data.len());
+        p.buf.extend_from_slice(data.get(..n).unwrap_or(&[]));
+        p.dropped = p.dropped.saturating_add((data.len() - n) as u64);
+        if p.idle && n > 0 {
+            p.idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` for the buffer to be written; returns the bytes dropped so far.
+    fn finish(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut p = lock(&self.state);
+        while !p.broken && (!p.buf.is_empty() || p.writing) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            p = self
+                .drained
+                .wait_timeout(p, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        p.dropped
+    }
+}
 
 #[derive(Debug)]
 enum Out {
+    /// Through the writer thread.
+    Stream(Arc<Writer>),
+    /// Written directly (only if the writer thread could not be started).
     Stdout,
     Discard,
-    Capture { buf: Mutex<Vec<u8>>, cap: usize },
+    Capture {
+        buf: Mutex<Vec<u8>>,
+        cap: usize,
+    },
 }
 
 /// Session console.
@@ -38,9 +145,23 @@ impl Console {
         }
     }
 
-    /// Guest output to the process's stdout.
+    /// Guest output to the process's stdout, through a writer thread (module doc).
     pub fn stdout() -> Console {
-        Console::with(Out::Stdout)
+        match Writer::spawn(Box::new(std::io::stdout()), OUTPUT_CAP) {
+            Ok(w) => Console::with(Out::Stream(w)),
+            Err(e) => {
+                crate::elog!("relaunch: no console writer thread ({e}); writing output directly");
+                Console::with(Out::Stdout)
+            }
+        }
+    }
+
+    /// Guest output to `sink` through a writer thread, at most `cap` bytes buffered (tests).
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn to_writer(sink: Box<dyn Write + Send>, cap: usize) -> std::io::Result<Console> {
+        Ok(Console::with(Out::Stream(Writer::spawn(sink, cap)?)))
     }
 
     /// Guest output dropped (`--quiet`).
@@ -59,10 +180,10 @@ impl Console {
     /// Guest wrote `data` to the UART.
     pub fn output(&self, data: &[u8]) {
         match &self.out {
+            // Handed to the writer thread at once (woken if idle): a prompt without a newline
+            // must show while the guest waits for input. Never blocks (module doc).
+            Out::Stream(w) => w.push(data),
             Out::Stdout => {
-                // Written through at once: a prompt without a newline must show while the
-                // guest waits for input, and `stdout` is line-buffered. One `write(2)` per
-                // UART exit (several bytes for `rep outsb`) costs less than the exit itself.
                 // Errors (closed stdout) are ignored: the guest must not be able to stop the
                 // VMM by printing.
                 let mut o = std::io::stdout().lock();
@@ -78,11 +199,17 @@ impl Console {
         }
     }
 
-    /// Flushes buffered output (guest output is written through already; this flushes
-    /// anything else the process printed to stdout).
-    pub fn flush(&self) {
-        if let Out::Stdout = self.out {
-            let _ = std::io::stdout().lock().flush();
+    /// Waits up to `timeout` for buffered output to be written (call before the process
+    /// exits); returns how many bytes of guest output were dropped because the buffer was
+    /// full.
+    pub fn finish(&self, timeout: Duration) -> u64 {
+        match &self.out {
+            Out::Stream(w) => w.finish(timeout),
+            Out::Stdout => {
+                let _ = std::io::stdout().lock().flush();
+                0
+            }
+            Out::Discard | Out::Capture { .. } => 0,
         }
     }
 
@@ -158,6 +285,71 @@ fn stdin_is_fifo() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that blocks every write until `gate` opens, recording what it got.
+    struct Gated {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let (m, cv) = &*self.gate;
+            let mut open = lock(m);
+            while !*open {
+                open = cv.wait(open).unwrap_or_else(PoisonError::into_inner);
+            }
+            lock(&self.got).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blocked_stdout_never_blocks_output() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Gated {
+            gate: Arc::clone(&gate),
+            got: Arc::clone(&got),
+        };
+        let c = Console::to_writer(Box::new(sink), 16).unwrap();
+        // The writer takes the first chunk and blocks in write; the buffer then fills and
+        // the rest is dropped. None of this may block the caller.
+        let t = Instant::now();
+        c.output(b"first");
+        while !lock(
+            &match &c.out {
+                Out::Stream(w) => Arc::clone(w),
+                _ => unreachable!(),
+            }
+            .state,
+        )
+        .writing
+        {
+            std::thread::yield_now();
+        }
+        for _ in 0..1000 {
+            c.output(b"0123456789");
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Still blocked: finish times out and reports the drops.
+        assert_eq!(c.finish(Duration::from_millis(20)), 1000 * 10 - 16);
+        let (m, cv) = &*gate;
+        *lock(m) = true;
+        cv.notify_all();
+        assert_eq!(c.finish(Duration::from_secs(10)), 1000 * 10 - 16);
+        assert_eq!(*lock(&got), b"first0123456789012345");
+        // Prompt: later output is written without a flush call.
+        c.output(b"$ ");
+        let t = Instant::now();
+        while lock(&got).len() < 23 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(lock(&got).ends_with(b"$ "));
+    }
 
     #[test]
     fn capture_and_input_are_bounded() {
