@@ -25,7 +25,7 @@ use crate::backend::native::{build_vm, BuiltVm, ExecTimings, Prepared};
 use crate::backend::ExecError;
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::FwCfg;
-use crate::devices::{Devices, LaunchClock};
+use crate::devices::{Devices, LaunchClock, UnknownLog};
 use crate::sys::kvm::Vcpu;
 use crate::vcpu::{run_vcpu, stop_all, Outcome, RunControl};
 use crate::vstate::Host;
@@ -93,6 +93,9 @@ pub struct SessionReport {
     pub relaunch_latency: Vec<Duration>,
     /// Per relaunch: reset request → vCPUs of the next launch started.
     pub reset_to_start: Vec<Duration>,
+    /// Unknown guest port/MMIO accesses of the whole session that were not logged
+    /// (the log budget is session-wide: [`crate::devices::UnknownLog`]).
+    pub unknown_suppressed: u64,
 }
 
 fn us(d: Duration) -> u64 {
@@ -305,6 +308,7 @@ fn empty_report(outcome: Outcome) -> SessionReport {
         exit_code: EXIT_VMM_ERROR,
         relaunch_latency: Vec::new(),
         reset_to_start: Vec::new(),
+        unknown_suppressed: 0,
     }
 }
 
@@ -315,6 +319,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
     let nb_cpus = u16::try_from(vcpus).unwrap_or(u16::MAX);
     let prep = Prepared::new(host, cfg.mem_bytes, plan);
     let stage = Stage::new();
+    let unknown_log = Arc::new(UnknownLog::new());
     let (drop_tx, drop_rx) = mpsc::sync_channel::<DeadVm>(REAP_QUEUE);
     let drop_rx = Mutex::new(drop_rx);
     std::thread::scope(|s| {
@@ -409,6 +414,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 Arc::clone(&memory),
                 Arc::clone(&clock),
                 FwCfg::new(generation, nb_cpus, &cfg.fw_cfg_files),
+                Arc::clone(&unknown_log),
             )));
             let ctl = Arc::new(RunControl::with_main_thread());
             let mut fds = vcpu_fds.into_iter();
@@ -568,6 +574,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             });
         }
         drop(tx);
+        report.unknown_suppressed = unknown_log.suppressed();
         report
     })
 }

@@ -266,6 +266,12 @@ pub fn main(args: &[String]) -> u8 {
     };
     let report = run_session(&host, &plan, &session);
     // Write out buffered guest output; a stdout nobody drains must not hold the exit up long.
+    if report.unknown_suppressed > 0 {
+        crate::elog!(
+            "relaunch: {} more unknown guest accesses were not logged",
+            report.unknown_suppressed
+        );
+    }
     let dropped = session.console.finish(std::time::Duration::from_secs(2));
     if dropped > 0 {
         crate::elog!("relaunch: {dropped} bytes of guest output dropped (stdout did not keep up)");

@@ -45,8 +45,80 @@ const PVPANIC_PANICKED: u8 = 1 << 0;
 /// pvpanic CRASH_LOADED.
 const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
 
-/// How many unknown accesses per launch are logged before the rest are only counted.
+/// How many unknown accesses a session logs in a burst before the rest are only counted.
 pub const UNKNOWN_LOG_LIMIT: u64 = 8;
+/// After the burst, one more unknown access may be logged per this interval.
+pub const UNKNOWN_LOG_REFILL: Duration = Duration::from_secs(60);
+
+/// The session-wide budget for logging unknown guest accesses: a token bucket of
+/// [`UNKNOWN_LOG_LIMIT`] lines refilled one per [`UNKNOWN_LOG_REFILL`]. It outlives launches,
+/// so a guest that pokes an unknown port and resets cannot flood stderr; what is not logged
+/// is counted ([`UnknownLog::suppressed`]).
+#[derive(Debug)]
+pub struct UnknownLog {
+    state: Mutex<LogBucket>,
+}
+
+#[derive(Debug)]
+struct LogBucket {
+    tokens: u64,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl Default for UnknownLog {
+    fn default() -> Self {
+        UnknownLog::new()
+    }
+}
+
+impl UnknownLog {
+    /// A full budget.
+    pub fn new() -> UnknownLog {
+        UnknownLog {
+            state: Mutex::new(LogBucket {
+                tokens: UNKNOWN_LOG_LIMIT,
+                refilled: Instant::now(),
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether one more line may be logged at `now`; counts it as suppressed if not.
+    pub fn allow(&self, now: Instant) -> bool {
+        let mut b = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let earned = now.saturating_duration_since(b.refilled).as_secs()
+            / UNKNOWN_LOG_REFILL.as_secs().max(1);
+        if earned > 0 {
+            b.tokens = b.tokens.saturating_add(earned).min(UNKNOWN_LOG_LIMIT);
+            b.refilled = now;
+        }
+        if b.tokens > 0 {
+            b.tokens -= 1;
+            true
+        } else {
+            b.suppressed = b.suppressed.saturating_add(1);
+            false
+        }
+    }
+
+    /// Whether the budget is used up (the next access is not logged, barring refill).
+    fn exhausted(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tokens
+            == 0
+    }
+
+    /// Unknown accesses not logged so far.
+    pub fn suppressed(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .suppressed
+    }
+}
 
 /// Why the guest asked for a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,17 +220,19 @@ pub struct Devices {
     serial: Serial,
     fw_cfg: FwCfg,
     rst_cnt: u8,
+    log: Arc<UnknownLog>,
     /// Unknown port/MMIO accesses seen.
     pub unknown: u64,
 }
 
 impl Devices {
-    /// Devices for one launch.
+    /// Devices for one launch; `log` is the session's budget for logging unknown accesses.
     pub fn new(
         console: Arc<Console>,
         memory: Arc<GuestMemory>,
         clock: Arc<LaunchClock>,
         fw_cfg: FwCfg,
+        log: Arc<UnknownLog>,
     ) -> Devices {
         Devices {
             console,
@@ -167,6 +241,7 @@ impl Devices {
             serial: Serial::new(),
             fw_cfg,
             rst_cnt: 0,
+            log,
             unknown: 0,
         }
     }
@@ -178,11 +253,11 @@ impl Devices {
 
     fn unknown(&mut self, what: &str, addr: u64, len: usize) {
         self.unknown = self.unknown.saturating_add(1);
-        if self.unknown <= UNKNOWN_LOG_LIMIT {
+        if self.log.allow(Instant::now()) {
             crate::elog!("relaunch: guest {what} {addr:#x} ({len} bytes) ignored");
-            if self.unknown == UNKNOWN_LOG_LIMIT {
+            if self.log.exhausted() {
                 crate::elog!(
-                    "relaunch: further unknown guest accesses this launch are only counted"
+                    "relaunch: further unknown guest accesses are only counted (one logged a minute)"
                 );
             }
         }
@@ -281,6 +356,7 @@ mod tests {
             Arc::new(GuestMemory::default()),
             Arc::clone(&clock),
             FwCfg::new(1, 1, &[]),
+            Arc::new(UnknownLog::new()),
         );
         (d, console, clock)
     }
@@ -313,6 +389,38 @@ mod tests {
         let t = *clock.boot_marker.get().unwrap();
         d.io_out(0x80, &[2]);
         assert_eq!(*clock.boot_marker.get().unwrap(), t);
+    }
+
+    #[test]
+    fn unknown_log_budget_is_per_session() {
+        let log = Arc::new(UnknownLog::new());
+        let t0 = Instant::now();
+        // Two launches share the budget: the second gets nothing left.
+        for launch in 0..2 {
+            let mut d = Devices::new(
+                Arc::new(Console::capture(16)),
+                Arc::new(GuestMemory::default()),
+                Arc::new(LaunchClock::start()),
+                FwCfg::new(launch + 1, 1, &[]),
+                Arc::clone(&log),
+            );
+            for _ in 0..100 {
+                d.io_out(0x1234, &[0]);
+            }
+            assert_eq!(d.unknown, 100);
+        }
+        assert_eq!(log.suppressed(), 200 - UNKNOWN_LOG_LIMIT);
+        // Refill: one line per interval, never more than the burst.
+        assert!(!log.allow(t0));
+        let t1 = t0 + UNKNOWN_LOG_REFILL + Duration::from_secs(1);
+        assert!(log.allow(t1));
+        assert!(!log.allow(t1));
+        let later = t0 + UNKNOWN_LOG_REFILL * 1000;
+        for _ in 0..UNKNOWN_LOG_LIMIT {
+            assert!(log.allow(later));
+        }
+        assert!(!log.allow(later));
+        assert_eq!(log.suppressed(), 200 - UNKNOWN_LOG_LIMIT + 3);
     }
 
     #[test]
