@@ -69,16 +69,22 @@ impl GuestMapping {
     /// GUEST_MEMFD_FLAG_INIT_SHARED` (`MAP_SHARED`, offset 0) and takes ownership of the fd.
     ///
     /// # Errors
-    /// `EINVAL` for `len == 0`; the `mmap` errno otherwise (e.g. `ENODEV` when the guest_memfd
+    /// `EINVAL` for `len == 0` or `len` beyond the file's size (`fstat`; a guest_memfd's size
+    /// is the one it was created with, and touching a mapping past the end of a file raises
+    /// `SIGBUS`); the `fstat` or `mmap` errno otherwise (e.g. `ENODEV` when the guest_memfd
     /// was created without `GUEST_MEMFD_FLAG_MMAP`).
     pub fn from_guest_memfd(fd: OwnedFd, len: usize) -> Result<GuestMapping, Errno> {
         if len == 0 {
             return Err(Errno::new(libc::EINVAL));
         }
+        let file_size = file_size(&fd)?;
+        if u64::try_from(len).map_or(true, |l| l > file_size) {
+            return Err(Errno::new(libc::EINVAL));
+        }
         // SAFETY: mmap(2) with a NULL hint creates a new mapping aliasing no Rust object; `fd`
-        // is an open guest_memfd owned by us for the whole call; offset 0 and `len` (the size
-        // the guest_memfd was created with, by the caller's contract) lie inside the file, and
-        // KVM rejects the mmap (checked below) if the file does not support it.
+        // is an open file owned by us for the whole call; `[0, len)` lies inside the file
+        // (checked against `fstat` above; a guest_memfd cannot shrink: KVM refuses to truncate
+        // it), and KVM rejects the mmap (checked below) if the file does not support it.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -145,10 +151,15 @@ impl GuestMapping {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
         let start = self.check(offset, data.len())?;
         // SAFETY: copy_nonoverlapping needs a readable source and a writable destination of
-        // `data.len()` bytes that do not overlap: `data` is a Rust slice; the destination
-        // `[start, start + len)` was bounds-checked against our live PROT_WRITE mapping (kept
-        // mapped by `self` until drop); a Rust slice never points into a guest mapping (no
-        // method creates references into it), so they cannot overlap.
+        // `data.len()` bytes that do not overlap: `data` is a Rust slice; the destination `[start,
+        // start + len)` was bounds-checked against our live PROT_WRITE mapping (kept mapped by
+        // `self` until drop); a Rust slice never points into a guest mapping (no method creates
+        // references into it), so they cannot overlap. The guest (vCPUs in KVM, outside the Rust
+        // abstract machine, like a peer process sharing memory) may write these bytes while we
+        // copy: they may then end up a mix of ours and the guest's, which is sound because the
+        // bytes are plain `u8` (every value valid), they are only reached through this raw pointer
+        // for the duration of the copy (no Rust reference into the mapping exists, so no aliasing
+        // or immutability guarantee is broken), and callers treat the result as untrusted input.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -166,7 +177,13 @@ impl GuestMapping {
     pub fn fill_zero(&self, offset: u64, len: usize) -> Result<(), OutOfRange> {
         let start = self.check(offset, len)?;
         // SAFETY: write_bytes needs `len` writable bytes at the destination: bounds-checked
-        // against our live PROT_WRITE mapping above.
+        // against our live PROT_WRITE mapping above. The guest (vCPUs in KVM, outside the Rust
+        // abstract machine, like a peer process sharing memory) may write these bytes while we
+        // zero them: they may then end up a mix of zeros and the guest's, which is sound because
+        // the bytes are plain `u8` (every value valid), they are only reached through this raw
+        // pointer for the duration of the copy (no Rust reference into the mapping exists, so no
+        // aliasing or immutability guarantee is broken), and callers treat the result as untrusted
+        // input.
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr().wrapping_add(start), 0, len) };
         Ok(())
     }
@@ -179,7 +196,13 @@ impl GuestMapping {
         let start = self.check(offset, buf.len())?;
         // SAFETY: copy_nonoverlapping needs a readable source and writable destination of
         // `buf.len()` bytes that do not overlap: the source was bounds-checked against our live
-        // PROT_READ mapping; `buf` is a Rust slice, which never points into a guest mapping.
+        // PROT_READ mapping; `buf` is a Rust slice, which never points into a guest mapping. The
+        // guest (vCPUs in KVM, outside the Rust abstract machine, like a peer process sharing
+        // memory) may write these bytes while we copy: the copy may then see a mix of old and new
+        // bytes, which is sound because the bytes are plain `u8` (every value valid), they are
+        // only reached through this raw pointer for the duration of the copy (no Rust reference
+        // into the mapping exists, so no aliasing or immutability guarantee is broken), and
+        // callers treat the result as untrusted input.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.ptr.as_ptr().wrapping_add(start),
@@ -189,6 +212,20 @@ impl GuestMapping {
         };
         Ok(())
     }
+}
+
+/// `st_size` of `fd` (`fstat(2)`).
+fn file_size(fd: &OwnedFd) -> Result<u64, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat(2) needs an open fd and a writable `struct stat` buffer: `fd` is borrowed
+    // open for the call, and `st` is a properly sized and aligned `libc::stat`.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fstat returned 0, so it filled the whole buffer.
+    let st = unsafe { st.assume_init() };
+    u64::try_from(st.st_size).map_err(|_| Errno::new(libc::EINVAL))
 }
 
 impl Drop for GuestMapping {
@@ -224,5 +261,36 @@ mod tests {
         m.read(8190, &mut b[..2]).unwrap();
         assert_eq!(&b[..2], &[0, 0]);
         assert!(GuestMapping::anonymous(0).is_err());
+    }
+
+    #[test]
+    fn file_mapping_must_lie_inside_the_file() {
+        let path = std::env::temp_dir().join(format!("relaunch-mem-{}", std::process::id()));
+        let file = || {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            f.set_len(8192).unwrap();
+            OwnedFd::from(f)
+        };
+        assert_eq!(
+            GuestMapping::from_guest_memfd(file(), 8192 + 4096).unwrap_err(),
+            Errno::new(libc::EINVAL)
+        );
+        assert_eq!(
+            GuestMapping::from_guest_memfd(file(), 0).unwrap_err(),
+            Errno::new(libc::EINVAL)
+        );
+        let m = GuestMapping::from_guest_memfd(file(), 8192).unwrap();
+        m.write(8190, &[5, 6]).unwrap();
+        let mut b = [0u8; 2];
+        m.read(8190, &mut b).unwrap();
+        assert_eq!(b, [5, 6]);
+        drop(m);
+        let _ = std::fs::remove_file(&path);
     }
 }
