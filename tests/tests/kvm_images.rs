@@ -218,5 +218,33 @@ fn kvm_cli_reboot_contract_and_audit_log() {
         assert_eq!(cli(args), EXIT_USAGE, "{args:?}");
     }
     assert_eq!(std::fs::read_to_string(&audit).unwrap(), before);
+    // A bad --events path after a good --audit-log: nothing is left behind.
+    let fresh = dir.join("fresh-audit.jsonl");
+    let f = fresh.to_str().unwrap();
+    assert_eq!(
+        cli(&[
+            "run",
+            p,
+            "--audit-log",
+            f,
+            "--events",
+            "/nonexistent/dir/ev"
+        ]),
+        EXIT_USAGE
+    );
+    assert!(!fresh.exists(), "{f} was left behind");
+    // An existing audit log is kept (and not touched).
+    assert_eq!(
+        cli(&[
+            "run",
+            p,
+            "--audit-log",
+            a,
+            "--events",
+            "/nonexistent/dir/ev"
+        ]),
+        EXIT_USAGE
+    );
+    assert_eq!(std::fs::read_to_string(&audit).unwrap(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }

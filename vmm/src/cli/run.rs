@@ -2,7 +2,9 @@
 //! it on a fresh VM fd on every guest reset (`docs/reboot-contract.md`).
 //!
 //! Order (nothing is half-started on bad input): parse flags → read and hash the bundle →
-//! plan → open the audit log and event file → open `/dev/kvm` → run the session.
+//! plan → open `/dev/kvm` → open the audit log and event file → run the session. The files
+//! come last, and one this run created is removed again if a later one cannot be opened, so
+//! a failed start leaves no empty audit log behind.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -216,8 +218,16 @@ pub fn main(args: &[String]) -> u8 {
         Err(e) => return usage_error(format_args!("{}: {e}", opts.bundle.display())),
     };
     let plan_time = t_plan.elapsed();
+    let host = match Host::open(!opts.no_guest_memfd) {
+        Ok(h) => h,
+        Err(e) => {
+            crate::elog!("relaunch run: {e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let mut created = Vec::new();
     let audit = match &opts.audit_log {
-        Some(p) => match AuditLog::open(p) {
+        Some(p) => match open_output(p, &mut created) {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => return usage_error(format_args!("--audit-log {}: {e}", p.display())),
         },
@@ -226,17 +236,16 @@ pub fn main(args: &[String]) -> u8 {
     let events = match opts.events.as_deref() {
         None => None,
         Some("-") => Some(Arc::new(EventSink::Stderr)),
-        Some(p) => match AuditLog::open(p.as_ref()) {
+        Some(p) => match open_output(p.as_ref(), &mut created) {
             Ok(f) => Some(Arc::new(EventSink::File(f))),
-            Err(e) => return usage_error(format_args!("--events {p}: {e}")),
+            Err(e) => {
+                // Nothing was started: take back the files this run created.
+                for c in &created {
+                    let _ = std::fs::remove_file(c);
+                }
+                return usage_error(format_args!("--events {p}: {e}"));
+            }
         },
-    };
-    let host = match Host::open(!opts.no_guest_memfd) {
-        Ok(h) => h,
-        Err(e) => {
-            crate::elog!("relaunch run: {e}");
-            return EXIT_VMM_ERROR;
-        }
     };
     crate::elog!(
         "relaunch: guest RAM {} MiB via {} ({} vCPU{})",
@@ -281,6 +290,17 @@ pub fn main(args: &[String]) -> u8 {
         crate::elog!("relaunch: launch {}: {e}", report.launches);
     }
     report.exit_code
+}
+
+/// Opens `path` for appending ([`AuditLog::open`]); records it in `created` when this call
+/// created it.
+fn open_output(path: &std::path::Path, created: &mut Vec<PathBuf>) -> std::io::Result<AuditLog> {
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    let log = AuditLog::open(path)?;
+    if !existed {
+        created.push(path.to_path_buf());
+    }
+    Ok(log)
 }
 
 fn read_bundle(path: &std::path::Path) -> Result<Vec<u8>, String> {
