@@ -68,10 +68,19 @@ impl Serial {
         }
     }
 
-    /// Guest `in` at register `off` (0..=7) into `data`.
+    /// Guest `in` at register `off` (0..=7) into `data`. KVM hands a `rep insb` over as one
+    /// exit with `count` bytes: like `rep outsb` on THR, every byte is one register read (so
+    /// each takes the next input byte from RBR).
     pub fn read(&mut self, off: u16, data: &mut [u8], console: &Console) {
+        for b in data.iter_mut() {
+            *b = self.read_one(off, console);
+        }
+    }
+
+    /// One guest read of register `off`.
+    fn read_one(&mut self, off: u16, console: &Console) -> u8 {
         let dlab = self.lcr & LCR_DLAB != 0;
-        let v = match off {
+        match off {
             0 if dlab => self.dll,
             0 => console.input_byte().unwrap_or(0),
             1 if dlab => self.dlm,
@@ -98,10 +107,6 @@ impl Serial {
             6 => MSR_CONNECTED,
             7 => self.scr,
             _ => 0xFF,
-        };
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
         }
     }
 }
@@ -157,5 +162,20 @@ mod tests {
         assert_eq!(b[0], b'k');
         s.read(5, &mut b, &c);
         assert_eq!(b[0] & LSR_DR, 0);
+    }
+
+    #[test]
+    fn rep_insb_reads_one_byte_per_element() {
+        let c = Console::capture(64);
+        c.push_input(b"abc");
+        let mut s = Serial::new();
+        let mut b = [0xEEu8; 5];
+        s.read(0, &mut b, &c);
+        assert_eq!(&b, b"abc\0\0");
+        assert!(!c.input_ready());
+        // Every byte of a multi-byte LSR read is the LSR.
+        let mut l = [0u8; 3];
+        s.read(5, &mut l, &c);
+        assert_eq!(l, [LSR_THRE | LSR_TEMT; 3]);
     }
 }
