@@ -128,8 +128,8 @@ fn plan_vcpus(plan: &LaunchPlan) -> u32 {
 
 /// Work for the reaper thread, done in order.
 enum Job {
-    /// Drop `vm` once `after` saw its first exit (or [`DEFER_MAX`] passed), then `fdatasync`
-    /// the audit log.
+    /// Once `after` saw its first exit (or [`DEFER_MAX`] passed): `fdatasync` the audit log,
+    /// then drop `vm` (on a dropper thread).
     Reap {
         vm: Box<BuiltVm>,
         after: Option<Arc<LaunchClock>>,
@@ -230,7 +230,7 @@ impl Drop for BuildGuard<'_> {
     }
 }
 
-/// A dead VM for a dropper thread, and the audit log to `fdatasync` after it.
+/// A dead VM for a dropper thread, and the audit log to `fdatasync` before closing it.
 type DeadVm = (Box<BuiltVm>, Option<Arc<AuditLog>>);
 
 /// The reaper: waits for each launch's first exit, writes deferred event lines (in order),
@@ -263,11 +263,11 @@ fn reaper(
                     sink.emit(&line.finish());
                 }
                 if let Err(mpsc::SendError((vm, audit))) = droppers.send((vm, audit)) {
-                    // No dropper left (cannot happen while the session runs): close it here.
-                    drop(vm);
+                    // No dropper left (cannot happen while the session runs): do it here.
                     if let Some(a) = audit {
                         let _ = a.sync();
                     }
+                    drop(vm);
                 }
             }
             Job::Emit { line, sink } => sink.emit(&line),
@@ -284,17 +284,19 @@ fn reaper(
     }
 }
 
-/// A dropper thread: closes dead VMs (several droppers overlap their sleeping teardowns),
-/// then `fdatasync`s the audit log.
+/// A dropper thread: `fdatasync`s the audit log (the records up to the running launch's
+/// `launch` record), then closes the dead VM (several droppers overlap their sleeping
+/// teardowns). Syncing first makes the records durable as soon as the new launch is under
+/// way instead of after a teardown of milliseconds (docs/reboot-contract.md).
 fn dropper(rx: &Mutex<mpsc::Receiver<DeadVm>>) {
     let _ = crate::sys::cpu::set_current_thread_batch();
     loop {
         let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok((vm, audit)) = next else { return };
-        drop(vm);
         if let Some(a) = audit {
             let _ = a.sync();
         }
+        drop(vm);
     }
 }
 
