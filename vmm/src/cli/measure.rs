@@ -41,9 +41,10 @@ usage: relaunch measure FILE --platform <snp|sev|sev-es|tdx> [--vcpus N]
          [--tik HEX|FILE --mnonce HEX --api MAJOR.MINOR --build N] [--threads N] [--json]
 Prints the launch digest of FILE (IGVM or OVMF/TDVF image) as lowercase hex.";
 
-/// Default guest RAM for planning (it decides the memory map and which imports need their
-/// own region; it does not change a digest).
-pub const DEFAULT_MEM: u64 = 1 << 30;
+/// Default guest RAM for planning: the same as `relaunch run`'s, so `measure` predicts what a
+/// default `run` launches (it decides the memory map and which imports need their own region;
+/// it does not change a digest).
+pub const DEFAULT_MEM: u64 = super::run::DEFAULT_MEM;
 
 /// Why `relaunch measure` failed.
 #[derive(Debug, thiserror::Error)]
