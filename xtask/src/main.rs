@@ -3,6 +3,9 @@
 //! `cargo xtask test` is the project's test command (README); `.ci/run` calls it after
 //! `cargo xtask lint`.
 
+// The project's `unsafe` lives only in `vmm/src/sys/` (the floor benchmark uses its wrappers).
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 
 use anyhow::{bail, Context};

@@ -90,6 +90,23 @@ impl Vm {
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 
+    /// Creates a guest_memfd of `len` bytes with `flags` (which must include
+    /// [`GUEST_MEMFD_FLAG_MMAP`]) and maps all of it: [`Vm::create_guest_memfd`] +
+    /// [`GuestMapping::from_guest_memfd`] without the latter's `fstat`, since the size is the
+    /// one just created.
+    ///
+    /// # Errors
+    /// `EINVAL` for `len == 0`; the ioctl's or `mmap`'s errno (`ENODEV` without
+    /// `GUEST_MEMFD_FLAG_MMAP`).
+    pub fn map_new_guest_memfd(&self, len: usize, flags: u64) -> Result<GuestMapping, Errno> {
+        if len == 0 {
+            return Err(Errno::new(libc::EINVAL));
+        }
+        let size = u64::try_from(len).map_err(|_| Errno::new(libc::EINVAL))?;
+        let fd = self.create_guest_memfd(size, flags)?;
+        GuestMapping::from_new_guest_memfd(fd, len)
+    }
+
     /// Registers `mapping` as a new memslot at `gpa` (`KVM_SET_USER_MEMORY_REGION2`); when the
     /// mapping is a guest_memfd's, the slot is a `KVM_MEM_GUEST_MEMFD` slot on that fd at
     /// offset 0 with the mapping itself as `userspace_addr`. Returns the slot number.

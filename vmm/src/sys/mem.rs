@@ -81,10 +81,32 @@ impl GuestMapping {
         if u64::try_from(len).map_or(true, |l| l > file_size) {
             return Err(Errno::new(libc::EINVAL));
         }
+        Self::map_shared_fd(fd, len)
+    }
+
+    /// [`GuestMapping::from_guest_memfd`] without the `fstat`, for a guest_memfd this module
+    /// just created with a size of at least `len` bytes (`sys::kvm::Vm::map_new_guest_memfd`).
+    /// The caller guarantees that size: a mapping past the end of the file would raise
+    /// `SIGBUS` when touched.
+    ///
+    /// # Errors
+    /// `EINVAL` for `len == 0`; the `mmap` errno otherwise.
+    pub(super) fn from_new_guest_memfd(fd: OwnedFd, len: usize) -> Result<GuestMapping, Errno> {
+        if len == 0 {
+            return Err(Errno::new(libc::EINVAL));
+        }
+        Self::map_shared_fd(fd, len)
+    }
+
+    /// `mmap(MAP_SHARED)` of `[0, len)` of `fd`, which both callers have checked lies inside
+    /// the file and is non-empty.
+    fn map_shared_fd(fd: OwnedFd, len: usize) -> Result<GuestMapping, Errno> {
         // SAFETY: mmap(2) with a NULL hint creates a new mapping aliasing no Rust object; `fd`
         // is an open file owned by us for the whole call; `[0, len)` lies inside the file
-        // (checked against `fstat` above; a guest_memfd cannot shrink: KVM refuses to truncate
-        // it), and KVM rejects the mmap (checked below) if the file does not support it.
+        // (checked against `fstat` by `from_guest_memfd`, or the size the guest_memfd was just
+        // created with for `from_new_guest_memfd`; a guest_memfd cannot shrink: KVM refuses to
+        // truncate it), and KVM rejects the mmap (checked below) if the file does not support
+        // it.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),

@@ -19,25 +19,23 @@
 //! is timed separately, or handed to another thread ([`cycle_live`]) the way relaunch's
 //! reaper does it: it is off relaunch's critical path.
 //!
-//! This is the only code in xtask with `unsafe`: the memslot call is an `unsafe fn` in
-//! kvm-ioctls (the kernel gets a raw pointer), the mappings are raw `mmap`s, and a
-//! guest_memfd number is wrapped in an `OwnedFd`.
+//! It goes through relaunch's thin safe wrappers of those very syscalls in
+//! `vmm/src/sys/` ([`GuestMapping`], [`Vm`], [`Vcpu`]: the project's `unsafe` lives only
+//! there), never through relaunch's backend, session or plan code; the wrappers add no
+//! system call (only an `Arc` push that keeps each mapping alive as long as its memslot).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_userspace_memory_region2, CpuId, KVM_MEM_GUEST_MEMFD,
+use kvm_bindings::CpuId;
+use kvm_ioctls::{Kvm, VcpuExit};
+use relaunch::sys::kvm::{
+    Vcpu, Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use relaunch::sys::mem::GuestMapping;
 
 use super::guest::{self, PAGE_SIZE};
-
-/// `GUEST_MEMFD_FLAG_MMAP` (Linux 6.18 `include/uapi/linux/kvm.h`; not in kvm-bindings 0.14).
-const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
-/// `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18 `include/uapi/linux/kvm.h`).
-const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 
 /// How the floor backs guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,15 +68,11 @@ pub enum Work {
     SameAsRelaunch,
 }
 
-/// `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18 `include/uapi/linux/kvm.h`).
-const KVM_CAP_GUEST_MEMFD_FLAGS: u32 = 244;
-
 /// The backing relaunch picks on this host (`vmm/src/vstate.rs` `Host::open`): a guest_memfd
 /// when KVM offers both `MMAP` and `INIT_SHARED`, anonymous memory otherwise.
 pub fn relaunch_backing(kvm: &Kvm) -> Backing {
     let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
-    let flags =
-        u64::try_from(kvm.check_extension_raw(u64::from(KVM_CAP_GUEST_MEMFD_FLAGS))).unwrap_or(0);
+    let flags = u64::try_from(kvm.check_extension_raw(KVM_CAP_GUEST_MEMFD_FLAGS)).unwrap_or(0);
     if flags & want == want {
         Backing::GuestMemfd
     } else {
@@ -106,98 +100,17 @@ pub struct Cycle {
     pub teardown: Duration,
 }
 
-/// A VM left running by [`cycle_live`]; dropping it tears it down (vCPU, then VM, then the
-/// mappings: field order).
+/// A VM left running by [`cycle_live`]; dropping it tears it down (the vCPU, then the VM;
+/// the mappings go with the last of the two, which hold them: `sys::kvm`).
 pub struct Live {
-    _vcpu: VcpuFd,
-    _vm: VmFd,
-    _mem: Vec<Mapping>,
+    _vcpu: Vcpu,
+    _vm: Vm,
 }
 
 impl Cycle {
     /// Everything a relaunch must wait for: all steps but teardown.
     pub fn critical_path(&self) -> Duration {
         self.create_vm + self.memory + self.memslot + self.irqchip + self.vcpu + self.first_run
-    }
-}
-
-/// A guest-RAM mapping (anonymous, or of a guest_memfd it owns), unmapped on drop.
-pub struct Mapping {
-    addr: *mut libc::c_void,
-    len: usize,
-    /// The guest_memfd this maps (closed after the unmap, in `drop`).
-    gmem: Option<OwnedFd>,
-}
-
-// SAFETY: a `Mapping` exclusively owns its mmap (nothing else unmaps it or holds references
-// into it once the VM using it is closed), so moving it to another thread to be dropped there
-// is sound; it is never shared (`Sync` is not implemented).
-unsafe impl Send for Mapping {}
-
-impl Mapping {
-    fn anonymous(len: usize) -> anyhow::Result<Mapping> {
-        // SAFETY: mmap(2) with a null hint, MAP_PRIVATE|MAP_ANONYMOUS and fd -1 creates a
-        // new mapping and touches no existing memory; the result is checked for MAP_FAILED
-        // before use.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap guest RAM");
-        }
-        Ok(Mapping {
-            addr,
-            len,
-            gmem: None,
-        })
-    }
-
-    fn guest_memfd(fd: OwnedFd, len: usize) -> anyhow::Result<Mapping> {
-        // SAFETY: mmap(2) with a null hint creates a new mapping aliasing no Rust object;
-        // `fd` is an open guest_memfd of exactly `len` bytes that we own for the whole call
-        // (offset 0 + len lies inside it); the result is checked for MAP_FAILED before use.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap guest_memfd");
-        }
-        Ok(Mapping {
-            addr,
-            len,
-            gmem: Some(fd),
-        })
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `addr` is a live, readable and writable mapping of `len` bytes owned by
-        // `self` (created in `new`, unmapped only in `drop`), and the `&mut self` borrow
-        // makes this the only reference to it for the slice's lifetime.
-        unsafe { std::slice::from_raw_parts_mut(self.addr.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `addr`/`len` describe exactly the mapping created in `new`, which nothing
-        // else unmaps; no slice into it outlives `self`.
-        unsafe {
-            libc::munmap(self.addr, self.len);
-        }
     }
 }
 
@@ -218,22 +131,13 @@ pub fn cycle(
     Ok(c)
 }
 
-fn map(vm: &VmFd, len: usize, backing: Backing) -> anyhow::Result<Mapping> {
+/// A guest-RAM mapping of `len` bytes with `backing` (a guest_memfd is created on `vm`).
+fn map(vm: &Vm, len: usize, backing: Backing) -> anyhow::Result<GuestMapping> {
     match backing {
-        Backing::Anonymous => Mapping::anonymous(len),
-        Backing::GuestMemfd => {
-            let raw = vm
-                .create_guest_memfd(kvm_create_guest_memfd {
-                    size: len as u64,
-                    flags: GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
-                    ..Default::default()
-                })
-                .context("KVM_CREATE_GUEST_MEMFD")?;
-            // SAFETY: from_raw_fd needs an open fd owned by nobody else: the ioctl just
-            // returned it (errors were returned above) and kvm-ioctls leaves it to the caller.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            Mapping::guest_memfd(fd, len)
-        }
+        Backing::Anonymous => GuestMapping::anonymous(len).context("mmap guest RAM"),
+        Backing::GuestMemfd => vm
+            .map_new_guest_memfd(len, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+            .context("KVM_CREATE_GUEST_MEMFD + mmap"),
     }
 }
 
@@ -257,65 +161,47 @@ pub fn cycle_live(
     let mut c = Cycle::default();
 
     let t = Instant::now();
-    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    let mut vm = Vm::new(kvm.create_vm().context("KVM_CREATE_VM")?);
     c.create_vm = t.elapsed();
 
     // (gpa, mapping) per memslot; the page goes to the top of the last one.
     let t = Instant::now();
-    let mut mems: Vec<(u64, Mapping)> = match work {
+    let mems: Vec<(u64, GuestMapping)> = match work {
         Work::Minimal => vec![((1u64 << 32) - mem_bytes, map(&vm, len, backing)?)],
         Work::SameAsRelaunch => vec![
             (0, map(&vm, len, backing)?),
             (guest::PAGE_GPA, map(&vm, PAGE_SIZE, backing)?),
         ],
     };
-    if let Some((_, last)) = mems.last_mut() {
-        let s = last.as_mut_slice();
-        let top = s.len() - PAGE_SIZE;
-        s[top..].copy_from_slice(page);
+    if let Some((_, last)) = mems.last() {
+        let top = (last.len() - PAGE_SIZE) as u64;
+        last.write(top, page).context("guest page")?;
     }
+    let mems: Vec<(u64, Arc<GuestMapping>)> = mems
+        .into_iter()
+        .map(|(gpa, m)| (gpa, Arc::new(m)))
+        .collect();
     c.memory = t.elapsed();
 
+    // Slots 0, 1, ... in order (`Vm::add_memslot`); each mapping's range is a disjoint GPA
+    // range (RAM ≤ 3 GiB, the page at 4 GiB - 4 KiB).
     let t = Instant::now();
-    for (slot, (gpa, mem)) in mems.iter().enumerate() {
-        let (flags, guest_memfd) = match &mem.gmem {
-            Some(fd) => (
-                KVM_MEM_GUEST_MEMFD,
-                u32::try_from(fd.as_raw_fd()).context("guest_memfd number")?,
-            ),
-            None => (0, 0),
-        };
-        let region = kvm_userspace_memory_region2 {
-            slot: u32::try_from(slot).context("slot number")?,
-            flags,
-            guest_phys_addr: *gpa,
-            memory_size: mem.len as u64,
-            userspace_addr: mem.addr as u64,
-            guest_memfd_offset: 0,
-            guest_memfd,
-            ..Default::default()
-        };
-        // SAFETY: kvm-ioctls `set_user_memory_region2` requires that `userspace_addr` points
-        // to valid memory of `memory_size` bytes for as long as the kernel uses it, that the
-        // region overlaps no other slot, and that a flagged `guest_memfd` is this VM's and
-        // covers `[offset, offset + size)`. `mem` is a live mapping of exactly that size,
-        // dropped only after `vm` (`Live`'s field order); the slots' ranges are disjoint
-        // (RAM ≤ 3 GiB, the page at 4 GiB - 4 KiB); the guest_memfd was created on this VM
-        // with the mapping's length and is what `mem` maps.
-        unsafe { vm.set_user_memory_region2(region) }.context("KVM_SET_USER_MEMORY_REGION2")?;
+    for (gpa, mem) in mems {
+        vm.add_memslot(gpa, mem)
+            .context("KVM_SET_USER_MEMORY_REGION2")?;
     }
     c.memslot = t.elapsed();
 
     if work == Work::SameAsRelaunch {
         let t = Instant::now();
-        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.fd().create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
         c.irqchip = t.elapsed();
     }
 
     let t = Instant::now();
     let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
     if work == Work::SameAsRelaunch {
-        vcpu.set_cpuid2(cpuid).context("KVM_SET_CPUID2")?;
+        vcpu.fd().set_cpuid2(cpuid).context("KVM_SET_CPUID2")?;
     }
     c.vcpu = t.elapsed();
 
@@ -332,7 +218,6 @@ pub fn cycle_live(
         Live {
             _vcpu: vcpu,
             _vm: vm,
-            _mem: mems.into_iter().map(|(_, m)| m).collect(),
         },
     ))
 }
@@ -342,28 +227,19 @@ pub fn cycle_live(
 /// teardown not included). On this host the order matters: see docs/benchmarks.md.
 pub fn irqchip_and_memslot(kvm: &Kvm, mem_bytes: u64, before: bool) -> anyhow::Result<Duration> {
     let len = usize::try_from(mem_bytes).context("memory size")?;
-    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
-    let mem = Mapping::anonymous(len)?;
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: mem_bytes,
-        userspace_addr: mem.addr as u64,
-        ..Default::default()
-    };
+    let mut vm = Vm::new(kvm.create_vm().context("KVM_CREATE_VM")?);
+    let mem = Arc::new(GuestMapping::anonymous(len).context("mmap guest RAM")?);
     let t = Instant::now();
     if before {
-        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.fd().create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
     }
-    // SAFETY: as in `cycle`: `mem` is a live mapping of exactly `memory_size` bytes that
-    // outlives `vm` (dropped after it, below), and this VM has no other slot.
-    unsafe { vm.set_user_memory_region2(region) }.context("KVM_SET_USER_MEMORY_REGION2")?;
+    vm.add_memslot(0, mem)
+        .context("KVM_SET_USER_MEMORY_REGION2")?;
     if !before {
-        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.fd().create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
     }
     let d = t.elapsed();
     drop(vm);
-    drop(mem);
     Ok(d)
 }
 
