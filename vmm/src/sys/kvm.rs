@@ -221,12 +221,7 @@ impl KickPage {
             return Err(Errno::last());
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(Errno::new(libc::ENOMEM))?;
-        let page = KickPage { ptr };
-        // Fault the page in now, on the thread building the VM, rather than at the vCPU
-        // thread's first `set_immediate_exit` (a fault waits for the `mmap_lock` the reaper
-        // holds while it unmaps the previous VM).
-        std::hint::black_box(page.flag().load(Ordering::Relaxed));
-        Ok(page)
+        Ok(KickPage { ptr })
     }
 
     /// `kvm_run.immediate_exit` (byte `offset_of!(kvm_run, immediate_exit)`, asserted above).
