@@ -294,13 +294,9 @@ impl<'h> NativeBackend<'h> {
         let t = Instant::now();
         let mut list = Vec::with_capacity(vcpus as usize);
         for id in 0..vcpus {
-            let mut vcpu = vm
+            let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            // The kick handler's own kvm_run mapping (sys::kvm::KickPage), off the vCPU
-            // thread's start.
-            vcpu.map_kick_page()
-                .map_err(kvm_err("mmap of the kvm_run kick page"))?;
             let cpuid = prep.cpuid.get(id as usize).ok_or(BackendError::Order(
                 "CreateVm vCPU count differs from the plan's",
             ))?;

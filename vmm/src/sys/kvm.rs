@@ -277,17 +277,6 @@ impl Vcpu {
         }
     }
 
-    /// Maps the kick page now (see [`KickPage`]) instead of at the first
-    /// [`Vcpu::kick_flag`]: the backend does it while building the VM, so the `mmap` (which
-    /// waits for the process's `mmap_lock`, held by the reaper's unmap of the previous VM's
-    /// RAM) stays off the vCPU thread's start. Idempotent.
-    ///
-    /// # Errors
-    /// The `mmap` errno.
-    pub fn map_kick_page(&mut self) -> Result<(), Errno> {
-        self.kick_flag().map(|_| ())
-    }
-
     /// `kvm_run.immediate_exit` as an atomic in our own mapping of the `kvm_run` page (mapped
     /// on the first call), for the kick signal handler (`sys::signal`). The pointer is valid
     /// while this `Vcpu` lives.
