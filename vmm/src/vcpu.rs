@@ -118,14 +118,9 @@ pub fn run_vcpu(
     devices: Arc<Mutex<Devices>>,
     clock: Arc<LaunchClock>,
 ) -> Vcpu {
-    let kicked = signal::with_kick_target(&mut vcpu, |vcpu| {
+    signal::with_kick_target(&mut vcpu, |vcpu| {
         vcpu_loop(vcpu, id, &ctl, &devices, &clock)
     });
-    if let Err(e) = kicked {
-        ctl.post(Outcome::VmmError(format!(
-            "mapping the kick page of vCPU {id}: {e}"
-        )));
-    }
     vcpu
 }
 

@@ -8,9 +8,7 @@
 //! are closed the mapping can be unmapped safely (a guest_memfd may keep the kernel VM object
 //! alive a little longer, but nothing can execute in it).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{kvm_create_guest_memfd, kvm_run, kvm_userspace_memory_region2};
@@ -159,7 +157,6 @@ impl Vm {
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, Errno> {
         Ok(Vcpu {
             fd: self.fd.create_vcpu(id)?,
-            kick: None,
             keep: Arc::clone(&self.keep),
         })
     }
@@ -170,87 +167,7 @@ impl Vm {
 pub struct Vcpu {
     // Field order is drop order: the vCPU fd and kvm_run mapping go first.
     fd: VcpuFd,
-    /// Our own mapping of the `kvm_run` page for `immediate_exit` (see [`KickPage`]), mapped
-    /// by the first [`Vcpu::kick_flag`].
-    kick: Option<KickPage>,
     keep: KeepAlive,
-}
-
-/// Length of the [`KickPage`] mapping: the first page of `struct kvm_run` (x86-64 4 KiB
-/// pages; `immediate_exit` is byte 1).
-const KICK_PAGE_LEN: usize = 4096;
-
-/// A second, private `mmap` of page 0 of a vCPU fd (the same kernel page as the `kvm_run`
-/// that kvm-ioctls maps: `virt/kvm/kvm_main.c` `kvm_vcpu_fault`, page offset 0 is
-/// `vcpu->run`), used only to access `kvm_run.immediate_exit`, and only atomically.
-///
-/// Why not kvm-ioctls' mapping: `VcpuFd` exposes it only as `&mut kvm_run` (`get_kvm_run`),
-/// and materialises a fresh `&mut kvm_run` from its own pointer after every `KVM_RUN`; a raw
-/// pointer derived from one of those references is invalidated (Stacked Borrows) by the
-/// next, so a signal handler writing through it would alias a live `&mut`. This mapping is a
-/// separate allocation that no Rust reference other than the `&AtomicU8` of
-/// [`KickPage::flag`] ever points into.
-#[derive(Debug)]
-struct KickPage {
-    ptr: NonNull<u8>,
-}
-
-// SAFETY: `KickPage` exclusively owns its mapping (unmapped only in `drop`) and only ever
-// hands out `&AtomicU8`, which may be used from any thread.
-unsafe impl Send for KickPage {}
-// SAFETY: see `Send`: all access is atomic.
-unsafe impl Sync for KickPage {}
-
-impl KickPage {
-    fn map(fd: &VcpuFd) -> Result<KickPage, Errno> {
-        // SAFETY: mmap(2) with a NULL hint creates a new mapping aliasing no Rust object; `fd`
-        // is an open vCPU fd, borrowed for the call, whose offset 0 is the `kvm_run` page
-        // (`kvm_vcpu_fault`), at least `KICK_PAGE_LEN` long (KVM_GET_VCPU_MMAP_SIZE is at
-        // least one page); the result is checked for MAP_FAILED below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                KICK_PAGE_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or(Errno::new(libc::ENOMEM))?;
-        Ok(KickPage { ptr })
-    }
-
-    /// `kvm_run.immediate_exit` (byte `offset_of!(kvm_run, immediate_exit)`, asserted above).
-    fn flag(&self) -> &AtomicU8 {
-        let p = self
-            .ptr
-            .as_ptr()
-            .wrapping_add(std::mem::offset_of!(kvm_run, immediate_exit));
-        // SAFETY: AtomicU8::from_ptr needs a pointer valid for reads and writes for the
-        // returned lifetime, aligned to 1, and no non-atomic access to the byte in that time:
-        // `p` is byte 1 of our live read/write mapping (unmapped only when `self` drops, which
-        // the borrow prevents), and every Rust access to this mapping goes through this
-        // `AtomicU8`. The kernel and kvm-ioctls reach the same physical byte only through
-        // their own mappings, outside this allocation (like a peer process sharing memory);
-        // see the exception documented on `Vcpu::kick_flag`.
-        unsafe { AtomicU8::from_ptr(p) }
-    }
-}
-
-impl Drop for KickPage {
-    fn drop(&mut self) {
-        // SAFETY: munmap(2) needs a range this process mapped and no live references into
-        // it: `ptr` and `KICK_PAGE_LEN` are exactly the mmap above, and the only references
-        // (`&AtomicU8` from `flag`) borrow `self`, so none outlives this drop. The signal
-        // handler's raw pointer is cleared by `sys::signal::with_kick_target` before the
-        // `&mut Vcpu` it was taken from is released.
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), KICK_PAGE_LEN) };
-        debug_assert_eq!(rc, 0, "munmap of a mapping we own cannot fail");
-    }
 }
 
 impl Vcpu {
@@ -267,40 +184,14 @@ impl Vcpu {
         self.fd.run()
     }
 
-    /// Sets `kvm_run.immediate_exit`: atomically through the kick page once
-    /// [`Vcpu::kick_flag`] has mapped it (then it is the kick handler's byte too), through
-    /// kvm-ioctls before (no handler can target this vCPU yet).
+    /// Sets `kvm_run.immediate_exit`.
     pub fn set_immediate_exit(&mut self, val: u8) {
-        match &self.kick {
-            Some(k) => k.flag().store(val, Ordering::SeqCst),
-            None => self.fd.set_kvm_immediate_exit(val),
-        }
+        self.fd.set_kvm_immediate_exit(val);
     }
 
-    /// `kvm_run.immediate_exit` as an atomic in our own mapping of the `kvm_run` page (mapped
-    /// on the first call), for the kick signal handler (`sys::signal`). The pointer is valid
-    /// while this `Vcpu` lives.
-    ///
-    /// The one remaining overlap, which kvm-ioctls 0.25 makes unavoidable: after each
-    /// `KVM_RUN`, `VcpuFd::run` (and `get_kvm_run`) create a `&mut kvm_run` into kvm-ioctls'
-    /// own mapping of the same kernel page, and a kick can store to `immediate_exit` while
-    /// that reference (or the `VcpuExit` borrowing it) is live. The store goes through a
-    /// different mapping, so to the Rust abstract machine it is an outside write like the
-    /// kernel's own writes to `kvm_run`; kvm-ioctls never reads or writes `immediate_exit`
-    /// through that reference there (only `exit_reason` and the exit union), and our code
-    /// accesses it only through this atomic.
-    ///
-    /// # Errors
-    /// The `mmap` errno.
-    pub(super) fn kick_flag(&mut self) -> Result<*const AtomicU8, Errno> {
-        if self.kick.is_none() {
-            // Same kernel page as kvm-ioctls' mapping: a value set before is already there.
-            self.kick = Some(KickPage::map(&self.fd)?);
-        }
-        match &self.kick {
-            Some(k) => Ok(std::ptr::from_ref(k.flag())),
-            None => Err(Errno::new(libc::ENOMEM)),
-        }
+    /// The `kvm_run` mapping (for the kick signal handler, see `sys::signal`).
+    pub(super) fn kvm_run_ptr(&mut self) -> *mut kvm_run {
+        self.fd.get_kvm_run()
     }
 
     /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data
@@ -327,32 +218,5 @@ impl Vcpu {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The kick page is the same kernel page as kvm-ioctls' `kvm_run`: a store through either
-    /// mapping is seen through the other, and a kicked `KVM_RUN` returns `EINTR` at once.
-    #[test]
-    fn kick_page_aliases_kvm_run() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            eprintln!("SKIPPED: no /dev/kvm");
-            return;
-        };
-        let vm = Vm::new(kvm.create_vm().unwrap());
-        let mut vcpu = vm.create_vcpu(0).unwrap();
-        vcpu.set_immediate_exit(1); // before the kick page: through kvm-ioctls
-        let flag = vcpu.kick_flag().unwrap();
-        assert_eq!(vcpu.kick_flag().unwrap(), flag, "mapped once");
-        let ours = vcpu.kick.as_ref().unwrap().flag().load(Ordering::SeqCst);
-        assert_eq!(ours, 1);
-        vcpu.set_immediate_exit(0); // through the kick page
-        assert_eq!(vcpu.fd.get_kvm_run().immediate_exit, 0);
-        vcpu.set_immediate_exit(1);
-        assert_eq!(vcpu.fd.get_kvm_run().immediate_exit, 1);
-        assert_eq!(vcpu.run().unwrap_err().errno(), libc::EINTR);
     }
 }

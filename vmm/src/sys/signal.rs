@@ -8,17 +8,17 @@
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
 
 use super::kvm::Vcpu;
 use super::Errno;
 
 thread_local! {
-    /// `kvm_run.immediate_exit` of the vCPU this thread is running (in that vCPU's own kick
-    /// mapping, `sys::kvm::Vcpu::kick_flag`), or null.
-    static KICK_TARGET: Cell<*const AtomicU8> = const { Cell::new(std::ptr::null()) };
+    /// The `kvm_run` of the vCPU this thread is running, or null.
+    static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// The kick signal: the first real-time signal the C library leaves to applications.
@@ -29,16 +29,20 @@ pub fn kick_signal() -> libc::c_int {
 extern "C" fn on_kick(_sig: libc::c_int) {
     // `try_with` on a const-initialised thread-local neither allocates nor panics: safe to
     // call in a signal handler.
-    let target = KICK_TARGET.try_with(Cell::get).unwrap_or(std::ptr::null());
-    // SAFETY: `as_ref` needs a null pointer or one valid for a shared reference for its
-    // lifetime (this statement): a non-null `target` is the `immediate_exit` atomic of the
-    // vCPU this very thread is running inside `with_kick_target`, which resets the pointer to
-    // null before that vCPU (and its kick mapping) can be dropped or leave this thread; this
-    // handler runs on the same thread, so the mapping is alive. Only atomic accesses reach
-    // that byte from Rust (`sys::kvm::Vcpu::kick_flag` documents the one overlap with
-    // kvm-ioctls' own mapping), and a lock-free atomic store is async-signal-safe.
-    if let Some(flag) = unsafe { target.as_ref() } {
-        flag.store(1, Ordering::SeqCst);
+    let target = KICK_TARGET
+        .try_with(Cell::get)
+        .unwrap_or(std::ptr::null_mut());
+    if !target.is_null() {
+        let flag = target
+            .cast::<u8>()
+            .wrapping_add(std::mem::offset_of!(kvm_run, immediate_exit));
+        // SAFETY: write_volatile needs a valid, aligned pointer: `target` is the `kvm_run`
+        // mapping of the vCPU this very thread is running inside `with_kick_target`, which
+        // resets the pointer to null before that vCPU (and its mapping) can be dropped or
+        // leave this thread; this handler runs on the same thread, so the mapping is alive.
+        // `flag` is byte `offset_of!(kvm_run, immediate_exit)` (1, asserted in `sys::kvm`)
+        // of it: in bounds, and a u8 needs no alignment.
+        unsafe { std::ptr::write_volatile(flag, 1) };
     }
 }
 
@@ -72,20 +76,17 @@ pub fn install_kick_handler() -> Result<(), Errno> {
 
 /// Runs `f` with `vcpu` as this thread's kick target: a kick signal delivered to this thread
 /// while `f` runs makes the vCPU's next (or current) `KVM_RUN` return `EINTR`.
-///
-/// # Errors
-/// Mapping the vCPU's kick page failed (`sys::kvm::Vcpu::kick_flag`); `f` did not run.
-pub fn with_kick_target<R>(vcpu: &mut Vcpu, f: impl FnOnce(&mut Vcpu) -> R) -> Result<R, Errno> {
+pub fn with_kick_target<R>(vcpu: &mut Vcpu, f: impl FnOnce(&mut Vcpu) -> R) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            let _ = KICK_TARGET.try_with(|c| c.set(std::ptr::null()));
+            let _ = KICK_TARGET.try_with(|c| c.set(std::ptr::null_mut()));
         }
     }
-    let ptr = vcpu.kick_flag()?;
+    let ptr = vcpu.kvm_run_ptr();
     KICK_TARGET.with(|c| c.set(ptr));
     let _reset = Reset;
-    Ok(f(vcpu))
+    f(vcpu)
 }
 
 /// Sends the kick signal to `thread` (a no-op error `ESRCH` if it already ended).
