@@ -939,42 +939,7 @@ fn loc(h: &HeaderRef<'_>) -> Location {
     Location::Header {
         index: h.index,
         offset: h.offset,
-        typ: header_type(&h.header),
-    }
-}
-
-/// The raw type of a header (for error messages).
-fn header_type(h: &Header<'_>) -> u32 {
-    match h {
-        Header::SupportedPlatform(_) => 0x001,
-        Header::GuestPolicy { .. } => 0x101,
-        Header::RelocatableRegion { .. } => 0x102,
-        Header::PageTableRelocationRegion { .. } => 0x103,
-        Header::CorimDocument { .. } => 0x104,
-        Header::CorimSignature { .. } => 0x105,
-        Header::CcaPolicy { .. } => 0x106,
-        Header::VersionString(_) => 0x107,
-        Header::ParameterArea { .. } => 0x301,
-        Header::PageData { .. } => 0x302,
-        Header::ParameterInsert { .. } => 0x303,
-        Header::VpContext { .. } => 0x304,
-        Header::RequiredMemory { .. } => 0x305,
-        Header::VpCount(_) => 0x307,
-        Header::Srat(_) => 0x308,
-        Header::Madt(_) => 0x309,
-        Header::MmioRanges(_) => 0x30A,
-        Header::SnpIdBlock(_) => 0x30B,
-        Header::MemoryMap(_) => 0x30C,
-        Header::ErrorRange { .. } => 0x30D,
-        Header::CommandLine(_) => 0x30E,
-        Header::Slit(_) => 0x30F,
-        Header::Pptt(_) => 0x310,
-        Header::VbsMeasurement(_) => 0x311,
-        Header::DeviceTree(_) => 0x312,
-        Header::EnvironmentInfo(_) => 0x313,
-        Header::Unknown { typ, .. } => *typ,
-        #[allow(unreachable_patterns)]
-        _ => 0,
+        typ: h.header.type_code(),
     }
 }
 
