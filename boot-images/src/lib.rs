@@ -286,42 +286,22 @@ pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
 /// 7:0, the flags nibble G/D/L/AVL in bits 15:12), as QEMU's `FLAGS_TO_SEGCACHE` reads them.
 pub fn native_context(entry: u64) -> IgvmNativeVpContextX64 {
     IgvmNativeVpContextX64 {
-        rax: 0,
-        rcx: 0,
-        rdx: 0,
-        rbx: 0,
         rsp: layout::STACK_TOP,
-        rbp: 0,
-        rsi: 0,
-        rdi: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
         rip: entry,
         rflags: 2,
-        idtr_base: 0,
-        idtr_limit: 0,
-        reserved: [0; 2],
         gdtr_limit: layout::GDT_LIMIT,
         gdtr_base: layout::GDT,
         code_selector: layout::SEL_CODE64,
         code_attributes: 0xA09B,
-        code_base: 0,
         code_limit: 0xFFFF_FFFF,
         data_selector: layout::SEL_DATA,
         data_attributes: 0xC093,
-        data_base: 0,
         data_limit: 0xFFFF_FFFF,
-        gs_base: 0,
         cr0: CR0,
         cr3: layout::PML4,
         cr4: CR4,
         efer: EFER,
+        ..zerocopy::FromZeros::new_zeroed()
     }
 }
 

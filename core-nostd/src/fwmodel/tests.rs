@@ -93,45 +93,19 @@ fn igvm_file() -> Vec<u8> {
     let mut ctx = vmsa;
     ctx[0xCB] = 0; // cpl: not a field a VP context may carry (0 here anyway)
     b.vp_context(KVM_VMSA_GPA, snp, 0, &ctx).unwrap();
-    let mut native_ctx = igvm_defs::IgvmNativeVpContextX64 {
-        rax: 0,
-        rcx: 0,
-        rdx: 0,
-        rbx: 0,
-        rsp: 0,
-        rbp: 0,
-        rsi: 0,
-        rdi: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
+    let native_ctx = igvm_defs::IgvmNativeVpContextX64 {
+        rsp: 0x8000,
         rip: 0x10_0000,
         rflags: 2,
-        idtr_base: 0,
-        idtr_limit: 0,
-        reserved: [0; 2],
-        gdtr_limit: 0,
-        gdtr_base: 0,
         code_selector: 8,
         code_attributes: 0xC09B,
-        code_base: 0,
         code_limit: u32::MAX,
         data_selector: 0x10,
         data_attributes: 0xC093,
-        data_base: 0,
         data_limit: u32::MAX,
-        gs_base: 0,
         cr0: 0x11,
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
+        ..zerocopy::FromZeros::new_zeroed()
     };
-    native_ctx.rsp = 0x8000;
     b.native_vp_context(native, 0, &native_ctx).unwrap();
     b.finish().unwrap()
 }

@@ -100,42 +100,18 @@ pub fn bios_image(page: &[u8; PAGE_SIZE]) -> Vec<u8> {
 /// DPL 6:5, P bit 7, AVL 12, L 13, D/B 14, G 15).
 pub fn reset_vp_context() -> IgvmNativeVpContextX64 {
     IgvmNativeVpContextX64 {
-        rax: 0,
-        rcx: 0,
-        rdx: 0,
-        rbx: 0,
-        rsp: 0,
-        rbp: 0,
-        rsi: 0,
-        rdi: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
         rip: 0xFFF0,
         rflags: 0x2,
-        idtr_base: 0,
         idtr_limit: 0xFFFF,
-        reserved: [0; 2],
         gdtr_limit: 0xFFFF,
-        gdtr_base: 0,
         code_selector: 0xF000,
         code_attributes: 0x9B, // present, S, execute/read, accessed
         code_base: 0xFFFF_0000,
         code_limit: 0xFFFF,
-        data_selector: 0,
         data_attributes: 0x93, // present, S, read/write, accessed
-        data_base: 0,
         data_limit: 0xFFFF,
-        gs_base: 0,
         cr0: 0x6000_0010, // CD, NW, ET
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
+        ..zerocopy::FromZeros::new_zeroed()
     }
 }
 
