@@ -10,10 +10,12 @@ mod kvm_common;
 use std::path::PathBuf;
 
 use kvm_common::*;
+use relaunch::launch::Launch;
 use relaunch::session::{EXIT_POWER_OFF, EXIT_REBOOT_LIMIT, EXIT_USAGE};
 use relaunch::vstate::Host;
-use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
+use relaunch_core::plan::{LaunchConfig, Platform};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 const MEM: u64 = 256 << 20;
 
@@ -38,7 +40,7 @@ fn image(name: &str) -> Option<(PathBuf, Vec<u8>)> {
     }
 }
 
-fn plan_native<'a>(host: &Host, bundle: &'a [u8], vcpus: u32) -> LaunchPlan<'a> {
+fn plan_native(host: &Host, bundle: &[u8], vcpus: u32) -> Arc<Launch> {
     let cfg = LaunchConfig {
         platform: Platform::Native,
         vcpus,
@@ -49,7 +51,7 @@ fn plan_native<'a>(host: &Host, bundle: &'a [u8], vcpus: u32) -> LaunchPlan<'a> 
         host_data: [0; 32],
         kernel_hashes: None,
     };
-    relaunch_core::plan::plan(bundle, &cfg).expect("plan the native view")
+    Arc::new(Launch::new(bundle.to_vec(), &cfg).expect("plan the native view"))
 }
 
 #[test]

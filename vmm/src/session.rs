@@ -1,11 +1,18 @@
-//! The relaunch loop: execute the cached plan on a fresh VM, run it, and on every guest reset
-//! hand the old VM to a reaper thread (closing its fds off the critical path) and execute the
-//! plan again on a new VM fd. With `prestage`, the next VM is built while the guest runs, so a
-//! reset only swaps VMs.
+//! The relaunch loop: build a VM for the current [`Launch`] with the session's backend, run it,
+//! and on every guest reset hand the old VM to a reaper thread (closing its fds off the
+//! critical path) and build again on a new VM fd — from the same launch, or from the one the
+//! session was handed for its next relaunch ([`LaunchSlot`]). With `prestage`, the next VM is
+//! built while the guest runs, so a reset only swaps VMs.
 //!
-//! Recipe per launch: build (or take the prestaged VM) → audit `launch` record (written before
-//! the guest runs) → devices, AP threads, vCPU 0 on the session thread itself → outcome →
-//! stop APs → event line + audit `exit` record → decide (relaunch / exit code).
+//! Recipe per launch: take the next launch if one was handed over → build (or take the
+//! prestaged VM) → audit `launch` record (written before the guest runs) → devices, AP
+//! threads, vCPU 0 on the session thread itself → outcome → stop APs → event line + audit
+//! `exit` record → decide (relaunch / exit code; the reset rate limit).
+//!
+//! Dead VMs wait for their teardown in a bounded backlog ([`Backlog`]): at most
+//! [`BacklogLimit::vms`] VMs and [`BacklogLimit::bytes`] bytes of their guest memory, counted
+//! from the moment the session hands one over until a dropper has closed it; a relaunch that
+//! would exceed either waits for a teardown to finish.
 //!
 //! The critical path of a relaunch is the session thread alone: vCPU 0's `KVM_RUN` returns
 //! the reset on this thread, which builds (or takes) the next VM and enters its `KVM_RUN`
@@ -14,21 +21,19 @@
 //! `prestage`, builds the next one — one after the other on the one reaper thread, so on a
 //! 2-CPU host neither competes with the new guest's vCPU nor with each other.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use relaunch_core::plan::{LaunchOp, LaunchPlan, Platform};
-
 use crate::audit::{unix_ms, AuditLog, EventSink, JsonObj};
-use crate::backend::native::{build_vm, BuiltVm, ExecTimings, Prepared};
-use crate::backend::ExecError;
+use crate::backend::{Backend, BuiltVm, ExecError, ExecTimings};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::{Devices, LaunchClock, UnknownLog};
+use crate::launch::{Launch, LaunchSlot};
 use crate::sys::kvm::Vcpu;
 use crate::vcpu::{run_vcpu, stop_all, Outcome, RunControl};
-use crate::vstate::Host;
 
 /// Exit code: the guest powered off.
 pub const EXIT_POWER_OFF: u8 = 0;
@@ -49,17 +54,82 @@ pub const MAX_SAMPLES: usize = 65536;
 /// VM's memory back.
 pub const DEFER_MAX: Duration = Duration::from_millis(20);
 
-/// Jobs queued for the reaper at most (each holds at most one VM); a full queue makes the
-/// session wait.
-pub const REAP_QUEUE: usize = 32;
+/// Jobs queued for the reaper at most besides dead VMs (event lines, prestage builds; a
+/// dead VM is bounded by the [`Backlog`] instead).
+pub const REAP_QUEUE: usize = 64;
 
-/// Everything a session needs besides the host and the plan.
+/// How many dead VMs may wait for their teardown, and how much guest memory they may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BacklogLimit {
+    /// Dead VMs at most (queued, being reaped or being closed), at least 1.
+    pub vms: usize,
+    /// Bytes of guest memory of dead VMs at most (each counts its whole guest memory: an
+    /// upper bound of what it holds); one VM is always allowed, whatever its size.
+    pub bytes: u64,
+}
+
+impl Default for BacklogLimit {
+    /// 32 VMs and 1 GiB (`docs/reboot-contract.md`).
+    fn default() -> BacklogLimit {
+        BacklogLimit {
+            vms: 32,
+            bytes: 1 << 30,
+        }
+    }
+}
+
+/// A reset rate limit: more than `resets` guest resets within `interval` end the session
+/// (like a service manager's start limit) with exit code 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetLimit {
+    /// Resets allowed within `interval`.
+    pub resets: u32,
+    /// The sliding window.
+    pub interval: Duration,
+}
+
+impl ResetLimit {
+    /// `N/DURATION`, e.g. `20/10s`, `100/1m`, `5/500ms` (`s` when no unit is given).
+    pub fn parse(text: &str) -> Option<ResetLimit> {
+        let (n, d) = text.split_once('/')?;
+        let resets: u32 = n.trim().parse().ok().filter(|&n| n > 0)?;
+        let d = d.trim();
+        let (num, mult_ms) = if let Some(v) = d.strip_suffix("ms") {
+            (v, 1)
+        } else if let Some(v) = d.strip_suffix('s') {
+            (v, 1000)
+        } else if let Some(v) = d.strip_suffix('m') {
+            (v, 60_000)
+        } else if let Some(v) = d.strip_suffix('h') {
+            (v, 3_600_000)
+        } else {
+            (d, 1000)
+        };
+        let ms = num.trim().parse::<u64>().ok()?.checked_mul(mult_ms)?;
+        (ms > 0 && ms <= 86_400_000).then(|| ResetLimit {
+            resets,
+            interval: Duration::from_millis(ms),
+        })
+    }
+}
+
+impl std::fmt::Display for ResetLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}ms", self.resets, self.interval.as_millis())
+    }
+}
+
+/// Everything a session needs besides the backend and its first launch.
 #[derive(Debug)]
 pub struct SessionConfig {
-    /// Guest RAM bytes.
-    pub mem_bytes: u64,
     /// Relaunches allowed (`None` = unlimited).
     pub max_reboots: Option<u64>,
+    /// Guest resets allowed per interval (`None` = unlimited).
+    pub reset_limit: Option<ResetLimit>,
+    /// The dead-VM backlog bound.
+    pub backlog: BacklogLimit,
+    /// The launch to run from the next relaunch on, when someone hands one over.
+    pub next: Arc<LaunchSlot>,
     /// Build the next VM while the guest runs.
     pub prestage: bool,
     /// Guest console.
@@ -70,14 +140,24 @@ pub struct SessionConfig {
     pub events: Option<Arc<EventSink>>,
     /// Extra fw_cfg files (validated).
     pub fw_cfg_files: Vec<(String, Vec<u8>)>,
-    /// SHA-256 of the bundle, hex.
-    pub bundle_sha256: String,
-    /// Platform (for the records).
-    pub platform: Platform,
-    /// Predicted launch measurement, hex (`None` for native).
-    pub predicted_measurement: Option<String>,
-    /// Time the planner took (once per bundle).
-    pub plan_time: Duration,
+}
+
+impl SessionConfig {
+    /// Defaults: no reboot or reset limit, no prestage, the default backlog, no audit log or
+    /// events, no extra fw_cfg files, guest output to `console`.
+    pub fn new(console: Arc<Console>) -> SessionConfig {
+        SessionConfig {
+            max_reboots: None,
+            reset_limit: None,
+            backlog: BacklogLimit::default(),
+            next: Arc::new(LaunchSlot::new()),
+            prestage: false,
+            console,
+            audit: None,
+            events: None,
+            fw_cfg_files: Vec::new(),
+        }
+    }
 }
 
 /// How a session ended.
@@ -85,6 +165,14 @@ pub struct SessionConfig {
 pub struct SessionReport {
     /// Launches started.
     pub launches: u64,
+    /// The generation of the last launch attempted: the one that ended the session, or whose
+    /// build failed.
+    pub generation: u64,
+    /// Why the session stopped when it was not the guest's own outcome (the reset rate
+    /// limit).
+    pub stopped_by: Option<String>,
+    /// The most dead VMs that waited for their teardown at once.
+    pub peak_backlog: usize,
     /// Outcome of the last launch (or the error that stopped the session).
     pub outcome: Outcome,
     /// Process exit code per the reboot contract.
@@ -116,14 +204,75 @@ pub fn exit_code(outcome: &Outcome) -> u8 {
     }
 }
 
-fn plan_vcpus(plan: &LaunchPlan) -> u32 {
-    plan.ops
-        .iter()
-        .find_map(|op| match op {
-            LaunchOp::CreateVm { vcpus, .. } => Some(*vcpus),
-            _ => None,
-        })
-        .unwrap_or(plan.config.vcpus)
+/// The dead-VM backlog: permits for VMs awaiting teardown (module doc).
+#[derive(Debug)]
+pub struct Backlog {
+    limit: BacklogLimit,
+    state: Mutex<(usize, u64, usize)>,
+    cv: Condvar,
+}
+
+impl Backlog {
+    /// An empty backlog with `limit`.
+    pub fn new(limit: BacklogLimit) -> Backlog {
+        Backlog {
+            limit,
+            state: Mutex::new((0, 0, 0)),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Waits until a dead VM holding `bytes` fits, then counts it.
+    pub fn acquire(&self, bytes: u64) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while s.0 > 0
+            && (s.0 >= self.limit.vms.max(1) || s.1.saturating_add(bytes) > self.limit.bytes)
+        {
+            s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        s.0 += 1;
+        s.1 = s.1.saturating_add(bytes);
+        s.2 = s.2.max(s.0);
+    }
+
+    /// A dead VM holding `bytes` is gone.
+    pub fn release(&self, bytes: u64) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.0 = s.0.saturating_sub(1);
+        s.1 = s.1.saturating_sub(bytes);
+        self.cv.notify_all();
+    }
+
+    /// Dead VMs now, bytes now, and the most dead VMs at once so far.
+    pub fn counts(&self) -> (usize, u64, usize) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A dead VM and its backlog permit (released when it is dropped, after the VM).
+struct DeadVm {
+    vm: Box<BuiltVm>,
+    bytes: u64,
+    backlog: Arc<Backlog>,
+}
+
+impl DeadVm {
+    fn new(vm: BuiltVm, backlog: &Arc<Backlog>) -> DeadVm {
+        let bytes = vm.memory.total_bytes();
+        backlog.acquire(bytes);
+        DeadVm {
+            vm: Box::new(vm),
+            bytes,
+            backlog: Arc::clone(backlog),
+        }
+    }
+
+    /// Closes the VM, then gives the permit back.
+    fn close(self) {
+        let DeadVm { vm, bytes, backlog } = self;
+        drop(vm);
+        backlog.release(bytes);
+    }
 }
 
 /// Work for the reaper thread, done in order.
@@ -131,7 +280,7 @@ enum Job {
     /// Once `after` saw its first exit (or [`DEFER_MAX`] passed): `fdatasync` the audit log,
     /// then drop `vm` (on a dropper thread).
     Reap {
-        vm: Box<BuiltVm>,
+        vm: DeadVm,
         after: Option<Arc<LaunchClock>>,
         audit: Option<Arc<AuditLog>>,
         /// The ended launch's event line, still to be formatted and written (without an
@@ -141,9 +290,11 @@ enum Job {
     },
     /// Write an event line (after every deferred line queued before it).
     Emit { line: String, sink: Arc<EventSink> },
-    /// Prestage: build the VM of launch `generation` once `after` saw its first exit.
+    /// Prestage: build the VM of launch `generation` of `launch` once `after` saw its first
+    /// exit.
     Build {
         generation: u64,
+        launch: Arc<Launch>,
         after: Arc<LaunchClock>,
     },
 }
@@ -224,14 +375,17 @@ impl Drop for BuildGuard<'_> {
             self.0.finish(Err(ExecError {
                 index: 0,
                 op: crate::backend::OpKind::CreateVm,
-                source: crate::backend::BackendError::Order("prestage build panicked"),
+                source: crate::backend::BackendError::Kvm {
+                    what: "prestage build panicked",
+                    errno: crate::sys::Errno::new(libc::EIO),
+                },
             }));
         }
     }
 }
 
 /// A dead VM for a dropper thread, and the audit log to `fdatasync` before closing it.
-type DeadVm = (Box<BuiltVm>, Option<Arc<AuditLog>>);
+type DropJob = (DeadVm, Option<Arc<AuditLog>>);
 
 /// The reaper: waits for each launch's first exit, writes deferred event lines (in order),
 /// hands dead VMs to the dropper threads and runs the prestage builds. It never closes a VM
@@ -239,10 +393,8 @@ type DeadVm = (Box<BuiltVm>, Option<Arc<AuditLog>>);
 /// and would hold up the next prestage build.
 fn reaper(
     rx: mpsc::Receiver<Job>,
-    droppers: mpsc::SyncSender<DeadVm>,
-    host: &Host,
-    prep: &Prepared,
-    plan: &LaunchPlan,
+    droppers: mpsc::Sender<DropJob>,
+    backend: &dyn Backend,
     stage: &Stage,
 ) {
     // Woken at every launch start and first exit: it must not push the vCPU thread off its
@@ -267,15 +419,19 @@ fn reaper(
                     if let Some(a) = audit {
                         let _ = a.sync();
                     }
-                    drop(vm);
+                    vm.close();
                 }
             }
             Job::Emit { line, sink } => sink.emit(&line),
-            Job::Build { generation, after } => {
+            Job::Build {
+                generation,
+                launch,
+                after,
+            } => {
                 after.wait_first_exit(DEFER_MAX);
                 if stage.begin(generation) {
                     let mut guard = BuildGuard(stage, false);
-                    let r = build_vm(host, prep, plan);
+                    let r = backend.build(&launch);
                     guard.1 = true;
                     stage.finish(r);
                 }
@@ -288,7 +444,7 @@ fn reaper(
 /// `launch` record), then closes the dead VM (several droppers overlap their sleeping
 /// teardowns). Syncing first makes the records durable as soon as the new launch is under
 /// way instead of after a teardown of milliseconds (docs/reboot-contract.md).
-fn dropper(rx: &Mutex<mpsc::Receiver<DeadVm>>) {
+fn dropper(rx: &Mutex<mpsc::Receiver<DropJob>>) {
     let _ = crate::sys::cpu::set_current_thread_batch();
     loop {
         let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
@@ -296,7 +452,7 @@ fn dropper(rx: &Mutex<mpsc::Receiver<DeadVm>>) {
         if let Some(a) = audit {
             let _ = a.sync();
         }
-        drop(vm);
+        vm.close();
     }
 }
 
@@ -306,6 +462,9 @@ pub const DROPPERS: usize = 2;
 fn empty_report(outcome: Outcome) -> SessionReport {
     SessionReport {
         launches: 0,
+        generation: 0,
+        stopped_by: None,
+        peak_backlog: 0,
         outcome,
         exit_code: EXIT_VMM_ERROR,
         relaunch_latency: Vec::new(),
@@ -314,21 +473,23 @@ fn empty_report(outcome: Outcome) -> SessionReport {
     }
 }
 
-/// Runs launches of `plan` until power-off, a fatal event, an error or the reboot limit.
-/// vCPU 0 of every launch runs on the calling thread.
-pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> SessionReport {
-    let vcpus = plan_vcpus(plan);
-    let nb_cpus = u16::try_from(vcpus).unwrap_or(u16::MAX);
-    let prep = Prepared::new(host, cfg.mem_bytes, plan);
+/// Runs launches until power-off, a fatal event, an error, the reboot limit or the reset
+/// rate limit: `launch` first, then whatever `cfg.next` is given at a relaunch. vCPU 0 of
+/// every launch runs on the calling thread.
+pub fn run_session(
+    backend: &dyn Backend,
+    launch: Arc<Launch>,
+    cfg: &SessionConfig,
+) -> SessionReport {
     let stage = Stage::new();
     let unknown_log = Arc::new(UnknownLog::new());
-    let (drop_tx, drop_rx) = mpsc::sync_channel::<DeadVm>(REAP_QUEUE);
+    let backlog = Arc::new(Backlog::new(cfg.backlog));
+    // Unbounded channels: every dead VM in them holds a backlog permit, which is the bound.
+    let (drop_tx, drop_rx) = mpsc::channel::<DropJob>();
     let drop_rx = Mutex::new(drop_rx);
-    std::thread::scope(|s| {
-        // Bounded: a guest that resets faster than VMs can be torn down makes the relaunch
-        // wait for the reaper instead of piling up dead VMs (and their memory) without limit.
-        let (tx, rx) = mpsc::sync_channel::<Job>(REAP_QUEUE);
-        let (prep, stage, drop_rx) = (&prep, &stage, &drop_rx);
+    let mut report = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel::<Job>(REAP_QUEUE.saturating_add(cfg.backlog.vms));
+        let (stage, drop_rx) = (&stage, &drop_rx);
         for i in 0..DROPPERS {
             if let Err(e) = std::thread::Builder::new()
                 .name(format!("dropper{i}"))
@@ -339,23 +500,48 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
         }
         let reaper = std::thread::Builder::new()
             .name("reaper".into())
-            .spawn_scoped(s, move || reaper(rx, drop_tx, host, prep, plan, stage));
+            .spawn_scoped(s, move || reaper(rx, drop_tx, backend, stage));
         if let Err(e) = reaper {
             return empty_report(Outcome::VmmError(format!(
                 "spawning the reaper thread: {e}"
             )));
         }
         let mut report = empty_report(Outcome::VmmError("no launch".into()));
+        let mut current = launch;
         let mut generation: u64 = 1;
         let mut reboots: u64 = 0;
         let mut reset_at: Option<Instant> = None;
+        let mut resets: VecDeque<Instant> = VecDeque::new();
         // The previous launch's VM, reaped once this launch has started.
         let mut old: Option<(BuiltVm, Option<DeferredEvent>)> = None;
+        let reap = |vm: BuiltVm| DeadVm::new(vm, &backlog);
         loop {
+            report.generation = generation;
+            if generation > 1 {
+                if let Some(next) = cfg.next.take() {
+                    current = next;
+                }
+            }
             let t_build = Instant::now();
-            let staged = if cfg.prestage { stage.take() } else { None };
+            // A VM prestaged for another launch (the session was handed a new one) is dead.
+            let staged = if cfg.prestage {
+                match stage.take() {
+                    Some(Ok(vm)) if vm.launch_id != current.id() => {
+                        let _ = tx.send(Job::Reap {
+                            vm: reap(vm),
+                            after: None,
+                            audit: None,
+                            event: None,
+                        });
+                        None
+                    }
+                    other => other,
+                }
+            } else {
+                None
+            };
             let prestaged = staged.is_some();
-            let built = staged.unwrap_or_else(|| build_vm(host, prep, plan));
+            let built = staged.unwrap_or_else(|| backend.build(&current));
             let swap = t_build.elapsed();
             let built = match built {
                 Ok(b) => b,
@@ -373,7 +559,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                             // Behind the previous launch's deferred line, in the reaper.
                             if let Some((vm, event)) = old.take() {
                                 let _ = tx.send(Job::Reap {
-                                    vm: Box::new(vm),
+                                    vm: reap(vm),
                                     after: None,
                                     audit: None,
                                     event,
@@ -390,13 +576,14 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             };
             report.launches = generation;
             if let Some(a) = &cfg.audit {
-                let record = launch_record(cfg, generation, &built, swap, prestaged, vcpus, host);
+                let record =
+                    launch_record(cfg, backend, &current, generation, &built, swap, prestaged);
                 if let Err(e) = a.append(&record) {
                     // Never run a guest whose launch is not on record.
                     report.outcome = Outcome::VmmError(format!("writing the audit log: {e}"));
                     report.exit_code = EXIT_VMM_ERROR;
                     let _ = tx.send(Job::Reap {
-                        vm: Box::new(built),
+                        vm: reap(built),
                         after: None,
                         audit: None,
                         event: None,
@@ -409,8 +596,10 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 vm,
                 memory,
                 timings,
+                launch_id,
             } = built;
             let clock = Arc::new(LaunchClock::start());
+            let nb_cpus = u16::try_from(vcpu_fds.len()).unwrap_or(u16::MAX);
             let devices = Arc::new(Mutex::new(Devices::new(
                 Arc::clone(&cfg.console),
                 Arc::clone(&memory),
@@ -418,17 +607,18 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 FwCfg::new(generation, nb_cpus, &cfg.fw_cfg_files),
                 Arc::clone(&unknown_log),
             )));
+            let exits = backend.exit_handler(Arc::clone(&devices));
             let ctl = Arc::new(RunControl::with_main_thread());
             let mut fds = vcpu_fds.into_iter();
             let bsp = fds.next();
             let mut aps = Vec::with_capacity(fds.len());
             for (i, vcpu) in fds.enumerate() {
-                let (ctl2, dev2, clock2) =
-                    (Arc::clone(&ctl), Arc::clone(&devices), Arc::clone(&clock));
+                let (ctl2, exits2, clock2) =
+                    (Arc::clone(&ctl), Arc::clone(&exits), Arc::clone(&clock));
                 let id = u32::try_from(i).unwrap_or(u32::MAX).saturating_add(1);
                 match std::thread::Builder::new()
                     .name(format!("vcpu{id}"))
-                    .spawn(move || run_vcpu(vcpu, id, ctl2, dev2, clock2))
+                    .spawn(move || run_vcpu(vcpu, id, ctl2, exits2, clock2))
                 {
                     Ok(t) => aps.push(t),
                     Err(e) => {
@@ -449,7 +639,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
             let next = generation.saturating_add(1);
             if let Some((vm, event)) = old.take() {
                 let _ = tx.send(Job::Reap {
-                    vm: Box::new(vm),
+                    vm: reap(vm),
                     after: Some(Arc::clone(&clock)),
                     audit: cfg.audit.clone(),
                     event,
@@ -459,6 +649,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 stage.want(next);
                 let _ = tx.send(Job::Build {
                     generation: next,
+                    launch: Arc::clone(&current),
                     after: Arc::clone(&clock),
                 });
             }
@@ -468,7 +659,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                     v,
                     0,
                     Arc::clone(&ctl),
-                    Arc::clone(&devices),
+                    Arc::clone(&exits),
                     Arc::clone(&clock),
                 )
             });
@@ -489,7 +680,26 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 (d.unknown, d.fw_cfg_errors())
             };
             let is_reset = matches!(outcome, Outcome::Reset(_));
-            let final_code = if is_reset && may_relaunch {
+            // The reset rate limit: the resets of the last `interval`, this one included.
+            let mut limited = None;
+            if let (true, Some(limit)) = (is_reset && may_relaunch, cfg.reset_limit) {
+                resets.push_back(at);
+                while resets
+                    .front()
+                    .is_some_and(|&t| at.duration_since(t) > limit.interval)
+                {
+                    resets.pop_front();
+                }
+                if resets.len() > limit.resets as usize {
+                    limited = Some(format!(
+                        "reset rate limit: {} resets within {} ms (limit {})",
+                        resets.len(),
+                        limit.interval.as_millis(),
+                        limit
+                    ));
+                }
+            }
+            let final_code = if is_reset && may_relaunch && limited.is_none() {
                 None
             } else {
                 Some(exit_code(&outcome))
@@ -515,6 +725,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 generation,
                 kind: outcome.kind(),
                 reason: outcome.reason(),
+                stopped_by: limited.clone(),
                 exit_code: final_code,
                 times,
                 unknown,
@@ -535,16 +746,19 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
                 deferred = Some((Box::new(line), Arc::clone(ev)));
             }
             drop(devices);
+            drop(exits);
             old = Some((
                 BuiltVm {
                     vcpus: vcpu_fds,
                     vm,
                     memory,
                     timings,
+                    launch_id,
                 },
                 deferred,
             ));
             report.outcome = outcome;
+            report.stopped_by = limited;
             if !audit_ok {
                 report.outcome = Outcome::VmmError("writing the audit log".into());
                 report.exit_code = EXIT_VMM_ERROR;
@@ -560,7 +774,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
         }
         if let Some((vm, event)) = old.take() {
             let _ = tx.send(Job::Reap {
-                vm: Box::new(vm),
+                vm: reap(vm),
                 after: None,
                 audit: cfg.audit.clone(),
                 event,
@@ -569,7 +783,7 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
         // A prestaged VM nobody will run (power-off, reboot limit, error).
         if let Some(Ok(vm)) = stage.take() {
             let _ = tx.send(Job::Reap {
-                vm: Box::new(vm),
+                vm: reap(vm),
                 after: None,
                 audit: None,
                 event: None,
@@ -578,7 +792,9 @@ pub fn run_session(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> Sessi
         drop(tx);
         report.unknown_suppressed = unknown_log.suppressed();
         report
-    })
+    });
+    report.peak_backlog = backlog.counts().2;
+    report
 }
 
 /// An event line to write later, and where.
@@ -591,6 +807,7 @@ struct ExitLine {
     generation: u64,
     kind: &'static str,
     reason: String,
+    stopped_by: Option<String>,
     exit_code: Option<u8>,
     times: LaunchTimes,
     unknown: u64,
@@ -606,6 +823,7 @@ impl ExitLine {
             .u64("generation", self.generation)
             .str("outcome", self.kind)
             .str("reason", &self.reason)
+            .opt_str("stopped_by", self.stopped_by.as_deref())
             .opt_u64("exit_code", self.exit_code.map(u64::from))
             .obj("timings", self.times.json())
             .u64("unknown_io", self.unknown)
@@ -683,38 +901,35 @@ pub fn own_footprint() -> (Option<u64>, Option<u64>) {
 
 fn launch_record(
     cfg: &SessionConfig,
+    backend: &dyn Backend,
+    launch: &Launch,
     generation: u64,
     built: &BuiltVm,
     swap: Duration,
     prestaged: bool,
-    vcpus: u32,
-    host: &Host,
 ) -> String {
     let t = &built.timings;
     JsonObj::new()
         .str("event", "launch")
         .u64("time_ms", unix_ms())
         .u64("generation", generation)
-        .str("bundle_sha256", &cfg.bundle_sha256)
-        .str("platform", cfg.platform.name())
-        .bool("emulated", false)
+        .str("bundle_sha256", launch.bundle_sha256())
+        .str("platform", backend.platform().name())
+        .bool("emulated", backend.emulated())
         .obj(
             "params",
             JsonObj::new()
-                .u64("mem", cfg.mem_bytes)
-                .u64("vcpus", u64::from(vcpus))
-                .str("memory_backing", host.backing.name())
+                .u64("mem", launch.mem_bytes())
+                .u64("vcpus", u64::from(launch.vcpus()))
+                .str("memory_backing", backend.memory_backing())
                 .bool("prestage", cfg.prestage)
                 .opt_u64("max_reboots", cfg.max_reboots),
         )
-        .opt_str(
-            "predicted_measurement",
-            cfg.predicted_measurement.as_deref(),
-        )
+        .opt_str("predicted_measurement", launch.predicted_measurement())
         .obj(
             "timings",
             JsonObj::new()
-                .u64("plan_us", us(cfg.plan_time))
+                .u64("plan_us", us(launch.plan_time()))
                 .bool("plan_cached", generation > 1)
                 .u64("execute_us", us(t.total))
                 .u64(

@@ -1,5 +1,9 @@
-//! vCPU threads: one per vCPU, running `KVM_RUN` and dispatching exits to the devices until
-//! the launch ends. The first vCPU to see a launch-ending event posts the [`Outcome`]; the
+//! vCPU threads: one per vCPU, running `KVM_RUN` and handing each exit to the backend's
+//! [`ExitHandler`] until the launch ends. The loop itself handles only what every platform
+//! shares (kicks, `EAGAIN`, internal errors, failed entries); everything else is the
+//! handler's: the native one ([`NativeExits`]) is the devices and the reset/power paths, a
+//! confidential backend adds its own exits (memory faults, hypercalls, user-space MSRs) in
+//! front of it. The first vCPU to see a launch-ending event posts the [`Outcome`]; the
 //! session then stops every vCPU with the kick signal (`sys::signal`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,30 +113,98 @@ impl RunControl {
     }
 }
 
+/// What a launch does after one exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Re-enter the guest.
+    Continue,
+    /// The launch ends with this outcome.
+    End(Outcome),
+}
+
+/// The handler of a launch's vCPU exits (one per launch, shared by its vCPU threads).
+pub trait ExitHandler: Send + Sync {
+    /// Handles one exit of vCPU `id`.
+    fn handle(&self, id: u32, exit: VcpuExit<'_>) -> ExitAction;
+}
+
+/// The native exits: port and MMIO accesses go to the devices; triple fault and the
+/// `SYSTEM_EVENT`s are resets, power-off and crashes.
+pub struct NativeExits {
+    devices: Arc<Mutex<Devices>>,
+}
+
+impl NativeExits {
+    /// Over one launch's devices.
+    pub fn new(devices: Arc<Mutex<Devices>>) -> NativeExits {
+        NativeExits { devices }
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
+        self.devices.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ExitHandler for NativeExits {
+    fn handle(&self, id: u32, exit: VcpuExit<'_>) -> ExitAction {
+        let action = match exit {
+            VcpuExit::IoOut(port, data) => self.devices().io_out(port, data),
+            VcpuExit::IoIn(port, data) => self.devices().io_in(port, data),
+            VcpuExit::MmioRead(addr, data) => {
+                self.devices().mmio_read(addr, data);
+                Action::None
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                self.devices().mmio_write(addr, data);
+                Action::None
+            }
+            VcpuExit::Shutdown => Action::Reset(ResetSource::TripleFault),
+            VcpuExit::SystemEvent(kind, data) => {
+                return ExitAction::End(match kind {
+                    KVM_SYSTEM_EVENT_RESET => Outcome::Reset(ResetSource::SystemEvent),
+                    KVM_SYSTEM_EVENT_SHUTDOWN => Outcome::PowerOff("system-event-shutdown"),
+                    KVM_SYSTEM_EVENT_CRASH => Outcome::GuestFatal("system-event-crash".into()),
+                    other => Outcome::GuestFatal(format!(
+                        "system event {other} ({} data words)",
+                        data.len()
+                    )),
+                })
+            }
+            // No in-kernel handling needed.
+            VcpuExit::IrqWindowOpen | VcpuExit::Hlt => Action::None,
+            other => {
+                return ExitAction::End(Outcome::GuestFatal(format!(
+                    "unexpected exit on vCPU {id}: {other:?}"
+                )))
+            }
+        };
+        match action {
+            Action::None => ExitAction::Continue,
+            Action::Reset(src) => ExitAction::End(Outcome::Reset(src)),
+            Action::PowerOff => ExitAction::End(Outcome::PowerOff("acpi-pm1-slp-en")),
+            Action::Panic => ExitAction::End(Outcome::GuestFatal("pvpanic".into())),
+        }
+    }
+}
+
 /// Runs one vCPU until the launch stops; returns the vCPU (so its fds are closed by whoever
 /// drops the VM, off the critical path).
 pub fn run_vcpu(
     mut vcpu: Vcpu,
     id: u32,
     ctl: Arc<RunControl>,
-    devices: Arc<Mutex<Devices>>,
+    exits: Arc<dyn ExitHandler>,
     clock: Arc<LaunchClock>,
 ) -> Vcpu {
-    signal::with_kick_target(&mut vcpu, |vcpu| {
-        vcpu_loop(vcpu, id, &ctl, &devices, &clock)
-    });
+    signal::with_kick_target(&mut vcpu, |vcpu| vcpu_loop(vcpu, id, &ctl, &*exits, &clock));
     vcpu
-}
-
-fn lock(d: &Mutex<Devices>) -> std::sync::MutexGuard<'_, Devices> {
-    d.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn vcpu_loop(
     vcpu: &mut Vcpu,
     id: u32,
     ctl: &RunControl,
-    devices: &Mutex<Devices>,
+    exits: &dyn ExitHandler,
     clock: &LaunchClock,
 ) {
     loop {
@@ -150,78 +222,26 @@ fn vcpu_loop(
         }
         clock.note_exit_at(t_exit);
         let action = match exit {
-            Ok(VcpuExit::IoOut(port, data)) => lock(devices).io_out(port, data),
-            Ok(VcpuExit::IoIn(port, data)) => lock(devices).io_in(port, data),
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                lock(devices).mmio_read(addr, data);
-                Action::None
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                lock(devices).mmio_write(addr, data);
-                Action::None
-            }
-            Ok(VcpuExit::Shutdown) => Action::Reset(ResetSource::TripleFault),
-            Ok(VcpuExit::SystemEvent(kind, data)) => match kind {
-                KVM_SYSTEM_EVENT_RESET => Action::Reset(ResetSource::SystemEvent),
-                KVM_SYSTEM_EVENT_SHUTDOWN => {
-                    ctl.post(Outcome::PowerOff("system-event-shutdown"));
-                    return;
-                }
-                KVM_SYSTEM_EVENT_CRASH => {
-                    ctl.post(Outcome::GuestFatal("system-event-crash".into()));
-                    return;
-                }
-                other => {
-                    ctl.post(Outcome::GuestFatal(format!(
-                        "system event {other} ({} data words)",
-                        data.len()
-                    )));
-                    return;
-                }
-            },
+            // Interrupted by a signal (a kick): re-check the stop flag.
+            Ok(VcpuExit::Intr) => ExitAction::Continue,
             Ok(VcpuExit::InternalError) => {
                 let (suberror, data) = vcpu.internal_error();
-                let rip = vcpu.fd().get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
-                ctl.post(Outcome::GuestFatal(format!(
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+                ExitAction::End(Outcome::GuestFatal(format!(
                     "KVM internal error on vCPU {id}: suberror {suberror}, data {data:x?}, rip {rip:#x}"
-                )));
-                return;
+                )))
             }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                ctl.post(Outcome::GuestFatal(format!(
-                    "VM entry failed on vCPU {id}: reason {reason:#x} (host cpu {cpu})"
-                )));
-                return;
-            }
-            // Interrupted by a signal / no in-kernel handling needed.
-            Ok(VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::Hlt) => Action::None,
-            Ok(other) => {
-                ctl.post(Outcome::GuestFatal(format!(
-                    "unexpected exit on vCPU {id}: {other:?}"
-                )));
-                return;
-            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => ExitAction::End(Outcome::GuestFatal(format!(
+                "VM entry failed on vCPU {id}: reason {reason:#x} (host cpu {cpu})"
+            ))),
+            Ok(exit) => exits.handle(id, exit),
             // Kicked (EINTR); a waiting AP that received INIT (EAGAIN): re-enter.
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::None,
-            Err(e) => {
-                ctl.post(Outcome::VmmError(format!("KVM_RUN on vCPU {id}: {e}")));
-                return;
-            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
+            Err(e) => ExitAction::End(Outcome::VmmError(format!("KVM_RUN on vCPU {id}: {e}"))),
         };
-        match action {
-            Action::None => {}
-            Action::Reset(src) => {
-                ctl.post(Outcome::Reset(src));
-                return;
-            }
-            Action::PowerOff => {
-                ctl.post(Outcome::PowerOff("acpi-pm1-slp-en"));
-                return;
-            }
-            Action::Panic => {
-                ctl.post(Outcome::GuestFatal("pvpanic".into()));
-                return;
-            }
+        if let ExitAction::End(outcome) = action {
+            ctl.post(outcome);
+            return;
         }
     }
 }

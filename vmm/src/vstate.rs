@@ -1,14 +1,12 @@
-//! Host discovery (once per process) and the guest memory of one launch.
-
-use std::sync::Arc;
+//! Host discovery, once per process: what this host's KVM offers, reused by every launch.
 
 use kvm_bindings::CpuId;
-use kvm_ioctls::Kvm;
 
 use crate::sys::kvm::{
-    Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    Kvm, Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES,
 };
-use crate::sys::mem::{GuestMapping, OutOfRange};
+use crate::sys::mem::GuestMapping;
 use crate::sys::Errno;
 
 /// 4 KiB.
@@ -58,8 +56,15 @@ pub enum HostError {
 /// (`../shared/spec/kvm-coco-abi.md` §5: QEMU caches the same facts across VM fds).
 #[derive(Debug)]
 pub struct Host {
-    /// `/dev/kvm`.
+    /// `/dev/kvm` (or the door implementation standing in for it).
     pub kvm: Kvm,
+    /// The most vCPUs a VM can have (`KVM_CAP_MAX_VCPUS`).
+    pub max_vcpus: usize,
+    /// Memslots per VM (`KVM_CAP_NR_MEMSLOTS`).
+    pub nr_memslots: usize,
+    /// VM types `KVM_CREATE_VM` accepts, bit N = type N (`KVM_CAP_VM_TYPES`; bit 0 when the
+    /// capability is absent: only the default VM).
+    pub vm_types: u64,
     /// `KVM_GET_SUPPORTED_CPUID`.
     pub cpuid: CpuId,
     /// `KVM_CAP_GUEST_MEMFD_FLAGS` (0 when absent).
@@ -75,11 +80,19 @@ impl Host {
     /// # Errors
     /// [`HostError`].
     pub fn open(prefer_gmem: bool) -> Result<Host, HostError> {
-        let kvm = Kvm::new().map_err(HostError::Open)?;
+        Host::with_kvm(Kvm::open().map_err(HostError::Open)?, prefer_gmem)
+    }
+
+    /// Discovers what `kvm` offers (the real `/dev/kvm` or a door implementation standing in
+    /// for it: `sys::record`).
+    ///
+    /// # Errors
+    /// [`HostError`].
+    pub fn with_kvm(kvm: Kvm, prefer_gmem: bool) -> Result<Host, HostError> {
         let cpuid = kvm
-            .get_supported_cpuid(MAX_CPUID_ENTRIES)
+            .supported_cpuid(MAX_CPUID_ENTRIES)
             .map_err(HostError::Cpuid)?;
-        let flags = kvm.check_extension_raw(KVM_CAP_GUEST_MEMFD_FLAGS);
+        let flags = kvm.check_extension(KVM_CAP_GUEST_MEMFD_FLAGS);
         let gmem_flags = u64::try_from(flags).unwrap_or(0);
         let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
         let backing = if prefer_gmem && gmem_flags & want == want {
@@ -88,7 +101,19 @@ impl Host {
             MemoryBacking::Anonymous
         };
         crate::sys::signal::install_kick_handler().map_err(HostError::Signal)?;
+        // KVM_CAP_NR_MEMSLOTS is at least 32 wherever KVM runs (`Documentation/virt/kvm/
+        // api.rst`, KVM_CAP_NR_MEMSLOTS); a door that answers 0 gets that floor.
+        let nr_memslots = usize::try_from(kvm.check_extension(KVM_CAP_NR_MEMSLOTS))
+            .unwrap_or(0)
+            .max(32);
+        let vm_types = match u64::try_from(kvm.check_extension(KVM_CAP_VM_TYPES)) {
+            Ok(0) | Err(_) => 1,
+            Ok(t) => t,
+        };
         Ok(Host {
+            max_vcpus: kvm.max_vcpus(),
+            nr_memslots,
+            vm_types,
             kvm,
             cpuid,
             gmem_flags,
@@ -124,149 +149,6 @@ impl Host {
     }
 }
 
-/// One contiguous guest-physical range backed by one mapping (one memslot).
-#[derive(Debug, Clone)]
-pub struct Region {
-    /// First guest-physical byte.
-    pub gpa: u64,
-    /// The host mapping (its length is the region size).
-    pub mapping: Arc<GuestMapping>,
-}
-
-impl Region {
-    /// One past the last byte.
-    pub fn end(&self) -> u64 {
-        self.gpa.saturating_add(self.mapping.len() as u64)
-    }
-}
-
-/// A guest-physical access outside guest memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("guest-physical range [{gpa:#x}, +{len:#x}) is not inside one guest memory region")]
-pub struct BadGpa {
-    /// Start.
-    pub gpa: u64,
-    /// Length.
-    pub len: u64,
-}
-
-impl From<(u64, u64, OutOfRange)> for BadGpa {
-    fn from((gpa, len, _): (u64, u64, OutOfRange)) -> BadGpa {
-        BadGpa { gpa, len }
-    }
-}
-
-/// The guest memory of one launch: its regions, sorted by address, non-overlapping.
-#[derive(Debug, Default)]
-pub struct GuestMemory {
-    regions: Vec<Region>,
-}
-
-impl GuestMemory {
-    /// Adds a region (kept sorted). The caller guarantees no overlap (memslot creation would
-    /// have failed otherwise).
-    pub fn push(&mut self, region: Region) {
-        let at = self.regions.partition_point(|r| r.gpa < region.gpa);
-        self.regions.insert(at, region);
-    }
-
-    /// The regions, by address.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
-    }
-
-    /// Total bytes.
-    pub fn total_bytes(&self) -> u64 {
-        self.regions.iter().map(|r| r.mapping.len() as u64).sum()
-    }
-
-    /// The parts of `[gpa, gpa + size)` that no region covers.
-    pub fn uncovered(&self, gpa: u64, size: u64) -> Vec<(u64, u64)> {
-        uncovered_by(self.regions.iter().map(|r| (r.gpa, r.end())), gpa, size)
-    }
-
-    /// The region holding all of `[gpa, gpa + len)` and the offset of `gpa` in it.
-    ///
-    /// # Errors
-    /// [`BadGpa`] when no single region holds the range.
-    pub fn locate(&self, gpa: u64, len: u64) -> Result<(&Region, u64), BadGpa> {
-        let bad = BadGpa { gpa, len };
-        let end = gpa.checked_add(len).ok_or(bad)?;
-        let idx = self.regions.partition_point(|r| r.gpa <= gpa);
-        let r = idx
-            .checked_sub(1)
-            .and_then(|i| self.regions.get(i))
-            .ok_or(bad)?;
-        if end > r.end() {
-            return Err(bad);
-        }
-        Ok((r, gpa - r.gpa))
-    }
-
-    /// Copies `data` to guest-physical `gpa`.
-    ///
-    /// # Errors
-    /// [`BadGpa`] when the range is not inside one region.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), BadGpa> {
-        let len = data.len() as u64;
-        let (r, off) = self.locate(gpa, len)?;
-        r.mapping.write(off, data).map_err(|e| (gpa, len, e).into())
-    }
-
-    /// Reads guest-physical `gpa` into `buf`.
-    ///
-    /// # Errors
-    /// [`BadGpa`] when the range is not inside one region.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), BadGpa> {
-        let len = buf.len() as u64;
-        let (r, off) = self.locate(gpa, len)?;
-        r.mapping.read(off, buf).map_err(|e| (gpa, len, e).into())
-    }
-
-    /// Zeroes `[gpa, gpa + len)`.
-    ///
-    /// # Errors
-    /// [`BadGpa`] when the range is not inside one region.
-    pub fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), BadGpa> {
-        let (r, off) = self.locate(gpa, len)?;
-        let n = usize::try_from(len).map_err(|_| BadGpa { gpa, len })?;
-        r.mapping
-            .fill_zero(off, n)
-            .map_err(|e| (gpa, len, e).into())
-    }
-}
-
-/// The parts of `[gpa, gpa + size)` (saturating at `u64::MAX`) outside every `[start, end)`
-/// range of `covered`, which must be sorted by start and non-overlapping.
-pub fn uncovered_by(
-    covered: impl IntoIterator<Item = (u64, u64)>,
-    gpa: u64,
-    size: u64,
-) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let end = gpa.saturating_add(size);
-    let mut cur = gpa;
-    for (start, stop) in covered {
-        if stop <= cur {
-            continue;
-        }
-        if start >= end {
-            break;
-        }
-        if start > cur {
-            out.push((cur, start - cur));
-        }
-        cur = cur.max(stop);
-        if cur >= end {
-            break;
-        }
-    }
-    if cur < end {
-        out.push((cur, end - cur));
-    }
-    out
-}
-
 /// Guest RAM layout for `mem` bytes: `[0, mem)`, split around the 32-bit PCI/MMIO hole
 /// `[3 GiB, 4 GiB)` when larger than 3 GiB. Returns `(gpa, size)` ranges.
 pub fn ram_layout(mem: u64) -> Vec<(u64, u64)> {
@@ -283,42 +165,11 @@ pub fn ram_layout(mem: u64) -> Vec<(u64, u64)> {
 mod tests {
     use super::*;
 
-    fn mem_with(ranges: &[(u64, u64)]) -> GuestMemory {
-        let mut m = GuestMemory::default();
-        for &(gpa, size) in ranges {
-            m.push(Region {
-                gpa,
-                mapping: Arc::new(GuestMapping::anonymous(size as usize).unwrap()),
-            });
-        }
-        m
-    }
-
     #[test]
     fn layout_splits_around_hole() {
         assert_eq!(ram_layout(256 << 20), vec![(0, 256 << 20)]);
         assert_eq!(ram_layout(3 << 30), vec![(0, 3 << 30)]);
         assert_eq!(ram_layout(5 << 30), vec![(0, 3 << 30), (4 << 30, 2 << 30)]);
         assert!(ram_layout(0).is_empty());
-    }
-
-    #[test]
-    fn uncovered_and_locate() {
-        let m = mem_with(&[(0x10000, 0x2000), (0x0, 0x1000)]);
-        assert_eq!(m.uncovered(0, 0x1000), vec![]);
-        assert_eq!(
-            m.uncovered(0, 0x20000),
-            vec![(0x1000, 0xF000), (0x12000, 0xE000)]
-        );
-        assert_eq!(m.uncovered(0x11000, 0x2000), vec![(0x12000, 0x1000)]);
-        assert!(m.locate(0x10000, 0x2000).is_ok());
-        assert!(m.locate(0x10000, 0x2001).is_err());
-        assert!(m.locate(0x0FFF, 2).is_err());
-        assert!(m.locate(u64::MAX, 2).is_err());
-        m.write(0x11FFE, &[1, 2]).unwrap();
-        let mut b = [0; 2];
-        m.read(0x11FFE, &mut b).unwrap();
-        assert_eq!(b, [1, 2]);
-        assert!(m.write(0x11FFF, &[1, 2]).is_err());
     }
 }

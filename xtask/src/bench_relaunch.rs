@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kvm_ioctls::Kvm;
+use relaunch::sys::kvm::Kvm;
 
 use crate::bench::{self, floor, guest, ms, qemu, Reaped, Summary};
 
@@ -199,9 +199,9 @@ fn run(o: Opts) -> anyhow::Result<()> {
         "\n-- (a)+(b) relaunch (guest resets at once, no prestage) and the raw KVM floor, \
          interleaved in {ROUNDS} rounds --"
     );
-    let kvm = Kvm::new().context("opening /dev/kvm")?;
+    let kvm = Kvm::open().context("opening /dev/kvm")?;
     let cpuid = kvm
-        .get_supported_cpuid(256)
+        .supported_cpuid(256)
         .context("KVM_GET_SUPPORTED_CPUID")?;
     let backing = floor::relaunch_backing(&kvm);
     r.backing = backing.name();

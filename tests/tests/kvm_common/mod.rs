@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relaunch::audit::{AuditLog, EventSink};
+use relaunch::backend::native::NativeBackend;
 use relaunch::devices::console::Console;
+use relaunch::launch::Launch;
 use relaunch::session::{run_session, SessionConfig, SessionReport};
 use relaunch::vstate::Host;
-use relaunch_core::plan::{LaunchPlan, Platform};
+use relaunch_core::plan::LaunchPlan;
 
 /// Opens /dev/kvm, or reports the skip: `None` means "skip this test" (prints
 /// `SKIPPED: no /dev/kvm`); under `CI=true` a missing /dev/kvm fails the test instead.
-pub fn host(prefer_gmem: bool) -> Option<Host> {
+pub fn host(prefer_gmem: bool) -> Option<Arc<Host>> {
     if !std::path::Path::new("/dev/kvm").exists() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -21,23 +23,17 @@ pub fn host(prefer_gmem: bool) -> Option<Host> {
         println!("SKIPPED: no /dev/kvm");
         return None;
     }
-    Some(Host::open(prefer_gmem).expect("open /dev/kvm"))
+    Some(Arc::new(Host::open(prefer_gmem).expect("open /dev/kvm")))
 }
 
-/// A session config with captured console and in-memory events.
-pub fn config(mem: u64, max_reboots: Option<u64>, prestage: bool) -> SessionConfig {
+/// A session config with captured console and in-memory events (`_mem`: the RAM size is the
+/// launch's own).
+pub fn config(_mem: u64, max_reboots: Option<u64>, prestage: bool) -> SessionConfig {
     SessionConfig {
-        mem_bytes: mem,
         max_reboots,
         prestage,
-        console: Arc::new(Console::capture(1 << 20)),
-        audit: None,
         events: Some(Arc::new(EventSink::Memory(Default::default()))),
-        fw_cfg_files: Vec::new(),
-        bundle_sha256: "00".repeat(32),
-        platform: Platform::Native,
-        predicted_measurement: None,
-        plan_time: Duration::ZERO,
+        ..SessionConfig::new(Arc::new(Console::capture(1 << 20)))
     }
 }
 
@@ -47,9 +43,28 @@ pub fn with_audit(mut c: SessionConfig, path: &std::path::Path) -> SessionConfig
     c
 }
 
-/// Runs a session.
-pub fn run(host: &Host, plan: &LaunchPlan, cfg: &SessionConfig) -> SessionReport {
-    run_session(host, plan, cfg)
+/// What a session can run: a hand-built plan or a launch.
+pub trait AsLaunch {
+    /// The launch.
+    fn launch(&self) -> Arc<Launch>;
+}
+
+impl AsLaunch for LaunchPlan<'static> {
+    fn launch(&self) -> Arc<Launch> {
+        Arc::new(Launch::from_plan(self.clone()))
+    }
+}
+
+impl AsLaunch for Arc<Launch> {
+    fn launch(&self) -> Arc<Launch> {
+        Arc::clone(self)
+    }
+}
+
+/// Runs a session of `launch` on the native backend.
+pub fn run(host: &Arc<Host>, launch: &impl AsLaunch, cfg: &SessionConfig) -> SessionReport {
+    let backend = NativeBackend::new(Arc::clone(host));
+    run_session(&backend, launch.launch(), cfg)
 }
 
 /// Captured guest output.

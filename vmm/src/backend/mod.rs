@@ -1,15 +1,43 @@
-//! Executing a launch plan: the [`LaunchBackend`] trait and the op loop.
+//! Launch backends: one per platform, chosen at run time ([`select`]), each owning its
+//! platform's launch protocol.
 //!
-//! A backend applies the plan's ops one by one, in plan order (= measurement order). The
-//! native KVM backend ([`native`]) is the one implementation today; the confidential
-//! backends slot in behind the same trait.
+//! A backend builds a VM for a [`Launch`] by running its [`Phases`] over the plan's ops
+//! ([`run_phases`]): `CreateVm` opens the VM and runs the platform's pre-memory steps
+//! (`create_vm`), then guest memory (`memory`) and the vCPUs (`vcpus`); every later op but the
+//! last is one `op` (page import, VP context) in plan order (= measurement order); `Finalize`
+//! seals the launch (`finish`) and hands over a [`BuiltVm`]: the VM, its vCPUs and its memory.
+//! Every phase reaches the kernel through `sys::kvm` only, so the same backend code runs
+//! against `/dev/kvm`, the recording kernel (`sys::record`) or a kernel model.
+//!
+//! What each platform puts in each phase (the checklist for a new one is in
+//! `docs/design.md`):
+//!
+//! | phase | native | SEV / SEV-ES / SNP (issue 7) | TDX (issue 7) |
+//! |---|---|---|---|
+//! | `create_vm` | `KVM_CREATE_VM` type 0 | VM type 2/3/4, `KVM_SEV_INIT2`, `LAUNCH_START` | type 5, `INIT_VM` |
+//! | `memory` | memslots (shared RAM) | guest_memfd + shared memslots, `SET_MEMORY_ATTRIBUTES(PRIVATE)` | same |
+//! | `vcpus` | irqchip, vCPUs, CPUID | irqchip, vCPUs, CPUID | split irqchip, vCPUs, `INIT_VCPU` |
+//! | `op` | copy pages, set registers | stage + `LAUNCH_UPDATE`, registers | `INIT_MEM_REGION` |
+//! | `finish` | APs runnable | `LAUNCH_UPDATE_VMSA`/`SNP_LAUNCH_FINISH` | `FINALIZE_VM` |
+//!
+//! The VM's exits go to the backend's [`ExitHandler`](crate::vcpu::ExitHandler)
+//! ([`Backend::exit_handler`]): for native, the devices.
 
 pub mod native;
 
-use relaunch_core::plan::{LaunchOp, LaunchPlan};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use relaunch_core::plan::{LaunchOp, LaunchPlan, Platform};
+
+use crate::devices::Devices;
+use crate::launch::Launch;
+use crate::memory::{GuestMemory, MemError};
+use crate::sys::kvm::{Vcpu, Vm};
 use crate::sys::Errno;
-use crate::vstate::BadGpa;
+use crate::vcpu::ExitHandler;
+use crate::vstate::Host;
 
 /// The kind of a launch op (for error messages and timings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,8 +67,8 @@ impl OpKind {
     }
 }
 
-impl std::fmt::Display for OpKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             OpKind::CreateVm => "CreateVm",
             OpKind::MapRam => "MapRam",
@@ -54,12 +82,22 @@ impl std::fmt::Display for OpKind {
 /// Why a backend refused or failed one op.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The backend cannot run this platform.
-    #[error("platform {0} needs hardware/backend not built yet")]
-    Platform(relaunch_core::plan::Platform),
-    /// An op other than `CreateVm` came before `CreateVm`, or `CreateVm` came twice.
-    #[error("op out of order: {0}")]
-    Order(&'static str),
+    /// This host cannot run the platform; the sentence names what is missing.
+    #[error("platform {platform} is not available here: {missing}")]
+    Unavailable {
+        /// The platform asked for.
+        platform: Platform,
+        /// What is missing, as a sentence.
+        missing: String,
+    },
+    /// The plan is for another platform than the backend's.
+    #[error("the plan is for platform {plan}, this backend runs {backend}")]
+    WrongPlatform {
+        /// The plan's.
+        plan: Platform,
+        /// The backend's.
+        backend: Platform,
+    },
     /// A KVM ioctl or mapping failed.
     #[error("{what}: {errno}")]
     Kvm {
@@ -69,32 +107,30 @@ pub enum BackendError {
         #[source]
         errno: Errno,
     },
-    /// A page or range lies outside guest memory.
+    /// A page or range lies outside guest memory (or in memory the host cannot write).
     #[error(transparent)]
-    Gpa(#[from] BadGpa),
-    /// A MapRam range is misaligned or wraps.
-    #[error("bad range [{gpa:#x}, +{size:#x})")]
-    Range {
-        /// Start.
-        gpa: u64,
-        /// Size.
-        size: u64,
-    },
-    /// A vCPU index or VP context index out of range.
-    #[error("vCPU {vp} / context {ctx} out of range ({vcpus} vCPUs, {contexts} contexts)")]
+    Mem(#[from] MemError),
+    /// A vCPU index out of range.
+    #[error("vCPU {vp} out of range ({vcpus} vCPUs)")]
     Vp {
         /// vCPU index.
         vp: u32,
-        /// Context index.
-        ctx: u32,
         /// vCPUs created.
         vcpus: u32,
-        /// Contexts in the plan.
-        contexts: usize,
     },
-    /// The vCPU count is 0 or above what KVM supports.
-    #[error("{0} vCPUs not supported (1..={1})")]
+    /// The vCPU count is above what this host's KVM supports.
+    #[error("{0} vCPUs: this host's KVM supports at most {1}")]
     VcpuCount(u32, usize),
+    /// The launch needs more memslots than this host's KVM offers.
+    #[error(
+        "the launch needs {need} memory slots, this host's KVM offers {have} (KVM_CAP_NR_MEMSLOTS)"
+    )]
+    Memslots {
+        /// Slots the launch needs.
+        need: usize,
+        /// `KVM_CAP_NR_MEMSLOTS`.
+        have: usize,
+    },
 }
 
 /// Shorthand to attach a call name to an errno.
@@ -115,29 +151,164 @@ pub struct ExecError {
     pub source: BackendError,
 }
 
-/// A launch backend: applies launch ops to a VM under construction.
-pub trait LaunchBackend {
-    /// Applies one op. `plan` provides page bytes and VP contexts.
-    ///
-    /// # Errors
-    /// [`BackendError`] when the op cannot be applied.
-    fn apply(&mut self, op: &LaunchOp, plan: &LaunchPlan) -> Result<(), BackendError>;
+/// Time spent per phase while building one VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecTimings {
+    /// `create_vm`: `KVM_CREATE_VM` and the platform's pre-memory steps.
+    pub create_vm: Duration,
+    /// `memory`: guest memory backings and every memslot.
+    pub memslots: Duration,
+    /// The irqchip (part of `vcpus`).
+    pub irqchip: Duration,
+    /// `vcpus`: `KVM_CREATE_VCPU` (+ `kvm_run` mmap) and CPUID, all vCPUs.
+    pub vcpus: Duration,
+    /// `MapRam` ops (checks: their memslots exist already).
+    pub map_ram: Duration,
+    /// Page imports.
+    pub import: Duration,
+    /// Register setup.
+    pub vp_context: Duration,
+    /// Total, `CreateVm` to the end of `Finalize`.
+    pub total: Duration,
 }
 
-/// Executes every op of `plan` on `backend`, in order.
+/// A VM ready to run: built by executing a plan, not started yet.
+#[derive(Debug)]
+pub struct BuiltVm {
+    /// vCPUs, index = vCPU id (dropped first: field order).
+    pub vcpus: Vec<Vcpu>,
+    /// The VM (keeps the memslot mappings alive with the vCPUs).
+    pub vm: Vm,
+    /// Guest memory, shared with devices (fw_cfg DMA).
+    pub memory: Arc<GuestMemory>,
+    /// Build timings.
+    pub timings: ExecTimings,
+    /// The launch it was built for ([`Launch::id`]).
+    pub launch_id: u64,
+}
+
+/// A platform's launch protocol, phase by phase (module doc). One value builds one VM.
+pub trait Phases {
+    /// Opens the VM and runs what the platform needs before guest memory.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    fn create_vm(&mut self) -> Result<(), BackendError>;
+    /// Guest memory: backings, memslots, page attributes.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    fn memory(&mut self) -> Result<(), BackendError>;
+    /// The vCPUs (and the interrupt controller they need).
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    fn vcpus(&mut self) -> Result<(), BackendError>;
+    /// One op between `CreateVm` and `Finalize`, in plan order.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    fn op(&mut self, op: &LaunchOp) -> Result<(), BackendError>;
+    /// Seals the launch and hands over the runnable VM.
+    ///
+    /// # Errors
+    /// [`BackendError`].
+    fn finish(self) -> Result<BuiltVm, BackendError>;
+}
+
+/// Runs `phases` over `plan`: the one recipe every backend's build follows (module doc). The
+/// plan is validated by the core's planner (one `CreateVm` first, one `Finalize` last), so
+/// the recipe does not check the order again.
 ///
 /// # Errors
-/// [`ExecError`] naming the first op that failed.
-pub fn execute<B: LaunchBackend + ?Sized>(
-    backend: &mut B,
-    plan: &LaunchPlan,
-) -> Result<(), ExecError> {
-    for (index, op) in plan.ops.iter().enumerate() {
-        backend.apply(op, plan).map_err(|source| ExecError {
+/// [`ExecError`] naming the op whose phase failed.
+pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan<'_>) -> Result<BuiltVm, ExecError> {
+    let at = |index: usize, op: &LaunchOp| {
+        let kind = OpKind::of(op);
+        move |source| ExecError {
             index,
-            op: OpKind::of(op),
+            op: kind,
             source,
-        })?;
+        }
+    };
+    let last = plan.ops.len().saturating_sub(1);
+    for (index, op) in plan.ops.iter().enumerate() {
+        match op {
+            LaunchOp::CreateVm { .. } => {
+                phases.create_vm().map_err(at(index, op))?;
+                phases.memory().map_err(at(index, op))?;
+                phases.vcpus().map_err(at(index, op))?;
+            }
+            LaunchOp::Finalize { .. } if index == last => {
+                return phases.finish().map_err(at(index, op));
+            }
+            _ => phases.op(op).map_err(at(index, op))?,
+        }
     }
-    Ok(())
+    Err(ExecError {
+        index: plan.ops.len(),
+        op: OpKind::Finalize,
+        source: BackendError::Kvm {
+            what: "the plan has no Finalize",
+            errno: Errno::new(libc::EINVAL),
+        },
+    })
+}
+
+/// A launch backend (module doc).
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The platform it launches.
+    fn platform(&self) -> Platform;
+    /// Whether the confidential part is emulated (never claims security).
+    fn emulated(&self) -> bool {
+        false
+    }
+    /// How guest RAM is backed (audit records).
+    fn memory_backing(&self) -> &'static str;
+    /// Builds a VM ready to run `launch`.
+    ///
+    /// # Errors
+    /// [`ExecError`] for the op that failed.
+    fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError>;
+    /// The handler of a built VM's vCPU exits, over the launch's devices.
+    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler>;
+}
+
+/// The backend for `platform` on `host`, or why this host cannot run it — decided before
+/// anything is created.
+///
+/// # Errors
+/// [`BackendError::Unavailable`] with a sentence naming what is missing.
+pub fn select(platform: Platform, host: &Arc<Host>) -> Result<Box<dyn Backend>, BackendError> {
+    match platform {
+        Platform::Native => Ok(Box::new(native::NativeBackend::new(Arc::clone(host)))),
+        Platform::Sev | Platform::SevEs | Platform::Snp | Platform::Tdx => {
+            Err(BackendError::Unavailable {
+                platform,
+                missing: confidential_missing(platform, host),
+            })
+        }
+    }
+}
+
+/// What this host lacks for a confidential platform, as a sentence.
+fn confidential_missing(platform: Platform, host: &Host) -> String {
+    // `KVM_X86_SEV_VM` 2, `SEV_ES` 3, `SNP` 4, `TDX` 5 (`arch/x86/include/uapi/asm/kvm.h`).
+    let (vm_type, name) = match platform {
+        Platform::Sev => (2, "KVM_X86_SEV_VM"),
+        Platform::SevEs => (3, "KVM_X86_SEV_ES_VM"),
+        Platform::Snp => (4, "KVM_X86_SNP_VM"),
+        _ => (5, "KVM_X86_TDX_VM"),
+    };
+    let types = host.vm_types;
+    if types & (1 << vm_type) == 0 {
+        return format!(
+            "this host's KVM does not offer VM type {name} (KVM_CAP_VM_TYPES = {types:#x}; it needs {} hardware and a kernel with it enabled)",
+            if platform == Platform::Tdx { "Intel TDX" } else { "AMD SEV" }
+        );
+    }
+    if platform != Platform::Tdx && !std::path::Path::new("/dev/sev").exists() {
+        return "there is no /dev/sev (the AMD Secure Processor driver is not loaded)".into();
+    }
+    format!("the {platform} backend is not built yet (the host offers {name})")
 }

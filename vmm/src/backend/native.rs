@@ -1,77 +1,119 @@
 //! The native KVM backend: an ordinary KVM VM (type 0) running the bundle's native view.
 //!
-//! Recipe (Firecracker-style, top to bottom): `CreateVm` → VM fd, every memslot (guest RAM
-//! per `vstate::ram_layout` and every range the plan's `MapRam` ops ask for), then the
-//! in-kernel irqchip, then the vCPUs with CPUID; `MapRam` → only checks (its memslot exists
-//! already); `ImportPage` → copy bytes into the (fresh, zeroed) mapping; `SetVpContext` →
-//! register ioctls; `Finalize` → started APs made runnable. vCPUs without a VP context keep
-//! KVM's reset state: vCPU 0 (the BSP) starts at the reset vector, the others wait for
-//! INIT/SIPI in `KVM_MP_STATE_UNINITIALIZED`; so do APs whose context is the planner's
-//! `VpSource::Reset` state.
+//! Phases (`super::Phases`, Firecracker-style, top to bottom): `create_vm` → VM fd;
+//! `memory` → every memslot (guest RAM per the core's RAM layout and every range the plan's
+//! `MapRam` ops ask for), all shared (host-mapped: anonymous memory, or a guest_memfd created
+//! `MMAP | INIT_SHARED` where KVM offers it); `vcpus` → the in-kernel irqchip, then the vCPUs
+//! with CPUID; `op` → `MapRam` only checks (its memslot exists already), `ImportPage` copies
+//! bytes into the (fresh, zeroed) mapping, `SetVpContext` sets registers; `finish` → APs with
+//! a context made runnable. vCPUs without a VP context keep KVM's reset state: vCPU 0 (the
+//! BSP) starts at the reset vector, the others wait for INIT/SIPI in
+//! `KVM_MP_STATE_UNINITIALIZED`; so do APs whose context is the planner's `VpSource::Reset`.
 //!
 //! Why every memslot comes before `KVM_CREATE_IRQCHIP`: on the nested `kvm_pvm` host this
 //! was measured on, each memslot registered after the irqchip costs ≈ 7–9 ms (vs ≈ 0.05 ms
 //! before it; `docs/benchmarks.md`, "Findings"). Everything that does not depend on the VM
 //! fd (the memslot layout, the per-vCPU CPUID tables, the `KVM_GET_SREGS` template of a fresh
-//! vCPU) is computed once per session in [`Prepared`] and reused by every relaunch.
+//! vCPU) is computed once per launch in [`Prepared`] and reused by every relaunch of it.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment,
-    kvm_sregs, kvm_xcrs, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
+    kvm_debugregs, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcrs,
+    CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
 };
 use relaunch_core::arch::regs::{DescriptorTable, Segment, VpRegs};
+use relaunch_core::limits::PAGE_SIZE;
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageKind, Platform, VpSource};
 
-use super::{kvm_err, BackendError, LaunchBackend};
-use crate::sys::kvm::{Vcpu, Vm};
-use crate::vstate::{ram_layout, uncovered_by, GuestMemory, Host, Region, PAGE_SIZE};
+use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Phases};
+use crate::devices::Devices;
+use crate::launch::Launch;
+use crate::memory::{uncovered_by, GuestMemory, Region};
+use crate::sys::kvm::{Vcpu, Vm, KVM_X86_DEFAULT_VM};
+use crate::vcpu::{ExitHandler, NativeExits};
+use crate::vstate::{ram_layout, Host};
 
 /// `IA32_PAT` (Intel SDM Vol. 4, Table 2-2).
 const MSR_IA32_PAT: u32 = 0x277;
 
-/// Time spent per step while building one VM.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExecTimings {
-    /// `KVM_CREATE_VM` alone.
-    pub create_vm: Duration,
-    /// Guest RAM mappings (guest_memfd + mmap) and every memslot.
-    pub memslots: Duration,
-    /// `KVM_CREATE_IRQCHIP`.
-    pub irqchip: Duration,
-    /// `KVM_CREATE_VCPU` (+ `kvm_run` mmap) and `KVM_SET_CPUID2`, all vCPUs.
-    pub vcpus: Duration,
-    /// `MapRam` ops (checks; a memslot only for a range [`Prepared`] did not foresee).
-    pub map_ram: Duration,
-    /// Page copies.
-    pub import: Duration,
-    /// Register setup.
-    pub vp_context: Duration,
-    /// Total, start of the first op to the end of `Finalize`.
-    pub total: Duration,
-}
-
-/// A VM ready to run: built by executing a plan, not started yet.
+/// The native backend: builds VMs for launches on one host, caching each launch's
+/// [`Prepared`] (the last one: a session runs one launch at a time).
 #[derive(Debug)]
-pub struct BuiltVm {
-    /// vCPUs, index = vCPU id (dropped first: field order).
-    pub vcpus: Vec<Vcpu>,
-    /// The VM fd (keeps the memslot mappings alive with the vCPUs).
-    pub vm: Vm,
-    /// Guest memory, shared with devices (fw_cfg DMA).
-    pub memory: Arc<GuestMemory>,
-    /// Build timings.
-    pub timings: ExecTimings,
+pub struct NativeBackend {
+    host: Arc<Host>,
+    prepared: Mutex<Option<(u64, Arc<Prepared>)>>,
 }
 
-/// What building a VM for one plan on one host needs that does not depend on the VM fd:
-/// computed once per session ([`Prepared::new`]) and shared by every build (also by the
-/// prestage builder thread).
+impl NativeBackend {
+    /// A native backend on `host`.
+    pub fn new(host: Arc<Host>) -> NativeBackend {
+        NativeBackend {
+            host,
+            prepared: Mutex::new(None),
+        }
+    }
+
+    /// The [`Prepared`] of `launch`: cached, or computed (once per launch).
+    ///
+    /// # Errors
+    /// [`BackendError`] when this host cannot hold the launch (vCPUs, memslots).
+    pub fn prepared(&self, launch: &Launch) -> Result<Arc<Prepared>, BackendError> {
+        let mut cache = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, p)) = cache.as_ref() {
+            if *id == launch.id() {
+                return Ok(Arc::clone(p));
+            }
+        }
+        let p = Arc::new(Prepared::new(&self.host, launch.plan())?);
+        *cache = Some((launch.id(), Arc::clone(&p)));
+        Ok(p)
+    }
+}
+
+impl Backend for NativeBackend {
+    fn platform(&self) -> Platform {
+        Platform::Native
+    }
+
+    fn memory_backing(&self) -> &'static str {
+        self.host.backing.name()
+    }
+
+    fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
+        let plan = launch.plan();
+        let prep = self.prepared(launch).map_err(|source| ExecError {
+            index: 0,
+            op: super::OpKind::CreateVm,
+            source,
+        })?;
+        let phases = NativeBuild {
+            host: &self.host,
+            prep: &prep,
+            plan,
+            launch_id: launch.id(),
+            vm: None,
+            vcpus: Vec::new(),
+            memory: GuestMemory::default(),
+            started: Vec::new(),
+            timings: ExecTimings::default(),
+            t0: Instant::now(),
+        };
+        super::run_phases(phases, plan)
+    }
+
+    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler> {
+        Arc::new(NativeExits::new(devices))
+    }
+}
+
+/// What building a VM for one launch on one host needs that does not depend on the VM fd:
+/// computed once per launch and shared by every build of it (also by the prestage builder).
 #[derive(Debug)]
 pub struct Prepared {
     mem_bytes: u64,
+    vcpus: u32,
     /// Memslot ranges `(gpa, size)`, sorted: the RAM ranges, then the parts of every
     /// well-formed `MapRam` range not covered yet (in plan order).
     slots: Vec<(u64, u64)>,
@@ -85,23 +127,26 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Prepares `plan` for `mem_bytes` of guest RAM on `host`.
-    pub fn new(host: &Host, mem_bytes: u64, plan: &LaunchPlan) -> Prepared {
+    /// Prepares `plan` on `host`.
+    ///
+    /// # Errors
+    /// [`BackendError::Memslots`] when the plan needs more memslots than the host's KVM
+    /// offers; [`BackendError::VcpuCount`] for more vCPUs than it supports.
+    pub fn new(host: &Host, plan: &LaunchPlan<'_>) -> Result<Prepared, BackendError> {
+        let mem_bytes = plan.config.mem_bytes;
         let slots = slot_ranges(mem_bytes, &plan.ops);
-        let vcpus = plan
-            .ops
-            .iter()
-            .filter_map(|op| match *op {
-                LaunchOp::CreateVm { vcpus, .. } => Some(vcpus),
-                _ => None,
-            })
-            .next_back()
-            .unwrap_or(0);
-        // CreateVm rejects counts above KVM's limit before any table is used.
-        let n = (vcpus as usize).min(host.kvm.get_max_vcpus());
-        let cpuid = (0..n)
+        if slots.len() > host.nr_memslots {
+            return Err(BackendError::Memslots {
+                need: slots.len(),
+                have: host.nr_memslots,
+            });
+        }
+        let vcpus = plan.config.vcpus;
+        if vcpus as usize > host.max_vcpus {
+            return Err(BackendError::VcpuCount(vcpus, host.max_vcpus));
+        }
+        let cpuid = (0..vcpus)
             .map(|id| {
-                let id = id as u32;
                 let mut c = host.cpuid.clone();
                 for e in c.as_mut_slice() {
                     match e.function {
@@ -115,12 +160,13 @@ impl Prepared {
                 c
             })
             .collect();
-        Prepared {
+        Ok(Prepared {
             mem_bytes,
+            vcpus,
             slots,
             cpuid,
-            fresh: Mutex::new(vec![None; n]),
-        }
+            fresh: Mutex::new(vec![None; vcpus as usize]),
+        })
     }
 
     /// Guest RAM bytes.
@@ -141,8 +187,8 @@ impl Prepared {
             return Ok(f);
         }
         let f = FreshRegs {
-            sregs: vcpu.fd().get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?,
-            regs: vcpu.fd().get_regs().map_err(kvm_err("KVM_GET_REGS"))?,
+            sregs: vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?,
+            regs: vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?,
         };
         if let Some(slot) = lock().get_mut(vp as usize) {
             *slot = Some(f);
@@ -202,222 +248,174 @@ fn map_ram_ok(gpa: u64, size: u64) -> bool {
         && gpa.checked_add(size).is_some()
 }
 
-struct Building {
-    vm: Vm,
+/// One native build in progress (the phases of `super::Phases`).
+struct NativeBuild<'b> {
+    host: &'b Host,
+    prep: &'b Prepared,
+    plan: &'b LaunchPlan<'b>,
+    launch_id: u64,
+    vm: Option<Vm>,
     vcpus: Vec<Vcpu>,
     memory: GuestMemory,
+    /// Per vCPU: a context from the bundle starts it without INIT/SIPI.
     started: Vec<bool>,
-}
-
-/// The native backend: executes a plan on `host`, producing a [`BuiltVm`].
-pub struct NativeBackend<'h> {
-    host: &'h Host,
-    prep: &'h Prepared,
-    state: Option<Building>,
-    finalized: bool,
     timings: ExecTimings,
-    t0: Option<Instant>,
+    t0: Instant,
 }
 
-impl<'h> NativeBackend<'h> {
-    /// A backend that builds the VM `prep` describes (guest RAM at `[0, mem)`, split around
-    /// the 32-bit hole, plus the plan's `MapRam` ranges) on `host`.
-    pub fn new(host: &'h Host, prep: &'h Prepared) -> NativeBackend<'h> {
-        NativeBackend {
-            host,
-            prep,
-            state: None,
-            finalized: false,
-            timings: ExecTimings::default(),
-            t0: None,
-        }
+/// A phase ran before `create_vm` (cannot happen through `super::run_phases`).
+fn no_vm() -> BackendError {
+    BackendError::Kvm {
+        what: "no VM (create_vm did not run)",
+        errno: crate::sys::Errno::new(libc::EINVAL),
     }
+}
 
-    /// The built VM, once `Finalize` ran.
-    ///
-    /// # Errors
-    /// `BackendError::Order` when the plan did not create and finalize a VM.
-    pub fn finish(self) -> Result<BuiltVm, BackendError> {
-        let st = self
-            .state
-            .ok_or(BackendError::Order("plan has no CreateVm"))?;
-        if !self.finalized {
-            return Err(BackendError::Order("plan has no Finalize"));
-        }
-        Ok(BuiltVm {
-            vcpus: st.vcpus,
-            vm: st.vm,
-            memory: Arc::new(st.memory),
-            timings: self.timings,
-        })
-    }
-
-    fn building(&mut self) -> Result<&mut Building, BackendError> {
-        if self.finalized {
-            return Err(BackendError::Order("op after Finalize"));
-        }
-        self.state
-            .as_mut()
-            .ok_or(BackendError::Order("op before CreateVm"))
-    }
-
-    fn create_vm(&mut self, platform: Platform, vcpus: u32) -> Result<(), BackendError> {
-        if self.state.is_some() {
-            return Err(BackendError::Order("second CreateVm"));
-        }
-        if platform != Platform::Native {
-            return Err(BackendError::Platform(platform));
-        }
-        let max = self.host.kvm.get_max_vcpus();
-        if vcpus == 0 || vcpus as usize > max {
-            return Err(BackendError::VcpuCount(vcpus, max));
-        }
-        let (host, prep) = (self.host, self.prep);
-        let t = Instant::now();
-        let vm = host.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mut vm = Vm::new(vm);
-        self.timings.create_vm = t.elapsed();
-        // Every memslot before the irqchip (module doc).
-        let t = Instant::now();
-        let mut memory = GuestMemory::default();
-        for &(gpa, size) in &prep.slots {
-            add_region(host, &mut vm, &mut memory, gpa, size)?;
-        }
-        self.timings.memslots = t.elapsed();
-        // In-kernel PIC/IOAPIC/LAPIC: needed for INIT/SIPI AP start-up and HLT in the kernel.
-        // No PIT: its kernel timer thread would cost every relaunch; our guests use none.
-        let t = Instant::now();
-        vm.fd()
-            .create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        self.timings.irqchip = t.elapsed();
-        let t = Instant::now();
-        let mut list = Vec::with_capacity(vcpus as usize);
-        for id in 0..vcpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = prep.cpuid.get(id as usize).ok_or(BackendError::Order(
-                "CreateVm vCPU count differs from the plan's",
-            ))?;
-            vcpu.fd()
-                .set_cpuid2(cpuid)
-                .map_err(kvm_err("KVM_SET_CPUID2"))?;
-            list.push(vcpu);
-        }
-        self.timings.vcpus = t.elapsed();
-        self.state = Some(Building {
-            vm,
-            started: vec![false; list.len()],
-            vcpus: list,
-            memory,
-        });
+impl NativeBuild<'_> {
+    /// One shared memslot of `size` bytes at `gpa`, with this host's RAM backing.
+    fn add_region(&mut self, gpa: u64, size: u64) -> Result<(), BackendError> {
+        let host = self.host;
+        let vm = self.vm.as_mut().ok_or_else(no_vm)?;
+        let mapping = Arc::new(
+            host.map_ram(vm, size)
+                .map_err(kvm_err("mapping guest RAM"))?,
+        );
+        vm.add_memslot(gpa, size, Some(&mapping), None)
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION2"))?;
+        self.memory.push(Region::shared(gpa, mapping));
         Ok(())
     }
 }
 
-fn add_region(
-    host: &Host,
-    vm: &mut Vm,
-    memory: &mut GuestMemory,
-    gpa: u64,
-    size: u64,
-) -> Result<(), BackendError> {
-    let mapping = Arc::new(
-        host.map_ram(vm, size)
-            .map_err(kvm_err("mapping guest RAM"))?,
-    );
-    vm.add_memslot(gpa, Arc::clone(&mapping))
-        .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION2"))?;
-    memory.push(Region { gpa, mapping });
-    Ok(())
-}
-
-impl LaunchBackend for NativeBackend<'_> {
-    fn apply(&mut self, op: &LaunchOp, plan: &LaunchPlan) -> Result<(), BackendError> {
+impl Phases for NativeBuild<'_> {
+    fn create_vm(&mut self) -> Result<(), BackendError> {
+        if self.plan.config.platform != Platform::Native {
+            return Err(BackendError::WrongPlatform {
+                plan: self.plan.config.platform,
+                backend: Platform::Native,
+            });
+        }
         let t = Instant::now();
-        let t0 = *self.t0.get_or_insert(t);
+        self.t0 = t;
+        let vm = self
+            .host
+            .kvm
+            .create_vm(KVM_X86_DEFAULT_VM)
+            .map_err(kvm_err("KVM_CREATE_VM"))?;
+        self.vm = Some(vm);
+        self.timings.create_vm = t.elapsed();
+        Ok(())
+    }
+
+    fn memory(&mut self) -> Result<(), BackendError> {
+        // Every memslot before the irqchip (module doc).
+        let t = Instant::now();
+        for &(gpa, size) in self.prep.slots() {
+            self.add_region(gpa, size)?;
+        }
+        self.timings.memslots = t.elapsed();
+        Ok(())
+    }
+
+    fn vcpus(&mut self) -> Result<(), BackendError> {
+        // In-kernel PIC/IOAPIC/LAPIC: needed for INIT/SIPI AP start-up and HLT in the kernel.
+        // No PIT: its kernel timer thread would cost every relaunch; our guests use none.
+        let t = Instant::now();
+        let prep = self.prep;
+        let vm = self.vm.as_ref().ok_or_else(no_vm)?;
+        vm.create_irqchip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        self.timings.irqchip = t.elapsed();
+        let t = Instant::now();
+        let mut list = Vec::with_capacity(prep.vcpus as usize);
+        for (id, cpuid) in prep.cpuid.iter().enumerate() {
+            let vcpu = vm
+                .create_vcpu(id as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            list.push(vcpu);
+        }
+        self.started = vec![false; list.len()];
+        self.vcpus = list;
+        self.timings.vcpus = t.elapsed();
+        Ok(())
+    }
+
+    fn op(&mut self, op: &LaunchOp) -> Result<(), BackendError> {
+        let t = Instant::now();
         match *op {
-            LaunchOp::CreateVm {
-                platform, vcpus, ..
-            } => {
-                self.create_vm(platform, vcpus)?;
-            }
             LaunchOp::MapRam { gpa, size } => {
-                let host = self.host;
-                let b = self.building()?;
-                if !map_ram_ok(gpa, size) {
-                    return Err(BackendError::Range { gpa, size });
-                }
                 // `Prepared` registered this range before the irqchip; a range it did not
-                // foresee (another plan) still gets its memslot here, the slow way.
-                for (g, s) in b.memory.uncovered(gpa, size) {
-                    add_region(host, &mut b.vm, &mut b.memory, g, s)?;
+                // foresee cannot exist (same plan), but is registered the slow way if so.
+                for (g, s) in self.memory.uncovered(gpa, size) {
+                    self.add_region(g, s)?;
                 }
                 self.timings.map_ram += t.elapsed();
             }
             LaunchOp::ImportPage { gpa, kind, data } => {
-                let b = self.building()?;
                 // Fresh mappings are zero: only non-zero contents need copying (this keeps
                 // untouched guest pages unallocated, and relaunch fast).
-                let bytes = plan.page_bytes(&data);
+                let bytes = self.plan.page_bytes(&data);
                 let bytes = bytes
                     .get(..bytes.len().min(PAGE_SIZE as usize))
                     .unwrap_or(&[]);
                 // Check the whole page is backed even when nothing is copied.
-                b.memory.locate(gpa, PAGE_SIZE)?;
+                self.memory.locate(gpa, PAGE_SIZE)?;
                 if kind != PageKind::Zero && !bytes.is_empty() {
-                    b.memory.write(gpa, bytes)?;
+                    self.memory.stage(gpa, bytes)?;
                 }
                 self.timings.import += t.elapsed();
             }
             LaunchOp::SetVpContext { vp, ctx, source } => {
-                let prep = self.prep;
-                let b = self.building()?;
-                let vcpus = b.vcpus.len() as u32;
-                let err = BackendError::Vp {
-                    vp,
-                    ctx,
-                    vcpus,
-                    contexts: plan.vp_contexts.len(),
-                };
-                let regs = plan.vp_contexts.get(ctx as usize).ok_or(err)?;
-                let vcpu = b.vcpus.get(vp as usize).ok_or(BackendError::Vp {
-                    vp,
-                    ctx,
-                    vcpus,
-                    contexts: plan.vp_contexts.len(),
-                })?;
-                let fresh = prep.fresh_regs(vp, vcpu)?;
+                let vcpus = self.vcpus.len() as u32;
+                let regs = self
+                    .plan
+                    .vp_contexts
+                    .get(ctx as usize)
+                    .ok_or(BackendError::Vp { vp, vcpus })?;
+                let vcpu = self
+                    .vcpus
+                    .get(vp as usize)
+                    .ok_or(BackendError::Vp { vp, vcpus })?;
+                let fresh = self.prep.fresh_regs(vp, vcpu)?;
                 set_vp_regs(vcpu, &fresh, regs)?;
                 // Only a context the bundle gives starts an AP; an AP in the architectural
                 // reset state waits for INIT/SIPI like on real hardware (its registers are
                 // reset again by INIT anyway).
                 if source == VpSource::Bundle {
-                    if let Some(s) = b.started.get_mut(vp as usize) {
+                    if let Some(s) = self.started.get_mut(vp as usize) {
                         *s = true;
                     }
                 }
                 self.timings.vp_context += t.elapsed();
             }
-            LaunchOp::Finalize { .. } => {
-                let b = self.building()?;
-                // An AP with its own context starts running at once instead of waiting for
-                // INIT/SIPI (vCPU 0 is runnable already: it is KVM's BSP).
-                for (id, (vcpu, started)) in b.vcpus.iter().zip(&b.started).enumerate() {
-                    if id != 0 && *started {
-                        vcpu.fd()
-                            .set_mp_state(kvm_mp_state {
-                                mp_state: KVM_MP_STATE_RUNNABLE,
-                            })
-                            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
-                    }
-                }
-                self.finalized = true;
-                self.timings.total = t0.elapsed();
+            LaunchOp::CreateVm { .. } | LaunchOp::Finalize { .. } => {
+                return Err(BackendError::Kvm {
+                    what: "CreateVm or Finalize in the middle of a plan",
+                    errno: crate::sys::Errno::new(libc::EINVAL),
+                })
             }
         }
         Ok(())
+    }
+
+    fn finish(mut self) -> Result<BuiltVm, BackendError> {
+        // An AP with its own context starts running at once instead of waiting for
+        // INIT/SIPI (vCPU 0 is runnable already: it is KVM's BSP).
+        for (id, (vcpu, started)) in self.vcpus.iter().zip(&self.started).enumerate() {
+            if id != 0 && *started {
+                vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
+                    .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+            }
+        }
+        self.timings.total = self.t0.elapsed();
+        let vm = self.vm.take().ok_or_else(no_vm)?;
+        Ok(BuiltVm {
+            vcpus: self.vcpus,
+            vm,
+            memory: Arc::new(self.memory),
+            timings: self.timings,
+            launch_id: self.launch_id,
+        })
     }
 }
 
@@ -459,7 +457,7 @@ fn dtable(t: &DescriptorTable) -> kvm_dtable {
 /// # Errors
 /// The failing ioctl.
 pub fn set_vp_regs(vcpu: &Vcpu, fresh: &FreshRegs, r: &VpRegs) -> Result<(), BackendError> {
-    let fd = vcpu.fd();
+    let fd = vcpu;
     let mut sregs = fresh.sregs;
     sregs.cs = kvm_segment_from(&r.cs);
     sregs.ds = kvm_segment_from(&r.ds);
@@ -536,7 +534,7 @@ pub fn set_vp_regs(vcpu: &Vcpu, fresh: &FreshRegs, r: &VpRegs) -> Result<(), Bac
             dr7: r.dr7,
             ..Default::default()
         };
-        fd.set_debug_regs(&dr)
+        fd.set_debugregs(&dr)
             .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
     }
     if r.fcw != 0 || r.mxcsr != 0 {
@@ -548,25 +546,6 @@ pub fn set_vp_regs(vcpu: &Vcpu, fresh: &FreshRegs, r: &VpRegs) -> Result<(), Bac
         fd.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
     }
     Ok(())
-}
-
-/// Executes `plan` on a fresh native VM.
-///
-/// # Errors
-/// [`super::ExecError`] for the first failing op, or a missing `CreateVm`/`Finalize`
-/// (reported at index `plan.ops.len()`).
-pub fn build_vm(
-    host: &Host,
-    prep: &Prepared,
-    plan: &LaunchPlan,
-) -> Result<BuiltVm, super::ExecError> {
-    let mut backend = NativeBackend::new(host, prep);
-    super::execute(&mut backend, plan)?;
-    backend.finish().map_err(|source| super::ExecError {
-        index: plan.ops.len(),
-        op: super::OpKind::Finalize,
-        source,
-    })
 }
 
 #[cfg(test)]

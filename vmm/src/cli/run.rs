@@ -8,15 +8,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
-use sha2::{Digest, Sha256};
 
 use crate::args::{parse_size, parse_u64, Arg, ArgError, Args};
 use crate::audit::{AuditLog, EventSink};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
+use crate::launch::Launch;
 use crate::session::{run_session, SessionConfig, EXIT_USAGE, EXIT_VMM_ERROR};
 use crate::vstate::Host;
 
@@ -192,16 +191,10 @@ pub fn main(args: &[String]) -> u8 {
         Err(e) => return usage_error(format_args!("{e}; {USAGE}")),
     };
     let platform = opts.platform.unwrap_or(Platform::Native);
-    if platform != Platform::Native {
-        return usage_error(format_args!(
-            "platform {platform} needs hardware/backend not built yet"
-        ));
-    }
     let bundle = match read_bundle(&opts.bundle) {
         Ok(b) => b,
         Err(e) => return usage_error(e),
     };
-    let bundle_sha256 = crate::json::hex(&Sha256::digest(&bundle));
     let cfg = LaunchConfig {
         platform,
         vcpus: opts.vcpus,
@@ -212,18 +205,21 @@ pub fn main(args: &[String]) -> u8 {
         host_data: [0; 32],
         kernel_hashes: None,
     };
-    let t_plan = Instant::now();
-    let plan = match make_plan(&bundle, &cfg) {
-        Ok(p) => p,
+    let launch = match Launch::new(bundle, &cfg) {
+        Ok(l) => Arc::new(l),
         Err(e) => return usage_error(format_args!("{}: {e}", opts.bundle.display())),
     };
-    let plan_time = t_plan.elapsed();
     let host = match Host::open(!opts.no_guest_memfd) {
-        Ok(h) => h,
+        Ok(h) => Arc::new(h),
         Err(e) => {
             crate::elog!("relaunch run: {e}");
             return EXIT_VMM_ERROR;
         }
+    };
+    // Before anything is created: a platform this host cannot run is a usage error.
+    let backend = match crate::backend::select(platform, &host) {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
     };
     let mut created = Vec::new();
     let audit = match &opts.audit_log {
@@ -261,19 +257,14 @@ pub fn main(args: &[String]) -> u8 {
     });
     console.spawn_stdin_reader();
     let session = SessionConfig {
-        mem_bytes: opts.mem,
         max_reboots: opts.max_reboots,
         prestage: opts.prestage,
-        console,
         audit,
         events,
         fw_cfg_files: opts.fw_cfg,
-        bundle_sha256,
-        platform,
-        predicted_measurement: None,
-        plan_time,
+        ..SessionConfig::new(console)
     };
-    let report = run_session(&host, &plan, &session);
+    let report = run_session(&*backend, launch, &session);
     // Write out buffered guest output; a stdout nobody drains must not hold the exit up long.
     if report.unknown_suppressed > 0 {
         crate::elog!(
@@ -287,7 +278,7 @@ pub fn main(args: &[String]) -> u8 {
     }
     if let crate::vcpu::Outcome::VmmError(e) | crate::vcpu::Outcome::GuestFatal(e) = &report.outcome
     {
-        crate::elog!("relaunch: launch {}: {e}", report.launches);
+        crate::elog!("relaunch: launch {}: {e}", report.generation);
     }
     report.exit_code
 }

@@ -9,7 +9,7 @@
 //! against guest memory before anything is copied; any failure sets the ERROR bit in the
 //! request's control word — nothing the guest sends can make the VMM allocate or panic.
 
-use crate::vstate::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Selector port.
 pub const PORT_SELECTOR: u16 = 0x510;
@@ -210,8 +210,9 @@ impl FwCfg {
         }
         let len = u64::from(length);
         if control & DMA_READ != 0 {
-            // Check the whole destination before copying anything.
-            if mem.locate(target, len).is_err() {
+            // Check the whole destination before copying anything: inside guest memory and
+            // shared (DMA never touches a private page).
+            if mem.shared_range(target, len).is_err() {
                 return false;
             }
             let data = self.current();
@@ -275,16 +276,16 @@ pub fn validate_file(name: &str, data: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::Region;
     use crate::sys::mem::GuestMapping;
-    use crate::vstate::Region;
     use std::sync::Arc;
 
     fn mem() -> GuestMemory {
         let mut m = GuestMemory::default();
-        m.push(Region {
-            gpa: 0,
-            mapping: Arc::new(GuestMapping::anonymous(0x10000).unwrap()),
-        });
+        m.push(Region::shared(
+            0,
+            Arc::new(GuestMapping::anonymous(0x10000).unwrap()),
+        ));
         m
     }
 

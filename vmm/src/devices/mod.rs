@@ -17,7 +17,7 @@ use console::Console;
 use fw_cfg::FwCfg;
 use serial::{Serial, COM1};
 
-use crate::vstate::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Boot-marker port: the first write per launch is timestamped.
 pub const PORT_BOOT_MARKER: u16 = 0x80;

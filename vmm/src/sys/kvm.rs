@@ -1,17 +1,27 @@
-//! KVM VM and vCPU handles that keep guest memory mapped for as long as any guest can use it,
-//! plus the ioctls and constants kvm-ioctls 0.25 lacks.
+//! The one door to KVM: typed handles ([`Kvm`], [`Vm`], [`Vcpu`]) whose methods are the only
+//! way the rest of the VMM reaches the kernel, each dispatching to an implementation of the
+//! door traits ([`KvmIoctls`], [`VmIoctls`], [`VcpuIoctls`]).
+//!
+//! Today there are two implementations: the real kernel ([`RealKvm`], over kvm-ioctls) and
+//! the recording test double in `crate::testing::kernel`. A kernel model or an ioctl
+//! recorder for the confidential backends plugs in the same way, below the backends: backend
+//! code only ever sees the typed handles, so what it issues is the same whoever answers.
 //!
 //! The invariant the memslot ioctl needs (the `userspace_addr` range stays mapped for the life
 //! of the slot) is enforced by ownership: a [`Vm`] and every [`Vcpu`] created from it hold an
-//! `Arc` of each [`GuestMapping`] registered as a memslot, and their KVM fd field is dropped
+//! `Arc` of each [`GuestMapping`] registered as a memslot, and their door field is dropped
 //! before that `Arc`. A guest only runs through a vCPU fd, so once the VM fd and every vCPU fd
 //! are closed the mapping can be unmapped safely (a guest_memfd may keep the kernel VM object
 //! alive a little longer, but nothing can execute in it).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kvm_bindings::{kvm_create_guest_memfd, kvm_run, kvm_userspace_memory_region2};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_debugregs, kvm_fpu, kvm_memory_attributes, kvm_mp_state, kvm_regs,
+    kvm_run, kvm_sregs, kvm_userspace_memory_region2, kvm_xcrs, CpuId, Msrs,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use super::mem::GuestMapping;
@@ -19,7 +29,15 @@ use super::Errno;
 
 /// `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18 `include/uapi/linux/kvm.h`): returns the supported
 /// `kvm_create_guest_memfd.flags` (not in kvm-bindings 0.14).
-pub const KVM_CAP_GUEST_MEMFD_FLAGS: u64 = 244;
+pub const KVM_CAP_GUEST_MEMFD_FLAGS: u32 = 244;
+/// `KVM_CAP_NR_MEMSLOTS` (`include/uapi/linux/kvm.h`): memslots per address space.
+pub const KVM_CAP_NR_MEMSLOTS: u32 = kvm_bindings::KVM_CAP_NR_MEMSLOTS;
+/// `KVM_CAP_MEMORY_ATTRIBUTES` (`include/uapi/linux/kvm.h`): the attributes
+/// `KVM_SET_MEMORY_ATTRIBUTES` accepts.
+pub const KVM_CAP_MEMORY_ATTRIBUTES: u32 = kvm_bindings::KVM_CAP_MEMORY_ATTRIBUTES;
+/// `KVM_CAP_VM_TYPES` (`include/uapi/linux/kvm.h`): bitmask of the VM types `KVM_CREATE_VM`
+/// accepts (bit N = type N; `KVM_X86_SEV_VM` = 2, `SEV_ES` = 3, `SNP` = 4, `TDX` = 5).
+pub const KVM_CAP_VM_TYPES: u32 = kvm_bindings::KVM_CAP_VM_TYPES;
 /// `GUEST_MEMFD_FLAG_MMAP` (`include/uapi/linux/kvm.h`, 6.18): the guest_memfd can be mmap'ed.
 pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 /// `GUEST_MEMFD_FLAG_INIT_SHARED` (`include/uapi/linux/kvm.h`, 6.18): pages start shared
@@ -27,8 +45,12 @@ pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 /// `KVM_MEM_GUEST_MEMFD` (`include/uapi/linux/kvm.h`).
 pub const KVM_MEM_GUEST_MEMFD: u32 = kvm_bindings::KVM_MEM_GUEST_MEMFD;
+/// `KVM_MEMORY_ATTRIBUTE_PRIVATE` (`include/uapi/linux/kvm.h`).
+pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64;
+/// `KVM_X86_DEFAULT_VM` (`arch/x86/include/uapi/asm/kvm.h`): an ordinary VM.
+pub const KVM_X86_DEFAULT_VM: u64 = 0;
 
-// Layout of the structs passed by pointer below (`include/uapi/linux/kvm.h`;
+// Layout of the structs passed by pointer through the door (`include/uapi/linux/kvm.h`;
 // `../shared/spec/kvm-coco-abi.md` §2).
 const _: () = {
     use std::mem::{offset_of, size_of};
@@ -43,35 +65,208 @@ const _: () = {
     assert!(size_of::<kvm_create_guest_memfd>() == 64);
     assert!(offset_of!(kvm_create_guest_memfd, size) == 0);
     assert!(offset_of!(kvm_create_guest_memfd, flags) == 8);
+    // `struct kvm_memory_attributes` { address, size, attributes, flags }.
+    assert!(size_of::<kvm_memory_attributes>() == 32);
+    assert!(offset_of!(kvm_memory_attributes, address) == 0);
+    assert!(offset_of!(kvm_memory_attributes, size) == 8);
+    assert!(offset_of!(kvm_memory_attributes, attributes) == 16);
+    assert!(offset_of!(kvm_memory_attributes, flags) == 24);
     // `immediate_exit` is byte 1 of `struct kvm_run` (`include/uapi/linux/kvm.h`).
     assert!(offset_of!(kvm_run, immediate_exit) == 1);
 };
 
+/// The system fd's calls (`/dev/kvm`), as the door sees them.
+pub trait KvmIoctls: Send + Sync + fmt::Debug {
+    /// `KVM_CHECK_EXTENSION` on the system fd (0 when absent).
+    fn check_extension(&self, cap: u32) -> i32;
+    /// `KVM_CAP_MAX_VCPUS` (falling back to `KVM_CAP_NR_VCPUS`, then 4, as the API says).
+    fn max_vcpus(&self) -> usize;
+    /// `KVM_GET_SUPPORTED_CPUID` with room for `max_entries`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno>;
+    /// `KVM_CREATE_VM` of `vm_type` (one try: [`Kvm::create_vm`] retries `EINTR`).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno>;
+}
+
+/// A VM fd's calls.
+pub trait VmIoctls: Send + Sync + fmt::Debug {
+    /// `KVM_CHECK_EXTENSION` on the VM fd.
+    fn check_extension(&self, cap: u32) -> i32;
+    /// `KVM_SET_USER_MEMORY_REGION2`.
+    ///
+    /// # Safety
+    /// `[userspace_addr, userspace_addr + memory_size)` must stay a valid mapping for as long
+    /// as the slot exists, and a `KVM_MEM_GUEST_MEMFD` slot's `guest_memfd` must be a
+    /// guest_memfd of this VM covering `[guest_memfd_offset, guest_memfd_offset + size)`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    unsafe fn set_user_memory_region2(
+        &self,
+        region: kvm_userspace_memory_region2,
+    ) -> Result<(), Errno>;
+    /// `KVM_CREATE_GUEST_MEMFD`; the caller owns the returned fd.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn create_guest_memfd(&self, size: u64, flags: u64) -> Result<OwnedFd, Errno>;
+    /// `KVM_SET_MEMORY_ATTRIBUTES`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_memory_attributes(&self, attrs: kvm_memory_attributes) -> Result<(), Errno>;
+    /// `KVM_CREATE_IRQCHIP`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn create_irqchip(&self) -> Result<(), Errno>;
+    /// `KVM_CREATE_VCPU` (and the `kvm_run` mapping).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno>;
+}
+
+/// A vCPU fd's calls.
+pub trait VcpuIoctls: Send + fmt::Debug {
+    /// `KVM_SET_CPUID2`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_cpuid2(&self, cpuid: &CpuId) -> Result<(), Errno>;
+    /// `KVM_GET_REGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn get_regs(&self) -> Result<kvm_regs, Errno>;
+    /// `KVM_SET_REGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_regs(&self, regs: &kvm_regs) -> Result<(), Errno>;
+    /// `KVM_GET_SREGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn get_sregs(&self) -> Result<kvm_sregs, Errno>;
+    /// `KVM_SET_SREGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), Errno>;
+    /// `KVM_SET_XCRS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_xcrs(&self, xcrs: &kvm_xcrs) -> Result<(), Errno>;
+    /// `KVM_SET_MSRS`; returns how many entries KVM took.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_msrs(&self, msrs: &Msrs) -> Result<usize, Errno>;
+    /// `KVM_SET_DEBUGREGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_debugregs(&self, dr: &kvm_debugregs) -> Result<(), Errno>;
+    /// `KVM_SET_FPU`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), Errno>;
+    /// `KVM_SET_MP_STATE`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn set_mp_state(&self, state: kvm_mp_state) -> Result<(), Errno>;
+    /// `KVM_RUN`, decoded.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    fn run(&mut self) -> Result<VcpuExit<'_>, Errno>;
+    /// The shared `kvm_run` page, if this vCPU has one (a test double may not).
+    fn kvm_run(&mut self) -> Option<&mut kvm_run>;
+}
+
+/// The system handle: `/dev/kvm`, or whatever implements the door behind it.
+#[derive(Debug, Clone)]
+pub struct Kvm {
+    door: Arc<dyn KvmIoctls>,
+}
+
+impl Kvm {
+    /// Opens `/dev/kvm`.
+    ///
+    /// # Errors
+    /// The `open` errno.
+    pub fn open() -> Result<Kvm, Errno> {
+        Ok(Kvm::with(Arc::new(RealKvm(kvm_ioctls::Kvm::new()?))))
+    }
+
+    /// A handle over another implementation of the door (a recorder or a model).
+    pub fn with(door: Arc<dyn KvmIoctls>) -> Kvm {
+        Kvm { door }
+    }
+
+    /// `KVM_CHECK_EXTENSION(cap)` on the system fd.
+    pub fn check_extension(&self, cap: u32) -> i32 {
+        self.door.check_extension(cap)
+    }
+
+    /// The most vCPUs a VM can have on this host.
+    pub fn max_vcpus(&self) -> usize {
+        self.door.max_vcpus()
+    }
+
+    /// `KVM_GET_SUPPORTED_CPUID`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno> {
+        self.door.supported_cpuid(max_entries)
+    }
+
+    /// `KVM_CREATE_VM` of `vm_type`, retried while it returns `EINTR` (a signal during the
+    /// call; it runs on every relaunch, so a stray signal must not end the session).
+    ///
+    /// # Errors
+    /// The ioctl's errno other than `EINTR`.
+    pub fn create_vm(&self, vm_type: u64) -> Result<Vm, Errno> {
+        loop {
+            match self.door.create_vm(vm_type) {
+                Err(e) if e.errno() == libc::EINTR => continue,
+                r => {
+                    return r.map(|door| Vm {
+                        door,
+                        keep: Arc::new(Mutex::new(Vec::new())),
+                        next_slot: 0,
+                    })
+                }
+            }
+        }
+    }
+}
+
 type KeepAlive = Arc<Mutex<Vec<Arc<GuestMapping>>>>;
 
-/// A KVM VM fd that owns (an `Arc` of) every mapping registered as one of its memslots.
+/// A VM that owns (an `Arc` of) every mapping registered as one of its memslots.
 #[derive(Debug)]
 pub struct Vm {
     // Field order is drop order: the VM fd closes before the mappings can go.
-    fd: VmFd,
+    door: Box<dyn VmIoctls>,
     keep: KeepAlive,
     next_slot: u32,
 }
 
 impl Vm {
-    /// Wraps a freshly created VM fd (no memslots yet).
-    pub fn new(fd: VmFd) -> Vm {
-        Vm {
-            fd,
-            keep: Arc::new(Mutex::new(Vec::new())),
-            next_slot: 0,
-        }
-    }
-
-    /// The VM fd, for the safe kvm-ioctls calls (irqchip, capabilities, vCPU creation is
-    /// [`Vm::create_vcpu`]).
-    pub fn fd(&self) -> &VmFd {
-        &self.fd
+    /// `KVM_CHECK_EXTENSION(cap)` on the VM fd.
+    pub fn check_extension(&self, cap: u32) -> i32 {
+        self.door.check_extension(cap)
     }
 
     /// Creates a guest_memfd of `size` bytes with `flags` (`KVM_CREATE_GUEST_MEMFD`).
@@ -79,15 +274,7 @@ impl Vm {
     /// # Errors
     /// The ioctl's errno.
     pub fn create_guest_memfd(&self, size: u64, flags: u64) -> Result<OwnedFd, Errno> {
-        let raw = self.fd.create_guest_memfd(kvm_create_guest_memfd {
-            size,
-            flags,
-            ..Default::default()
-        })?;
-        // SAFETY: from_raw_fd needs an open fd that nothing else owns: KVM_CREATE_GUEST_MEMFD
-        // just returned it (checked for error by kvm-ioctls) and kvm-ioctls documents that the
-        // caller owns and must close it.
-        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        self.door.create_guest_memfd(size, flags)
     }
 
     /// Creates a guest_memfd of `len` bytes with `flags` (which must include
@@ -107,19 +294,44 @@ impl Vm {
         GuestMapping::from_new_guest_memfd(fd, len)
     }
 
-    /// Registers `mapping` as a new memslot at `gpa` (`KVM_SET_USER_MEMORY_REGION2`); when the
-    /// mapping is a guest_memfd's, the slot is a `KVM_MEM_GUEST_MEMFD` slot on that fd at
-    /// offset 0 with the mapping itself as `userspace_addr`. Returns the slot number.
+    /// Registers a new memslot of `size` bytes at `gpa` (`KVM_SET_USER_MEMORY_REGION2`) and
+    /// returns its number. `shared` is the host mapping the slot's `userspace_addr` points at
+    /// (the guest's shared pages; `None` = none: `userspace_addr` 0, the host never touches
+    /// the slot); `private` is the guest_memfd holding its private pages (a
+    /// `KVM_MEM_GUEST_MEMFD` slot at offset 0). A shared mapping that is itself a
+    /// guest_memfd's (this host's native RAM, `../shared/spec/kvm-coco-abi.md` §0) makes a
+    /// guest_memfd slot on that fd.
     ///
     /// # Errors
-    /// The ioctl's errno (e.g. `EEXIST` for overlapping slots, `EINVAL` for misalignment).
-    pub fn add_memslot(&mut self, gpa: u64, mapping: Arc<GuestMapping>) -> Result<u32, Errno> {
+    /// `EINVAL` when neither backing is given, a backing is shorter than `size`, or the
+    /// mapping is not `size` long; otherwise the ioctl's errno (e.g. `EEXIST` for
+    /// overlapping slots, `EINVAL` for misalignment).
+    pub fn add_memslot(
+        &mut self,
+        gpa: u64,
+        size: u64,
+        shared: Option<&Arc<GuestMapping>>,
+        private: Option<&Arc<OwnedFd>>,
+    ) -> Result<u32, Errno> {
+        let einval = Errno::new(libc::EINVAL);
         let slot = self.next_slot;
-        let (flags, guest_memfd) = match mapping.guest_memfd() {
+        if shared.is_some_and(|m| m.len() as u64 != size) || (shared.is_none() && private.is_none())
+        {
+            return Err(einval);
+        }
+        let gmem = match private {
+            Some(fd) => {
+                if super::mem::file_size(fd)? < size {
+                    return Err(einval);
+                }
+                Some(fd.as_raw_fd())
+            }
+            None => shared.and_then(|m| m.guest_memfd()).map(AsRawFd::as_raw_fd),
+        };
+        let (flags, guest_memfd) = match gmem {
             Some(fd) => (
                 KVM_MEM_GUEST_MEMFD,
-                u32::try_from(std::os::fd::AsRawFd::as_raw_fd(fd))
-                    .map_err(|_| Errno::new(libc::EBADF))?,
+                u32::try_from(fd).map_err(|_| Errno::new(libc::EBADF))?,
             ),
             None => (0, 0),
         };
@@ -127,27 +339,63 @@ impl Vm {
             slot,
             flags,
             guest_phys_addr: gpa,
-            memory_size: mapping.len() as u64,
-            userspace_addr: mapping.host_addr(),
+            memory_size: size,
+            userspace_addr: shared.map_or(0, |m| m.host_addr()),
             guest_memfd_offset: 0,
             guest_memfd,
             ..Default::default()
         };
         // Keep the mapping alive before KVM can see it.
-        self.keep
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(mapping);
+        if let Some(m) = shared {
+            self.keep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(m));
+        }
         // SAFETY: set_user_memory_region2 requires that `userspace_addr..+memory_size` stays a
         // valid mapping for as long as the memslot exists, and that `guest_memfd` (if flagged)
-        // is a guest_memfd of this VM covering `[offset, offset + size)`. The mapping is a live
-        // mmap of exactly `memory_size` bytes whose `Arc` was just pushed into `keep`, which
-        // this VM and all its vCPUs hold and drop only after their fds (see module doc); the
-        // guest_memfd is the one the mapping maps, created by `create_guest_memfd` on this VM
-        // with the mapping's length.
-        unsafe { self.fd.set_user_memory_region2(region) }?;
+        // is a guest_memfd of this VM covering `[offset, offset + size)`. A shared mapping is a
+        // live mmap of exactly `memory_size` bytes (checked above) whose `Arc` was just pushed
+        // into `keep`, which this VM and all its vCPUs hold and drop only after their door
+        // fields (see module doc); without one, `userspace_addr` is 0 and KVM never maps it
+        // for the host. The guest_memfd is either the one the mapping maps (created on this VM
+        // with the mapping's length by `map_new_guest_memfd`) or `private`, checked above to
+        // be at least `memory_size` long, which the caller created on this VM
+        // (`create_guest_memfd`); KVM holds its own reference to the file for the slot.
+        unsafe { self.door.set_user_memory_region2(region) }?;
         self.next_slot = slot.checked_add(1).ok_or(Errno::new(libc::ENOSPC))?;
         Ok(slot)
+    }
+
+    /// Memslots registered so far.
+    pub fn memslots(&self) -> u32 {
+        self.next_slot
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES` on `[gpa, gpa + size)`: `private` sets
+    /// `KVM_MEMORY_ATTRIBUTE_PRIVATE`, otherwise the range becomes shared.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_memory_attributes(&self, gpa: u64, size: u64, private: bool) -> Result<(), Errno> {
+        self.door.set_memory_attributes(kvm_memory_attributes {
+            address: gpa,
+            size,
+            attributes: if private {
+                KVM_MEMORY_ATTRIBUTE_PRIVATE
+            } else {
+                0
+            },
+            flags: 0,
+        })
+    }
+
+    /// `KVM_CREATE_IRQCHIP`: the in-kernel PIC, IOAPIC and LAPICs.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn create_irqchip(&self) -> Result<(), Errno> {
+        self.door.create_irqchip()
     }
 
     /// Creates vCPU `id`; the vCPU keeps every memslot mapping of this VM alive.
@@ -156,48 +404,129 @@ impl Vm {
     /// The ioctl's errno.
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, Errno> {
         Ok(Vcpu {
-            fd: self.fd.create_vcpu(id)?,
+            door: self.door.create_vcpu(id)?,
             keep: Arc::clone(&self.keep),
         })
     }
 }
 
-/// A vCPU fd (with its `kvm_run` mapping) that keeps its VM's memslot mappings alive.
+/// A vCPU (with its `kvm_run` page) that keeps its VM's memslot mappings alive.
 #[derive(Debug)]
 pub struct Vcpu {
     // Field order is drop order: the vCPU fd and kvm_run mapping go first.
-    fd: VcpuFd,
+    door: Box<dyn VcpuIoctls>,
     keep: KeepAlive,
 }
 
 impl Vcpu {
-    /// The vCPU fd, for the register/CPUID/MSR ioctls.
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
+    /// `KVM_SET_CPUID2`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_cpuid2(&self, cpuid: &CpuId) -> Result<(), Errno> {
+        self.door.set_cpuid2(cpuid)
     }
 
-    /// `KVM_RUN` (see `kvm_ioctls::VcpuFd::run`).
+    /// `KVM_GET_REGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn get_regs(&self) -> Result<kvm_regs, Errno> {
+        self.door.get_regs()
+    }
+
+    /// `KVM_SET_REGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), Errno> {
+        self.door.set_regs(regs)
+    }
+
+    /// `KVM_GET_SREGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn get_sregs(&self) -> Result<kvm_sregs, Errno> {
+        self.door.get_sregs()
+    }
+
+    /// `KVM_SET_SREGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), Errno> {
+        self.door.set_sregs(sregs)
+    }
+
+    /// `KVM_SET_XCRS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_xcrs(&self, xcrs: &kvm_xcrs) -> Result<(), Errno> {
+        self.door.set_xcrs(xcrs)
+    }
+
+    /// `KVM_SET_MSRS`; returns how many entries KVM took.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_msrs(&self, msrs: &Msrs) -> Result<usize, Errno> {
+        self.door.set_msrs(msrs)
+    }
+
+    /// `KVM_SET_DEBUGREGS`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_debugregs(&self, dr: &kvm_debugregs) -> Result<(), Errno> {
+        self.door.set_debugregs(dr)
+    }
+
+    /// `KVM_SET_FPU`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), Errno> {
+        self.door.set_fpu(fpu)
+    }
+
+    /// `KVM_SET_MP_STATE`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set_mp_state(&self, mp_state: u32) -> Result<(), Errno> {
+        self.door.set_mp_state(kvm_mp_state { mp_state })
+    }
+
+    /// `KVM_RUN`.
     ///
     /// # Errors
     /// The ioctl's errno (`EINTR` when kicked, `EAGAIN` for a waiting AP on INIT).
     pub fn run(&mut self) -> Result<VcpuExit<'_>, Errno> {
-        self.fd.run()
+        self.door.run()
     }
 
-    /// Sets `kvm_run.immediate_exit`.
+    /// Sets `kvm_run.immediate_exit` (a vCPU without a `kvm_run` page ignores it).
     pub fn set_immediate_exit(&mut self, val: u8) {
-        self.fd.set_kvm_immediate_exit(val);
+        if let Some(run) = self.door.kvm_run() {
+            run.immediate_exit = val;
+        }
     }
 
-    /// The `kvm_run` mapping (for the kick signal handler, see `sys::signal`).
+    /// The `kvm_run` mapping (for the kick signal handler, see `sys::signal`), or null.
     pub(super) fn kvm_run_ptr(&mut self) -> *mut kvm_run {
-        self.fd.get_kvm_run()
+        self.door
+            .kvm_run()
+            .map_or(std::ptr::null_mut(), std::ptr::from_mut)
     }
 
     /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data
     /// words (`include/uapi/linux/kvm.h`, `struct kvm_run` union member `internal`).
     pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
-        let run = self.fd.get_kvm_run();
+        let Some(run) = self.door.kvm_run() else {
+            return (0, Vec::new());
+        };
         if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
             return (0, Vec::new());
         }
@@ -218,5 +547,112 @@ impl Vcpu {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// The real kernel behind the door: kvm-ioctls on `/dev/kvm`.
+#[derive(Debug)]
+pub struct RealKvm(kvm_ioctls::Kvm);
+
+impl KvmIoctls for RealKvm {
+    fn check_extension(&self, cap: u32) -> i32 {
+        self.0.check_extension_raw(libc::c_ulong::from(cap))
+    }
+
+    fn max_vcpus(&self) -> usize {
+        self.0.get_max_vcpus()
+    }
+
+    fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno> {
+        self.0.get_supported_cpuid(max_entries)
+    }
+
+    fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
+        Ok(Box::new(RealVm(self.0.create_vm_with_type(vm_type)?)))
+    }
+}
+
+#[derive(Debug)]
+struct RealVm(VmFd);
+
+impl VmIoctls for RealVm {
+    fn check_extension(&self, cap: u32) -> i32 {
+        self.0.check_extension_raw(libc::c_ulong::from(cap))
+    }
+
+    unsafe fn set_user_memory_region2(
+        &self,
+        region: kvm_userspace_memory_region2,
+    ) -> Result<(), Errno> {
+        // SAFETY: kvm-ioctls' set_user_memory_region2 has exactly this function's contract
+        // (the mapping outlives the slot, the guest_memfd covers the range), which our caller
+        // upholds by this trait method's `# Safety` section.
+        unsafe { self.0.set_user_memory_region2(region) }
+    }
+
+    fn create_guest_memfd(&self, size: u64, flags: u64) -> Result<OwnedFd, Errno> {
+        let raw = self.0.create_guest_memfd(kvm_create_guest_memfd {
+            size,
+            flags,
+            ..Default::default()
+        })?;
+        // SAFETY: from_raw_fd needs an open fd that nothing else owns: KVM_CREATE_GUEST_MEMFD
+        // just returned it (checked for error by kvm-ioctls) and kvm-ioctls documents that the
+        // caller owns and must close it.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    fn set_memory_attributes(&self, attrs: kvm_memory_attributes) -> Result<(), Errno> {
+        self.0.set_memory_attributes(attrs)
+    }
+
+    fn create_irqchip(&self) -> Result<(), Errno> {
+        self.0.create_irq_chip()
+    }
+
+    fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
+        Ok(Box::new(RealVcpu(self.0.create_vcpu(id)?)))
+    }
+}
+
+#[derive(Debug)]
+struct RealVcpu(VcpuFd);
+
+impl VcpuIoctls for RealVcpu {
+    fn set_cpuid2(&self, cpuid: &CpuId) -> Result<(), Errno> {
+        self.0.set_cpuid2(cpuid)
+    }
+    fn get_regs(&self) -> Result<kvm_regs, Errno> {
+        self.0.get_regs()
+    }
+    fn set_regs(&self, regs: &kvm_regs) -> Result<(), Errno> {
+        self.0.set_regs(regs)
+    }
+    fn get_sregs(&self) -> Result<kvm_sregs, Errno> {
+        self.0.get_sregs()
+    }
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), Errno> {
+        self.0.set_sregs(sregs)
+    }
+    fn set_xcrs(&self, xcrs: &kvm_xcrs) -> Result<(), Errno> {
+        self.0.set_xcrs(xcrs)
+    }
+    fn set_msrs(&self, msrs: &Msrs) -> Result<usize, Errno> {
+        self.0.set_msrs(msrs)
+    }
+    fn set_debugregs(&self, dr: &kvm_debugregs) -> Result<(), Errno> {
+        self.0.set_debug_regs(dr)
+    }
+    fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), Errno> {
+        self.0.set_fpu(fpu)
+    }
+    fn set_mp_state(&self, state: kvm_mp_state) -> Result<(), Errno> {
+        self.0.set_mp_state(state)
+    }
+    fn run(&mut self) -> Result<VcpuExit<'_>, Errno> {
+        self.0.run()
+    }
+    fn kvm_run(&mut self) -> Option<&mut kvm_run> {
+        Some(self.0.get_kvm_run())
     }
 }

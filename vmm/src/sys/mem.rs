@@ -237,7 +237,7 @@ impl GuestMapping {
 }
 
 /// `st_size` of `fd` (`fstat(2)`).
-fn file_size(fd: &OwnedFd) -> Result<u64, Errno> {
+pub(super) fn file_size(fd: &OwnedFd) -> Result<u64, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat(2) needs an open fd and a writable `struct stat` buffer: `fd` is borrowed
     // open for the call, and `st` is a properly sized and aligned `libc::stat`.

@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kvm_bindings::CpuId;
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::VcpuExit;
 use relaunch::sys::kvm::{
-    Vcpu, Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    Kvm, Vcpu, Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+    KVM_X86_DEFAULT_VM,
 };
 use relaunch::sys::mem::GuestMapping;
 
@@ -72,7 +73,7 @@ pub enum Work {
 /// when KVM offers both `MMAP` and `INIT_SHARED`, anonymous memory otherwise.
 pub fn relaunch_backing(kvm: &Kvm) -> Backing {
     let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
-    let flags = u64::try_from(kvm.check_extension_raw(KVM_CAP_GUEST_MEMFD_FLAGS)).unwrap_or(0);
+    let flags = u64::try_from(kvm.check_extension(KVM_CAP_GUEST_MEMFD_FLAGS)).unwrap_or(0);
     if flags & want == want {
         Backing::GuestMemfd
     } else {
@@ -161,7 +162,7 @@ pub fn cycle_live(
     let mut c = Cycle::default();
 
     let t = Instant::now();
-    let mut vm = Vm::new(kvm.create_vm().context("KVM_CREATE_VM")?);
+    let mut vm = kvm.create_vm(KVM_X86_DEFAULT_VM).context("KVM_CREATE_VM")?;
     c.create_vm = t.elapsed();
 
     // (gpa, mapping) per memslot; the page goes to the top of the last one.
@@ -187,21 +188,21 @@ pub fn cycle_live(
     // range (RAM ≤ 3 GiB, the page at 4 GiB - 4 KiB).
     let t = Instant::now();
     for (gpa, mem) in mems {
-        vm.add_memslot(gpa, mem)
+        vm.add_memslot(gpa, mem.len() as u64, Some(&mem), None)
             .context("KVM_SET_USER_MEMORY_REGION2")?;
     }
     c.memslot = t.elapsed();
 
     if work == Work::SameAsRelaunch {
         let t = Instant::now();
-        vm.fd().create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.create_irqchip().context("KVM_CREATE_IRQCHIP")?;
         c.irqchip = t.elapsed();
     }
 
     let t = Instant::now();
     let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
     if work == Work::SameAsRelaunch {
-        vcpu.fd().set_cpuid2(cpuid).context("KVM_SET_CPUID2")?;
+        vcpu.set_cpuid2(cpuid).context("KVM_SET_CPUID2")?;
     }
     c.vcpu = t.elapsed();
 
@@ -227,16 +228,16 @@ pub fn cycle_live(
 /// teardown not included). On this host the order matters: see docs/benchmarks.md.
 pub fn irqchip_and_memslot(kvm: &Kvm, mem_bytes: u64, before: bool) -> anyhow::Result<Duration> {
     let len = usize::try_from(mem_bytes).context("memory size")?;
-    let mut vm = Vm::new(kvm.create_vm().context("KVM_CREATE_VM")?);
+    let mut vm = kvm.create_vm(KVM_X86_DEFAULT_VM).context("KVM_CREATE_VM")?;
     let mem = Arc::new(GuestMapping::anonymous(len).context("mmap guest RAM")?);
     let t = Instant::now();
     if before {
-        vm.fd().create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.create_irqchip().context("KVM_CREATE_IRQCHIP")?;
     }
-    vm.add_memslot(0, mem)
+    vm.add_memslot(0, mem.len() as u64, Some(&mem), None)
         .context("KVM_SET_USER_MEMORY_REGION2")?;
     if !before {
-        vm.fd().create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.create_irqchip().context("KVM_CREATE_IRQCHIP")?;
     }
     let d = t.elapsed();
     drop(vm);
@@ -265,7 +266,7 @@ mod tests {
     /// On a host with /dev/kvm, one real cycle must reach the boot marker.
     #[test]
     fn one_cycle_on_kvm() {
-        let Ok(kvm) = Kvm::new() else {
+        let Ok(kvm) = Kvm::open() else {
             eprintln!("SKIPPED: no /dev/kvm");
             return;
         };
@@ -284,13 +285,13 @@ mod tests {
                 2 << 20,
                 Backing::GuestMemfd,
                 Work::Minimal,
-                &kvm.get_supported_cpuid(256).unwrap(),
+                &kvm.supported_cpuid(256).unwrap(),
                 &page
             )
             .is_err());
         }
         for b in backings {
-            let cpuid = kvm.get_supported_cpuid(256).unwrap();
+            let cpuid = kvm.supported_cpuid(256).unwrap();
             for w in [Work::Minimal, Work::SameAsRelaunch] {
                 let c = cycle(&kvm, 2 << 20, b, w, &cpuid, &page).unwrap();
                 assert!(c.critical_path() > Duration::ZERO);

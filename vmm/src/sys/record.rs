@@ -1,0 +1,369 @@
+//! A recording kernel behind the door (`sys::kvm`): every call the VMM makes is appended to a
+//! shared log (the fd it went to, its uapi name, its decoded arguments), and answered like a
+//! kernel that accepts everything — or with an errno the test asked for. No VM ever runs.
+//!
+//! Tests use it to check the exact call sequence of a backend's phases without `/dev/kvm`;
+//! the kernel model of the confidential backends sits in the same place.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_memory_attributes, kvm_mp_state, kvm_regs,
+    kvm_run, kvm_sregs, kvm_userspace_memory_region2, kvm_xcrs, CpuId, Msrs,
+};
+use kvm_ioctls::VcpuExit;
+
+use super::kvm::{KvmIoctls, VcpuIoctls, VmIoctls};
+use super::Errno;
+
+/// One recorded call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The fd it went to: `kvm`, `vm<N>`, `vcpu<N>` (VM-local id).
+    pub fd: String,
+    /// The ioctl's uapi name.
+    pub ioctl: &'static str,
+    /// Its decoded arguments, `name=value` separated by spaces (empty when none).
+    pub args: String,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.args.is_empty() {
+            write!(f, "{} {}", self.fd, self.ioctl)
+        } else {
+            write!(f, "{} {} {}", self.fd, self.ioctl, self.args)
+        }
+    }
+}
+
+/// An errno to return from the next calls of one ioctl.
+#[derive(Clone, Debug)]
+struct Fault {
+    ioctl: &'static str,
+    errno: i32,
+    /// How many calls fail (then it succeeds again).
+    times: u32,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    calls: Mutex<Vec<Call>>,
+    faults: Mutex<Vec<Fault>>,
+    vms: AtomicU32,
+}
+
+impl Shared {
+    fn record(&self, fd: &str, ioctl: &'static str, args: String) -> Result<(), Errno> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Call {
+                fd: fd.to_string(),
+                ioctl,
+                args,
+            });
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = faults.iter_mut().find(|f| f.ioctl == ioctl && f.times > 0) {
+            f.times -= 1;
+            return Err(Errno::new(f.errno));
+        }
+        Ok(())
+    }
+}
+
+/// The recording kernel: hand it to `sys::kvm::Kvm::with`.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    shared: Arc<Shared>,
+    max_vcpus: usize,
+    /// Answers to `KVM_CHECK_EXTENSION`, `(cap, value)`; others answer 0.
+    caps: Arc<Vec<(u32, i32)>>,
+}
+
+impl Recorder {
+    /// A recorder whose host offers `max_vcpus` vCPUs and the `(cap, value)` extensions.
+    pub fn new(max_vcpus: usize, caps: &[(u32, i32)]) -> Recorder {
+        Recorder {
+            shared: Arc::default(),
+            max_vcpus,
+            caps: Arc::new(caps.to_vec()),
+        }
+    }
+
+    /// Makes the next `times` calls of `ioctl` fail with `errno` (after being recorded).
+    pub fn fail(&self, ioctl: &'static str, errno: i32, times: u32) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Fault {
+                ioctl,
+                errno,
+                times,
+            });
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every call so far as `fd IOCTL args` lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.calls().iter().map(ToString::to_string).collect()
+    }
+
+    /// Forgets the calls recorded so far.
+    pub fn clear(&self) {
+        self.shared
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn cap(&self, cap: u32) -> i32 {
+        self.caps
+            .iter()
+            .find(|(c, _)| *c == cap)
+            .map_or(0, |&(_, v)| v)
+    }
+}
+
+impl KvmIoctls for Recorder {
+    fn check_extension(&self, cap: u32) -> i32 {
+        let _ = self
+            .shared
+            .record("kvm", "KVM_CHECK_EXTENSION", format!("cap={cap}"));
+        self.cap(cap)
+    }
+
+    fn max_vcpus(&self) -> usize {
+        self.max_vcpus
+    }
+
+    fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno> {
+        self.shared.record(
+            "kvm",
+            "KVM_GET_SUPPORTED_CPUID",
+            format!("nent={max_entries}"),
+        )?;
+        // A tiny table: leaf 1 (with an APIC ID field to patch) and leaf 0xB.
+        let entries = [
+            kvm_cpuid_entry2 {
+                function: 1,
+                eax: 0x00A0_0F11,
+                ebx: 0x0000_0800,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xB,
+                ..Default::default()
+            },
+        ];
+        CpuId::from_entries(&entries).map_err(|_| Errno::new(libc::ENOMEM))
+    }
+
+    fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
+        self.shared
+            .record("kvm", "KVM_CREATE_VM", format!("type={vm_type}"))?;
+        let n = self.shared.vms.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(RecVm {
+            name: format!("vm{n}"),
+            rec: self.clone(),
+            vcpus: AtomicU32::new(0),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct RecVm {
+    name: String,
+    rec: Recorder,
+    vcpus: AtomicU32,
+}
+
+impl RecVm {
+    fn record(&self, ioctl: &'static str, args: String) -> Result<(), Errno> {
+        self.rec.shared.record(&self.name, ioctl, args)
+    }
+}
+
+impl VmIoctls for RecVm {
+    fn check_extension(&self, cap: u32) -> i32 {
+        let _ = self.record("KVM_CHECK_EXTENSION", format!("cap={cap}"));
+        self.rec.cap(cap)
+    }
+
+    unsafe fn set_user_memory_region2(&self, r: kvm_userspace_memory_region2) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_USER_MEMORY_REGION2",
+            format!(
+                "slot={} flags={:#x} guest_phys_addr={:#x} memory_size={:#x} userspace_addr={} guest_memfd_offset={} guest_memfd={}",
+                r.slot,
+                r.flags,
+                r.guest_phys_addr,
+                r.memory_size,
+                if r.userspace_addr == 0 { "0" } else { "mapped" },
+                r.guest_memfd_offset,
+                if r.flags & super::kvm::KVM_MEM_GUEST_MEMFD != 0 { "fd" } else { "none" },
+            ),
+        )
+    }
+
+    fn create_guest_memfd(&self, size: u64, flags: u64) -> Result<OwnedFd, Errno> {
+        self.record(
+            "KVM_CREATE_GUEST_MEMFD",
+            format!("size={size:#x} flags={flags:#x}"),
+        )?;
+        // A memfd stands in for the guest_memfd: it has the size and can be mapped.
+        let f = memfd(size)?;
+        Ok(OwnedFd::from(f))
+    }
+
+    fn set_memory_attributes(&self, a: kvm_memory_attributes) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_MEMORY_ATTRIBUTES",
+            format!(
+                "address={:#x} size={:#x} attributes={:#x} flags={}",
+                a.address, a.size, a.attributes, a.flags
+            ),
+        )
+    }
+
+    fn create_irqchip(&self) -> Result<(), Errno> {
+        self.record("KVM_CREATE_IRQCHIP", String::new())
+    }
+
+    fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
+        self.record("KVM_CREATE_VCPU", format!("id={id}"))?;
+        let n = self.vcpus.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(RecVcpu {
+            name: format!("{}.vcpu{n}", self.name),
+            rec: self.rec.clone(),
+        }))
+    }
+}
+
+fn memfd(size: u64) -> Result<File, Errno> {
+    // SAFETY: memfd_create(2) needs a NUL-terminated name: a C string literal; it returns a
+    // new fd (checked below) that nothing else owns.
+    let fd = unsafe { libc::memfd_create(c"relaunch-recorded-gmem".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: from_raw_fd needs an open fd nothing else owns: memfd_create just returned it.
+    let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_len(size)
+        .map_err(|e| Errno::new(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(f)
+}
+
+#[derive(Debug)]
+struct RecVcpu {
+    name: String,
+    rec: Recorder,
+}
+
+impl RecVcpu {
+    fn record(&self, ioctl: &'static str, args: String) -> Result<(), Errno> {
+        self.rec.shared.record(&self.name, ioctl, args)
+    }
+}
+
+fn seg(s: &kvm_bindings::kvm_segment) -> String {
+    format!("{:#x}/{:#x}/{:#x}", s.selector, s.base, s.limit)
+}
+
+impl VcpuIoctls for RecVcpu {
+    fn set_cpuid2(&self, cpuid: &CpuId) -> Result<(), Errno> {
+        let apic = cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 1)
+            .map_or(0, |e| e.ebx >> 24);
+        self.record(
+            "KVM_SET_CPUID2",
+            format!("nent={} apic_id={apic}", cpuid.as_slice().len()),
+        )
+    }
+    fn get_regs(&self) -> Result<kvm_regs, Errno> {
+        self.record("KVM_GET_REGS", String::new())?;
+        // KVM's reset state: RIP 0xFFF0, RFLAGS bit 1.
+        Ok(kvm_regs {
+            rip: 0xFFF0,
+            rflags: 2,
+            ..Default::default()
+        })
+    }
+    fn set_regs(&self, r: &kvm_regs) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_REGS",
+            format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
+        )
+    }
+    fn get_sregs(&self) -> Result<kvm_sregs, Errno> {
+        self.record("KVM_GET_SREGS", String::new())?;
+        Ok(kvm_sregs::default())
+    }
+    fn set_sregs(&self, s: &kvm_sregs) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_SREGS",
+            format!(
+                "cs={} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                seg(&s.cs),
+                s.cr0,
+                s.cr3,
+                s.cr4,
+                s.efer
+            ),
+        )
+    }
+    fn set_xcrs(&self, x: &kvm_xcrs) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_XCRS",
+            format!("nr_xcrs={} xcr0={:#x}", x.nr_xcrs, x.xcrs[0].value),
+        )
+    }
+    fn set_msrs(&self, msrs: &Msrs) -> Result<usize, Errno> {
+        let list: Vec<String> = msrs
+            .as_slice()
+            .iter()
+            .map(|e| format!("{:#x}={:#x}", e.index, e.data))
+            .collect();
+        self.record("KVM_SET_MSRS", list.join(","))?;
+        Ok(msrs.as_slice().len())
+    }
+    fn set_debugregs(&self, d: &kvm_debugregs) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_DEBUGREGS",
+            format!("dr6={:#x} dr7={:#x}", d.dr6, d.dr7),
+        )
+    }
+    fn set_fpu(&self, f: &kvm_fpu) -> Result<(), Errno> {
+        self.record(
+            "KVM_SET_FPU",
+            format!("fcw={:#x} mxcsr={:#x}", f.fcw, f.mxcsr),
+        )
+    }
+    fn set_mp_state(&self, s: kvm_mp_state) -> Result<(), Errno> {
+        self.record("KVM_SET_MP_STATE", format!("mp_state={}", s.mp_state))
+    }
+    fn run(&mut self) -> Result<VcpuExit<'_>, Errno> {
+        self.record("KVM_RUN", String::new())?;
+        // Nothing runs behind a recorder.
+        Err(Errno::new(libc::ENOSYS))
+    }
+    fn kvm_run(&mut self) -> Option<&mut kvm_run> {
+        None
+    }
+}
