@@ -115,6 +115,51 @@ fn kvm_image_reboot_loop_counts_generations() {
     assert_eq!(r.launches, 3);
 }
 
+/// A session handed another bundle runs it from its next relaunch: reboot-loop resets, then
+/// hello runs (generation 2, read from fw_cfg) and powers off; with `--prestage` the VM
+/// prestaged for the old bundle is thrown away. The audit log names both bundles.
+#[test]
+fn kvm_image_session_switches_bundle_at_reset() {
+    let Some(host) = host(true) else { return };
+    let (Some((_, loop_bytes)), Some((_, hello_bytes))) = (image("reboot-loop"), image("hello"))
+    else {
+        return;
+    };
+    let first = plan_native(&host, &loop_bytes, 1);
+    let second = plan_native(&host, &hello_bytes, 1);
+    let path =
+        std::env::temp_dir().join(format!("relaunch-img-switch-{}.jsonl", std::process::id()));
+    for prestage in [false, true] {
+        let _ = std::fs::remove_file(&path);
+        let mut cfg = with_audit(config(MEM, None, prestage), &path);
+        cfg.fw_cfg_files = vec![(
+            "opt/relaunch/reboot-until".into(),
+            7u64.to_le_bytes().to_vec(),
+        )];
+        cfg.next.set(Arc::clone(&second));
+        let r = run(&host, &first, &cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+        assert_eq!(r.launches, 2);
+        let out = output(&cfg);
+        assert!(out.contains("hello from relaunch guest"), "{out:?}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let launches: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"event\":\"launch\""))
+            .collect();
+        assert_eq!(launches.len(), 2, "{text}");
+        let sha = |b: &[u8]| relaunch::launch::hex(&Sha256::digest(b));
+        assert!(launches[0].contains(&sha(&loop_bytes)), "{}", launches[0]);
+        assert!(launches[1].contains(&sha(&hello_bytes)), "{}", launches[1]);
+        assert!(
+            launches[1].contains("\"prestaged\":false"),
+            "{}",
+            launches[1]
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn kvm_image_smp_reports_every_vcpu() {
     let Some(host) = host(true) else { return };

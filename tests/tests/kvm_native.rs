@@ -242,3 +242,96 @@ fn kvm_audit_log_records_every_launch_before_it_runs() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// The session runs the launch it is handed at its next relaunch: a guest that resets is
+/// replaced by one that powers off, and the audit log names both bundles.
+#[test]
+fn kvm_session_switches_launch_at_relaunch() {
+    let Some(host) = host(true) else { return };
+    let path =
+        std::env::temp_dir().join(format!("relaunch-kvm-switch-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let reset = testing::plan(testing::RESET, &[], 1, MEM, 0).launch();
+    let hello = testing::plan(testing::HELLO, &[], 1, MEM, 0).launch();
+    let cfg = with_audit(config(MEM, Some(5), false), &path);
+    cfg.next.set(std::sync::Arc::clone(&hello));
+    let r = run(&host, &reset, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    assert_eq!((r.launches, r.generation), (2, 2));
+    assert_eq!(output(&cfg), "hello from a hand-built plan\n");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let launches: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"event\":\"launch\""))
+        .collect();
+    assert_eq!(launches.len(), 2, "{text}");
+    assert!(launches[0].contains("\"generation\":1"));
+    assert!(launches[1].contains("\"generation\":2"));
+    assert_ne!(reset.id(), hello.id());
+    let _ = std::fs::remove_file(&path);
+}
+
+/// More resets than the limit allows within its interval stop the session with exit code 4,
+/// and the last exit record says why.
+#[test]
+fn kvm_reset_rate_limit_stops_a_reboot_storm() {
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan(testing::RESET, &[], 1, MEM, 0);
+    let mut cfg = config(MEM, None, false);
+    cfg.reset_limit = relaunch::session::ResetLimit::parse("3/60s");
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT, "{:?}", r.outcome);
+    // Three resets relaunch; the fourth within the minute stops.
+    assert_eq!(r.launches, 4);
+    let why = r.stopped_by.expect("stopped by the limit");
+    assert!(why.contains("4 resets within 60000 ms"), "{why}");
+    let ev = events(&cfg);
+    assert_eq!(ev.len(), 4);
+    assert!(
+        ev[3].contains("\"stopped_by\":\"reset rate limit"),
+        "{}",
+        ev[3]
+    );
+    assert!(ev[3].contains("\"exit_code\":4"), "{}", ev[3]);
+    assert!(ev[2].contains("\"stopped_by\":null"), "{}", ev[2]);
+}
+
+/// A guest that resets in a loop while `fdatasync` is slow: dead VMs pile up behind the
+/// droppers, and the backlog bound holds them at the limit (the relaunch waits instead).
+#[test]
+fn kvm_dead_vm_backlog_is_bounded_with_a_slow_fdatasync() {
+    let Some(host) = host(true) else { return };
+    let path =
+        std::env::temp_dir().join(format!("relaunch-kvm-backlog-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let plan = testing::plan(testing::RESET, &[], 1, MEM, 0);
+    let mut cfg = with_audit(config(MEM, Some(40), false), &path);
+    cfg.backlog = relaunch::session::BacklogLimit {
+        vms: 3,
+        bytes: 1 << 40,
+    };
+    cfg.audit
+        .as_ref()
+        .unwrap()
+        .set_sync_delay(std::time::Duration::from_millis(15));
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT, "{:?}", r.outcome);
+    assert_eq!(r.launches, 41);
+    // With 15 ms per sync and two droppers, a reset every ≈ 1 ms would queue dozens.
+    assert!(r.peak_backlog >= 2, "peak {}", r.peak_backlog);
+    assert!(r.peak_backlog <= 3, "peak {}", r.peak_backlog);
+    // The byte bound: one 64 MiB VM at a time.
+    let mut cfg = with_audit(config(MEM, Some(10), false), &path);
+    cfg.backlog = relaunch::session::BacklogLimit {
+        vms: 32,
+        bytes: MEM,
+    };
+    cfg.audit
+        .as_ref()
+        .unwrap()
+        .set_sync_delay(std::time::Duration::from_millis(10));
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_REBOOT_LIMIT, "{:?}", r.outcome);
+    assert_eq!(r.peak_backlog, 1);
+    let _ = std::fs::remove_file(&path);
+}

@@ -108,6 +108,8 @@ pub fn unix_ms() -> u64 {
 #[derive(Debug)]
 pub struct AuditLog {
     file: File,
+    /// Extra time every `sync` takes, in ns (fault injection: a slow disk).
+    sync_delay_ns: std::sync::atomic::AtomicU64,
 }
 
 impl AuditLog {
@@ -122,7 +124,10 @@ impl AuditLog {
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)?;
-        Ok(AuditLog { file })
+        Ok(AuditLog {
+            file,
+            sync_delay_ns: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Appends one record with a single `write(2)`.
@@ -142,7 +147,21 @@ impl AuditLog {
     /// # Errors
     /// The sync error.
     pub fn sync(&self) -> std::io::Result<()> {
+        let delay = self
+            .sync_delay_ns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(delay));
+        }
         self.file.sync_data()
+    }
+
+    /// Makes every later [`AuditLog::sync`] take `delay` longer: fault injection for tests of
+    /// what a slow disk does to the session (the dead-VM backlog bound).
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        let ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.sync_delay_ns
+            .store(ns, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
