@@ -34,7 +34,8 @@ use relaunch::sys::kvm::Kvm;
 use crate::bench::{self, floor, guest, ms, qemu, Reaped, Summary};
 
 const USAGE: &str = "usage: cargo xtask bench relaunch [--cycles N (>= 200)] [--mem-mib N] \
-                     [--cold-runs N (>= 20)] [--qemu-seconds S] [--relaunch-bin PATH]";
+                     [--cold-runs N (>= 20)] [--qemu-seconds S] [--relaunch-bin PATH] \
+                     [--baseline-bin PATH]";
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -46,6 +47,9 @@ struct Opts {
     /// A prebuilt `relaunch` to measure instead of building the static release binary
     /// (A/B comparisons of two builds).
     relaunch_bin: Option<PathBuf>,
+    /// Another `relaunch` (e.g. the previous commit's) run in the same rounds as the main
+    /// variant, interleaved with it: the before/after ratio of one run.
+    baseline_bin: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -55,6 +59,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         cold_runs: 20,
         qemu_seconds: 3,
         relaunch_bin: None,
+        baseline_bin: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -75,6 +80,13 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                     .with_context(|| format!("--relaunch-bin needs a value; {USAGE}"))?;
                 o.relaunch_bin =
                     Some(std::fs::canonicalize(p).with_context(|| format!("--relaunch-bin {p}"))?);
+            }
+            "--baseline-bin" => {
+                let p = it
+                    .next()
+                    .with_context(|| format!("--baseline-bin needs a value; {USAGE}"))?;
+                o.baseline_bin =
+                    Some(std::fs::canonicalize(p).with_context(|| format!("--baseline-bin {p}"))?);
             }
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}; {USAGE}"),
@@ -122,6 +134,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
 #[derive(Default)]
 struct Results {
     relaunch: Option<Summary>,
+    /// The `--baseline-bin` binary, same rounds.
+    baseline: Option<Summary>,
     relaunch_spin: Option<Summary>,
     prestage: Option<Summary>,
     prestage_at_once: Option<Summary>,
@@ -161,6 +175,10 @@ fn run(o: Opts) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| format!(" --relaunch-bin {}", p.display()))
             .unwrap_or_default()
+            + &o.baseline_bin
+                .as_ref()
+                .map(|p| format!(" --baseline-bin {}", p.display()))
+                .unwrap_or_default()
     );
     println!("host: {}", bench::host_description());
     println!("load average at start: {}", load());
@@ -212,6 +230,8 @@ fn run(o: Opts) -> anyhow::Result<()> {
     let mut floor_cycles: [Vec<floor::Cycle>; FLOORS] = Default::default();
     let mut main_events: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut main_error = None;
+    let mut base_events: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut base_error = None;
     let per_round = o.cycles.div_ceil(ROUNDS);
     for round in 0..ROUNDS {
         floor_block(
@@ -237,6 +257,20 @@ fn run(o: Opts) -> anyhow::Result<()> {
             }
             Err(e) => main_error = Some(e),
         }
+        // The baseline right after, with the same guest and cycles (alternating order would
+        // not help: each run is many relaunches, and rounds repeat).
+        if let (Some(base), None) = (&o.baseline_bin, &base_error) {
+            let events = dir.join(format!("events-baseline-{round}.jsonl"));
+            match relaunch_events(base, &reset, o.mem_mib, per_round, false, &events) {
+                Ok(t) => {
+                    for (k, v) in t {
+                        base_events.entry(k).or_default().extend(v);
+                    }
+                    println!("round {round}: baseline run done, load {}", load());
+                }
+                Err(e) => base_error = Some(e),
+            }
+        }
     }
     print_floor(&floor_cycles, &mut r)?;
     irqchip_order(&kvm, &o)?;
@@ -245,6 +279,16 @@ fn run(o: Opts) -> anyhow::Result<()> {
         match main_error {
             Some(e) => println!("relaunch [reset at once]: failed: {e:#}"),
             None => r.relaunch = print_events(&main_events, o.cycles),
+        }
+    }
+    if let Some(base) = &o.baseline_bin {
+        println!(
+            "\nbaseline {} [reset at once] ({ROUNDS} runs pooled, same rounds):",
+            base.display()
+        );
+        match base_error {
+            Some(e) => println!("baseline: failed: {e:#}"),
+            None => r.baseline = print_events(&base_events, o.cycles),
         }
     }
 
@@ -749,6 +793,14 @@ fn print_table(r: &Results) {
         "relaunch latency (reset request → boot marker)",
         show(r.relaunch)
     );
+    if let Some(b) = r.baseline {
+        println!(
+            "{:<52} {} → this build / baseline = {}",
+            "  --baseline-bin, same rounds",
+            show(Some(b)),
+            r.relaunch.map_or("n/a".into(), |m| ratio(m.p50, b.p50))
+        );
+    }
     println!(
         "{:<52} {}",
         "  same, guest spins ~9 ms before its reset",
