@@ -361,21 +361,7 @@ mod tests {
     }
 
     fn tempfile_fd(size: u64) -> OwnedFd {
-        let path = std::env::temp_dir().join(format!(
-            "relaunch-memtest-{}-{size}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(size).unwrap();
-        let _ = std::fs::remove_file(&path);
-        OwnedFd::from(f)
+        OwnedFd::from(crate::sys::record::memfd(size).unwrap())
     }
 
     #[test]

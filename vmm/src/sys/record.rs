@@ -254,7 +254,12 @@ impl VmIoctls for RecVm {
     }
 }
 
-fn memfd(size: u64) -> Result<File, Errno> {
+/// An anonymous memory file of `size` bytes (`memfd_create`): what the recorder hands out as
+/// a guest_memfd, and a stand-in for one in tests.
+///
+/// # Errors
+/// The `memfd_create` or `ftruncate` errno.
+pub fn memfd(size: u64) -> Result<File, Errno> {
     // SAFETY: memfd_create(2) needs a NUL-terminated name: a C string literal; it returns a
     // new fd (checked below) that nothing else owns.
     let fd = unsafe { libc::memfd_create(c"relaunch-recorded-gmem".as_ptr(), libc::MFD_CLOEXEC) };
