@@ -193,6 +193,25 @@ impl GuestMemory {
         self.regions.iter().map(|r| r.size).sum()
     }
 
+    /// Bytes of host memory the regions hold now (resident shared pages, allocated private
+    /// pages); a region that cannot be measured counts its whole size.
+    pub fn resident_bytes(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|r| {
+                let shared = r.shared.as_ref().map_or(Ok(0), |m| m.resident_bytes());
+                let private = r
+                    .private
+                    .as_ref()
+                    .map_or(Ok(0), |fd| crate::sys::mem::file_allocated_bytes(fd));
+                match (shared, private) {
+                    (Ok(a), Ok(b)) => a.saturating_add(b),
+                    _ => r.size,
+                }
+            })
+            .fold(0, u64::saturating_add)
+    }
+
     /// The parts of `[gpa, gpa + size)` that no region covers.
     pub fn uncovered(&self, gpa: u64, size: u64) -> Vec<(u64, u64)> {
         uncovered_by(self.regions.iter().map(|r| (r.gpa, r.end())), gpa, size)

@@ -235,6 +235,13 @@ impl Backlog {
         s.2 = s.2.max(s.0);
     }
 
+    /// A dead VM counted with `from` bytes holds `to` (its measured footprint).
+    pub fn adjust(&self, from: u64, to: u64) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.1 = s.1.saturating_sub(from).saturating_add(to);
+        self.cv.notify_all();
+    }
+
     /// A dead VM holding `bytes` is gone.
     pub fn release(&self, bytes: u64) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -257,6 +264,9 @@ struct DeadVm {
 }
 
 impl DeadVm {
+    /// Counts `vm` in the backlog (waiting for room) with its whole guest memory: the upper
+    /// bound of what it holds, known without a system call on the relaunch path. The reaper
+    /// replaces it with the measured footprint ([`DeadVm::measure`]).
     fn new(vm: BuiltVm, backlog: &Arc<Backlog>) -> DeadVm {
         let bytes = vm.memory.total_bytes();
         backlog.acquire(bytes);
@@ -265,6 +275,14 @@ impl DeadVm {
             bytes,
             backlog: Arc::clone(backlog),
         }
+    }
+
+    /// Counts what the VM's memory really holds (resident and allocated pages: a guest that
+    /// touched little of its RAM holds little) instead of the upper bound.
+    fn measure(&mut self) {
+        let resident = self.vm.memory.resident_bytes().min(self.bytes);
+        self.backlog.adjust(self.bytes, resident);
+        self.bytes = resident;
     }
 
     /// Closes the VM, then gives the permit back.
@@ -403,7 +421,7 @@ fn reaper(
     for job in rx {
         match job {
             Job::Reap {
-                vm,
+                mut vm,
                 after,
                 audit,
                 event,
@@ -411,6 +429,7 @@ fn reaper(
                 if let Some(c) = after {
                     c.wait_first_exit(DEFER_MAX);
                 }
+                vm.measure();
                 if let Some((line, sink)) = event {
                     sink.emit(&line.finish());
                 }
