@@ -974,3 +974,52 @@ fn failure_line(generation: u64, outcome: &Outcome) -> String {
         .u64("exit_code", u64::from(exit_code(outcome)))
         .finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_limit_parses() {
+        let l = |n, ms| {
+            Some(ResetLimit {
+                resets: n,
+                interval: Duration::from_millis(ms),
+            })
+        };
+        assert_eq!(ResetLimit::parse("20/10s"), l(20, 10_000));
+        assert_eq!(ResetLimit::parse("20/10"), l(20, 10_000));
+        assert_eq!(ResetLimit::parse("5/500ms"), l(5, 500));
+        assert_eq!(ResetLimit::parse("100/1m"), l(100, 60_000));
+        assert_eq!(ResetLimit::parse(" 3 / 1h "), l(3, 3_600_000));
+        for bad in ["", "5", "0/10s", "5/0s", "-1/5s", "5/2d", "5/25h", "x/1s", "5/1x"] {
+            assert_eq!(ResetLimit::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// The backlog waits while either bound would be exceeded, always admits one VM, and a
+    /// measured footprint makes room.
+    #[test]
+    fn backlog_bounds_count_and_bytes() {
+        let b = Arc::new(Backlog::new(BacklogLimit {
+            vms: 2,
+            bytes: 100,
+        }));
+        b.acquire(1000); // Alone: admitted whatever its size.
+        assert_eq!(b.counts(), (1, 1000, 1));
+        let b2 = Arc::clone(&b);
+        let waiter = std::thread::spawn(move || b2.acquire(50));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.counts().0, 1, "the second VM must wait: 1050 > 100 bytes");
+        b.adjust(1000, 40); // Measured: 40 + 50 fits.
+        waiter.join().unwrap();
+        assert_eq!(b.counts(), (2, 90, 2));
+        let b3 = Arc::clone(&b);
+        let waiter = std::thread::spawn(move || b3.acquire(0));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.counts().0, 2, "a third VM must wait: count bound 2");
+        b.release(40);
+        waiter.join().unwrap();
+        assert_eq!(b.counts(), (2, 50, 2));
+    }
+}
