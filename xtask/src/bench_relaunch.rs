@@ -154,7 +154,7 @@ struct Results {
 }
 
 /// Floor blocks and relaunch runs alternate this many times for the main comparison.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -244,31 +244,39 @@ fn run(o: Opts) -> anyhow::Result<()> {
             &mut floor_cycles,
         )?;
         println!("round {round}: floor block done, load {}", load());
-        let (Some(bin), None) = (&bin, &main_error) else {
-            continue;
-        };
-        let events = dir.join(format!("events-tiny-reset-{round}.jsonl"));
-        match relaunch_events(bin, &reset, o.mem_mib, per_round, false, &events) {
-            Ok(t) => {
-                for (k, v) in t {
-                    main_events.entry(k).or_default().extend(v);
-                }
-                println!("round {round}: relaunch run done, load {}", load());
+        // This build and the baseline (if any), in alternating order from round to round:
+        // whichever runs right after the floor block shares the machine with the floor's
+        // last teardowns.
+        let mut order: Vec<bool> = vec![true];
+        if o.baseline_bin.is_some() {
+            order.push(false);
+            if round % 2 == 1 {
+                order.reverse();
             }
-            Err(e) => main_error = Some(e),
         }
-        // The baseline right after, with the same guest and cycles (alternating order would
-        // not help: each run is many relaunches, and rounds repeat).
-        if let (Some(base), None) = (&o.baseline_bin, &base_error) {
-            let events = dir.join(format!("events-baseline-{round}.jsonl"));
-            match relaunch_events(base, &reset, o.mem_mib, per_round, false, &events) {
+        for this_build in order {
+            let (bin, events_map, error, name) = if this_build {
+                (bin.as_ref(), &mut main_events, &mut main_error, "relaunch")
+            } else {
+                (
+                    o.baseline_bin.as_ref(),
+                    &mut base_events,
+                    &mut base_error,
+                    "baseline",
+                )
+            };
+            let (Some(bin), None) = (bin, &*error) else {
+                continue;
+            };
+            let events = dir.join(format!("events-{name}-tiny-reset-{round}.jsonl"));
+            match relaunch_events(bin, &reset, o.mem_mib, per_round, false, &events) {
                 Ok(t) => {
                     for (k, v) in t {
-                        base_events.entry(k).or_default().extend(v);
+                        events_map.entry(k).or_default().extend(v);
                     }
-                    println!("round {round}: baseline run done, load {}", load());
+                    println!("round {round}: {name} run done, load {}", load());
                 }
-                Err(e) => base_error = Some(e),
+                Err(e) => *error = Some(e),
             }
         }
     }
