@@ -278,8 +278,13 @@ impl DeadVm {
     }
 
     /// Counts what the VM's memory really holds (resident and allocated pages: a guest that
-    /// touched little of its RAM holds little) instead of the upper bound.
+    /// touched little of its RAM holds little) instead of the upper bound — only once the
+    /// upper bounds fill half the byte bound: `mincore` walks the page tables under the
+    /// process's `mmap_lock`, which the next build's `KVM_CREATE_VM` and memslots also take.
     fn measure(&mut self) {
+        if self.backlog.counts().1 <= self.backlog.limit.bytes / 2 {
+            return;
+        }
         let resident = self.vm.memory.resident_bytes().min(self.bytes);
         self.backlog.adjust(self.bytes, resident);
         self.bytes = resident;
