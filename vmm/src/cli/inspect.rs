@@ -18,6 +18,7 @@
 //! A bundle that does not parse is a one-line error and exit code 2; a platform view that
 //! cannot be planned shows why, and the other views are still printed.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -34,13 +35,73 @@ use relaunch_core::plan::{LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind
 use super::measure::{
     final_vp_contexts, kind_name, measure_bundle, one_line, source_name, Failure, DEFAULT_MEM,
 };
-use crate::args::{parse_hex_u64, parse_size, parse_u64, Arg, ArgError, Args};
+use crate::args::{
+    parse_hex_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+};
 use crate::json::{self, ArrayWriter, ObjectWriter};
 
-const HELP: &str = "\
-usage: relaunch inspect FILE [--platform <native|sev|sev-es|snp|tdx>] [--vcpus N]
-         [--vcpu-type NAME | --vcpu-sig HEX] [--mem SIZE] [--json]
-Describes an IGVM file or OVMF/TDVF image and the launch plan of each platform view.";
+/// `relaunch inspect`'s flags: the parser and `--help` are both built from this table.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        long: "platform",
+        short: None,
+        value: Some("P"),
+        help: "Show only this platform's view: native, sev, sev-es, snp or tdx. Default: every \
+               platform the bundle supports.",
+    },
+    Flag {
+        long: "vcpus",
+        short: None,
+        value: Some("N"),
+        help: "Number of vCPUs the views are planned for, 1 to 255. Default: 1.",
+    },
+    Flag {
+        long: "vcpu-type",
+        short: None,
+        value: Some("NAME"),
+        help: "QEMU -cpu model for the reset state's RDX (EPYC, EPYC-v4, EPYC-Rome, \
+               EPYC-Milan, EPYC-Genoa, ...). Default: none (a digest that depends on it is \
+               not shown).",
+    },
+    Flag {
+        long: "vcpu-sig",
+        short: None,
+        value: Some("HEX"),
+        help: "The vCPU signature (CPUID(1).EAX) as hex, instead of --vcpu-type. Default: none.",
+    },
+    Flag {
+        long: "mem",
+        short: None,
+        value: Some("SIZE"),
+        help: "Guest RAM the views are planned for: a byte count or a size with K, M, G or T, \
+               a 4 KiB multiple from 4 KiB to 1 TiB. Default: 256M.",
+    },
+    Flag {
+        long: "json",
+        short: None,
+        value: None,
+        help: "Print one JSON object (every header and every launch op, uncollapsed) instead \
+               of text. Default: off.",
+    },
+    HELP_FLAG,
+];
+
+/// `relaunch inspect --help`.
+pub const HELP: CommandHelp = CommandHelp {
+    usage: "relaunch inspect FILE [options]",
+    about: "\
+Describes FILE (an IGVM file or an OVMF/TDVF image) and what launching it does. First the
+file as written: IGVM platforms and headers in file order (runs of contiguous pages
+collapsed), or the firmware's GUID table and SEV/TDX metadata. Then one view per platform
+the bundle can be launched on: policy, memory map, imports in launch order, vCPU registers,
+SNP ID block, page totals and the launch digest. A view that cannot be planned says why.",
+    flags: FLAGS,
+    notes: "Exit codes: 0 printed; 2 bad flags or an unreadable or invalid file.",
+    examples: &[
+        "relaunch inspect boot-images/prebuilt/hello.igvm",
+        "relaunch inspect guest.igvm --platform snp --vcpu-type EPYC-v4 --json",
+    ],
+};
 
 /// Why `relaunch inspect` failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +128,7 @@ pub enum InspectError {
     },
 }
 
-struct InspectArgs {
+pub(crate) struct InspectArgs {
     file: PathBuf,
     platform: Option<Platform>,
     vcpus: u32,
@@ -77,12 +138,15 @@ struct InspectArgs {
 }
 
 /// Runs `relaunch inspect` with `args`; returns the exit code.
-pub fn main(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        return crate::log::print_output("inspect", format!("{HELP}\n").as_bytes());
+pub fn main(args: &[OsString]) -> u8 {
+    if wants_help(args) {
+        return crate::log::print_output("inspect", HELP.render().as_bytes());
     }
     match run(args) {
         Ok(out) => crate::log::print_output("inspect", out.as_bytes()),
+        Err(InspectError::Args(ArgError::Help)) => {
+            crate::log::print_output("inspect", HELP.render().as_bytes())
+        }
         Err(e) => {
             crate::elog!("relaunch inspect: {}", one_line(&e.to_string()));
             super::EXIT_USAGE
@@ -90,8 +154,8 @@ pub fn main(args: &[String]) -> u8 {
     }
 }
 
-fn parse_args(args: &[String]) -> Result<InspectArgs, ArgError> {
-    let mut it = Args::new(args);
+pub(crate) fn parse_args(args: &[OsString]) -> Result<InspectArgs, ArgError> {
+    let mut it = Cursor::new(args, FLAGS);
     let mut a = InspectArgs {
         file: PathBuf::new(),
         platform: None,
@@ -103,49 +167,42 @@ fn parse_args(args: &[String]) -> Result<InspectArgs, ArgError> {
     let mut file = None;
     let mut sig_sources = 0;
     while let Some(arg) = it.next()? {
-        match arg {
-            Arg::Positional(p) => {
-                if file.replace(PathBuf::from(p)).is_some() {
-                    return Err(ArgError::Other(format!("unexpected argument {p:?}")));
+        let f = match arg {
+            Item::Positional(p) => {
+                if file.is_some() {
+                    return Err(ArgError::Other(format!(
+                        "unexpected argument {:?}",
+                        p.to_string_lossy()
+                    )));
                 }
+                file = Some(PathBuf::from(p));
+                continue;
             }
-            Arg::Flag { name, .. } => match name {
-                "--platform" => {
-                    a.platform = Some(it.parsed(
-                        name,
-                        "native, sev, sev-es, snp or tdx",
-                        Platform::from_name,
-                    )?)
-                }
-                "--vcpus" => {
-                    a.vcpus = it.parsed(name, "a vCPU count (1-4096)", |v| {
-                        parse_u64(v)
-                            .and_then(|n| u32::try_from(n).ok())
-                            .filter(|&n| (1..=4096).contains(&n))
-                    })?
-                }
-                "--vcpu-type" => {
-                    sig_sources += 1;
-                    a.vcpu_sig = Some(it.parsed(
-                        name,
-                        "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, ...)",
-                        vcpu_sig_by_name,
-                    )?)
-                }
-                "--vcpu-sig" => {
-                    sig_sources += 1;
-                    a.vcpu_sig = Some(it.parsed(name, "a 32-bit hex CPUID(1).EAX", |v| {
-                        parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
-                    })?)
-                }
-                "--mem" => {
-                    a.mem = it.parsed(name, "a size such as 512M or 2G", |v| {
-                        parse_size(v).filter(|&n| n > 0 && n.is_multiple_of(4096))
-                    })?
-                }
-                "--json" => a.json = true,
-                other => return Err(ArgError::UnknownFlag(other.to_string())),
-            },
+            Item::Flag(f) => f,
+        };
+        match f.long {
+            "platform" => {
+                a.platform =
+                    Some(it.parsed(f, "native, sev, sev-es, snp or tdx", Platform::from_name)?)
+            }
+            "vcpus" => a.vcpus = it.vcpus(f)?,
+            "vcpu-type" => {
+                sig_sources += 1;
+                a.vcpu_sig = Some(it.parsed(
+                    f,
+                    "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, ...)",
+                    vcpu_sig_by_name,
+                )?)
+            }
+            "vcpu-sig" => {
+                sig_sources += 1;
+                a.vcpu_sig = Some(it.parsed(f, "a 32-bit hex CPUID(1).EAX", |v| {
+                    parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
+                })?)
+            }
+            "mem" => a.mem = it.mem(f)?,
+            "json" => a.json = true,
+            other => return Err(ArgError::Unhandled(other)),
         }
     }
     if sig_sources > 1 {
@@ -157,7 +214,7 @@ fn parse_args(args: &[String]) -> Result<InspectArgs, ArgError> {
     Ok(a)
 }
 
-fn run(args: &[String]) -> Result<String, InspectError> {
+fn run(args: &[OsString]) -> Result<String, InspectError> {
     let a = parse_args(args)?;
     let bundle = std::fs::read(&a.file).map_err(|source| InspectError::Read {
         path: a.file.clone(),
