@@ -14,11 +14,13 @@ use std::time::Instant;
 use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 use sha2::{Digest, Sha256};
 
+use super::measure::one_line;
 use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::audit::{AuditLog, EventSink};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
-use crate::session::{run_session, SessionConfig, EXIT_USAGE, EXIT_VMM_ERROR};
+use crate::session::{run_session, SessionConfig, SessionReport, EXIT_USAGE, EXIT_VMM_ERROR};
+use crate::vcpu::Outcome;
 use crate::vstate::Host;
 
 /// `relaunch run`'s flags: the parser and `--help` are both built from this table.
@@ -372,11 +374,32 @@ pub fn main(args: &[OsString]) -> u8 {
     if dropped > 0 {
         crate::elog!("relaunch: {dropped} bytes of guest output dropped (stdout did not keep up)");
     }
-    if let crate::vcpu::Outcome::VmmError(e) | crate::vcpu::Outcome::GuestFatal(e) = &report.outcome
-    {
-        crate::elog!("relaunch: launch {}: {e}", report.launches);
-    }
+    // Last, and never hidden by --quiet: what happened and the exit code.
+    crate::elog!("{}", outcome_line(&report, opts.max_reboots));
     report.exit_code
+}
+
+/// The one line `run` ends with on stderr: the outcome of the session, the launch it ended
+/// in, and the exit code (`docs/reboot-contract.md`).
+pub fn outcome_line(report: &SessionReport, max_reboots: Option<u64>) -> String {
+    let n = report.launches;
+    let code = report.exit_code;
+    let what = match &report.outcome {
+        Outcome::PowerOff(_) => format!(
+            "guest powered off after {n} launch{}",
+            if n == 1 { "" } else { "es" }
+        ),
+        Outcome::Reset(_) => match max_reboots {
+            Some(m) => format!(
+                "reboot limit reached: the guest asked for reset #{n} after --max-reboots {m}"
+            ),
+            None => format!("the guest asked for reset #{n}"),
+        },
+        Outcome::GuestFatal(e) => format!("guest fatal in launch {n}: {}", one_line(e)),
+        Outcome::VmmError(e) if n == 0 => format!("VMM error before launch 1: {}", one_line(e)),
+        Outcome::VmmError(e) => format!("VMM error in launch {n}: {}", one_line(e)),
+    };
+    format!("relaunch: {what} (exit {code})")
 }
 
 /// Opens `path` for appending ([`AuditLog::open`]); records it in `created` when this call
@@ -436,6 +459,40 @@ mod tests {
         assert_eq!(o.fw_cfg[0].1, 5u64.to_le_bytes());
         assert_eq!(o.fw_cfg[1], ("opt/x".to_string(), b"hi".to_vec()));
         assert_eq!(p(&["x"]).unwrap().mem, DEFAULT_MEM);
+    }
+
+    #[test]
+    fn final_outcome_line() {
+        use crate::devices::ResetSource;
+        let r = |launches, outcome, exit_code| SessionReport {
+            launches,
+            outcome,
+            exit_code,
+            relaunch_latency: Vec::new(),
+            reset_to_start: Vec::new(),
+            unknown_suppressed: 0,
+        };
+        assert_eq!(
+            outcome_line(&r(3, Outcome::PowerOff("acpi-pm1-slp-en"), 0), None),
+            "relaunch: guest powered off after 3 launches (exit 0)"
+        );
+        assert_eq!(
+            outcome_line(&r(1, Outcome::PowerOff("acpi-pm1-slp-en"), 0), None),
+            "relaunch: guest powered off after 1 launch (exit 0)"
+        );
+        assert_eq!(
+            outcome_line(&r(6, Outcome::Reset(ResetSource::I8042), 4), Some(5)),
+            "relaunch: reboot limit reached: the guest asked for reset #6 after \
+             --max-reboots 5 (exit 4)"
+        );
+        assert_eq!(
+            outcome_line(&r(2, Outcome::GuestFatal("pvpanic".into()), 3), None),
+            "relaunch: guest fatal in launch 2: pvpanic (exit 3)"
+        );
+        assert_eq!(
+            outcome_line(&r(1, Outcome::VmmError("KVM_RUN:\n EIO".into()), 1), None),
+            "relaunch: VMM error in launch 1: KVM_RUN: EIO (exit 1)"
+        );
     }
 
     #[test]
