@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use relaunch_core::plan::{LaunchOp, LaunchPlan, Platform};
 
-use crate::audit::{unix_ms, AuditLog, EventSink, JsonObj};
+use crate::audit::{unix_ms, AuditLog, EventSink};
 use crate::backend::native::{build_vm, BuiltVm, ExecTimings, Prepared};
 use crate::backend::ExecError;
 use crate::devices::console::Console;
@@ -600,21 +600,39 @@ struct ExitLine {
 
 impl ExitLine {
     fn finish(&self) -> String {
-        let mut exit = JsonObj::new()
-            .str("event", "exit")
-            .u64("time_ms", self.time_ms)
-            .u64("generation", self.generation)
-            .str("outcome", self.kind)
-            .str("reason", &self.reason)
-            .opt_u64("exit_code", self.exit_code.map(u64::from))
-            .obj("timings", self.times.json())
-            .u64("unknown_io", self.unknown)
-            .u64("fw_cfg_dma_errors", self.fw_errors);
-        if let Some((rss, fds)) = self.footprint {
-            exit = exit.opt_u64("vmm_rss_kib", rss).opt_u64("open_fds", fds);
-        }
-        exit.finish()
+        crate::json::to_line(&ExitRecord {
+            event: "exit",
+            time_ms: self.time_ms,
+            generation: self.generation,
+            outcome: self.kind,
+            reason: &self.reason,
+            exit_code: self.exit_code,
+            timings: self.times.record(),
+            unknown_io: self.unknown,
+            fw_cfg_dma_errors: self.fw_errors,
+            vmm_rss_kib: self.footprint.map(|f| f.0),
+            open_fds: self.footprint.map(|f| f.1),
+        })
     }
+}
+
+/// The `exit` event line and audit record (`docs/reboot-contract.md`).
+#[derive(serde::Serialize)]
+struct ExitRecord<'a> {
+    event: &'static str,
+    time_ms: u64,
+    generation: u64,
+    outcome: &'static str,
+    reason: &'a str,
+    exit_code: Option<u8>,
+    timings: TimingsRecord,
+    unknown_io: u64,
+    fw_cfg_dma_errors: u64,
+    /// Only on the launch that ends the process (`null` inside when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmm_rss_kib: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_fds: Option<Option<u64>>,
 }
 
 /// Per-launch timings of the `exit` event line.
@@ -632,29 +650,62 @@ struct LaunchTimes {
 impl LaunchTimes {
     /// Every timing in µs (`*_us`, the original fields) and ns (`*_ns`), plus the build
     /// steps in ns.
-    fn json(&self) -> JsonObj {
+    fn record(&self) -> TimingsRecord {
         let b = &self.build;
-        let both = |o: JsonObj, name: &str, d: Option<Duration>| {
-            o.opt_u64(&format!("{name}_us"), d.map(us))
-                .opt_u64(&format!("{name}_ns"), d.map(ns))
-        };
-        let mut o = JsonObj::new();
-        o = both(o, "reset_to_start", self.reset_to_start);
-        o = both(o, "first_exit", self.first_exit);
-        o = both(o, "boot_marker", self.boot_marker);
-        o = both(o, "relaunch_latency", self.relaunch_latency);
-        o = both(o, "run", Some(self.run));
-        o = both(o, "stop", Some(self.stop));
-        o = both(o, "execute", Some(b.total));
-        o = both(o, "swap", Some(self.swap));
-        o.u64("kvm_create_vm_ns", ns(b.create_vm))
-            .u64("memslots_ns", ns(b.memslots))
-            .u64("irqchip_ns", ns(b.irqchip))
-            .u64("vcpus_ns", ns(b.vcpus))
-            .u64("map_ram_ns", ns(b.map_ram))
-            .u64("import_ns", ns(b.import))
-            .u64("vp_context_ns", ns(b.vp_context))
+        TimingsRecord {
+            reset_to_start_us: self.reset_to_start.map(us),
+            reset_to_start_ns: self.reset_to_start.map(ns),
+            first_exit_us: self.first_exit.map(us),
+            first_exit_ns: self.first_exit.map(ns),
+            boot_marker_us: self.boot_marker.map(us),
+            boot_marker_ns: self.boot_marker.map(ns),
+            relaunch_latency_us: self.relaunch_latency.map(us),
+            relaunch_latency_ns: self.relaunch_latency.map(ns),
+            run_us: us(self.run),
+            run_ns: ns(self.run),
+            stop_us: us(self.stop),
+            stop_ns: ns(self.stop),
+            execute_us: us(b.total),
+            execute_ns: ns(b.total),
+            swap_us: us(self.swap),
+            swap_ns: ns(self.swap),
+            kvm_create_vm_ns: ns(b.create_vm),
+            memslots_ns: ns(b.memslots),
+            irqchip_ns: ns(b.irqchip),
+            vcpus_ns: ns(b.vcpus),
+            map_ram_ns: ns(b.map_ram),
+            import_ns: ns(b.import),
+            vp_context_ns: ns(b.vp_context),
+        }
     }
+}
+
+/// `timings` of the `exit` record.
+#[derive(serde::Serialize)]
+struct TimingsRecord {
+    reset_to_start_us: Option<u64>,
+    reset_to_start_ns: Option<u64>,
+    first_exit_us: Option<u64>,
+    first_exit_ns: Option<u64>,
+    boot_marker_us: Option<u64>,
+    boot_marker_ns: Option<u64>,
+    relaunch_latency_us: Option<u64>,
+    relaunch_latency_ns: Option<u64>,
+    run_us: u64,
+    run_ns: u64,
+    stop_us: u64,
+    stop_ns: u64,
+    execute_us: u64,
+    execute_ns: u64,
+    swap_us: u64,
+    swap_ns: u64,
+    kvm_create_vm_ns: u64,
+    memslots_ns: u64,
+    irqchip_ns: u64,
+    vcpus_ns: u64,
+    map_ram_ns: u64,
+    import_ns: u64,
+    vp_context_ns: u64,
 }
 
 /// The VMM's own resident memory (`RssAnon + RssFile` of `/proc/self/status`, KiB: guest
@@ -691,52 +742,91 @@ fn launch_record(
     host: &Host,
 ) -> String {
     let t = &built.timings;
-    JsonObj::new()
-        .str("event", "launch")
-        .u64("time_ms", unix_ms())
-        .u64("generation", generation)
-        .str("bundle_sha256", &cfg.bundle_sha256)
-        .str("platform", cfg.platform.name())
-        .bool("emulated", false)
-        .obj(
-            "params",
-            JsonObj::new()
-                .u64("mem", cfg.mem_bytes)
-                .u64("vcpus", u64::from(vcpus))
-                .str("memory_backing", host.backing.name())
-                .bool("prestage", cfg.prestage)
-                .opt_u64("max_reboots", cfg.max_reboots),
-        )
-        .opt_str(
-            "predicted_measurement",
-            cfg.predicted_measurement.as_deref(),
-        )
-        .obj(
-            "timings",
-            JsonObj::new()
-                .u64("plan_us", us(cfg.plan_time))
-                .bool("plan_cached", generation > 1)
-                .u64("execute_us", us(t.total))
-                .u64(
-                    "create_vm_us",
-                    us(t.create_vm + t.memslots + t.irqchip + t.vcpus),
-                )
-                .u64("import_us", us(t.import))
-                .u64("vp_context_us", us(t.vp_context))
-                .bool("prestaged", prestaged)
-                .u64("swap_us", us(swap)),
-        )
-        .finish()
+    crate::json::to_line(&LaunchRecord {
+        event: "launch",
+        time_ms: unix_ms(),
+        generation,
+        bundle_sha256: &cfg.bundle_sha256,
+        platform: cfg.platform.name(),
+        emulated: false,
+        version: crate::cli::VERSION,
+        params: LaunchParams {
+            mem: cfg.mem_bytes,
+            vcpus,
+            memory_backing: host.backing.name(),
+            prestage: cfg.prestage,
+            max_reboots: cfg.max_reboots,
+        },
+        predicted_measurement: cfg.predicted_measurement.as_deref(),
+        timings: LaunchTimings {
+            plan_us: us(cfg.plan_time),
+            plan_cached: generation > 1,
+            execute_us: us(t.total),
+            create_vm_us: us(t.create_vm + t.memslots + t.irqchip + t.vcpus),
+            import_us: us(t.import),
+            vp_context_us: us(t.vp_context),
+            prestaged,
+            swap_us: us(swap),
+        },
+    })
+}
+
+/// The audit `launch` record (`docs/reboot-contract.md`).
+#[derive(serde::Serialize)]
+struct LaunchRecord<'a> {
+    event: &'static str,
+    time_ms: u64,
+    generation: u64,
+    bundle_sha256: &'a str,
+    platform: &'static str,
+    emulated: bool,
+    /// The relaunch version ([`crate::cli::VERSION`]).
+    version: &'static str,
+    params: LaunchParams,
+    predicted_measurement: Option<&'a str>,
+    timings: LaunchTimings,
+}
+
+/// `params` of the `launch` record.
+#[derive(serde::Serialize)]
+struct LaunchParams {
+    mem: u64,
+    vcpus: u32,
+    memory_backing: &'static str,
+    prestage: bool,
+    max_reboots: Option<u64>,
+}
+
+/// `timings` of the `launch` record.
+#[derive(serde::Serialize)]
+struct LaunchTimings {
+    plan_us: u64,
+    plan_cached: bool,
+    execute_us: u64,
+    create_vm_us: u64,
+    import_us: u64,
+    vp_context_us: u64,
+    prestaged: bool,
+    swap_us: u64,
 }
 
 /// The `exit` line of a launch whose plan could not be executed.
 fn failure_line(generation: u64, outcome: &Outcome) -> String {
-    JsonObj::new()
-        .str("event", "exit")
-        .u64("time_ms", unix_ms())
-        .u64("generation", generation)
-        .str("outcome", outcome.kind())
-        .str("reason", &outcome.reason())
-        .u64("exit_code", u64::from(exit_code(outcome)))
-        .finish()
+    #[derive(serde::Serialize)]
+    struct FailureRecord<'a> {
+        event: &'static str,
+        time_ms: u64,
+        generation: u64,
+        outcome: &'static str,
+        reason: &'a str,
+        exit_code: u8,
+    }
+    crate::json::to_line(&FailureRecord {
+        event: "exit",
+        time_ms: unix_ms(),
+        generation,
+        outcome: outcome.kind(),
+        reason: &outcome.reason(),
+        exit_code: exit_code(outcome),
+    })
 }

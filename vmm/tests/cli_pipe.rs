@@ -109,12 +109,20 @@ fn kvm_run_ends_with_one_outcome_line() {
         )
     };
     let until3 = "opt/relaunch/reboot-until=u64:3";
-    let (code, line) = last_line(&["run", img, "--quiet", "--fw-cfg", until3]);
+    let audit = scratch("pipe-outcome-audit.jsonl", b"");
+    let a = audit.to_str().unwrap();
+    let (code, line) = last_line(&["run", img, "--quiet", "--fw-cfg", until3, "--audit-log", a]);
     assert_eq!(code, Some(0));
     assert_eq!(
         line,
         "relaunch: guest powered off after 3 launches (exit 0)"
     );
+    // The audit `launch` records name the version (`relaunch --version`).
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let version = format!("\"version\":\"{}\"", relaunch::cli::VERSION);
+    let launches: Vec<&str> = text.lines().filter(|l| l.contains("\"launch\"")).collect();
+    assert_eq!(launches.len(), 3, "{text}");
+    assert!(launches.iter().all(|l| l.contains(&version)), "{text}");
     let (code, line) = last_line(&["run", img, "--fw-cfg", until3, "--max-reboots", "1"]);
     assert_eq!(code, Some(4));
     assert_eq!(

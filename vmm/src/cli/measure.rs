@@ -30,6 +30,7 @@ use relaunch_core::plan::error::PlanError;
 use relaunch_core::plan::{
     plan, KernelHashes, LaunchConfig, LaunchOp, LaunchPlan, PageKind, Platform, VpSource,
 };
+use serde::Serialize;
 use sha2::{Digest, Sha256, Sha384};
 
 use crate::args::{
@@ -717,6 +718,118 @@ const KINDS: [PageKind; 6] = [
     PageKind::Shared,
 ];
 
+/// `measure --json`: one object with the inputs and the intermediate facts.
+#[derive(Serialize)]
+struct Report<'a> {
+    file: String,
+    input: &'static str,
+    file_size: u64,
+    #[serde(serialize_with = "json::hex_bytes")]
+    file_sha256: [u8; 32],
+    platform: &'static str,
+    inputs: Inputs<'a>,
+    #[serde(serialize_with = "json::hex_num")]
+    policy: u64,
+    #[serde(serialize_with = "json::hex_num")]
+    vmsa_features: u64,
+    pages: Pages,
+    vcpus: Vec<VcpuFacts>,
+    id_block: Option<IdBlockFacts>,
+    launch_measure: Option<LaunchMeasureFacts>,
+    algorithm: &'static str,
+    digest: String,
+}
+
+/// The inputs of a `measure --json` report.
+#[derive(Serialize)]
+struct Inputs<'a> {
+    vcpus: u32,
+    vcpu_type: Option<&'a str>,
+    #[serde(serialize_with = "json::opt_hex_num")]
+    vcpu_sig: Option<u32>,
+    #[serde(serialize_with = "json::hex_num")]
+    guest_features: u64,
+    #[serde(serialize_with = "json::opt_hex_num")]
+    policy: Option<u64>,
+    mem: u64,
+    #[serde(serialize_with = "json::hex_bytes")]
+    host_data: [u8; 32],
+    kernel_hashes: Option<KernelHashFacts>,
+}
+
+#[derive(Serialize)]
+struct KernelHashFacts {
+    #[serde(serialize_with = "json::hex_bytes")]
+    kernel_sha256: [u8; 32],
+    #[serde(serialize_with = "json::hex_bytes")]
+    initrd_sha256: [u8; 32],
+    #[serde(serialize_with = "json::hex_bytes")]
+    cmdline_sha256: [u8; 32],
+}
+
+/// Imported pages by kind.
+#[derive(Serialize)]
+struct Pages {
+    normal: u64,
+    zero: u64,
+    unmeasured: u64,
+    secrets: u64,
+    cpuid: u64,
+    shared: u64,
+    total: u64,
+    distinct_hashed: u64,
+    generated: u64,
+}
+
+#[derive(Serialize)]
+struct VcpuFacts {
+    vp: u32,
+    source: &'static str,
+    #[serde(
+        serialize_with = "json::opt_hex_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    vmsa_sha384: Option<[u8; 48]>,
+    #[serde(
+        serialize_with = "json::opt_hex_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    vmsa_sha256: Option<[u8; 32]>,
+    #[serde(
+        serialize_with = "json::opt_hex_num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rip: Option<u64>,
+    #[serde(
+        serialize_with = "json::opt_hex_num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rdx: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct IdBlockFacts {
+    #[serde(serialize_with = "json::hex_bytes")]
+    ld: [u8; 48],
+    matches: bool,
+    #[serde(serialize_with = "json::hex_num")]
+    policy: u64,
+    author_key: bool,
+}
+
+#[derive(Serialize)]
+struct LaunchMeasureFacts {
+    api_major: u8,
+    api_minor: u8,
+    build: u8,
+    #[serde(serialize_with = "json::hex_num")]
+    policy: u64,
+    #[serde(serialize_with = "json::hex_bytes")]
+    mnonce: [u8; 16],
+    #[serde(serialize_with = "json::hex_bytes")]
+    measure: [u8; 32],
+}
+
 fn report_json(
     a: &MeasureArgs,
     bundle: &[u8],
@@ -738,104 +851,91 @@ fn report_json(
         InputKind::Firmware => "firmware",
         InputKind::Unknown => "unknown",
     };
-    json::object(|o| {
-        o.str("file", &a.file.to_string_lossy())
-            .str("input", input)
-            .u64("file_size", bundle.len() as u64)
-            .hex("file_sha256", &Sha256::digest(bundle))
-            .str("platform", cfg.platform.name())
-            .object("inputs", |o| {
-                o.u64("vcpus", cfg.vcpus.into())
-                    .opt_str("vcpu_type", a.vcpu_type.as_deref());
-                if a.sig_given {
-                    o.hex_u64("vcpu_sig", cfg.vcpu_sig.into());
-                } else {
-                    o.null("vcpu_sig");
+    let [normal, zero, unmeasured, secrets, cpuid, shared] = counts;
+    let vcpus = final_vp_contexts(plan)
+        .into_iter()
+        .map(|(vp, source, ctx)| {
+            let mut v = VcpuFacts {
+                vp,
+                source: source_name(source),
+                vmsa_sha384: None,
+                vmsa_sha256: None,
+                rip: None,
+                rdx: None,
+            };
+            if let Some(regs) = plan.vp_contexts.get(ctx as usize) {
+                v.rip = Some(regs.rip);
+                if matches!(cfg.platform, Platform::Snp | Platform::SevEs) {
+                    let page = kvm_measured_vmsa(
+                        regs,
+                        r.vmsa_features,
+                        cfg.platform,
+                        MeasureOptions::default().sev_es_init2,
+                    );
+                    if cfg.platform == Platform::Snp {
+                        v.vmsa_sha384 = Some(Sha384::digest(page).into());
+                    } else {
+                        v.vmsa_sha256 = Some(Sha256::digest(page).into());
+                    }
+                    v.rdx = Some(regs.gprs.rdx);
                 }
-                o.hex_u64("guest_features", cfg.guest_features);
-                match cfg.policy {
-                    Some(p) => o.hex_u64("policy", p),
-                    None => o.null("policy"),
-                };
-                o.u64("mem", cfg.mem_bytes).hex("host_data", &cfg.host_data);
-                match &cfg.kernel_hashes {
-                    Some(k) => o.object("kernel_hashes", |o| {
-                        o.hex("kernel_sha256", &k.kernel)
-                            .hex("initrd_sha256", &k.initrd)
-                            .hex("cmdline_sha256", &k.cmdline);
-                    }),
-                    None => o.null("kernel_hashes"),
-                };
-            })
-            .hex_u64("policy", r.policy)
-            .hex_u64("vmsa_features", r.vmsa_features)
-            .object("pages", |o| {
-                for (k, n) in KINDS.iter().zip(counts) {
-                    o.u64(kind_name(*k), n);
-                }
-                o.u64("total", counts.iter().sum())
-                    .u64("distinct_hashed", r.digests.len() as u64)
-                    .u64("generated", plan.generated.len() as u64);
-            })
-            .array("vcpus", |arr| {
-                for (vp, source, ctx) in final_vp_contexts(plan) {
-                    arr.object(|o| {
-                        o.u64("vp", vp.into()).str("source", source_name(source));
-                        let regs = plan.vp_contexts.get(ctx as usize);
-                        match (cfg.platform, regs) {
-                            (Platform::Snp | Platform::SevEs, Some(regs)) => {
-                                let page = kvm_measured_vmsa(
-                                    regs,
-                                    r.vmsa_features,
-                                    cfg.platform,
-                                    MeasureOptions::default().sev_es_init2,
-                                );
-                                if cfg.platform == Platform::Snp {
-                                    o.hex("vmsa_sha384", &Sha384::digest(page));
-                                } else {
-                                    o.hex("vmsa_sha256", &Sha256::digest(page));
-                                }
-                                o.hex_u64("rip", regs.rip).hex_u64("rdx", regs.gprs.rdx);
-                            }
-                            (_, Some(regs)) => {
-                                o.hex_u64("rip", regs.rip);
-                            }
-                            _ => {}
-                        }
-                    });
-                }
-            });
-        match &plan.id_block {
-            Some(id) => o.object("id_block", |o| {
-                o.hex("ld", &id.ld())
-                    .bool(
-                        "matches",
-                        measure::id_block_matches(&id.ld(), &r.measurement),
-                    )
-                    .hex_u64("policy", id.policy())
-                    .bool("author_key", id.author_key_enabled);
+            }
+            v
+        })
+        .collect();
+    json::to_line(&Report {
+        file: a.file.to_string_lossy().into_owned(),
+        input,
+        file_size: bundle.len() as u64,
+        file_sha256: Sha256::digest(bundle).into(),
+        platform: cfg.platform.name(),
+        inputs: Inputs {
+            vcpus: cfg.vcpus,
+            vcpu_type: a.vcpu_type.as_deref(),
+            vcpu_sig: a.sig_given.then_some(cfg.vcpu_sig),
+            guest_features: cfg.guest_features,
+            policy: cfg.policy,
+            mem: cfg.mem_bytes,
+            host_data: cfg.host_data,
+            kernel_hashes: cfg.kernel_hashes.as_ref().map(|k| KernelHashFacts {
+                kernel_sha256: k.kernel,
+                initrd_sha256: k.initrd,
+                cmdline_sha256: k.cmdline,
             }),
-            None => o.null("id_block"),
-        };
-        match lm {
-            Some((i, m)) => o.object("launch_measure", |o| {
-                o.u64("api_major", i.api_major.into())
-                    .u64("api_minor", i.api_minor.into())
-                    .u64("build", i.build.into())
-                    .hex_u64("policy", r.policy)
-                    .hex("mnonce", &i.mnonce)
-                    .hex("measure", &m);
-            }),
-            None => o.null("launch_measure"),
-        };
-        o.str(
-            "algorithm",
-            match r.measurement {
-                Measurement::Sev(_) | Measurement::SevEs(_) => "sha256",
-                Measurement::Snp(_) | Measurement::Tdx(_) => "sha384",
-                Measurement::None => "none",
-            },
-        )
-        .str("digest", &r.measurement.to_string());
+        },
+        policy: r.policy,
+        vmsa_features: r.vmsa_features,
+        pages: Pages {
+            normal,
+            zero,
+            unmeasured,
+            secrets,
+            cpuid,
+            shared,
+            total: counts.iter().sum(),
+            distinct_hashed: r.digests.len() as u64,
+            generated: plan.generated.len() as u64,
+        },
+        vcpus,
+        id_block: plan.id_block.as_ref().map(|id| IdBlockFacts {
+            ld: id.ld(),
+            matches: measure::id_block_matches(&id.ld(), &r.measurement),
+            policy: id.policy(),
+            author_key: id.author_key_enabled,
+        }),
+        launch_measure: lm.map(|(i, m)| LaunchMeasureFacts {
+            api_major: i.api_major,
+            api_minor: i.api_minor,
+            build: i.build,
+            policy: r.policy,
+            mnonce: i.mnonce,
+            measure: m,
+        }),
+        algorithm: match r.measurement {
+            Measurement::Sev(_) | Measurement::SevEs(_) => "sha256",
+            Measurement::Snp(_) | Measurement::Tdx(_) => "sha384",
+            Measurement::None => "none",
+        },
+        digest: r.measurement.to_string(),
     })
 }
