@@ -116,14 +116,11 @@ fn run_and_measure_say_the_same_about_limits() {
         assert_usage_error(&measure, "relaunch measure: ", flag);
         assert_usage_error(&inspect, "relaunch inspect: ", flag);
         let msg = |r: &Run, prefix: &str| {
-            let line = r
-                .stderr
+            r.stderr
                 .trim_end()
                 .strip_prefix(prefix)
                 .unwrap()
-                .to_string();
-            // run points at its help after the message.
-            line.trim_end_matches(" (relaunch run --help)").to_string()
+                .to_string()
         };
         let m = msg(&measure, "relaunch measure: ");
         assert_eq!(msg(&run, "relaunch run: "), m);

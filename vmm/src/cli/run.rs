@@ -248,7 +248,7 @@ where
             other => return Err(ArgError::Unhandled(other)),
         }
     }
-    o.bundle = bundle.ok_or_else(|| ArgError::Other("missing BUNDLE".into()))?;
+    o.bundle = bundle.ok_or_else(|| ArgError::Other("no BUNDLE given".into()))?;
     Ok(o)
 }
 
@@ -278,7 +278,7 @@ pub fn main(args: &[OsString]) -> u8 {
     let opts = match parse(args) {
         Ok(o) => o,
         Err(ArgError::Help) => return crate::log::print_output("run", HELP.render().as_bytes()),
-        Err(e) => return usage_error(format_args!("{e} (relaunch run --help)")),
+        Err(e) => return usage_error(e),
     };
     let platform = opts.platform.unwrap_or(Platform::Native);
     if platform != Platform::Native {
