@@ -1,9 +1,12 @@
 //! `relaunch inspect`: what a bundle contains and what launching it does.
 //!
 //! ```text
-//! relaunch inspect FILE [--platform P] [--vcpus N] [--vcpu-type NAME | --vcpu-sig HEX]
-//!     [--mem SIZE] [--json]
+//! relaunch inspect FILE [options]
 //! ```
+//!
+//! The flags are in [`FLAGS`] (also what `--help` prints). The `--json` form is derived
+//! from `serde` view structs (one per entity: `HeaderView`, `FirmwareView`, one per
+//! platform view); the text form is written by hand for reading.
 //!
 //! Two parts:
 //! 1. **The file as written.** IGVM: format, platforms, every header in file order with its

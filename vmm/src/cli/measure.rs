@@ -1,11 +1,10 @@
 //! `relaunch measure`: the launch measurement of a bundle, computed offline.
 //!
 //! ```text
-//! relaunch measure FILE --platform <snp|sev|sev-es|tdx> [--vcpus N]
-//!     [--vcpu-type NAME | --vcpu-sig HEX] [--guest-features HEX] [--policy HEX]
-//!     [--mem SIZE] [--host-data HEX32] [--kernel F [--initrd F] [--append S]]
-//!     [--tik HEX|FILE --mnonce HEX --api MAJOR.MINOR --build N] [--threads N] [--json]
+//! relaunch measure FILE --platform <snp|sev|sev-es|tdx> [options]
 //! ```
+//!
+//! The flags are in [`FLAGS`] (also what `--help` prints).
 //!
 //! Prints the digest as lowercase hex on one line (SNP: the report's MEASUREMENT; SEV and
 //! SEV-ES: the SHA-256 launch digest; TDX: MRTD). `--json` prints one JSON object with the

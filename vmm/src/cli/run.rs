@@ -71,8 +71,9 @@ pub const FLAGS: &[Flag] = &[
         short: Some('q'),
         value: None,
         help: "Discard the guest's console (serial) output instead of copying it to stdout. \
-               Errors, the start line and the final outcome line on stderr are still \
-               printed. Default: off.",
+               Nothing relaunch itself writes to stderr is hidden: errors, the start line, \
+               notes on unknown guest accesses, --events - lines and the final outcome line \
+               still appear. Default: off.",
     },
     Flag {
         long: "prestage",
