@@ -148,7 +148,7 @@ fn kvm_image_session_switches_bundle_at_reset() {
             .filter(|l| l.contains("\"event\":\"launch\""))
             .collect();
         assert_eq!(launches.len(), 2, "{text}");
-        let sha = |b: &[u8]| relaunch::launch::hex(&Sha256::digest(b));
+        let sha = |b: &[u8]| relaunch::json::hex(&Sha256::digest(b));
         assert!(launches[0].contains(&sha(&loop_bytes)), "{}", launches[0]);
         assert!(launches[1].contains(&sha(&hello_bytes)), "{}", launches[1]);
         assert!(

@@ -1,7 +1,14 @@
-//! Small command-line helpers shared by the subcommands: a flag cursor that accepts
-//! `--flag value` and `--flag=value`, and parsers for sizes (`256M`, `1G`) and hex numbers.
+//! Command-line parsing shared by the subcommands, on top of `lexopt`: each command declares
+//! its flags once in a [`Flag`] table, which both the parser (a flag not in the table is an
+//! unknown flag) and the help text ([`CommandHelp::render`]) are built from. Values that are
+//! paths stay `OsString`/`PathBuf` (any bytes Linux allows); other values must be UTF-8.
+//! Also parsers for sizes (`256M`, `1G`) and hex numbers.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
+
+use relaunch_core::limits::LimitError;
 
 /// A command-line error: one line, shown as `relaunch <cmd>: <error>`, exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +24,28 @@ pub enum ArgError {
         /// What was expected.
         expected: &'static str,
     },
+    /// A value outside the launch limits (`relaunch_core::limits`).
+    Limit {
+        /// The flag.
+        flag: String,
+        /// Why the value is refused (one message for every command).
+        error: LimitError,
+    },
+    /// A non-path value that is not UTF-8.
+    NotUtf8 {
+        /// The flag (or `argument` for a positional one).
+        flag: String,
+        /// The value, lossily decoded.
+        value: String,
+    },
     /// A flag the command does not know.
     UnknownFlag(String),
     /// A flag that takes no value was given one (`--json=yes`).
     UnexpectedValue(String),
+    /// `--help` (or `-h`) was given: print the help instead.
+    Help,
+    /// A flag in the command's table that its parser does not handle (a bug).
+    Unhandled(&'static str),
     /// Anything else, already worded.
     Other(String),
 }
@@ -34,8 +59,14 @@ impl fmt::Display for ArgError {
                 value,
                 expected,
             } => write!(f, "{flag} {value:?}: expected {expected}"),
+            ArgError::Limit { flag, error } => write!(f, "{flag}: {error}"),
+            ArgError::NotUtf8 { flag, value } => {
+                write!(f, "{flag} {value:?}: not valid UTF-8 (only paths may be)")
+            }
             ArgError::UnknownFlag(flag) => write!(f, "unknown flag {flag:?}"),
             ArgError::UnexpectedValue(flag) => write!(f, "{flag} takes no value"),
+            ArgError::Help => f.write_str("--help was given"),
+            ArgError::Unhandled(flag) => write!(f, "--{flag} is not handled (a bug)"),
             ArgError::Other(msg) => f.write_str(msg),
         }
     }
@@ -43,104 +74,273 @@ impl fmt::Display for ArgError {
 
 impl std::error::Error for ArgError {}
 
+impl From<lexopt::Error> for ArgError {
+    fn from(e: lexopt::Error) -> ArgError {
+        match e {
+            lexopt::Error::MissingValue { option } => {
+                ArgError::MissingValue(option.unwrap_or_else(|| "a flag".into()))
+            }
+            lexopt::Error::UnexpectedOption(o) => ArgError::UnknownFlag(o),
+            lexopt::Error::UnexpectedArgument(v) => {
+                ArgError::Other(format!("unexpected argument {:?}", v.to_string_lossy()))
+            }
+            lexopt::Error::UnexpectedValue { option, .. } => ArgError::UnexpectedValue(option),
+            lexopt::Error::NonUnicodeValue(v) => ArgError::NotUtf8 {
+                flag: "argument".into(),
+                value: v.to_string_lossy().into_owned(),
+            },
+            other => ArgError::Other(other.to_string()),
+        }
+    }
+}
+
+/// One flag of a command: the single source for its parser and its help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag {
+    /// The long name without dashes (`mem` for `--mem`).
+    pub long: &'static str,
+    /// The short form, if any (`q` for `-q`).
+    pub short: Option<char>,
+    /// The value's placeholder in help (`SIZE`), or `None` for a switch.
+    pub value: Option<&'static str>,
+    /// One sentence: what it does, and its default.
+    pub help: &'static str,
+}
+
+impl Flag {
+    /// `--long`.
+    pub fn name(&self) -> String {
+        format!("--{}", self.long)
+    }
+}
+
+/// `--help`/`-h`: every command's table ends with it.
+pub const HELP_FLAG: Flag = Flag {
+    long: "help",
+    short: Some('h'),
+    value: None,
+    help: "Print this help and exit 0.",
+};
+
+/// The help of one command, rendered by [`CommandHelp::render`].
+#[derive(Debug, Clone, Copy)]
+pub struct CommandHelp {
+    /// The usage line after `usage: `.
+    pub usage: &'static str,
+    /// What the command does (a paragraph, pre-wrapped).
+    pub about: &'static str,
+    /// The command's flags.
+    pub flags: &'static [Flag],
+    /// Further notes (pre-wrapped), e.g. exit codes; may be empty.
+    pub notes: &'static str,
+    /// Example command lines.
+    pub examples: &'static [&'static str],
+}
+
+impl CommandHelp {
+    /// The full help text: usage, description, every flag with its sentence, notes and
+    /// examples.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "usage: {}\n\n{}\n\nOptions:\n",
+            self.usage,
+            self.about.trim_end()
+        );
+        for f in self.flags {
+            let mut left = match f.short {
+                Some(c) => format!("  -{c}, --{}", f.long),
+                None => format!("      --{}", f.long),
+            };
+            if let Some(v) = f.value {
+                left.push(' ');
+                left.push_str(v);
+            }
+            s.push_str(&left);
+            s.push('\n');
+            for line in wrap(f.help, 70) {
+                s.push_str("          ");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+            s.push_str(self.notes.trim_end());
+            s.push('\n');
+        }
+        if !self.examples.is_empty() {
+            s.push_str("\nExamples:\n");
+            for e in self.examples {
+                s.push_str("  ");
+                s.push_str(e);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+/// Greedy word wrap at `width` columns.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Whether `args` ask for help (`--help` or `-h` before any `--`): help wins over every
+/// other error on the line.
+pub fn wants_help(args: &[OsString]) -> bool {
+    args.iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--help" || a == "-h")
+}
+
 /// One item of a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Arg<'a> {
-    /// `--name` or `--name=value` (`inline` holds the value after `=`). Also `-x`.
-    Flag {
-        /// The flag with its dashes, without `=value`.
-        name: &'a str,
-        /// The value after `=`, if any.
-        inline: Option<&'a str>,
-    },
+pub enum Item {
+    /// A flag of the command's table (its value, if any, is taken with [`Cursor::value`] and
+    /// friends).
+    Flag(&'static Flag),
     /// A positional argument (everything after `--` is positional too).
-    Positional(&'a str),
+    Positional(OsString),
 }
 
-/// Walks a command line, one [`Arg`] at a time; a flag's value is taken with
-/// [`Args::value`].
+/// Walks a command line against a command's flag table.
 #[derive(Debug)]
-pub struct Args<'a> {
-    args: &'a [String],
-    pos: usize,
-    only_positional: bool,
-    pending_inline: Option<(&'a str, &'a str)>,
+pub struct Cursor {
+    parser: lexopt::Parser,
+    flags: &'static [Flag],
 }
 
-impl<'a> Args<'a> {
+impl Cursor {
     /// A cursor over `args` (without the program and subcommand names).
-    pub fn new(args: &'a [String]) -> Self {
-        Args {
-            args,
-            pos: 0,
-            only_positional: false,
-            pending_inline: None,
+    pub fn new<I>(args: I, flags: &'static [Flag]) -> Cursor
+    where
+        I: IntoIterator,
+        I::Item: Into<OsString>,
+    {
+        Cursor {
+            parser: lexopt::Parser::from_args(args),
+            flags,
         }
     }
 
-    /// The next item, or `None` at the end. Errors if the previous flag's `=value` was never
-    /// consumed (`--json=1` for a switch).
+    /// The next item, or `None` at the end. A flag outside the table is
+    /// [`ArgError::UnknownFlag`]; `--help` is [`ArgError::Help`].
+    ///
+    /// # Errors
+    /// [`ArgError`] for an unknown flag, or a switch given a value (`--json=1`).
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<Arg<'a>>, ArgError> {
-        if let Some((flag, _)) = self.pending_inline.take() {
-            return Err(ArgError::UnexpectedValue(flag.to_string()));
-        }
-        let Some(arg) = self.args.get(self.pos) else {
-            return Ok(None);
+    pub fn next(&mut self) -> Result<Option<Item>, ArgError> {
+        let flags = self.flags;
+        let found = match self.parser.next()? {
+            None => return Ok(None),
+            Some(lexopt::Arg::Value(v)) => return Ok(Some(Item::Positional(v))),
+            Some(lexopt::Arg::Long(name)) => flags
+                .iter()
+                .find(|f| f.long == name)
+                .ok_or_else(|| ArgError::UnknownFlag(format!("--{name}")))?,
+            Some(lexopt::Arg::Short(c)) => flags
+                .iter()
+                .find(|f| f.short == Some(c))
+                .ok_or_else(|| ArgError::UnknownFlag(format!("-{c}")))?,
         };
-        self.pos += 1;
-        let arg = arg.as_str();
-        if self.only_positional || arg == "-" || !arg.starts_with('-') {
-            return Ok(Some(Arg::Positional(arg)));
+        if found.long == HELP_FLAG.long {
+            return Err(ArgError::Help);
         }
-        if arg == "--" {
-            self.only_positional = true;
-            return self.next();
-        }
-        match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                self.pending_inline = Some((name, value));
-                Ok(Some(Arg::Flag {
-                    name,
-                    inline: Some(value),
-                }))
-            }
-            _ => Ok(Some(Arg::Flag {
-                name: arg,
-                inline: None,
-            })),
-        }
+        Ok(Some(Item::Flag(found)))
     }
 
-    /// The value of the flag `name` just returned by [`Args::next`]: its `=value`, or the
-    /// next argument.
-    pub fn value(&mut self, name: &str) -> Result<&'a str, ArgError> {
-        if let Some((_, v)) = self.pending_inline.take() {
-            return Ok(v);
-        }
-        match self.args.get(self.pos) {
-            Some(v) => {
-                self.pos += 1;
-                Ok(v.as_str())
-            }
-            None => Err(ArgError::MissingValue(name.to_string())),
-        }
+    /// The raw value of `flag` (its `=value` or the next argument): for paths.
+    ///
+    /// # Errors
+    /// [`ArgError::MissingValue`].
+    pub fn value(&mut self, flag: &Flag) -> Result<OsString, ArgError> {
+        self.parser
+            .value()
+            .map_err(|_| ArgError::MissingValue(flag.name()))
     }
 
-    /// The value of flag `name` parsed by `parse` (which names what it expects on failure).
+    /// The value of `flag` as a path.
+    ///
+    /// # Errors
+    /// [`ArgError::MissingValue`].
+    pub fn path(&mut self, flag: &Flag) -> Result<PathBuf, ArgError> {
+        self.value(flag).map(PathBuf::from)
+    }
+
+    /// The value of `flag` as UTF-8 text.
+    ///
+    /// # Errors
+    /// [`ArgError::MissingValue`], [`ArgError::NotUtf8`].
+    pub fn string(&mut self, flag: &Flag) -> Result<String, ArgError> {
+        utf8(&flag.name(), self.value(flag)?)
+    }
+
+    /// The value of `flag` parsed by `parse` (which names what it expects on failure).
+    ///
+    /// # Errors
+    /// [`ArgError::MissingValue`], [`ArgError::NotUtf8`], [`ArgError::BadValue`].
     pub fn parsed<T>(
         &mut self,
-        name: &str,
+        flag: &Flag,
         expected: &'static str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Result<T, ArgError> {
-        let v = self.value(name)?;
-        parse(v).ok_or_else(|| ArgError::BadValue {
-            flag: name.to_string(),
-            value: v.to_string(),
+        let v = self.string(flag)?;
+        parse(&v).ok_or_else(|| ArgError::BadValue {
+            flag: flag.name(),
+            value: v,
             expected,
         })
     }
+
+    /// `--vcpus N` checked against `relaunch_core::limits::check_vcpus`.
+    ///
+    /// # Errors
+    /// As [`Cursor::parsed`], and [`ArgError::Limit`].
+    pub fn vcpus(&mut self, flag: &Flag) -> Result<u32, ArgError> {
+        let n = self.parsed(flag, "a vCPU count", parse_u64)?;
+        relaunch_core::limits::check_vcpus(n).map_err(|error| ArgError::Limit {
+            flag: flag.name(),
+            error,
+        })
+    }
+
+    /// `--mem SIZE` checked against `relaunch_core::limits::check_mem`.
+    ///
+    /// # Errors
+    /// As [`Cursor::parsed`], and [`ArgError::Limit`].
+    pub fn mem(&mut self, flag: &Flag) -> Result<u64, ArgError> {
+        let n = self.parsed(flag, "a size such as 256M or 1G", parse_size)?;
+        relaunch_core::limits::check_mem(n).map_err(|error| ArgError::Limit {
+            flag: flag.name(),
+            error,
+        })
+    }
+}
+
+/// `v` as UTF-8, or [`ArgError::NotUtf8`] naming `flag`.
+///
+/// # Errors
+/// [`ArgError::NotUtf8`].
+pub fn utf8(flag: &str, v: OsString) -> Result<String, ArgError> {
+    v.into_string().map_err(|v| ArgError::NotUtf8 {
+        flag: flag.to_string(),
+        value: v.to_string_lossy().into_owned(),
+    })
 }
 
 /// Parses a size: a decimal number with an optional binary suffix `K`, `M`, `G`, `T`
@@ -270,58 +470,109 @@ mod tests {
         assert_eq!(parse_hex_bytes::<2>("aé"), None);
     }
 
+    const FLAGS: &[Flag] = &[
+        Flag {
+            long: "vcpus",
+            short: None,
+            value: Some("N"),
+            help: "vCPUs.",
+        },
+        Flag {
+            long: "mem",
+            short: None,
+            value: Some("SIZE"),
+            help: "RAM.",
+        },
+        Flag {
+            long: "json",
+            short: Some('j'),
+            value: None,
+            help: "JSON.",
+        },
+        HELP_FLAG,
+    ];
+
+    fn flag(c: &mut Cursor) -> &'static str {
+        match c.next() {
+            Ok(Some(Item::Flag(f))) => f.long,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn flags_both_forms() {
-        let a = v(&["file", "--vcpus", "4", "--mem=1G", "--json", "--", "--x"]);
-        let mut args = Args::new(&a);
-        assert_eq!(args.next(), Ok(Some(Arg::Positional("file"))));
-        assert_eq!(
-            args.next(),
-            Ok(Some(Arg::Flag {
-                name: "--vcpus",
-                inline: None
-            }))
-        );
-        assert_eq!(args.parsed("--vcpus", "a number", parse_u64), Ok(4));
-        assert_eq!(
-            args.next(),
-            Ok(Some(Arg::Flag {
-                name: "--mem",
-                inline: Some("1G")
-            }))
-        );
-        assert_eq!(args.parsed("--mem", "a size", parse_size), Ok(1 << 30));
-        assert_eq!(
-            args.next(),
-            Ok(Some(Arg::Flag {
-                name: "--json",
-                inline: None
-            }))
-        );
-        assert_eq!(args.next(), Ok(Some(Arg::Positional("--x"))));
-        assert_eq!(args.next(), Ok(None));
+        let a = v(&["file", "--vcpus", "4", "--mem=1G", "-j", "--", "--x"]);
+        let mut c = Cursor::new(a, FLAGS);
+        assert_eq!(c.next(), Ok(Some(Item::Positional("file".into()))));
+        assert_eq!(flag(&mut c), "vcpus");
+        assert_eq!(c.vcpus(&FLAGS[0]), Ok(4));
+        assert_eq!(flag(&mut c), "mem");
+        assert_eq!(c.mem(&FLAGS[1]), Ok(1 << 30));
+        assert_eq!(flag(&mut c), "json");
+        assert_eq!(c.next(), Ok(Some(Item::Positional("--x".into()))));
+        assert_eq!(c.next(), Ok(None));
     }
 
     #[test]
     fn flag_errors() {
-        let a = v(&["--vcpus"]);
-        let mut args = Args::new(&a);
-        assert!(matches!(args.next(), Ok(Some(Arg::Flag { .. }))));
+        let mut c = Cursor::new(v(&["--vcpus"]), FLAGS);
+        flag(&mut c);
         assert_eq!(
-            args.value("--vcpus"),
+            c.vcpus(&FLAGS[0]),
             Err(ArgError::MissingValue("--vcpus".into()))
         );
 
-        let a = v(&["--json=1", "x"]);
-        let mut args = Args::new(&a);
-        assert!(matches!(args.next(), Ok(Some(Arg::Flag { .. }))));
+        let mut c = Cursor::new(v(&["--json=1", "x"]), FLAGS);
+        flag(&mut c);
         // A switch does not take its value: the next call reports it.
-        assert_eq!(args.next(), Err(ArgError::UnexpectedValue("--json".into())));
+        assert_eq!(c.next(), Err(ArgError::UnexpectedValue("--json".into())));
 
-        let a = v(&["--vcpus", "many"]);
-        let mut args = Args::new(&a);
-        args.next().unwrap();
-        let e = args.parsed("--vcpus", "a number", parse_u64).unwrap_err();
-        assert_eq!(e.to_string(), "--vcpus \"many\": expected a number");
+        let mut c = Cursor::new(v(&["--vcpus", "many"]), FLAGS);
+        flag(&mut c);
+        let e = c.vcpus(&FLAGS[0]).unwrap_err();
+        assert_eq!(e.to_string(), "--vcpus \"many\": expected a vCPU count");
+
+        let mut c = Cursor::new(v(&["--vcpus", "0"]), FLAGS);
+        flag(&mut c);
+        let e = c.vcpus(&FLAGS[0]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--vcpus: 0 vCPUs: a launch has 1 to 255 vCPUs"
+        );
+
+        let mut c = Cursor::new(v(&["--frob"]), FLAGS);
+        assert_eq!(c.next(), Err(ArgError::UnknownFlag("--frob".into())));
+        let mut c = Cursor::new(v(&["-h"]), FLAGS);
+        assert_eq!(c.next(), Err(ArgError::Help));
+        assert!(wants_help(&[OsString::from("x"), OsString::from("--help")]));
+        assert!(!wants_help(&[OsString::from("--"), OsString::from("-h")]));
+    }
+
+    #[test]
+    fn non_utf8_values() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"\xff.igvm".to_vec());
+        let mut c = Cursor::new([OsString::from("--mem"), bad.clone()], FLAGS);
+        flag(&mut c);
+        let e = c.mem(&FLAGS[1]).unwrap_err();
+        assert!(matches!(e, ArgError::NotUtf8 { .. }), "{e}");
+        let mut c = Cursor::new([bad.clone()], FLAGS);
+        assert_eq!(c.next(), Ok(Some(Item::Positional(bad))));
+    }
+
+    #[test]
+    fn help_lists_every_flag() {
+        let h = CommandHelp {
+            usage: "relaunch x",
+            about: "Does x.",
+            flags: FLAGS,
+            notes: "",
+            examples: &["relaunch x --json"],
+        }
+        .render();
+        for f in FLAGS {
+            assert!(h.contains(&f.name()), "{h}");
+        }
+        assert!(h.contains("  -j, --json\n"), "{h}");
     }
 }

@@ -1,100 +1,15 @@
 //! The audit log and the per-launch event stream (`docs/reboot-contract.md`).
 //!
-//! Both are JSON lines. The audit log gets a `launch` record before the guest runs and an
+//! Both are JSON lines (records are `serde` structs, `crate::json::to_line`). The audit log gets a `launch` record before the guest runs and an
 //! `exit` record when the launch ends; each record is built in memory and written with one
 //! `write(2)` on an `O_APPEND` file, so a crash or `kill -9` never loses (or tears) a record
 //! whose write started. `fdatasync` follows off the critical path (see [`AuditLog::sync`]).
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
-
-/// A JSON object being built on one line (a by-value builder over `crate::json`'s escaping,
-/// convenient for records assembled across several steps).
-#[derive(Debug, Default)]
-pub struct JsonObj {
-    buf: String,
-}
-
-/// Appends `s` as a JSON string literal (the shared writer's escaping, `crate::json`).
-pub fn push_json_str(out: &mut String, s: &str) {
-    crate::json::write_str(out, s);
-}
-
-impl JsonObj {
-    /// An empty object.
-    pub fn new() -> JsonObj {
-        JsonObj::default()
-    }
-
-    fn key(&mut self, k: &str) {
-        self.buf.push(if self.buf.is_empty() { '{' } else { ',' });
-        push_json_str(&mut self.buf, k);
-        self.buf.push(':');
-    }
-
-    /// `"k":"v"`.
-    pub fn str(mut self, k: &str, v: &str) -> JsonObj {
-        self.key(k);
-        push_json_str(&mut self.buf, v);
-        self
-    }
-
-    /// `"k":n`.
-    pub fn u64(mut self, k: &str, v: u64) -> JsonObj {
-        self.key(k);
-        let _ = write!(self.buf, "{v}");
-        self
-    }
-
-    /// `"k":n` or `"k":null`.
-    pub fn opt_u64(mut self, k: &str, v: Option<u64>) -> JsonObj {
-        self.key(k);
-        match v {
-            Some(v) => {
-                let _ = write!(self.buf, "{v}");
-            }
-            None => self.buf.push_str("null"),
-        }
-        self
-    }
-
-    /// `"k":"v"` or `"k":null`.
-    pub fn opt_str(mut self, k: &str, v: Option<&str>) -> JsonObj {
-        self.key(k);
-        match v {
-            Some(v) => push_json_str(&mut self.buf, v),
-            None => self.buf.push_str("null"),
-        }
-        self
-    }
-
-    /// `"k":true|false`.
-    pub fn bool(mut self, k: &str, v: bool) -> JsonObj {
-        self.key(k);
-        self.buf.push_str(if v { "true" } else { "false" });
-        self
-    }
-
-    /// `"k":{...}`.
-    pub fn obj(mut self, k: &str, v: JsonObj) -> JsonObj {
-        self.key(k);
-        self.buf.push_str(&v.finish());
-        self
-    }
-
-    /// The object text (no newline).
-    pub fn finish(mut self) -> String {
-        if self.buf.is_empty() {
-            self.buf.push('{');
-        }
-        self.buf.push('}');
-        self.buf
-    }
-}
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -208,22 +123,6 @@ impl EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_escaping_and_shape() {
-        let o = JsonObj::new()
-            .str("a", "q\"\\\n\u{1}é")
-            .u64("n", 5)
-            .opt_u64("z", None)
-            .bool("b", true)
-            .obj("t", JsonObj::new().u64("x", 1))
-            .finish();
-        assert_eq!(
-            o,
-            r#"{"a":"q\"\\\n\u0001é","n":5,"z":null,"b":true,"t":{"x":1}}"#
-        );
-        assert_eq!(JsonObj::new().finish(), "{}");
-    }
 
     #[test]
     fn audit_appends_whole_lines() {

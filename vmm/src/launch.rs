@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 use sha2::{Digest, Sha256};
 
+use crate::json::hex;
+
 /// A planned bundle, ready to be launched any number of times.
 #[derive(Debug)]
 pub struct Launch {
@@ -105,16 +107,6 @@ impl Launch {
     pub fn plan_time(&self) -> Duration {
         self.plan_time
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// The launch a session runs next: set from any thread (a hand-over, an operator), taken by

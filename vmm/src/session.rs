@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::audit::{unix_ms, AuditLog, EventSink, JsonObj};
+use crate::audit::{unix_ms, AuditLog, EventSink};
 use crate::backend::{Backend, BuiltVm, ExecError, ExecTimings};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::FwCfg;
@@ -841,22 +841,43 @@ struct ExitLine {
 
 impl ExitLine {
     fn finish(&self) -> String {
-        let mut exit = JsonObj::new()
-            .str("event", "exit")
-            .u64("time_ms", self.time_ms)
-            .u64("generation", self.generation)
-            .str("outcome", self.kind)
-            .str("reason", &self.reason)
-            .opt_str("stopped_by", self.stopped_by.as_deref())
-            .opt_u64("exit_code", self.exit_code.map(u64::from))
-            .obj("timings", self.times.json())
-            .u64("unknown_io", self.unknown)
-            .u64("fw_cfg_dma_errors", self.fw_errors);
-        if let Some((rss, fds)) = self.footprint {
-            exit = exit.opt_u64("vmm_rss_kib", rss).opt_u64("open_fds", fds);
-        }
-        exit.finish()
+        crate::json::to_line(&ExitRecord {
+            event: "exit",
+            time_ms: self.time_ms,
+            generation: self.generation,
+            outcome: self.kind,
+            reason: &self.reason,
+            stopped_by: self.stopped_by.as_deref(),
+            exit_code: self.exit_code,
+            timings: self.times.record(),
+            unknown_io: self.unknown,
+            fw_cfg_dma_errors: self.fw_errors,
+            vmm_rss_kib: self.footprint.map(|f| f.0),
+            open_fds: self.footprint.map(|f| f.1),
+        })
     }
+}
+
+/// The `exit` event line and audit record (`docs/reboot-contract.md`).
+#[derive(serde::Serialize)]
+struct ExitRecord<'a> {
+    event: &'static str,
+    time_ms: u64,
+    generation: u64,
+    outcome: &'static str,
+    reason: &'a str,
+    /// Why the session stopped when it was not the guest's own outcome (the reset rate
+    /// limit); `null` otherwise.
+    stopped_by: Option<&'a str>,
+    exit_code: Option<u8>,
+    timings: TimingsRecord,
+    unknown_io: u64,
+    fw_cfg_dma_errors: u64,
+    /// Only on the launch that ends the process (`null` inside when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmm_rss_kib: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_fds: Option<Option<u64>>,
 }
 
 /// Per-launch timings of the `exit` event line.
@@ -874,29 +895,62 @@ struct LaunchTimes {
 impl LaunchTimes {
     /// Every timing in µs (`*_us`, the original fields) and ns (`*_ns`), plus the build
     /// steps in ns.
-    fn json(&self) -> JsonObj {
+    fn record(&self) -> TimingsRecord {
         let b = &self.build;
-        let both = |o: JsonObj, name: &str, d: Option<Duration>| {
-            o.opt_u64(&format!("{name}_us"), d.map(us))
-                .opt_u64(&format!("{name}_ns"), d.map(ns))
-        };
-        let mut o = JsonObj::new();
-        o = both(o, "reset_to_start", self.reset_to_start);
-        o = both(o, "first_exit", self.first_exit);
-        o = both(o, "boot_marker", self.boot_marker);
-        o = both(o, "relaunch_latency", self.relaunch_latency);
-        o = both(o, "run", Some(self.run));
-        o = both(o, "stop", Some(self.stop));
-        o = both(o, "execute", Some(b.total));
-        o = both(o, "swap", Some(self.swap));
-        o.u64("kvm_create_vm_ns", ns(b.create_vm))
-            .u64("memslots_ns", ns(b.memslots))
-            .u64("irqchip_ns", ns(b.irqchip))
-            .u64("vcpus_ns", ns(b.vcpus))
-            .u64("map_ram_ns", ns(b.map_ram))
-            .u64("import_ns", ns(b.import))
-            .u64("vp_context_ns", ns(b.vp_context))
+        TimingsRecord {
+            reset_to_start_us: self.reset_to_start.map(us),
+            reset_to_start_ns: self.reset_to_start.map(ns),
+            first_exit_us: self.first_exit.map(us),
+            first_exit_ns: self.first_exit.map(ns),
+            boot_marker_us: self.boot_marker.map(us),
+            boot_marker_ns: self.boot_marker.map(ns),
+            relaunch_latency_us: self.relaunch_latency.map(us),
+            relaunch_latency_ns: self.relaunch_latency.map(ns),
+            run_us: us(self.run),
+            run_ns: ns(self.run),
+            stop_us: us(self.stop),
+            stop_ns: ns(self.stop),
+            execute_us: us(b.total),
+            execute_ns: ns(b.total),
+            swap_us: us(self.swap),
+            swap_ns: ns(self.swap),
+            kvm_create_vm_ns: ns(b.create_vm),
+            memslots_ns: ns(b.memslots),
+            irqchip_ns: ns(b.irqchip),
+            vcpus_ns: ns(b.vcpus),
+            map_ram_ns: ns(b.map_ram),
+            import_ns: ns(b.import),
+            vp_context_ns: ns(b.vp_context),
+        }
     }
+}
+
+/// `timings` of the `exit` record.
+#[derive(serde::Serialize)]
+struct TimingsRecord {
+    reset_to_start_us: Option<u64>,
+    reset_to_start_ns: Option<u64>,
+    first_exit_us: Option<u64>,
+    first_exit_ns: Option<u64>,
+    boot_marker_us: Option<u64>,
+    boot_marker_ns: Option<u64>,
+    relaunch_latency_us: Option<u64>,
+    relaunch_latency_ns: Option<u64>,
+    run_us: u64,
+    run_ns: u64,
+    stop_us: u64,
+    stop_ns: u64,
+    execute_us: u64,
+    execute_ns: u64,
+    swap_us: u64,
+    swap_ns: u64,
+    kvm_create_vm_ns: u64,
+    memslots_ns: u64,
+    irqchip_ns: u64,
+    vcpus_ns: u64,
+    map_ram_ns: u64,
+    import_ns: u64,
+    vp_context_ns: u64,
 }
 
 /// The VMM's own resident memory (`RssAnon + RssFile` of `/proc/self/status`, KiB: guest
@@ -933,51 +987,93 @@ fn launch_record(
     prestaged: bool,
 ) -> String {
     let t = &built.timings;
-    JsonObj::new()
-        .str("event", "launch")
-        .u64("time_ms", unix_ms())
-        .u64("generation", generation)
-        .str("bundle_sha256", launch.bundle_sha256())
-        .str("platform", backend.platform().name())
-        .bool("emulated", backend.emulated())
-        .obj(
-            "params",
-            JsonObj::new()
-                .u64("mem", launch.mem_bytes())
-                .u64("vcpus", u64::from(launch.vcpus()))
-                .str("memory_backing", backend.memory_backing())
-                .bool("prestage", cfg.prestage)
-                .opt_u64("max_reboots", cfg.max_reboots),
-        )
-        .opt_str("predicted_measurement", launch.predicted_measurement())
-        .obj(
-            "timings",
-            JsonObj::new()
-                .u64("plan_us", us(launch.plan_time()))
-                .bool("plan_cached", generation > 1)
-                .u64("execute_us", us(t.total))
-                .u64(
-                    "create_vm_us",
-                    us(t.create_vm + t.memslots + t.irqchip + t.vcpus),
-                )
-                .u64("import_us", us(t.import))
-                .u64("vp_context_us", us(t.vp_context))
-                .bool("prestaged", prestaged)
-                .u64("swap_us", us(swap)),
-        )
-        .finish()
+    crate::json::to_line(&LaunchRecord {
+        event: "launch",
+        time_ms: unix_ms(),
+        generation,
+        bundle_sha256: launch.bundle_sha256(),
+        platform: backend.platform().name(),
+        emulated: backend.emulated(),
+        version: crate::cli::VERSION,
+        params: LaunchParams {
+            mem: launch.mem_bytes(),
+            vcpus: launch.vcpus(),
+            memory_backing: backend.memory_backing(),
+            prestage: cfg.prestage,
+            max_reboots: cfg.max_reboots,
+        },
+        predicted_measurement: launch.predicted_measurement(),
+        timings: LaunchTimings {
+            plan_us: us(launch.plan_time()),
+            plan_cached: generation > 1,
+            execute_us: us(t.total),
+            create_vm_us: us(t.create_vm + t.memslots + t.irqchip + t.vcpus),
+            import_us: us(t.import),
+            vp_context_us: us(t.vp_context),
+            prestaged,
+            swap_us: us(swap),
+        },
+    })
+}
+
+/// The audit `launch` record (`docs/reboot-contract.md`).
+#[derive(serde::Serialize)]
+struct LaunchRecord<'a> {
+    event: &'static str,
+    time_ms: u64,
+    generation: u64,
+    bundle_sha256: &'a str,
+    platform: &'static str,
+    emulated: bool,
+    /// The relaunch version ([`crate::cli::VERSION`]).
+    version: &'static str,
+    params: LaunchParams,
+    predicted_measurement: Option<&'a str>,
+    timings: LaunchTimings,
+}
+
+/// `params` of the `launch` record.
+#[derive(serde::Serialize)]
+struct LaunchParams {
+    mem: u64,
+    vcpus: u32,
+    memory_backing: &'static str,
+    prestage: bool,
+    max_reboots: Option<u64>,
+}
+
+/// `timings` of the `launch` record.
+#[derive(serde::Serialize)]
+struct LaunchTimings {
+    plan_us: u64,
+    plan_cached: bool,
+    execute_us: u64,
+    create_vm_us: u64,
+    import_us: u64,
+    vp_context_us: u64,
+    prestaged: bool,
+    swap_us: u64,
 }
 
 /// The `exit` line of a launch whose plan could not be executed.
 fn failure_line(generation: u64, outcome: &Outcome) -> String {
-    JsonObj::new()
-        .str("event", "exit")
-        .u64("time_ms", unix_ms())
-        .u64("generation", generation)
-        .str("outcome", outcome.kind())
-        .str("reason", &outcome.reason())
-        .u64("exit_code", u64::from(exit_code(outcome)))
-        .finish()
+    #[derive(serde::Serialize)]
+    struct FailureRecord<'a> {
+        event: &'static str,
+        time_ms: u64,
+        generation: u64,
+        outcome: &'static str,
+        reason: &'a str,
+        exit_code: u8,
+    }
+    crate::json::to_line(&FailureRecord {
+        event: "exit",
+        time_ms: unix_ms(),
+        generation,
+        outcome: outcome.kind(),
+        reason: &outcome.reason(),
+        exit_code: exit_code(outcome),
+    })
 }
 
 #[cfg(test)]
@@ -997,7 +1093,9 @@ mod tests {
         assert_eq!(ResetLimit::parse("5/500ms"), l(5, 500));
         assert_eq!(ResetLimit::parse("100/1m"), l(100, 60_000));
         assert_eq!(ResetLimit::parse(" 3 / 1h "), l(3, 3_600_000));
-        for bad in ["", "5", "0/10s", "5/0s", "-1/5s", "5/2d", "5/25h", "x/1s", "5/1x"] {
+        for bad in [
+            "", "5", "0/10s", "5/0s", "-1/5s", "5/2d", "5/25h", "x/1s", "5/1x",
+        ] {
             assert_eq!(ResetLimit::parse(bad), None, "{bad:?}");
         }
     }
@@ -1006,10 +1104,7 @@ mod tests {
     /// measured footprint makes room.
     #[test]
     fn backlog_bounds_count_and_bytes() {
-        let b = Arc::new(Backlog::new(BacklogLimit {
-            vms: 2,
-            bytes: 100,
-        }));
+        let b = Arc::new(Backlog::new(BacklogLimit { vms: 2, bytes: 100 }));
         b.acquire(1000); // Alone: admitted whatever its size.
         assert_eq!(b.counts(), (1, 1000, 1));
         let b2 = Arc::clone(&b);

@@ -227,13 +227,28 @@ fn bad_input_is_one_line_and_exit_2() {
 }
 
 #[test]
-fn non_utf8_argument_is_a_usage_error() {
+fn non_utf8_text_value_is_a_usage_error() {
     use std::os::unix::ffi::OsStrExt;
-    let bad = std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe.igvm");
-    for args in [
-        vec![std::ffi::OsStr::new("inspect"), bad],
-        vec![std::ffi::OsStr::new("run"), bad],
-        vec![bad],
+    let bad = std::ffi::OsStr::from_bytes(b"sn\xffp");
+    let f = scratch("inspect-non-utf8-value.igvm", &spec_file(1, false));
+    let name = std::ffi::OsStr::new;
+    for (args, prefix, needle) in [
+        (
+            vec![name("inspect"), f.as_os_str(), name("--platform"), bad],
+            "relaunch inspect: ",
+            "not valid UTF-8",
+        ),
+        (
+            vec![name("measure"), f.as_os_str(), name("--platform"), bad],
+            "relaunch measure: ",
+            "not valid UTF-8",
+        ),
+        (
+            vec![name("run"), f.as_os_str(), name("--fw-cfg"), bad],
+            "relaunch run: ",
+            "not valid UTF-8",
+        ),
+        (vec![bad], "relaunch: ", "unknown command"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaunch"))
             .args(&args)
@@ -244,6 +259,6 @@ fn non_utf8_argument_is_a_usage_error() {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
-        assert_usage_error(&r, "relaunch: ", "not valid UTF-8");
+        assert_usage_error(&r, prefix, needle);
     }
 }

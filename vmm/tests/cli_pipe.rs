@@ -82,3 +82,52 @@ fn kvm_guest_log_survives_a_closed_stderr() {
     assert_eq!(run_closed(&["run", img, "--quiet"], false, true), 0);
     assert_eq!(run_closed(&["run", img], true, true), 0);
 }
+
+/// `run` ends with exactly one line naming the outcome and the exit code, `--quiet` or not.
+#[test]
+fn kvm_run_ends_with_one_outcome_line() {
+    let img = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../boot-images/out/reboot-loop.igvm");
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if !img.exists() || std::fs::File::open("/dev/kvm").is_err() {
+        assert!(!ci, "CI=true but /dev/kvm or {} is missing", img.display());
+        println!("SKIPPED: needs /dev/kvm and {}", img.display());
+        return;
+    }
+    let img = img.to_str().unwrap();
+    let last_line = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_relaunch"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let n = err.lines().filter(|l| l.contains("(exit ")).count();
+        assert_eq!(n, 1, "{err}");
+        (
+            out.status.code(),
+            err.lines().last().unwrap_or("").to_string(),
+        )
+    };
+    let until3 = "opt/relaunch/reboot-until=u64:3";
+    let audit = scratch("pipe-outcome-audit.jsonl", b"");
+    let a = audit.to_str().unwrap();
+    let (code, line) = last_line(&["run", img, "--quiet", "--fw-cfg", until3, "--audit-log", a]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        line,
+        "relaunch: guest powered off after 3 launches (exit 0)"
+    );
+    // The audit `launch` records name the version (`relaunch --version`).
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let version = format!("\"version\":\"{}\"", relaunch::cli::VERSION);
+    let launches: Vec<&str> = text.lines().filter(|l| l.contains("\"launch\"")).collect();
+    assert_eq!(launches.len(), 3, "{text}");
+    assert!(launches.iter().all(|l| l.contains(&version)), "{text}");
+    let (code, line) = last_line(&["run", img, "--fw-cfg", until3, "--max-reboots", "1"]);
+    assert_eq!(code, Some(4));
+    assert_eq!(
+        line,
+        "relaunch: reboot limit reached: the guest asked for reset #2 after --max-reboots 1 \
+         (exit 4)"
+    );
+}

@@ -1,9 +1,12 @@
 //! `relaunch inspect`: what a bundle contains and what launching it does.
 //!
 //! ```text
-//! relaunch inspect FILE [--platform P] [--vcpus N] [--vcpu-type NAME | --vcpu-sig HEX]
-//!     [--mem SIZE] [--json]
+//! relaunch inspect FILE [options]
 //! ```
+//!
+//! The flags are in [`FLAGS`] (also what `--help` prints). The `--json` form is derived
+//! from `serde` view structs (one per entity: `HeaderView`, `FirmwareView`, one per
+//! platform view); the text form is written by hand for reading.
 //!
 //! Two parts:
 //! 1. **The file as written.** IGVM: format, platforms, every header in file order with its
@@ -18,6 +21,7 @@
 //! A bundle that does not parse is a one-line error and exit code 2; a platform view that
 //! cannot be planned shows why, and the other views are still printed.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -34,13 +38,74 @@ use relaunch_core::plan::{LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind
 use super::measure::{
     final_vp_contexts, kind_name, measure_bundle, one_line, source_name, Failure, DEFAULT_MEM,
 };
-use crate::args::{parse_hex_u64, parse_size, parse_u64, Arg, ArgError, Args};
-use crate::json::{self, ArrayWriter, ObjectWriter};
+use crate::args::{
+    parse_hex_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+};
+use crate::json::{self, Hex};
+use serde::Serialize;
 
-const HELP: &str = "\
-usage: relaunch inspect FILE [--platform <native|sev|sev-es|snp|tdx>] [--vcpus N]
-         [--vcpu-type NAME | --vcpu-sig HEX] [--mem SIZE] [--json]
-Describes an IGVM file or OVMF/TDVF image and the launch plan of each platform view.";
+/// `relaunch inspect`'s flags: the parser and `--help` are both built from this table.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        long: "platform",
+        short: None,
+        value: Some("P"),
+        help: "Show only this platform's view: native, sev, sev-es, snp or tdx. Default: every \
+               platform the bundle supports.",
+    },
+    Flag {
+        long: "vcpus",
+        short: None,
+        value: Some("N"),
+        help: "Number of vCPUs the views are planned for, 1 to 255. Default: 1.",
+    },
+    Flag {
+        long: "vcpu-type",
+        short: None,
+        value: Some("NAME"),
+        help: "QEMU -cpu model for the reset state's RDX (EPYC, EPYC-v4, EPYC-Rome, \
+               EPYC-Milan, EPYC-Genoa, ...). Default: none (a digest that depends on it is \
+               not shown).",
+    },
+    Flag {
+        long: "vcpu-sig",
+        short: None,
+        value: Some("HEX"),
+        help: "The vCPU signature (CPUID(1).EAX) as hex, instead of --vcpu-type. Default: none.",
+    },
+    Flag {
+        long: "mem",
+        short: None,
+        value: Some("SIZE"),
+        help: "Guest RAM the views are planned for: a byte count or a size with K, M, G or T, \
+               a 4 KiB multiple from 4 KiB to 1 TiB. Default: 256M.",
+    },
+    Flag {
+        long: "json",
+        short: None,
+        value: None,
+        help: "Print one JSON object (every header and every launch op, uncollapsed) instead \
+               of text. Default: off.",
+    },
+    HELP_FLAG,
+];
+
+/// `relaunch inspect --help`.
+pub const HELP: CommandHelp = CommandHelp {
+    usage: "relaunch inspect FILE [options]",
+    about: "\
+Describes FILE (an IGVM file or an OVMF/TDVF image) and what launching it does. First the
+file as written: IGVM platforms and headers in file order (runs of contiguous pages
+collapsed), or the firmware's GUID table and SEV/TDX metadata. Then one view per platform
+the bundle can be launched on: policy, memory map, imports in launch order, vCPU registers,
+SNP ID block, page totals and the launch digest. A view that cannot be planned says why.",
+    flags: FLAGS,
+    notes: "Exit codes: 0 printed; 2 bad flags or an unreadable or invalid file.",
+    examples: &[
+        "relaunch inspect boot-images/prebuilt/hello.igvm",
+        "relaunch inspect guest.igvm --platform snp --vcpu-type EPYC-v4 --json",
+    ],
+};
 
 /// Why `relaunch inspect` failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +132,7 @@ pub enum InspectError {
     },
 }
 
-struct InspectArgs {
+pub(crate) struct InspectArgs {
     file: PathBuf,
     platform: Option<Platform>,
     vcpus: u32,
@@ -77,12 +142,15 @@ struct InspectArgs {
 }
 
 /// Runs `relaunch inspect` with `args`; returns the exit code.
-pub fn main(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        return crate::log::print_output("inspect", format!("{HELP}\n").as_bytes());
+pub fn main(args: &[OsString]) -> u8 {
+    if wants_help(args) {
+        return crate::log::print_output("inspect", HELP.render().as_bytes());
     }
     match run(args) {
         Ok(out) => crate::log::print_output("inspect", out.as_bytes()),
+        Err(InspectError::Args(ArgError::Help)) => {
+            crate::log::print_output("inspect", HELP.render().as_bytes())
+        }
         Err(e) => {
             crate::elog!("relaunch inspect: {}", one_line(&e.to_string()));
             super::EXIT_USAGE
@@ -90,8 +158,8 @@ pub fn main(args: &[String]) -> u8 {
     }
 }
 
-fn parse_args(args: &[String]) -> Result<InspectArgs, ArgError> {
-    let mut it = Args::new(args);
+pub(crate) fn parse_args(args: &[OsString]) -> Result<InspectArgs, ArgError> {
+    let mut it = Cursor::new(args, FLAGS);
     let mut a = InspectArgs {
         file: PathBuf::new(),
         platform: None,
@@ -103,49 +171,42 @@ fn parse_args(args: &[String]) -> Result<InspectArgs, ArgError> {
     let mut file = None;
     let mut sig_sources = 0;
     while let Some(arg) = it.next()? {
-        match arg {
-            Arg::Positional(p) => {
-                if file.replace(PathBuf::from(p)).is_some() {
-                    return Err(ArgError::Other(format!("unexpected argument {p:?}")));
+        let f = match arg {
+            Item::Positional(p) => {
+                if file.is_some() {
+                    return Err(ArgError::Other(format!(
+                        "unexpected argument {:?}",
+                        p.to_string_lossy()
+                    )));
                 }
+                file = Some(PathBuf::from(p));
+                continue;
             }
-            Arg::Flag { name, .. } => match name {
-                "--platform" => {
-                    a.platform = Some(it.parsed(
-                        name,
-                        "native, sev, sev-es, snp or tdx",
-                        Platform::from_name,
-                    )?)
-                }
-                "--vcpus" => {
-                    a.vcpus = it.parsed(name, "a vCPU count (1-4096)", |v| {
-                        parse_u64(v)
-                            .and_then(|n| u32::try_from(n).ok())
-                            .filter(|&n| (1..=4096).contains(&n))
-                    })?
-                }
-                "--vcpu-type" => {
-                    sig_sources += 1;
-                    a.vcpu_sig = Some(it.parsed(
-                        name,
-                        "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, ...)",
-                        vcpu_sig_by_name,
-                    )?)
-                }
-                "--vcpu-sig" => {
-                    sig_sources += 1;
-                    a.vcpu_sig = Some(it.parsed(name, "a 32-bit hex CPUID(1).EAX", |v| {
-                        parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
-                    })?)
-                }
-                "--mem" => {
-                    a.mem = it.parsed(name, "a size such as 512M or 2G", |v| {
-                        parse_size(v).filter(|&n| n > 0 && n.is_multiple_of(4096))
-                    })?
-                }
-                "--json" => a.json = true,
-                other => return Err(ArgError::UnknownFlag(other.to_string())),
-            },
+            Item::Flag(f) => f,
+        };
+        match f.long {
+            "platform" => {
+                a.platform =
+                    Some(it.parsed(f, "native, sev, sev-es, snp or tdx", Platform::from_name)?)
+            }
+            "vcpus" => a.vcpus = it.vcpus(f)?,
+            "vcpu-type" => {
+                sig_sources += 1;
+                a.vcpu_sig = Some(it.parsed(
+                    f,
+                    "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, ...)",
+                    vcpu_sig_by_name,
+                )?)
+            }
+            "vcpu-sig" => {
+                sig_sources += 1;
+                a.vcpu_sig = Some(it.parsed(f, "a 32-bit hex CPUID(1).EAX", |v| {
+                    parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
+                })?)
+            }
+            "mem" => a.mem = it.mem(f)?,
+            "json" => a.json = true,
+            other => return Err(ArgError::Unhandled(other)),
         }
     }
     if sig_sources > 1 {
@@ -157,7 +218,7 @@ fn parse_args(args: &[String]) -> Result<InspectArgs, ArgError> {
     Ok(a)
 }
 
-fn run(args: &[String]) -> Result<String, InspectError> {
+fn run(args: &[OsString]) -> Result<String, InspectError> {
     let a = parse_args(args)?;
     let bundle = std::fs::read(&a.file).map_err(|source| InspectError::Read {
         path: a.file.clone(),
@@ -197,18 +258,14 @@ fn run(args: &[String]) -> Result<String, InspectError> {
         .map(|&p| View::new(&bundle, &a, p))
         .collect();
     if a.json {
-        let mut s = json::object(|o| {
-            o.str("file", &a.file.to_string_lossy())
-                .u64("size", bundle.len() as u64);
-            match &input {
-                Input::Igvm(f) => igvm_json(o, f),
-                Input::Firmware(f) => firmware_json(o, f),
-            }
-            o.array("views", |arr| {
-                for v in &views {
-                    arr.object(|o| v.json(o));
-                }
-            });
+        let mut s = json::to_line(&Report {
+            file: a.file.to_string_lossy().into_owned(),
+            size: bundle.len() as u64,
+            input: match &input {
+                Input::Igvm(f) => FileView::Igvm(igvm_view(f)),
+                Input::Firmware(f) => FileView::Firmware(firmware_view(f)),
+            },
+            views: views.iter().map(View::json).collect(),
         });
         s.push('\n');
         Ok(s)
@@ -227,6 +284,23 @@ fn run(args: &[String]) -> Result<String, InspectError> {
         }
         Ok(s)
     }
+}
+
+/// `inspect --json`: the file as written, then one object per platform view.
+#[derive(Serialize)]
+struct Report {
+    file: String,
+    size: u64,
+    #[serde(flatten)]
+    input: FileView,
+    views: Vec<ViewJson>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FileView {
+    Igvm(IgvmView),
+    Firmware(FirmwareView),
 }
 
 enum Input<'a> {
@@ -625,35 +699,129 @@ fn igvm_text(s: &mut String, f: &IgvmFile<'_>) {
     }
 }
 
-fn header_json(o: &mut ObjectWriter<'_>, h: &HeaderRef<'_>, bytes: &[u8]) {
+/// `--json` of an IGVM file as written.
+#[derive(Serialize)]
+struct IgvmView {
+    input: &'static str,
+    format_version: u32,
+    architecture: String,
+    file_data_start: Hex,
+    platforms: Vec<PlatformView>,
+    headers: Vec<HeaderView>,
+}
+
+#[derive(Serialize)]
+struct PlatformView {
+    platform: &'static str,
+    mask: Hex,
+    highest_vtl: u64,
+    shared_gpa_boundary: Hex,
+}
+
+/// One IGVM header: the common fields, then the fields of its kind.
+#[derive(Serialize)]
+struct HeaderView {
+    index: u64,
+    offset: Hex,
+    #[serde(rename = "type")]
+    typ: &'static str,
+    raw_type: Hex,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask: Option<Hex>,
+    #[serde(flatten)]
+    body: HeaderBody,
+}
+
+/// The kind-specific fields of a [`HeaderView`].
+#[derive(Serialize)]
+#[serde(untagged)]
+enum HeaderBody {
+    SupportedPlatform {
+        platform: &'static str,
+        highest_vtl: u64,
+        shared_gpa_boundary: Hex,
+    },
+    GuestPolicy {
+        policy: Hex,
+    },
+    ParameterArea {
+        area: u64,
+        size: Hex,
+        file_offset: Hex,
+        initial_data_len: u64,
+    },
+    PageData {
+        gpa: Hex,
+        data_type: &'static str,
+        is_2mb_page: bool,
+        unmeasured: bool,
+        shared: bool,
+        file_offset: Hex,
+        data_len: u64,
+    },
+    ParameterInsert {
+        gpa: Hex,
+        area: u64,
+    },
+    VpContext {
+        gpa: Hex,
+        vp: u64,
+        format: String,
+        file_offset: Hex,
+        data_len: u64,
+    },
+    RequiredMemory {
+        gpa: Hex,
+        size: Hex,
+        vtl2_protectable: bool,
+    },
+    SnpIdBlock {
+        #[serde(serialize_with = "json::hex_bytes")]
+        ld: [u8; 48],
+        #[serde(serialize_with = "json::hex_bytes")]
+        family_id: [u8; 16],
+        #[serde(serialize_with = "json::hex_bytes")]
+        image_id: [u8; 16],
+        version: u64,
+        guest_svn: u64,
+        id_key_algorithm: u64,
+        author_key_enabled: u64,
+    },
+    ErrorRange {
+        gpa: Hex,
+        size: Hex,
+    },
+    Parameter {
+        area: u64,
+        byte_offset: Hex,
+    },
+    Other {
+        details: String,
+    },
+}
+
+fn header_view(h: &HeaderRef<'_>, bytes: &[u8]) -> HeaderView {
     let typ = header_type_of(h, bytes);
-    o.u64("index", h.index.into())
-        .hex_u64("offset", h.offset.into())
-        .str("type", type_name(typ))
-        .hex_u64("raw_type", typ.into());
-    if let Some(m) = h.header.compatibility_mask() {
-        o.hex_u64("mask", m.into());
-    }
-    match h.header {
-        Header::SupportedPlatform(p) => {
-            o.str("platform", platform_type_name(p.platform_type.0))
-                .u64("highest_vtl", p.highest_vtl.into())
-                .hex_u64("shared_gpa_boundary", p.shared_gpa_boundary);
-        }
-        Header::GuestPolicy { policy, .. } => {
-            o.hex_u64("policy", policy);
-        }
+    let body = match h.header {
+        Header::SupportedPlatform(p) => HeaderBody::SupportedPlatform {
+            platform: platform_type_name(p.platform_type.0),
+            highest_vtl: p.highest_vtl.into(),
+            shared_gpa_boundary: Hex(p.shared_gpa_boundary),
+        },
+        Header::GuestPolicy { policy, .. } => HeaderBody::GuestPolicy {
+            policy: Hex(policy),
+        },
         Header::ParameterArea {
             number_of_bytes,
             parameter_area_index,
             file_offset,
             initial_data,
-        } => {
-            o.u64("area", parameter_area_index.into())
-                .hex_u64("size", number_of_bytes)
-                .hex_u64("file_offset", file_offset.into())
-                .u64("initial_data_len", initial_data.len() as u64);
-        }
+        } => HeaderBody::ParameterArea {
+            area: parameter_area_index.into(),
+            size: Hex(number_of_bytes),
+            file_offset: Hex(file_offset.into()),
+            initial_data_len: initial_data.len() as u64,
+        },
         Header::PageData {
             gpa,
             flags,
@@ -661,23 +829,23 @@ fn header_json(o: &mut ObjectWriter<'_>, h: &HeaderRef<'_>, bytes: &[u8]) {
             file_offset,
             data,
             ..
-        } => {
-            o.hex_u64("gpa", gpa)
-                .str("data_type", data_type_name(data_type))
-                .bool("is_2mb_page", flags.is_2mb_page)
-                .bool("unmeasured", flags.unmeasured)
-                .bool("shared", flags.shared)
-                .hex_u64("file_offset", file_offset.into())
-                .u64("data_len", data.len() as u64);
-        }
+        } => HeaderBody::PageData {
+            gpa: Hex(gpa),
+            data_type: data_type_name(data_type),
+            is_2mb_page: flags.is_2mb_page,
+            unmeasured: flags.unmeasured,
+            shared: flags.shared,
+            file_offset: Hex(file_offset.into()),
+            data_len: data.len() as u64,
+        },
         Header::ParameterInsert {
             gpa,
             parameter_area_index,
             ..
-        } => {
-            o.hex_u64("gpa", gpa)
-                .u64("area", parameter_area_index.into());
-        }
+        } => HeaderBody::ParameterInsert {
+            gpa: Hex(gpa),
+            area: parameter_area_index.into(),
+        },
         Header::VpContext {
             gpa,
             file_offset,
@@ -685,69 +853,78 @@ fn header_json(o: &mut ObjectWriter<'_>, h: &HeaderRef<'_>, bytes: &[u8]) {
             kind,
             data,
             ..
-        } => {
-            o.hex_u64("gpa", gpa)
-                .u64("vp", vp_index.into())
-                .str("format", &format!("{kind:?}"))
-                .hex_u64("file_offset", file_offset.into())
-                .u64("data_len", data.len() as u64);
-        }
+        } => HeaderBody::VpContext {
+            gpa: Hex(gpa),
+            vp: vp_index.into(),
+            format: format!("{kind:?}"),
+            file_offset: Hex(file_offset.into()),
+            data_len: data.len() as u64,
+        },
         Header::RequiredMemory {
             gpa,
             number_of_bytes,
             vtl2_protectable,
             ..
-        } => {
-            o.hex_u64("gpa", gpa)
-                .hex_u64("size", number_of_bytes.into())
-                .bool("vtl2_protectable", vtl2_protectable);
-        }
+        } => HeaderBody::RequiredMemory {
+            gpa: Hex(gpa),
+            size: Hex(number_of_bytes.into()),
+            vtl2_protectable,
+        },
         Header::SnpIdBlock(b) => {
             let raw = b.get();
-            o.hex("ld", &raw.ld)
-                .hex("family_id", &raw.family_id)
-                .hex("image_id", &raw.image_id)
-                .u64("version", raw.version.into())
-                .u64("guest_svn", raw.guest_svn.into())
-                .u64("id_key_algorithm", raw.id_key_algorithm.into())
-                .u64("author_key_enabled", raw.author_key_enabled.into());
+            HeaderBody::SnpIdBlock {
+                ld: raw.ld,
+                family_id: raw.family_id,
+                image_id: raw.image_id,
+                version: raw.version.into(),
+                guest_svn: raw.guest_svn.into(),
+                id_key_algorithm: raw.id_key_algorithm.into(),
+                author_key_enabled: raw.author_key_enabled.into(),
+            }
         }
         Header::ErrorRange {
             gpa, size_bytes, ..
-        } => {
-            o.hex_u64("gpa", gpa).hex_u64("size", size_bytes.into());
-        }
-        _ => {
-            if let Some(p) = h.header.parameter() {
-                o.u64("area", p.parameter_area_index.into())
-                    .hex_u64("byte_offset", p.byte_offset.into());
-            } else {
-                o.str("details", &header_text(&h.header));
-            }
-        }
+        } => HeaderBody::ErrorRange {
+            gpa: Hex(gpa),
+            size: Hex(size_bytes.into()),
+        },
+        _ => match h.header.parameter() {
+            Some(p) => HeaderBody::Parameter {
+                area: p.parameter_area_index.into(),
+                byte_offset: Hex(p.byte_offset.into()),
+            },
+            None => HeaderBody::Other {
+                details: header_text(&h.header),
+            },
+        },
+    };
+    HeaderView {
+        index: h.index.into(),
+        offset: Hex(h.offset.into()),
+        typ: type_name(typ),
+        raw_type: Hex(typ.into()),
+        mask: h.header.compatibility_mask().map(|m| Hex(m.into())),
+        body,
     }
 }
 
-fn igvm_json(o: &mut ObjectWriter<'_>, f: &IgvmFile<'_>) {
-    o.str("input", "igvm")
-        .u64("format_version", f.format_version().into())
-        .str("architecture", &format!("{:?}", f.architecture()))
-        .hex_u64("file_data_start", f.file_data_start().into())
-        .array("platforms", |arr| {
-            for p in f.platforms() {
-                arr.object(|o| {
-                    o.str("platform", platform_type_name(p.platform_type.0))
-                        .hex_u64("mask", p.compatibility_mask.into())
-                        .u64("highest_vtl", p.highest_vtl.into())
-                        .hex_u64("shared_gpa_boundary", p.shared_gpa_boundary);
-                });
-            }
-        })
-        .array("headers", |arr| {
-            for h in f.headers() {
-                arr.object(|o| header_json(o, &h, f.bytes()));
-            }
-        });
+fn igvm_view(f: &IgvmFile<'_>) -> IgvmView {
+    IgvmView {
+        input: "igvm",
+        format_version: f.format_version(),
+        architecture: format!("{:?}", f.architecture()),
+        file_data_start: Hex(f.file_data_start().into()),
+        platforms: f
+            .platforms()
+            .map(|p| PlatformView {
+                platform: platform_type_name(p.platform_type.0),
+                mask: Hex(p.compatibility_mask.into()),
+                highest_vtl: p.highest_vtl.into(),
+                shared_gpa_boundary: Hex(p.shared_gpa_boundary),
+            })
+            .collect(),
+        headers: f.headers().map(|h| header_view(&h, f.bytes())).collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -858,53 +1035,107 @@ fn firmware_text(s: &mut String, f: &Firmware<'_>) {
     }
 }
 
-fn firmware_json(o: &mut ObjectWriter<'_>, f: &Firmware<'_>) {
-    o.str("input", "firmware")
-        .hex_u64("base_gpa", f.base_gpa())
-        .array("guid_table", |arr| {
-            for e in f.table_entries() {
-                arr.object(|o| {
-                    o.str("guid", &e.guid.to_string())
-                        .hex_u64("offset", e.offset as u64)
-                        .u64("len", e.data.len() as u64);
-                });
-            }
-        });
-    match f.sev_es_reset_addr() {
-        Ok(Some(a)) => o.hex_u64("sev_es_reset_addr", a.into()),
-        Ok(None) => o.null("sev_es_reset_addr"),
-        Err(e) => o.str("sev_es_reset_addr_error", &e.to_string()),
-    };
-    match f.sev_metadata() {
-        Ok(Some(m)) => o.array("sev_metadata", |arr| {
-            for sec in m.sections() {
-                arr.object(|o| {
-                    o.str("kind", &sev_kind_name(sec.kind))
-                        .hex_u64("gpa", sec.gpa.into())
-                        .hex_u64("size", sec.size.into());
-                });
-            }
-        }),
-        Ok(None) => o.null("sev_metadata"),
-        Err(e) => o.str("sev_metadata_error", &e.to_string()),
-    };
-    match f.tdx_metadata() {
-        Ok(Some(m)) => o.array("tdx_metadata", |arr| {
-            for sec in m.sections() {
-                arr.object(|o| {
-                    o.str("kind", tdvf_kind_name(sec.kind))
-                        .hex_u64("gpa", sec.gpa)
-                        .hex_u64("size", sec.size)
-                        .hex_u64("data_offset", sec.data_offset.into())
-                        .hex_u64("raw_size", sec.raw_size.into())
-                        .bool("mr_extend", sec.extend())
-                        .bool("page_aug", sec.page_aug());
-                });
-            }
-        }),
-        Ok(None) => o.null("tdx_metadata"),
-        Err(e) => o.str("tdx_metadata_error", &e.to_string()),
-    };
+/// `--json` of an OVMF/TDVF image as written. Each table that cannot be read has an
+/// `*_error` key instead of its own.
+#[derive(Serialize)]
+struct FirmwareView {
+    input: &'static str,
+    base_gpa: Hex,
+    guid_table: Vec<GuidEntryView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sev_es_reset_addr: Option<Option<Hex>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sev_es_reset_addr_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sev_metadata: Option<Option<Vec<SevSectionView>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sev_metadata_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tdx_metadata: Option<Option<Vec<TdxSectionView>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tdx_metadata_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GuidEntryView {
+    guid: String,
+    offset: Hex,
+    len: u64,
+}
+
+#[derive(Serialize)]
+struct SevSectionView {
+    kind: String,
+    gpa: Hex,
+    size: Hex,
+}
+
+#[derive(Serialize)]
+struct TdxSectionView {
+    kind: &'static str,
+    gpa: Hex,
+    size: Hex,
+    data_offset: Hex,
+    raw_size: Hex,
+    mr_extend: bool,
+    page_aug: bool,
+}
+
+/// A `Result` as the pair (value, error) of two optional keys.
+fn split<T, E: ToString>(r: Result<T, E>) -> (Option<T>, Option<String>) {
+    match r {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+fn firmware_view(f: &Firmware<'_>) -> FirmwareView {
+    let (sev_es_reset_addr, sev_es_reset_addr_error) =
+        split(f.sev_es_reset_addr().map(|a| a.map(|a| Hex(a.into()))));
+    let (sev_metadata, sev_metadata_error) = split(f.sev_metadata().map(|m| {
+        m.map(|m| {
+            m.sections()
+                .map(|sec| SevSectionView {
+                    kind: sev_kind_name(sec.kind),
+                    gpa: Hex(sec.gpa.into()),
+                    size: Hex(sec.size.into()),
+                })
+                .collect()
+        })
+    }));
+    let (tdx_metadata, tdx_metadata_error) = split(f.tdx_metadata().map(|m| {
+        m.map(|m| {
+            m.sections()
+                .map(|sec| TdxSectionView {
+                    kind: tdvf_kind_name(sec.kind),
+                    gpa: Hex(sec.gpa),
+                    size: Hex(sec.size),
+                    data_offset: Hex(sec.data_offset.into()),
+                    raw_size: Hex(sec.raw_size.into()),
+                    mr_extend: sec.extend(),
+                    page_aug: sec.page_aug(),
+                })
+                .collect()
+        })
+    }));
+    FirmwareView {
+        input: "firmware",
+        base_gpa: Hex(f.base_gpa()),
+        guid_table: f
+            .table_entries()
+            .map(|e| GuidEntryView {
+                guid: e.guid.to_string(),
+                offset: Hex(e.offset as u64),
+                len: e.data.len() as u64,
+            })
+            .collect(),
+        sev_es_reset_addr,
+        sev_es_reset_addr_error,
+        sev_metadata,
+        sev_metadata_error,
+        tdx_metadata,
+        tdx_metadata_error,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1093,59 +1324,114 @@ impl<'a> View<'a> {
         }
     }
 
-    fn json(&self, o: &mut ObjectWriter<'_>) {
-        o.str("platform", self.platform.name())
-            .u64("vcpus", self.cfg.vcpus.into())
-            .u64("mem", self.cfg.mem_bytes);
-        let p = match &self.result {
-            Ok(p) => p,
-            Err(e) => {
-                o.str("error", &one_line(e));
-                return;
+    /// The JSON side of the view.
+    fn json(&self) -> ViewJson {
+        let body = match &self.result {
+            Err(e) => ViewBody::Error { error: one_line(e) },
+            Ok(p) => {
+                let plan = &p.plan;
+                let counts = kind_counts(plan);
+                let count = |k: PageKind| counts.iter().find(|c| c.0 == k).map_or(0, |c| c.1);
+                let (digest, digest_note) = match &p.digest {
+                    Ok(Measurement::None) => (None, None),
+                    Ok(m) => (Some(m.to_string()), None),
+                    Err(e) => (None, Some(e.clone())),
+                };
+                ViewBody::Planned(Box::new(PlannedView {
+                    policy: Hex(p.policy),
+                    policy_decoded: policy_text(self.platform, p.policy),
+                    vmsa_features: Hex(p.vmsa_features),
+                    ops: plan.ops.iter().map(op_view).collect(),
+                    generated: plan.generated.iter().map(|g| json::hex(g)).collect(),
+                    vp_contexts: plan.vp_contexts.iter().map(regs_view).collect(),
+                    id_block: plan.id_block.as_ref().map(|id| IdBlockView {
+                        id_block: json::hex(&id.id_block),
+                        id_auth: json::hex(&id.id_auth),
+                        author_key_enabled: id.author_key_enabled,
+                        ld: json::hex(&id.ld()),
+                        matches: p
+                            .digest
+                            .as_ref()
+                            .ok()
+                            .map(|m| measure::id_block_matches(&id.ld(), m)),
+                    }),
+                    pages: PagesView {
+                        normal: count(PageKind::Normal),
+                        zero: count(PageKind::Zero),
+                        unmeasured: count(PageKind::Unmeasured),
+                        secrets: count(PageKind::Secrets),
+                        cpuid: count(PageKind::Cpuid),
+                        shared: count(PageKind::Shared),
+                    },
+                    digest,
+                    digest_note,
+                }))
             }
         };
-        let plan = &p.plan;
-        o.hex_u64("policy", p.policy)
-            .str("policy_decoded", &policy_text(self.platform, p.policy))
-            .hex_u64("vmsa_features", p.vmsa_features)
-            .array("ops", |arr| {
-                for op in &plan.ops {
-                    arr.object(|o| op_json(o, op));
-                }
-            })
-            .array("generated", |arr| {
-                for page in &plan.generated {
-                    arr.hex(page);
-                }
-            })
-            .array("vp_contexts", |arr| {
-                for r in &plan.vp_contexts {
-                    arr.object(|o| regs_json(o, r));
-                }
-            });
-        match &plan.id_block {
-            Some(id) => o.object("id_block", |o| {
-                o.hex("id_block", &id.id_block)
-                    .hex("id_auth", &id.id_auth)
-                    .bool("author_key_enabled", id.author_key_enabled)
-                    .hex("ld", &id.ld());
-                if let Ok(m) = &p.digest {
-                    o.bool("matches", measure::id_block_matches(&id.ld(), m));
-                }
-            }),
-            None => o.null("id_block"),
-        };
-        o.object("pages", |o| {
-            for (k, n) in kind_counts(plan) {
-                o.u64(kind_name(k), n);
-            }
-        });
-        match &p.digest {
-            Ok(Measurement::None) => o.null("digest"),
-            Ok(m) => o.str("digest", &m.to_string()),
-            Err(e) => o.null("digest").str("digest_note", e),
-        };
+        ViewJson {
+            platform: self.platform.name(),
+            vcpus: self.cfg.vcpus,
+            mem: self.cfg.mem_bytes,
+            body,
+        }
     }
+}
+
+/// `--json` of one platform view.
+#[derive(Serialize)]
+struct ViewJson {
+    platform: &'static str,
+    vcpus: u32,
+    mem: u64,
+    #[serde(flatten)]
+    body: ViewBody,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ViewBody {
+    /// Why the view cannot be planned.
+    Error {
+        error: String,
+    },
+    Planned(Box<PlannedView>),
+}
+
+/// A planned view: the plan, every op uncollapsed.
+#[derive(Serialize)]
+struct PlannedView {
+    policy: Hex,
+    policy_decoded: String,
+    vmsa_features: Hex,
+    ops: Vec<OpView>,
+    generated: Vec<String>,
+    vp_contexts: Vec<RegsView>,
+    id_block: Option<IdBlockView>,
+    pages: PagesView,
+    /// `null` for native launches and when there is no digest (`digest_note` says why).
+    digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest_note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct IdBlockView {
+    id_block: String,
+    id_auth: String,
+    author_key_enabled: bool,
+    ld: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matches: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct PagesView {
+    normal: u64,
+    zero: u64,
+    unmeasured: u64,
+    secrets: u64,
+    cpuid: u64,
+    shared: u64,
 }
 
 fn kind_counts(plan: &LaunchPlan<'_>) -> Vec<(PageKind, u64)> {
@@ -1229,59 +1515,105 @@ fn import_runs(plan: &LaunchPlan<'_>) -> Vec<Run> {
     runs
 }
 
-fn op_json(o: &mut ObjectWriter<'_>, op: &LaunchOp) {
+/// One launch op.
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum OpView {
+    CreateVm {
+        platform: &'static str,
+        policy: Hex,
+        vmsa_features: Hex,
+        vcpus: u32,
+    },
+    MapRam {
+        gpa: Hex,
+        size: Hex,
+    },
+    ImportPage {
+        gpa: Hex,
+        kind: &'static str,
+        data: PageDataView,
+    },
+    SetVpContext {
+        vp: u32,
+        source: &'static str,
+        ctx: u32,
+    },
+    Finalize {
+        id_block: bool,
+        #[serde(serialize_with = "json::hex_bytes")]
+        host_data: [u8; 32],
+    },
+}
+
+/// Where an imported page's bytes come from.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PageDataView {
+    /// `"zeros"`.
+    Zeros(&'static str),
+    File {
+        file_offset: Hex,
+        len: u64,
+    },
+    Generated {
+        generated: u64,
+    },
+    GeneratedPart {
+        generated: u64,
+        start: u64,
+        len: u64,
+    },
+}
+
+fn op_view(op: &LaunchOp) -> OpView {
     match *op {
         LaunchOp::CreateVm {
             platform,
             policy,
             vmsa_features,
             vcpus,
-        } => {
-            o.str("op", "create_vm")
-                .str("platform", platform.name())
-                .hex_u64("policy", policy)
-                .hex_u64("vmsa_features", vmsa_features)
-                .u64("vcpus", vcpus.into());
-        }
-        LaunchOp::MapRam { gpa, size } => {
-            o.str("op", "map_ram")
-                .hex_u64("gpa", gpa)
-                .hex_u64("size", size);
-        }
-        LaunchOp::ImportPage { gpa, kind, data } => {
-            o.str("op", "import_page")
-                .hex_u64("gpa", gpa)
-                .str("kind", kind_name(kind));
-            match data {
-                PageData::Zeros => o.str("data", "zeros"),
-                PageData::File { offset, len } => o.object("data", |o| {
-                    o.hex_u64("file_offset", offset.into())
-                        .u64("len", len.into());
-                }),
-                PageData::Generated { index } => o.object("data", |o| {
-                    o.u64("generated", index.into());
-                }),
-                PageData::GeneratedPart { index, start, len } => o.object("data", |o| {
-                    o.u64("generated", index.into())
-                        .u64("start", start.into())
-                        .u64("len", len.into());
-                }),
-            };
-        }
-        LaunchOp::SetVpContext { vp, source, ctx } => {
-            o.str("op", "set_vp_context")
-                .u64("vp", vp.into())
-                .str("source", source_name(source))
-                .u64("ctx", ctx.into());
-        }
+        } => OpView::CreateVm {
+            platform: platform.name(),
+            policy: Hex(policy),
+            vmsa_features: Hex(vmsa_features),
+            vcpus,
+        },
+        LaunchOp::MapRam { gpa, size } => OpView::MapRam {
+            gpa: Hex(gpa),
+            size: Hex(size),
+        },
+        LaunchOp::ImportPage { gpa, kind, data } => OpView::ImportPage {
+            gpa: Hex(gpa),
+            kind: kind_name(kind),
+            data: match data {
+                PageData::Zeros => PageDataView::Zeros("zeros"),
+                PageData::File { offset, len } => PageDataView::File {
+                    file_offset: Hex(offset.into()),
+                    len: len.into(),
+                },
+                PageData::Generated { index } => PageDataView::Generated {
+                    generated: index.into(),
+                },
+                PageData::GeneratedPart { index, start, len } => PageDataView::GeneratedPart {
+                    generated: index.into(),
+                    start: start.into(),
+                    len: len.into(),
+                },
+            },
+        },
+        LaunchOp::SetVpContext { vp, source, ctx } => OpView::SetVpContext {
+            vp,
+            source: source_name(source),
+            ctx,
+        },
         LaunchOp::Finalize {
             id_block,
             host_data,
-        } => {
-            o.str("op", "finalize")
-                .bool("id_block", id_block)
-                .hex("host_data", &host_data);
-        }
+        } => OpView::Finalize {
+            id_block,
+            host_data,
+        },
     }
 }
 
@@ -1340,60 +1672,110 @@ fn regs_text(r: &VpRegs) -> Vec<String> {
     ]
 }
 
-fn seg_json(a: &mut ArrayWriter<'_>, s: &Segment) {
-    a.object(|o| {
-        o.hex_u64("selector", s.selector.into())
-            .hex_u64("attrib", s.attrib.into())
-            .hex_u64("limit", s.limit.into())
-            .hex_u64("base", s.base);
-    });
+/// A vCPU's registers, every value a `"0x…"` string.
+#[derive(Serialize)]
+struct RegsView {
+    rax: Hex,
+    rcx: Hex,
+    rdx: Hex,
+    rbx: Hex,
+    rsp: Hex,
+    rbp: Hex,
+    rsi: Hex,
+    rdi: Hex,
+    r8: Hex,
+    r9: Hex,
+    r10: Hex,
+    r11: Hex,
+    r12: Hex,
+    r13: Hex,
+    r14: Hex,
+    r15: Hex,
+    rip: Hex,
+    rflags: Hex,
+    cr0: Hex,
+    cr3: Hex,
+    cr4: Hex,
+    efer: Hex,
+    xcr0: Hex,
+    dr6: Hex,
+    dr7: Hex,
+    pat: Hex,
+    fcw: Hex,
+    mxcsr: Hex,
+    segments_cs_ss_ds_es_fs_gs_tr_ldtr: [SegmentView; 8],
+    gdtr: TableView,
+    idtr: TableView,
 }
 
-fn regs_json(o: &mut ObjectWriter<'_>, r: &VpRegs) {
+#[derive(Serialize)]
+struct SegmentView {
+    selector: Hex,
+    attrib: Hex,
+    limit: Hex,
+    base: Hex,
+}
+
+#[derive(Serialize)]
+struct TableView {
+    base: Hex,
+    limit: Hex,
+}
+
+fn regs_view(r: &VpRegs) -> RegsView {
     let g = &r.gprs;
-    for (name, v) in [
-        ("rax", g.rax),
-        ("rcx", g.rcx),
-        ("rdx", g.rdx),
-        ("rbx", g.rbx),
-        ("rsp", g.rsp),
-        ("rbp", g.rbp),
-        ("rsi", g.rsi),
-        ("rdi", g.rdi),
-        ("r8", g.r8),
-        ("r9", g.r9),
-        ("r10", g.r10),
-        ("r11", g.r11),
-        ("r12", g.r12),
-        ("r13", g.r13),
-        ("r14", g.r14),
-        ("r15", g.r15),
-        ("rip", r.rip),
-        ("rflags", r.rflags),
-        ("cr0", r.cr0),
-        ("cr3", r.cr3),
-        ("cr4", r.cr4),
-        ("efer", r.efer),
-        ("xcr0", r.xcr0),
-        ("dr6", r.dr6),
-        ("dr7", r.dr7),
-        ("pat", r.pat),
-        ("fcw", r.fcw.into()),
-        ("mxcsr", r.mxcsr.into()),
-    ] {
-        o.hex_u64(name, v);
+    let seg = |s: &Segment| SegmentView {
+        selector: Hex(s.selector.into()),
+        attrib: Hex(s.attrib.into()),
+        limit: Hex(s.limit.into()),
+        base: Hex(s.base),
+    };
+    RegsView {
+        rax: Hex(g.rax),
+        rcx: Hex(g.rcx),
+        rdx: Hex(g.rdx),
+        rbx: Hex(g.rbx),
+        rsp: Hex(g.rsp),
+        rbp: Hex(g.rbp),
+        rsi: Hex(g.rsi),
+        rdi: Hex(g.rdi),
+        r8: Hex(g.r8),
+        r9: Hex(g.r9),
+        r10: Hex(g.r10),
+        r11: Hex(g.r11),
+        r12: Hex(g.r12),
+        r13: Hex(g.r13),
+        r14: Hex(g.r14),
+        r15: Hex(g.r15),
+        rip: Hex(r.rip),
+        rflags: Hex(r.rflags),
+        cr0: Hex(r.cr0),
+        cr3: Hex(r.cr3),
+        cr4: Hex(r.cr4),
+        efer: Hex(r.efer),
+        xcr0: Hex(r.xcr0),
+        dr6: Hex(r.dr6),
+        dr7: Hex(r.dr7),
+        pat: Hex(r.pat),
+        fcw: Hex(r.fcw.into()),
+        mxcsr: Hex(r.mxcsr.into()),
+        segments_cs_ss_ds_es_fs_gs_tr_ldtr: [
+            seg(&r.cs),
+            seg(&r.ss),
+            seg(&r.ds),
+            seg(&r.es),
+            seg(&r.fs),
+            seg(&r.gs),
+            seg(&r.tr),
+            seg(&r.ldtr),
+        ],
+        gdtr: TableView {
+            base: Hex(r.gdtr.base),
+            limit: Hex(r.gdtr.limit.into()),
+        },
+        idtr: TableView {
+            base: Hex(r.idtr.base),
+            limit: Hex(r.idtr.limit.into()),
+        },
     }
-    o.array("segments_cs_ss_ds_es_fs_gs_tr_ldtr", |a| {
-        for s in [&r.cs, &r.ss, &r.ds, &r.es, &r.fs, &r.gs, &r.tr, &r.ldtr] {
-            seg_json(a, s);
-        }
-    })
-    .object("gdtr", |o| {
-        o.hex_u64("base", r.gdtr.base)
-            .hex_u64("limit", r.gdtr.limit.into());
-    })
-    .object("idtr", |o| {
-        o.hex_u64("base", r.idtr.base)
-            .hex_u64("limit", r.idtr.limit.into());
-    });
 }

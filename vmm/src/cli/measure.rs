@@ -1,11 +1,10 @@
 //! `relaunch measure`: the launch measurement of a bundle, computed offline.
 //!
 //! ```text
-//! relaunch measure FILE --platform <snp|sev|sev-es|tdx> [--vcpus N]
-//!     [--vcpu-type NAME | --vcpu-sig HEX] [--guest-features HEX] [--policy HEX]
-//!     [--mem SIZE] [--host-data HEX32] [--kernel F [--initrd F] [--append S]]
-//!     [--tik HEX|FILE --mnonce HEX --api MAJOR.MINOR --build N] [--threads N] [--json]
+//! relaunch measure FILE --platform <snp|sev|sev-es|tdx> [options]
 //! ```
+//!
+//! The flags are in [`FLAGS`] (also what `--help` prints).
 //!
 //! Prints the digest as lowercase hex on one line (SNP: the report's MEASUREMENT; SEV and
 //! SEV-ES: the SHA-256 launch digest; TDX: MRTD). `--json` prints one JSON object with the
@@ -15,6 +14,7 @@
 //! `relaunch_core::plan::plan`; this module only adds I/O, flag parsing and the multi-
 //! threaded page hashing ([`page_digests_parallel`]).
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -29,17 +29,150 @@ use relaunch_core::plan::error::PlanError;
 use relaunch_core::plan::{
     plan, KernelHashes, LaunchConfig, LaunchOp, LaunchPlan, PageKind, Platform, VpSource,
 };
+use serde::Serialize;
 use sha2::{Digest, Sha256, Sha384};
 
-use crate::args::{parse_hex_bytes, parse_hex_u64, parse_size, parse_u64, Arg, ArgError, Args};
+use crate::args::{
+    parse_hex_bytes, parse_hex_u64, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag,
+    Item, HELP_FLAG,
+};
 use crate::json;
 
-const HELP: &str = "\
-usage: relaunch measure FILE --platform <snp|sev|sev-es|tdx> [--vcpus N]
-         [--vcpu-type NAME | --vcpu-sig HEX] [--guest-features HEX] [--policy HEX]
-         [--mem SIZE] [--host-data HEX] [--kernel FILE [--initrd FILE] [--append STR]]
-         [--tik HEX|FILE --mnonce HEX --api MAJOR.MINOR --build N] [--threads N] [--json]
-Prints the launch digest of FILE (IGVM or OVMF/TDVF image) as lowercase hex.";
+/// `relaunch measure`'s flags: the parser and `--help` are both built from this table.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        long: "platform",
+        short: None,
+        value: Some("P"),
+        help: "Platform whose measurement to compute: snp, sev, sev-es or tdx. Required.",
+    },
+    Flag {
+        long: "vcpus",
+        short: None,
+        value: Some("N"),
+        help: "Number of vCPUs, 1 to 255 (SEV-ES and SNP measure one VMSA per vCPU). \
+               Default: 1.",
+    },
+    Flag {
+        long: "vcpu-type",
+        short: None,
+        value: Some("NAME"),
+        help: "QEMU -cpu model whose CPUID(1).EAX goes into the reset state's RDX (EPYC, \
+               EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, ...). Default: none; needed when \
+               a vCPU starts from the reset state on sev-es or snp.",
+    },
+    Flag {
+        long: "vcpu-sig",
+        short: None,
+        value: Some("HEX"),
+        help: "The vCPU signature (CPUID(1).EAX) as hex, instead of --vcpu-type. Default: none.",
+    },
+    Flag {
+        long: "guest-features",
+        short: None,
+        value: Some("HEX"),
+        help: "SEV_FEATURES, as hex, of the VMSAs of a launch without a VMSA in the bundle \
+               (SNP and SEV-ES; an IGVM VMSA carries its own). Default: 0.",
+    },
+    Flag {
+        long: "policy",
+        short: None,
+        value: Some("HEX"),
+        help: "Guest policy (SNP policy, SEV policy or TDX attributes), as hex. Default: the \
+               bundle's policy, else the platform's default.",
+    },
+    Flag {
+        long: "mem",
+        short: None,
+        value: Some("SIZE"),
+        help: "Guest RAM for the memory map: a byte count or a size with K, M, G or T, a 4 KiB \
+               multiple from 4 KiB to 1 TiB (it does not change a digest). Default: 256M.",
+    },
+    Flag {
+        long: "host-data",
+        short: None,
+        value: Some("HEX"),
+        help: "SNP HOST_DATA: 64 hex digits (32 bytes). Default: all zeros.",
+    },
+    Flag {
+        long: "kernel",
+        short: None,
+        value: Some("FILE"),
+        help: "Kernel whose SHA-256 goes into an OVMF image's SEV kernel-hashes table (QEMU \
+               -kernel). Default: none.",
+    },
+    Flag {
+        long: "initrd",
+        short: None,
+        value: Some("FILE"),
+        help: "Initrd for the kernel-hashes table (needs --kernel). Default: none (the hash \
+               of nothing).",
+    },
+    Flag {
+        long: "append",
+        short: None,
+        value: Some("STR"),
+        help: "Kernel command line for the kernel-hashes table (needs --kernel). Default: \
+               empty.",
+    },
+    Flag {
+        long: "tik",
+        short: None,
+        value: Some("HEX|FILE"),
+        help: "SEV transport integrity key (32 hex digits, or a file of 16 bytes) to compute \
+               LAUNCH_MEASURE; needs --mnonce, --api and --build. Default: none.",
+    },
+    Flag {
+        long: "mnonce",
+        short: None,
+        value: Some("HEX"),
+        help: "The MNONCE that LAUNCH_MEASURE returned, 32 hex digits. Default: none.",
+    },
+    Flag {
+        long: "api",
+        short: None,
+        value: Some("MAJOR.MINOR"),
+        help: "SEV firmware API version for LAUNCH_MEASURE, e.g. 1.55. Default: none.",
+    },
+    Flag {
+        long: "build",
+        short: None,
+        value: Some("N"),
+        help: "SEV firmware build number (0-255) for LAUNCH_MEASURE. Default: none.",
+    },
+    Flag {
+        long: "threads",
+        short: None,
+        value: Some("N"),
+        help: "Threads hashing pages (0 = one per available CPU). Default: 0.",
+    },
+    Flag {
+        long: "json",
+        short: None,
+        value: None,
+        help: "Print one JSON object with the inputs, page counts, per-vCPU facts, the ID \
+               block check and the digest instead of the digest alone. Default: off.",
+    },
+    HELP_FLAG,
+];
+
+/// `relaunch measure --help`.
+pub const HELP: CommandHelp = CommandHelp {
+    usage: "relaunch measure FILE --platform <snp|sev|sev-es|tdx> [options]",
+    about: "\
+Prints the launch measurement of FILE (an IGVM file or an OVMF/TDVF image) as lowercase hex
+on one line: SNP the attestation report's MEASUREMENT, SEV and SEV-ES the SHA-256 launch
+digest, TDX the MRTD. Nothing is launched. When the bundle carries an SNP ID block, whether
+its digest matches is said on stderr.",
+    flags: FLAGS,
+    notes: "Exit codes: 0 printed; 2 bad flags, an unreadable or invalid file, or a \
+missing input.",
+    examples: &[
+        "relaunch measure guest.igvm --platform snp --vcpu-type EPYC-v4",
+        "relaunch measure OVMF.fd --platform sev-es --vcpus 2 --vcpu-type EPYC --kernel vmlinuz --append console=ttyS0",
+        "relaunch measure guest.igvm --platform tdx --json",
+    ],
+};
 
 /// Default guest RAM for planning: the same as `relaunch run`'s, so `measure` predicts what a
 /// default `run` launches (it decides the memory map and which imports need their own region;
@@ -141,12 +274,15 @@ pub struct MeasureArgs {
 }
 
 /// Runs `relaunch measure` with `args`; returns the exit code.
-pub fn main(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        return crate::log::print_output("measure", format!("{HELP}\n").as_bytes());
+pub fn main(args: &[OsString]) -> u8 {
+    if wants_help(args) {
+        return crate::log::print_output("measure", HELP.render().as_bytes());
     }
     match run(args) {
         Ok(out) => crate::log::print_output("measure", format!("{out}\n").as_bytes()),
+        Err(MeasureCmdError::Args(ArgError::Help)) => {
+            crate::log::print_output("measure", HELP.render().as_bytes())
+        }
         Err(e) => {
             crate::elog!("relaunch measure: {}", one_line(&e.to_string()));
             super::EXIT_USAGE
@@ -159,7 +295,7 @@ pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn run(args: &[String]) -> Result<String, MeasureCmdError> {
+fn run(args: &[OsString]) -> Result<String, MeasureCmdError> {
     let a = parse_args(args)?;
     let bundle = std::fs::read(&a.file).map_err(|source| MeasureCmdError::Read {
         path: a.file.clone(),
@@ -235,8 +371,8 @@ fn run(args: &[String]) -> Result<String, MeasureCmdError> {
     }
 }
 
-fn parse_args(args: &[String]) -> Result<MeasureArgs, MeasureCmdError> {
-    let mut it = Args::new(args);
+pub(crate) fn parse_args(args: &[OsString]) -> Result<MeasureArgs, MeasureCmdError> {
+    let mut it = Cursor::new(args, FLAGS);
     let mut file = None;
     let mut platform = None;
     let mut vcpus: u32 = 1;
@@ -257,87 +393,85 @@ fn parse_args(args: &[String]) -> Result<MeasureArgs, MeasureCmdError> {
     let mut threads = 0usize;
     let mut json = false;
     while let Some(arg) = it.next()? {
-        match arg {
-            Arg::Positional(p) => {
-                if file.replace(PathBuf::from(p)).is_some() {
-                    return Err(ArgError::Other(format!("unexpected argument {p:?}")).into());
+        let f = match arg {
+            Item::Positional(p) => {
+                if file.is_some() {
+                    return Err(ArgError::Other(format!(
+                        "unexpected argument {:?}",
+                        p.to_string_lossy()
+                    ))
+                    .into());
                 }
+                file = Some(PathBuf::from(p));
+                continue;
             }
-            Arg::Flag { name, .. } => match name {
-                "--platform" => {
-                    platform = Some(it.parsed(name, "snp, sev, sev-es or tdx", |v| {
-                        match Platform::from_name(v) {
+            Item::Flag(f) => f,
+        };
+        match f.long {
+            "platform" => {
+                platform =
+                    Some(it.parsed(
+                        f,
+                        "snp, sev, sev-es or tdx",
+                        |v| match Platform::from_name(v) {
                             Some(Platform::Native) | None => None,
                             p => p,
-                        }
-                    })?)
-                }
-                "--vcpus" => {
-                    vcpus = it.parsed(name, "a vCPU count (1-4096)", |v| {
-                        parse_u64(v)
-                            .and_then(|n| u32::try_from(n).ok())
-                            .filter(|&n| (1..=4096).contains(&n))
-                    })?
-                }
-                "--vcpu-type" => {
-                    let v = it.value(name)?;
-                    let sig = vcpu_sig_by_name(v).ok_or_else(|| ArgError::BadValue {
-                        flag: name.into(),
-                        value: v.into(),
-                        expected: "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, \
-                                   EPYC-Genoa, ...)",
-                    })?;
-                    vcpu_type = Some(v.to_string());
-                    vcpu_sig = Some(sig);
-                }
-                "--vcpu-sig" => {
-                    sig_flag = true;
-                    vcpu_sig = Some(it.parsed(name, "a 32-bit hex CPUID(1).EAX", |v| {
-                        parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
-                    })?)
-                }
-                "--guest-features" => {
-                    guest_features = it.parsed(name, "a hex SEV_FEATURES value", parse_hex_u64)?
-                }
-                "--policy" => policy = Some(it.parsed(name, "a hex policy", parse_hex_u64)?),
-                "--mem" => {
-                    mem = it.parsed(name, "a size such as 512M or 2G", |v| {
-                        parse_size(v).filter(|&n| n > 0 && n.is_multiple_of(4096))
-                    })?
-                }
-                "--host-data" => {
-                    host_data = it.parsed(name, "64 hex digits", parse_hex_bytes::<32>)?
-                }
-                "--kernel" => kernel = Some(PathBuf::from(it.value(name)?)),
-                "--initrd" => initrd = Some(PathBuf::from(it.value(name)?)),
-                "--append" => append = Some(it.value(name)?.to_string()),
-                "--tik" => {
-                    let v = it.value(name)?;
-                    tik = Some(match parse_hex_bytes::<16>(v) {
-                        Some(b) => b,
-                        None => read_key(v)?,
-                    });
-                }
-                "--mnonce" => mnonce = Some(it.parsed(name, "32 hex digits", parse_hex_bytes)?),
-                "--api" => {
-                    api = Some(it.parsed(name, "MAJOR.MINOR, e.g. 1.55", |v| {
-                        let (a, b) = v.split_once('.')?;
-                        Some((a.parse::<u8>().ok()?, b.parse::<u8>().ok()?))
-                    })?)
-                }
-                "--build" => {
-                    build = Some(it.parsed(name, "a firmware build number (0-255)", |v| {
-                        parse_u64(v).and_then(|n| u8::try_from(n).ok())
-                    })?)
-                }
-                "--threads" => {
-                    threads = it.parsed(name, "a thread count", |v| {
-                        parse_u64(v).and_then(|n| usize::try_from(n).ok())
-                    })?
-                }
-                "--json" => json = true,
-                other => return Err(ArgError::UnknownFlag(other.to_string()).into()),
-            },
+                        },
+                    )?)
+            }
+            "vcpus" => vcpus = it.vcpus(f)?,
+            "vcpu-type" => {
+                let v = it.string(f)?;
+                let sig = vcpu_sig_by_name(&v).ok_or_else(|| ArgError::BadValue {
+                    flag: f.name(),
+                    value: v.clone(),
+                    expected: "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, \
+                               EPYC-Genoa, ...)",
+                })?;
+                vcpu_type = Some(v);
+                vcpu_sig = Some(sig);
+            }
+            "vcpu-sig" => {
+                sig_flag = true;
+                vcpu_sig = Some(it.parsed(f, "a 32-bit hex CPUID(1).EAX", |v| {
+                    parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
+                })?)
+            }
+            "guest-features" => {
+                guest_features = it.parsed(f, "a hex SEV_FEATURES value", parse_hex_u64)?
+            }
+            "policy" => policy = Some(it.parsed(f, "a hex policy", parse_hex_u64)?),
+            "mem" => mem = it.mem(f)?,
+            "host-data" => host_data = it.parsed(f, "64 hex digits", parse_hex_bytes::<32>)?,
+            "kernel" => kernel = Some(it.path(f)?),
+            "initrd" => initrd = Some(it.path(f)?),
+            "append" => append = Some(it.string(f)?),
+            "tik" => {
+                let v = it.value(f)?;
+                tik = Some(match v.to_str().and_then(parse_hex_bytes::<16>) {
+                    Some(b) => b,
+                    None => read_key(std::path::Path::new(&v))?,
+                });
+            }
+            "mnonce" => mnonce = Some(it.parsed(f, "32 hex digits", parse_hex_bytes)?),
+            "api" => {
+                api = Some(it.parsed(f, "MAJOR.MINOR, e.g. 1.55", |v| {
+                    let (a, b) = v.split_once('.')?;
+                    Some((a.parse::<u8>().ok()?, b.parse::<u8>().ok()?))
+                })?)
+            }
+            "build" => {
+                build = Some(it.parsed(f, "a firmware build number (0-255)", |v| {
+                    parse_u64(v).and_then(|n| u8::try_from(n).ok())
+                })?)
+            }
+            "threads" => {
+                threads = it.parsed(f, "a thread count", |v| {
+                    parse_u64(v).and_then(|n| usize::try_from(n).ok())
+                })?
+            }
+            "json" => json = true,
+            other => return Err(ArgError::Unhandled(other).into()),
         }
     }
     let file = file.ok_or_else(|| ArgError::Other("no bundle FILE given".into()))?;
@@ -389,16 +523,17 @@ fn parse_args(args: &[String]) -> Result<MeasureArgs, MeasureCmdError> {
 }
 
 /// A 16-byte key from a file (sev-tool writes the TIK as 16 raw bytes).
-fn read_key(path: &str) -> Result<[u8; 16], MeasureCmdError> {
+fn read_key(path: &std::path::Path) -> Result<[u8; 16], MeasureCmdError> {
     let bytes = std::fs::read(path).map_err(|e| {
         ArgError::Other(format!(
-            "--tik {path:?}: neither 32 hex digits nor a readable 16-byte file ({e})"
+            "--tik {:?}: neither 32 hex digits nor a readable 16-byte file ({e})",
+            path.to_string_lossy()
         ))
     })?;
     <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| {
         ArgError::BadValue {
             flag: "--tik".into(),
-            value: path.into(),
+            value: path.to_string_lossy().into_owned(),
             expected: "32 hex digits or a file of exactly 16 bytes",
         }
         .into()
@@ -582,6 +717,118 @@ const KINDS: [PageKind; 6] = [
     PageKind::Shared,
 ];
 
+/// `measure --json`: one object with the inputs and the intermediate facts.
+#[derive(Serialize)]
+struct Report<'a> {
+    file: String,
+    input: &'static str,
+    file_size: u64,
+    #[serde(serialize_with = "json::hex_bytes")]
+    file_sha256: [u8; 32],
+    platform: &'static str,
+    inputs: Inputs<'a>,
+    #[serde(serialize_with = "json::hex_num")]
+    policy: u64,
+    #[serde(serialize_with = "json::hex_num")]
+    vmsa_features: u64,
+    pages: Pages,
+    vcpus: Vec<VcpuFacts>,
+    id_block: Option<IdBlockFacts>,
+    launch_measure: Option<LaunchMeasureFacts>,
+    algorithm: &'static str,
+    digest: String,
+}
+
+/// The inputs of a `measure --json` report.
+#[derive(Serialize)]
+struct Inputs<'a> {
+    vcpus: u32,
+    vcpu_type: Option<&'a str>,
+    #[serde(serialize_with = "json::opt_hex_num")]
+    vcpu_sig: Option<u32>,
+    #[serde(serialize_with = "json::hex_num")]
+    guest_features: u64,
+    #[serde(serialize_with = "json::opt_hex_num")]
+    policy: Option<u64>,
+    mem: u64,
+    #[serde(serialize_with = "json::hex_bytes")]
+    host_data: [u8; 32],
+    kernel_hashes: Option<KernelHashFacts>,
+}
+
+#[derive(Serialize)]
+struct KernelHashFacts {
+    #[serde(serialize_with = "json::hex_bytes")]
+    kernel_sha256: [u8; 32],
+    #[serde(serialize_with = "json::hex_bytes")]
+    initrd_sha256: [u8; 32],
+    #[serde(serialize_with = "json::hex_bytes")]
+    cmdline_sha256: [u8; 32],
+}
+
+/// Imported pages by kind.
+#[derive(Serialize)]
+struct Pages {
+    normal: u64,
+    zero: u64,
+    unmeasured: u64,
+    secrets: u64,
+    cpuid: u64,
+    shared: u64,
+    total: u64,
+    distinct_hashed: u64,
+    generated: u64,
+}
+
+#[derive(Serialize)]
+struct VcpuFacts {
+    vp: u32,
+    source: &'static str,
+    #[serde(
+        serialize_with = "json::opt_hex_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    vmsa_sha384: Option<[u8; 48]>,
+    #[serde(
+        serialize_with = "json::opt_hex_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    vmsa_sha256: Option<[u8; 32]>,
+    #[serde(
+        serialize_with = "json::opt_hex_num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rip: Option<u64>,
+    #[serde(
+        serialize_with = "json::opt_hex_num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rdx: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct IdBlockFacts {
+    #[serde(serialize_with = "json::hex_bytes")]
+    ld: [u8; 48],
+    matches: bool,
+    #[serde(serialize_with = "json::hex_num")]
+    policy: u64,
+    author_key: bool,
+}
+
+#[derive(Serialize)]
+struct LaunchMeasureFacts {
+    api_major: u8,
+    api_minor: u8,
+    build: u8,
+    #[serde(serialize_with = "json::hex_num")]
+    policy: u64,
+    #[serde(serialize_with = "json::hex_bytes")]
+    mnonce: [u8; 16],
+    #[serde(serialize_with = "json::hex_bytes")]
+    measure: [u8; 32],
+}
+
 fn report_json(
     a: &MeasureArgs,
     bundle: &[u8],
@@ -603,104 +850,91 @@ fn report_json(
         InputKind::Firmware => "firmware",
         InputKind::Unknown => "unknown",
     };
-    json::object(|o| {
-        o.str("file", &a.file.to_string_lossy())
-            .str("input", input)
-            .u64("file_size", bundle.len() as u64)
-            .hex("file_sha256", &Sha256::digest(bundle))
-            .str("platform", cfg.platform.name())
-            .object("inputs", |o| {
-                o.u64("vcpus", cfg.vcpus.into())
-                    .opt_str("vcpu_type", a.vcpu_type.as_deref());
-                if a.sig_given {
-                    o.hex_u64("vcpu_sig", cfg.vcpu_sig.into());
-                } else {
-                    o.null("vcpu_sig");
+    let [normal, zero, unmeasured, secrets, cpuid, shared] = counts;
+    let vcpus = final_vp_contexts(plan)
+        .into_iter()
+        .map(|(vp, source, ctx)| {
+            let mut v = VcpuFacts {
+                vp,
+                source: source_name(source),
+                vmsa_sha384: None,
+                vmsa_sha256: None,
+                rip: None,
+                rdx: None,
+            };
+            if let Some(regs) = plan.vp_contexts.get(ctx as usize) {
+                v.rip = Some(regs.rip);
+                if matches!(cfg.platform, Platform::Snp | Platform::SevEs) {
+                    let page = kvm_measured_vmsa(
+                        regs,
+                        r.vmsa_features,
+                        cfg.platform,
+                        MeasureOptions::default().sev_es_init2,
+                    );
+                    if cfg.platform == Platform::Snp {
+                        v.vmsa_sha384 = Some(Sha384::digest(page).into());
+                    } else {
+                        v.vmsa_sha256 = Some(Sha256::digest(page).into());
+                    }
+                    v.rdx = Some(regs.gprs.rdx);
                 }
-                o.hex_u64("guest_features", cfg.guest_features);
-                match cfg.policy {
-                    Some(p) => o.hex_u64("policy", p),
-                    None => o.null("policy"),
-                };
-                o.u64("mem", cfg.mem_bytes).hex("host_data", &cfg.host_data);
-                match &cfg.kernel_hashes {
-                    Some(k) => o.object("kernel_hashes", |o| {
-                        o.hex("kernel_sha256", &k.kernel)
-                            .hex("initrd_sha256", &k.initrd)
-                            .hex("cmdline_sha256", &k.cmdline);
-                    }),
-                    None => o.null("kernel_hashes"),
-                };
-            })
-            .hex_u64("policy", r.policy)
-            .hex_u64("vmsa_features", r.vmsa_features)
-            .object("pages", |o| {
-                for (k, n) in KINDS.iter().zip(counts) {
-                    o.u64(kind_name(*k), n);
-                }
-                o.u64("total", counts.iter().sum())
-                    .u64("distinct_hashed", r.digests.len() as u64)
-                    .u64("generated", plan.generated.len() as u64);
-            })
-            .array("vcpus", |arr| {
-                for (vp, source, ctx) in final_vp_contexts(plan) {
-                    arr.object(|o| {
-                        o.u64("vp", vp.into()).str("source", source_name(source));
-                        let regs = plan.vp_contexts.get(ctx as usize);
-                        match (cfg.platform, regs) {
-                            (Platform::Snp | Platform::SevEs, Some(regs)) => {
-                                let page = kvm_measured_vmsa(
-                                    regs,
-                                    r.vmsa_features,
-                                    cfg.platform,
-                                    MeasureOptions::default().sev_es_init2,
-                                );
-                                if cfg.platform == Platform::Snp {
-                                    o.hex("vmsa_sha384", &Sha384::digest(page));
-                                } else {
-                                    o.hex("vmsa_sha256", &Sha256::digest(page));
-                                }
-                                o.hex_u64("rip", regs.rip).hex_u64("rdx", regs.gprs.rdx);
-                            }
-                            (_, Some(regs)) => {
-                                o.hex_u64("rip", regs.rip);
-                            }
-                            _ => {}
-                        }
-                    });
-                }
-            });
-        match &plan.id_block {
-            Some(id) => o.object("id_block", |o| {
-                o.hex("ld", &id.ld())
-                    .bool(
-                        "matches",
-                        measure::id_block_matches(&id.ld(), &r.measurement),
-                    )
-                    .hex_u64("policy", id.policy())
-                    .bool("author_key", id.author_key_enabled);
+            }
+            v
+        })
+        .collect();
+    json::to_line(&Report {
+        file: a.file.to_string_lossy().into_owned(),
+        input,
+        file_size: bundle.len() as u64,
+        file_sha256: Sha256::digest(bundle).into(),
+        platform: cfg.platform.name(),
+        inputs: Inputs {
+            vcpus: cfg.vcpus,
+            vcpu_type: a.vcpu_type.as_deref(),
+            vcpu_sig: a.sig_given.then_some(cfg.vcpu_sig),
+            guest_features: cfg.guest_features,
+            policy: cfg.policy,
+            mem: cfg.mem_bytes,
+            host_data: cfg.host_data,
+            kernel_hashes: cfg.kernel_hashes.as_ref().map(|k| KernelHashFacts {
+                kernel_sha256: k.kernel,
+                initrd_sha256: k.initrd,
+                cmdline_sha256: k.cmdline,
             }),
-            None => o.null("id_block"),
-        };
-        match lm {
-            Some((i, m)) => o.object("launch_measure", |o| {
-                o.u64("api_major", i.api_major.into())
-                    .u64("api_minor", i.api_minor.into())
-                    .u64("build", i.build.into())
-                    .hex_u64("policy", r.policy)
-                    .hex("mnonce", &i.mnonce)
-                    .hex("measure", &m);
-            }),
-            None => o.null("launch_measure"),
-        };
-        o.str(
-            "algorithm",
-            match r.measurement {
-                Measurement::Sev(_) | Measurement::SevEs(_) => "sha256",
-                Measurement::Snp(_) | Measurement::Tdx(_) => "sha384",
-                Measurement::None => "none",
-            },
-        )
-        .str("digest", &r.measurement.to_string());
+        },
+        policy: r.policy,
+        vmsa_features: r.vmsa_features,
+        pages: Pages {
+            normal,
+            zero,
+            unmeasured,
+            secrets,
+            cpuid,
+            shared,
+            total: counts.iter().sum(),
+            distinct_hashed: r.digests.len() as u64,
+            generated: plan.generated.len() as u64,
+        },
+        vcpus,
+        id_block: plan.id_block.as_ref().map(|id| IdBlockFacts {
+            ld: id.ld(),
+            matches: measure::id_block_matches(&id.ld(), &r.measurement),
+            policy: id.policy(),
+            author_key: id.author_key_enabled,
+        }),
+        launch_measure: lm.map(|(i, m)| LaunchMeasureFacts {
+            api_major: i.api_major,
+            api_minor: i.api_minor,
+            build: i.build,
+            policy: r.policy,
+            mnonce: i.mnonce,
+            measure: m,
+        }),
+        algorithm: match r.measurement {
+            Measurement::Sev(_) | Measurement::SevEs(_) => "sha256",
+            Measurement::Snp(_) | Measurement::Tdx(_) => "sha384",
+            Measurement::None => "none",
+        },
+        digest: r.measurement.to_string(),
     })
 }

@@ -6,32 +6,136 @@
 //! come last, and one this run created is removed again if a later one cannot be opened, so
 //! a failed start leaves no empty audit log behind.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 
-use crate::args::{parse_size, parse_u64, Arg, ArgError, Args};
+use super::measure::one_line;
+use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::audit::{AuditLog, EventSink};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
 use crate::launch::Launch;
-use crate::session::{run_session, SessionConfig, EXIT_USAGE, EXIT_VMM_ERROR};
+use crate::session::{
+    run_session, ResetLimit, SessionConfig, SessionReport, EXIT_USAGE, EXIT_VMM_ERROR,
+};
+use crate::vcpu::Outcome;
 use crate::vstate::Host;
 
-const USAGE: &str = "usage: relaunch run BUNDLE [--platform native] [--mem SIZE] [--vcpus N] \
-[--max-reboots N] [--audit-log PATH] [--events PATH|-] [--quiet] [--prestage] \
-[--fw-cfg NAME=u64:N|NAME=str:TEXT]...";
+/// `relaunch run`'s flags: the parser and `--help` are both built from this table.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        long: "platform",
+        short: None,
+        value: Some("P"),
+        help: "Platform to launch on: native (the only one run supports today; sev, sev-es, \
+               snp and tdx are refused until their backends exist). Default: native.",
+    },
+    Flag {
+        long: "mem",
+        short: None,
+        value: Some("SIZE"),
+        help: "Guest RAM: a byte count or a size with K, M, G or T (binary), a 4 KiB \
+               multiple from 4 KiB to 1 TiB. Default: 256M.",
+    },
+    Flag {
+        long: "vcpus",
+        short: None,
+        value: Some("N"),
+        help: "Number of vCPUs, 1 to 255. Default: 1.",
+    },
+    Flag {
+        long: "max-reboots",
+        short: None,
+        value: Some("N"),
+        help: "Relaunch at most N times; the guest's next reset then ends the run with exit \
+               code 4 (0 allows no relaunch). Default: unlimited.",
+    },
+    Flag {
+        long: "reset-limit",
+        short: None,
+        value: Some("N/INTERVAL"),
+        help: "Stop with exit code 4 when the guest asks for more than N resets within \
+               INTERVAL (a sliding window: 10s, 1m, 500ms, 1h; seconds without a unit), \
+               like a service manager's start limit; the last exit record says why. \
+               Default: unlimited.",
+    },
+    Flag {
+        long: "audit-log",
+        short: None,
+        value: Some("PATH"),
+        help: "Append a JSON `launch` record before each launch runs and an `exit` record \
+               when it ends (created mode 0600; docs/reboot-contract.md). Default: none.",
+    },
+    Flag {
+        long: "events",
+        short: None,
+        value: Some("PATH|-"),
+        help: "Append one JSON line per launch (outcome, reason, timings) to PATH, or to \
+               stderr with -. Default: none.",
+    },
+    Flag {
+        long: "quiet",
+        short: Some('q'),
+        value: None,
+        help: "Discard the guest's console (serial) output instead of copying it to stdout. \
+               Nothing relaunch itself writes to stderr is hidden: errors, the start line, \
+               notes on unknown guest accesses, --events - lines and the final outcome line \
+               still appear. Default: off.",
+    },
+    Flag {
+        long: "prestage",
+        short: None,
+        value: None,
+        help: "Build the next launch's VM while the guest runs, so a reset only swaps VMs \
+               (faster relaunch, one idle VM's memory more). Default: off.",
+    },
+    Flag {
+        long: "fw-cfg",
+        short: None,
+        value: Some("NAME=u64:N|NAME=str:TEXT"),
+        help: "Add a fw_cfg file under opt/ for the guest: an 8-byte little-endian number \
+               or a text; repeatable, at most 16 (docs/devices.md). Default: none.",
+    },
+    Flag {
+        long: "no-guest-memfd",
+        short: None,
+        value: None,
+        help: "Back guest RAM with anonymous memory even where KVM offers guest_memfd. \
+               Default: guest_memfd where KVM supports it, anonymous memory elsewhere.",
+    },
+    HELP_FLAG,
+];
+
+/// `relaunch run --help`.
+pub const HELP: CommandHelp = CommandHelp {
+    usage: "relaunch run BUNDLE [options]",
+    about: "\
+Launches BUNDLE (an IGVM file) on a fresh KVM VM and relaunches it on a new VM on every
+guest reset, until the guest powers off, crashes, or asks for more than --max-reboots
+resets. The guest's console goes to stdout (unless --quiet) and its keyboard input comes
+from stdin. At the start one line on stderr names the guest RAM, its backing and the vCPUs;
+at the end one line on stderr names the outcome and the exit code, e.g.
+  relaunch: guest powered off after 3 launches (exit 0)",
+    flags: FLAGS,
+    notes: "\
+Exit codes: 0 the guest powered off; 1 VMM error; 2 bad flags or bad input (nothing was
+started); 3 the guest crashed (pvpanic, KVM crash event or internal error, failed VM
+entry); 4 the guest asked for a reset after --max-reboots relaunches
+(docs/reboot-contract.md).",
+    examples: &[
+        "relaunch run boot-images/prebuilt/hello.igvm",
+        "relaunch run guest.igvm --mem 1G --vcpus 4 --max-reboots 5 --audit-log audit.jsonl",
+        "relaunch run guest.igvm --quiet --events - --fw-cfg opt/relaunch/reboot-until=u64:3",
+    ],
+};
 
 /// Largest bundle read (bytes).
 pub const MAX_BUNDLE: u64 = 1 << 30;
 /// Default guest RAM.
 pub const DEFAULT_MEM: u64 = 256 << 20;
-/// Largest guest RAM accepted.
-pub const MAX_MEM: u64 = 1 << 40;
-/// Most vCPUs accepted (KVM may allow fewer).
-pub const MAX_VCPUS: u32 = 255;
-
 /// Parsed `relaunch run` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
@@ -45,17 +149,19 @@ pub struct RunOptions {
     pub vcpus: u32,
     /// `--max-reboots`.
     pub max_reboots: Option<u64>,
+    /// `--reset-limit`.
+    pub reset_limit: Option<ResetLimit>,
     /// `--audit-log`.
     pub audit_log: Option<PathBuf>,
     /// `--events` (`-` = stderr).
-    pub events: Option<String>,
+    pub events: Option<PathBuf>,
     /// `--quiet`.
     pub quiet: bool,
     /// `--prestage`.
     pub prestage: bool,
     /// `--fw-cfg` files.
     pub fw_cfg: Vec<(String, Vec<u8>)>,
-    /// `--no-guest-memfd` (hidden): force anonymous RAM.
+    /// `--no-guest-memfd`: force anonymous RAM.
     pub no_guest_memfd: bool,
 }
 
@@ -90,15 +196,20 @@ fn parse_fw_cfg(v: &str) -> Result<(String, Vec<u8>), ArgError> {
 /// Parses the `run` command line.
 ///
 /// # Errors
-/// [`ArgError`] for anything malformed.
-pub fn parse(args: &[String]) -> Result<RunOptions, ArgError> {
-    let mut a = Args::new(args);
+/// [`ArgError`] for anything malformed ([`ArgError::Help`] for `--help`).
+pub fn parse<I>(args: I) -> Result<RunOptions, ArgError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let mut a = Cursor::new(args, FLAGS);
     let mut o = RunOptions {
         bundle: PathBuf::new(),
         platform: None,
         mem: DEFAULT_MEM,
         vcpus: 1,
         max_reboots: None,
+        reset_limit: None,
         audit_log: None,
         events: None,
         quiet: false,
@@ -108,58 +219,57 @@ pub fn parse(args: &[String]) -> Result<RunOptions, ArgError> {
     };
     let mut bundle = None;
     while let Some(arg) = a.next()? {
-        match arg {
-            Arg::Positional(p) => {
-                if bundle.replace(PathBuf::from(p)).is_some() {
-                    return Err(ArgError::Other(format!("unexpected argument {p:?}")));
+        let f = match arg {
+            Item::Positional(p) => {
+                if bundle.is_some() {
+                    return Err(ArgError::Other(format!(
+                        "unexpected argument {:?}",
+                        p.to_string_lossy()
+                    )));
                 }
+                bundle = Some(PathBuf::from(p));
+                continue;
             }
-            Arg::Flag { name, .. } => match name {
-                "--platform" => {
-                    o.platform = Some(a.parsed(name, "native, sev, sev-es, snp or tdx", |s| {
-                        Platform::from_name(s)
-                    })?);
+            Item::Flag(f) => f,
+        };
+        match f.long {
+            "platform" => {
+                o.platform = Some(a.parsed(f, "native, sev, sev-es, snp or tdx", |s| {
+                    Platform::from_name(s)
+                })?);
+            }
+            "mem" => o.mem = a.mem(f)?,
+            "vcpus" => o.vcpus = a.vcpus(f)?,
+            "max-reboots" => o.max_reboots = Some(a.parsed(f, "a number", parse_u64)?),
+            "reset-limit" => {
+                o.reset_limit = Some(a.parsed(
+                    f,
+                    "N/INTERVAL with N >= 1 and INTERVAL up to 24h, e.g. 20/10s",
+                    ResetLimit::parse,
+                )?);
+            }
+            "audit-log" => o.audit_log = Some(a.path(f)?),
+            "events" => o.events = Some(a.path(f)?),
+            "fw-cfg" => {
+                let v = a.string(f)?;
+                let (n, d) = parse_fw_cfg(&v)?;
+                if o.fw_cfg.iter().any(|(m, _)| *m == n) {
+                    return Err(ArgError::Other(format!("--fw-cfg {n:?} given twice")));
                 }
-                "--mem" => {
-                    o.mem = a.parsed(
-                        name,
-                        "a size like 256M or 1G (4 KiB multiple, <= 1T)",
-                        |s| parse_size(s).filter(|&m| m >= 4096 && m % 4096 == 0 && m <= MAX_MEM),
-                    )?;
+                if o.fw_cfg.len() >= MAX_USER_FILES {
+                    return Err(ArgError::Other(format!(
+                        "at most {MAX_USER_FILES} --fw-cfg files"
+                    )));
                 }
-                "--vcpus" => {
-                    o.vcpus = a.parsed(name, "a vCPU count 1..=255", |s| {
-                        parse_u64(s)
-                            .and_then(|n| u32::try_from(n).ok())
-                            .filter(|&n| (1..=MAX_VCPUS).contains(&n))
-                    })?;
-                }
-                "--max-reboots" => {
-                    o.max_reboots = Some(a.parsed(name, "a number", parse_u64)?);
-                }
-                "--audit-log" => o.audit_log = Some(PathBuf::from(a.value(name)?)),
-                "--events" => o.events = Some(a.value(name)?.to_string()),
-                "--fw-cfg" => {
-                    let v = a.value(name)?;
-                    let (n, d) = parse_fw_cfg(v)?;
-                    if o.fw_cfg.iter().any(|(m, _)| *m == n) {
-                        return Err(ArgError::Other(format!("--fw-cfg {n:?} given twice")));
-                    }
-                    if o.fw_cfg.len() >= MAX_USER_FILES {
-                        return Err(ArgError::Other(format!(
-                            "at most {MAX_USER_FILES} --fw-cfg files"
-                        )));
-                    }
-                    o.fw_cfg.push((n, d));
-                }
-                "--quiet" | "-q" => o.quiet = true,
-                "--prestage" => o.prestage = true,
-                "--no-guest-memfd" => o.no_guest_memfd = true,
-                other => return Err(ArgError::UnknownFlag(other.to_string())),
-            },
+                o.fw_cfg.push((n, d));
+            }
+            "quiet" => o.quiet = true,
+            "prestage" => o.prestage = true,
+            "no-guest-memfd" => o.no_guest_memfd = true,
+            other => return Err(ArgError::Unhandled(other)),
         }
     }
-    o.bundle = bundle.ok_or_else(|| ArgError::Other("missing BUNDLE".into()))?;
+    o.bundle = bundle.ok_or_else(|| ArgError::Other("no BUNDLE given".into()))?;
     Ok(o)
 }
 
@@ -182,13 +292,14 @@ fn usage_error(msg: impl std::fmt::Display) -> u8 {
 }
 
 /// Runs `relaunch run` with `args`; returns the exit code.
-pub fn main(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        return crate::log::print_output("run", format!("{USAGE}\n").as_bytes());
+pub fn main(args: &[OsString]) -> u8 {
+    if wants_help(args) {
+        return crate::log::print_output("run", HELP.render().as_bytes());
     }
     let opts = match parse(args) {
         Ok(o) => o,
-        Err(e) => return usage_error(format_args!("{e}; {USAGE}")),
+        Err(ArgError::Help) => return crate::log::print_output("run", HELP.render().as_bytes()),
+        Err(e) => return usage_error(e),
     };
     let platform = opts.platform.unwrap_or(Platform::Native);
     let bundle = match read_bundle(&opts.bundle) {
@@ -231,15 +342,15 @@ pub fn main(args: &[String]) -> u8 {
     };
     let events = match opts.events.as_deref() {
         None => None,
-        Some("-") => Some(Arc::new(EventSink::Stderr)),
-        Some(p) => match open_output(p.as_ref(), &mut created) {
+        Some(p) if p.as_os_str() == "-" => Some(Arc::new(EventSink::Stderr)),
+        Some(p) => match open_output(p, &mut created) {
             Ok(f) => Some(Arc::new(EventSink::File(f))),
             Err(e) => {
                 // Nothing was started: take back the files this run created.
                 for c in &created {
                     let _ = std::fs::remove_file(c);
                 }
-                return usage_error(format_args!("--events {p}: {e}"));
+                return usage_error(format_args!("--events {}: {e}", p.display()));
             }
         },
     };
@@ -258,6 +369,7 @@ pub fn main(args: &[String]) -> u8 {
     console.spawn_stdin_reader();
     let session = SessionConfig {
         max_reboots: opts.max_reboots,
+        reset_limit: opts.reset_limit,
         prestage: opts.prestage,
         audit,
         events,
@@ -276,11 +388,41 @@ pub fn main(args: &[String]) -> u8 {
     if dropped > 0 {
         crate::elog!("relaunch: {dropped} bytes of guest output dropped (stdout did not keep up)");
     }
-    if let crate::vcpu::Outcome::VmmError(e) | crate::vcpu::Outcome::GuestFatal(e) = &report.outcome
-    {
-        crate::elog!("relaunch: launch {}: {e}", report.generation);
-    }
+    // Last, and never hidden by --quiet: what happened and the exit code.
+    crate::elog!("{}", outcome_line(&report, opts.max_reboots));
     report.exit_code
+}
+
+/// The one line `run` ends with on stderr: the outcome of the session, the launch it ended
+/// in, and the exit code (`docs/reboot-contract.md`).
+pub fn outcome_line(report: &SessionReport, max_reboots: Option<u64>) -> String {
+    let n = report.launches;
+    let g = report.generation;
+    let code = report.exit_code;
+    let what = match &report.outcome {
+        Outcome::Reset(_) if report.stopped_by.is_some() => format!(
+            "{}: the guest asked for reset #{n}",
+            report.stopped_by.as_deref().unwrap_or_default()
+        ),
+        Outcome::PowerOff(_) => format!(
+            "guest powered off after {n} launch{}",
+            if n == 1 { "" } else { "es" }
+        ),
+        Outcome::Reset(_) => match max_reboots {
+            Some(m) => format!(
+                "reboot limit reached: the guest asked for reset #{n} after --max-reboots {m}"
+            ),
+            None => format!("the guest asked for reset #{n}"),
+        },
+        Outcome::GuestFatal(e) => format!("guest fatal in launch {g}: {}", one_line(e)),
+        Outcome::VmmError(e) if g == 0 => format!("VMM error before launch 1: {}", one_line(e)),
+        // The build of launch `g` failed: it never ran.
+        Outcome::VmmError(e) if n < g => {
+            format!("VMM error building launch {g}: {}", one_line(e))
+        }
+        Outcome::VmmError(e) => format!("VMM error in launch {g}: {}", one_line(e)),
+    };
+    format!("relaunch: {what} (exit {code})")
 }
 
 /// Opens `path` for appending ([`AuditLog::open`]); records it in `created` when this call
@@ -312,7 +454,7 @@ mod tests {
     use super::*;
 
     fn p(args: &[&str]) -> Result<RunOptions, ArgError> {
-        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        parse(args.iter().copied())
     }
 
     #[test]
@@ -336,10 +478,66 @@ mod tests {
         assert_eq!(o.bundle, PathBuf::from("b.igvm"));
         assert_eq!((o.mem, o.vcpus, o.max_reboots), (1 << 30, 4, Some(3)));
         assert!(o.quiet && o.prestage);
-        assert_eq!(o.events.as_deref(), Some("-"));
+        assert_eq!(o.events, Some(PathBuf::from("-")));
         assert_eq!(o.fw_cfg[0].1, 5u64.to_le_bytes());
         assert_eq!(o.fw_cfg[1], ("opt/x".to_string(), b"hi".to_vec()));
         assert_eq!(p(&["x"]).unwrap().mem, DEFAULT_MEM);
+    }
+
+    #[test]
+    fn final_outcome_line() {
+        use crate::devices::ResetSource;
+        let r = |launches, outcome, exit_code| SessionReport {
+            launches,
+            generation: launches,
+            stopped_by: None,
+            peak_backlog: 0,
+            outcome,
+            exit_code,
+            relaunch_latency: Vec::new(),
+            reset_to_start: Vec::new(),
+            unknown_suppressed: 0,
+        };
+        assert_eq!(
+            outcome_line(&r(3, Outcome::PowerOff("acpi-pm1-slp-en"), 0), None),
+            "relaunch: guest powered off after 3 launches (exit 0)"
+        );
+        assert_eq!(
+            outcome_line(&r(1, Outcome::PowerOff("acpi-pm1-slp-en"), 0), None),
+            "relaunch: guest powered off after 1 launch (exit 0)"
+        );
+        assert_eq!(
+            outcome_line(&r(6, Outcome::Reset(ResetSource::I8042), 4), Some(5)),
+            "relaunch: reboot limit reached: the guest asked for reset #6 after \
+             --max-reboots 5 (exit 4)"
+        );
+        assert_eq!(
+            outcome_line(&r(2, Outcome::GuestFatal("pvpanic".into()), 3), None),
+            "relaunch: guest fatal in launch 2: pvpanic (exit 3)"
+        );
+        assert_eq!(
+            outcome_line(&r(1, Outcome::VmmError("KVM_RUN:\n EIO".into()), 1), None),
+            "relaunch: VMM error in launch 1: KVM_RUN: EIO (exit 1)"
+        );
+        // A failed build names the launch being built, not the one before it.
+        let mut failed = r(
+            2,
+            Outcome::VmmError("launch op #0 (CreateVm): ENOMEM".into()),
+            1,
+        );
+        failed.generation = 3;
+        assert_eq!(
+            outcome_line(&failed, None),
+            "relaunch: VMM error building launch 3: launch op #0 (CreateVm): ENOMEM (exit 1)"
+        );
+        let mut limited = r(4, Outcome::Reset(ResetSource::Cf9), 4);
+        limited.stopped_by =
+            Some("reset rate limit: 4 resets within 60000 ms (limit 3/60000ms)".into());
+        assert_eq!(
+            outcome_line(&limited, None),
+            "relaunch: reset rate limit: 4 resets within 60000 ms (limit 3/60000ms): the guest \
+             asked for reset #4 (exit 4)"
+        );
     }
 
     #[test]
@@ -353,6 +551,8 @@ mod tests {
             &["a", "--vcpus", "999"],
             &["a", "--platform", "vmware"],
             &["a", "--max-reboots"],
+            &["a", "--reset-limit", "0/10s"],
+            &["a", "--reset-limit", "10"],
             &["a", "--frobnicate"],
             &["a", "--quiet=1"],
             &["a", "--fw-cfg", "etc/x=u64:1"],
