@@ -21,6 +21,7 @@ pub mod crc32;
 #[cfg(feature = "alloc")]
 pub mod fwmodel;
 pub mod igvm;
+pub mod launch;
 pub mod limits;
 pub mod measure;
 pub mod ovmf;

@@ -23,9 +23,10 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
-use crate::arch::regs::VpRegs;
+use crate::launch::regs::VpRegs;
+use crate::launch::{LaunchOp, PageData, PageKind, Platform, SnpIdBlock};
 use crate::measure::{page_data, Acc, MeasureError, MeasureOptions, Measurement};
-use crate::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform, SnpIdBlock};
+use crate::plan::LaunchPlan;
 
 const PAGE: u64 = 4096;
 

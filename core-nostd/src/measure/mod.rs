@@ -19,8 +19,10 @@ use alloc::vec::Vec;
 #[cfg(feature = "alloc")]
 use crate::arch::vmsa::{kvm_measured_vmsa, KVM_VMSA_GPA};
 #[cfg(feature = "alloc")]
-use crate::plan::{LaunchOp, LaunchPlan, PageData};
-use crate::plan::{PageKind, Platform};
+use crate::launch::{LaunchOp, PageData};
+use crate::launch::{PageKind, Platform};
+#[cfg(feature = "alloc")]
+use crate::plan::LaunchPlan;
 
 /// A launch measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -461,7 +463,7 @@ impl Acc {
     /// VMSA per vCPU in creation order, built from its registers.
     pub(crate) fn vmsas<'r>(
         &mut self,
-        regs: impl Iterator<Item = &'r crate::arch::regs::VpRegs>,
+        regs: impl Iterator<Item = &'r crate::launch::regs::VpRegs>,
         vmsa_features: u64,
         opts: MeasureOptions,
     ) {

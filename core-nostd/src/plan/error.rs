@@ -6,8 +6,8 @@ use core::fmt;
 
 use crate::arch::vmsa::VmsaError;
 use crate::igvm::{type_name, IgvmError};
+use crate::launch::Platform;
 use crate::plan::ovmf::FirmwarePlanError;
-use crate::plan::Platform;
 
 /// Where a planning error is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

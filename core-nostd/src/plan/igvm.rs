@@ -66,11 +66,7 @@ use alloc::vec::Vec;
 use igvm_defs::IgvmPlatformType;
 
 use super::error::{ConfigField, Location, PlanError, PlanErrorKind as E};
-use super::{
-    ram_ranges, LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind, Platform, SnpIdBlock,
-    VpSource,
-};
-use crate::arch::regs::VpRegs;
+use super::LaunchPlan;
 use crate::arch::vmsa::{
     check_kvm_loadable, regs_from_native_context, regs_from_vmsa, reset_regs, tdx_vcpu_regs,
     BSP_RESET_ADDR, KVM_VMSA_GPA, SEV_FEAT_SNP_ACTIVE,
@@ -78,6 +74,10 @@ use crate::arch::vmsa::{
 use crate::igvm::{
     Header, HeaderRef, IgvmFile, PageDataFlags, PageDataType, Parameter, SnpIdBlockRef,
     VpContextKind,
+};
+use crate::launch::regs::VpRegs;
+use crate::launch::{
+    ram_ranges, LaunchConfig, LaunchOp, PageData, PageKind, Platform, SnpIdBlock, VpSource,
 };
 
 const PAGE: u64 = 4096;

@@ -19,16 +19,17 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::arch::regs::VpRegs;
 use crate::arch::vmsa::{reset_regs, tdx_vcpu_regs, BSP_RESET_ADDR};
+use crate::launch::regs::VpRegs;
+use crate::launch::{
+    in_ram, ram_ranges, KernelHashes, LaunchConfig, LaunchOp, PageData, PageKind, Platform,
+    VpSource, LOW_RAM_END,
+};
 use crate::ovmf::{
     Firmware, Guid, HashTableArea, OvmfError, SevSection, SevSectionKind, TdvfSection,
     TdvfSectionKind, FOUR_GIB, PAGE_SIZE,
 };
-use crate::plan::{
-    in_ram, ram_ranges, KernelHashes, LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind,
-    Platform, VpSource, LOW_RAM_END,
-};
+use crate::plan::LaunchPlan;
 
 /// Default SNP guest policy: SMT allowed, bit 17 (reserved, must be 1) set (QEMU
 /// `sev-snp-guest` default `DEFAULT_SEV_SNP_POLICY` 0x30000).
