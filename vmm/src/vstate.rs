@@ -267,16 +267,10 @@ pub fn uncovered_by(
     out
 }
 
-/// Guest RAM layout for `mem` bytes: `[0, mem)`, split around the 32-bit PCI/MMIO hole
-/// `[3 GiB, 4 GiB)` when larger than 3 GiB. Returns `(gpa, size)` ranges.
+/// Guest RAM layout for `mem` bytes: the core's one layout
+/// ([`relaunch_core::launch::ram_slots`]), `(gpa, size)` ranges.
 pub fn ram_layout(mem: u64) -> Vec<(u64, u64)> {
-    if mem == 0 {
-        return Vec::new();
-    }
-    if mem <= MMIO_HOLE_START {
-        return vec![(0, mem)];
-    }
-    vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, mem - MMIO_HOLE_START)]
+    relaunch_core::launch::ram_slots(mem).collect()
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub enum FwErrorKind {
         /// The rule it breaks.
         reason: &'static str,
     },
-    /// `CreateVm` with no vCPU, or more than [`crate::measure::MAX_VCPUS`].
+    /// `CreateVm` with no vCPU, or more than [`crate::limits::MAX_VCPUS`].
     NoVcpus,
     /// A GPA or size that is not 4 KiB aligned.
     Misaligned {
@@ -157,7 +157,7 @@ impl core::fmt::Display for FwError {
                 write!(f, "guest policy {policy:#x} refused: {reason}")
             }
             FwErrorKind::NoVcpus => {
-                write!(f, "a VM needs 1 to {} vCPUs", crate::measure::MAX_VCPUS)
+                write!(f, "a VM needs 1 to {} vCPUs", crate::limits::MAX_VCPUS)
             }
             FwErrorKind::Misaligned { gpa } => write!(f, "{gpa:#x} is not 4 KiB aligned"),
             FwErrorKind::BadRange { gpa, size } => write!(
@@ -348,7 +348,7 @@ impl FwModel {
         if self.state != FwState::Uninit {
             return Err(FwErrorKind::AlreadyStarted);
         }
-        if vcpus == 0 || vcpus > crate::measure::MAX_VCPUS {
+        if crate::limits::check_vcpus(vcpus.into()).is_err() {
             return Err(FwErrorKind::NoVcpus);
         }
         let bad = |reason| Err(FwErrorKind::Policy { policy, reason });

@@ -239,6 +239,15 @@ pub fn ram_ranges(mem_bytes: u64) -> Option<[(u64, u64); 2]> {
     Some([(0, low), (HIGH_RAM_BASE, high)])
 }
 
+/// The guest RAM ranges `(gpa, size)` a VMM backs with memory slots for `mem_bytes` of RAM:
+/// the non-empty [`ram_ranges`], in ascending order (none if the RAM would end past 2^64).
+pub fn ram_slots(mem_bytes: u64) -> impl Iterator<Item = (u64, u64)> {
+    ram_ranges(mem_bytes)
+        .into_iter()
+        .flatten()
+        .filter(|&(_, size)| size != 0)
+}
+
 /// Whether `[gpa, gpa + size)` lies entirely inside the guest RAM of `mem_bytes`.
 pub fn in_ram(mem_bytes: u64, gpa: u64, size: u64) -> bool {
     let Some(end) = gpa.checked_add(size) else {
@@ -278,5 +287,27 @@ impl SnpIdBlock {
         let mut p = [0u8; 8];
         p.copy_from_slice(&self.id_block[0x58..0x60]);
         u64::from_le_bytes(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_layout_splits_around_the_hole() {
+        let slots = |m| {
+            let mut v: heapless::Vec<(u64, u64), 2> = heapless::Vec::new();
+            for r in ram_slots(m) {
+                v.push(r).unwrap();
+            }
+            v
+        };
+        assert_eq!(slots(256 << 20), [(0, 256 << 20)]);
+        assert_eq!(slots(3 << 30), [(0, 3 << 30)]);
+        assert_eq!(slots(5 << 30), [(0, 3 << 30), (4 << 30, 2 << 30)]);
+        assert!(slots(0).is_empty());
+        assert!(slots(u64::MAX).is_empty());
+        assert!(in_ram(5 << 30, 4 << 30, 4096) && !in_ram(5 << 30, 3 << 30, 4096));
     }
 }

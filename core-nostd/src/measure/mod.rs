@@ -70,11 +70,6 @@ pub fn id_block_matches(id_block_ld: &[u8; 48], m: &Measurement) -> bool {
     matches!(m, Measurement::Snp(ld) if ld == id_block_ld)
 }
 
-/// The most vCPUs a VM can have (`KVM_MAX_VCPUS` on x86 with `CONFIG_MAXSMP`,
-/// `arch/x86/include/asm/kvm_host.h`); larger counts are refused before anything is
-/// allocated for them.
-pub const MAX_VCPUS: u32 = 4096;
-
 /// Choices that are not part of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MeasureOptions {
@@ -103,7 +98,7 @@ pub enum MeasureError {
         /// Op index.
         op: usize,
     },
-    /// `CreateVm` with more than [`MAX_VCPUS`] vCPUs.
+    /// `CreateVm` with more than [`crate::limits::MAX_VCPUS`] vCPUs.
     TooManyVcpus {
         /// Op index.
         op: usize,
@@ -182,7 +177,11 @@ impl core::fmt::Display for MeasureError {
             }
             MeasureError::DuplicateCreateVm { op } => write!(f, "op {op}: a second CreateVm"),
             MeasureError::TooManyVcpus { op, vcpus } => {
-                write!(f, "op {op}: {vcpus} vCPUs, more than KVM's {MAX_VCPUS}")
+                write!(
+                    f,
+                    "op {op}: {}",
+                    crate::limits::LimitError::Vcpus(vcpus.into())
+                )
             }
             MeasureError::OpAfterFinalize { op } => write!(f, "op {op}: after Finalize"),
             MeasureError::MissingFinalize => f.write_str("the plan has no Finalize"),
@@ -563,7 +562,7 @@ pub fn expected_with(
             if acc.is_some() {
                 return Err(MeasureError::DuplicateCreateVm { op: i });
             }
-            if vcpus > MAX_VCPUS {
+            if vcpus > crate::limits::MAX_VCPUS {
                 return Err(MeasureError::TooManyVcpus { op: i, vcpus });
             }
             acc = Some((Acc::new(platform), vmsa_features));

@@ -7,6 +7,7 @@ use core::fmt;
 use crate::arch::vmsa::VmsaError;
 use crate::igvm::{type_name, IgvmError};
 use crate::launch::Platform;
+use crate::limits::LimitError;
 use crate::plan::ovmf::FirmwarePlanError;
 
 /// Where a planning error is.
@@ -68,6 +69,8 @@ pub enum PlanErrorKind {
         /// Bit per declared platform: 1 << `Platform as usize` in [`Platform::ALL`] order.
         declared: u8,
     },
+    /// A vCPU count or RAM size outside [`crate::limits`].
+    Limit(LimitError),
     /// A launch-config value the planner refuses.
     BadConfig {
         /// Which field.
@@ -235,7 +238,12 @@ impl From<IgvmError> for PlanError {
 
 impl From<FirmwarePlanError> for PlanError {
     fn from(e: FirmwarePlanError) -> PlanError {
-        PlanError::new(Location::Bundle, PlanErrorKind::Firmware(e))
+        match e {
+            FirmwarePlanError::Limit(l) => {
+                PlanError::new(Location::Config, PlanErrorKind::Limit(l))
+            }
+            e => PlanError::new(Location::Bundle, PlanErrorKind::Firmware(e)),
+        }
     }
 }
 
@@ -266,6 +274,7 @@ impl fmt::Display for PlanErrorKind {
                 }
                 Ok(())
             }
+            Limit(e) => write!(f, "{e}"),
             BadConfig {
                 field,
                 value,

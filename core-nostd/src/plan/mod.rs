@@ -9,6 +9,7 @@
 
 #[cfg(feature = "alloc")]
 use crate::launch::regs::VpRegs;
+use crate::limits::{check_mem, check_vcpus, LimitError};
 
 #[cfg(feature = "alloc")]
 pub mod error;
@@ -39,6 +40,17 @@ pub fn plan<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>, 
 
 #[cfg(feature = "alloc")]
 pub mod ovmf;
+
+/// Checks the vCPU count and RAM size of `cfg` against [`crate::limits`] (every planner
+/// starts with it).
+///
+/// # Errors
+/// [`LimitError`].
+pub fn check_limits(cfg: &LaunchConfig) -> Result<(), LimitError> {
+    check_vcpus(cfg.vcpus.into())?;
+    check_mem(cfg.mem_bytes)?;
+    Ok(())
+}
 
 pub use crate::launch::{
     in_ram, ram_ranges, KernelHashes, LaunchConfig, LaunchOp, PageData, PageKind, Platform,

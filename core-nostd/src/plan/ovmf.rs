@@ -25,6 +25,7 @@ use crate::launch::{
     in_ram, ram_ranges, KernelHashes, LaunchConfig, LaunchOp, PageData, PageKind, Platform,
     VpSource, LOW_RAM_END,
 };
+use crate::limits::LimitError;
 use crate::ovmf::{
     Firmware, Guid, HashTableArea, OvmfError, SevSection, SevSectionKind, TdvfSection,
     TdvfSectionKind, FOUR_GIB, PAGE_SIZE,
@@ -85,20 +86,12 @@ pub const HASH_KERNEL_GUID: Guid = Guid::from_fields(
 pub enum FirmwarePlanError {
     /// The image does not parse.
     Parse(OvmfError),
-    /// `vcpus` is 0 or more than [`crate::measure::MAX_VCPUS`].
-    BadVcpuCount {
-        /// The count asked for.
-        vcpus: u32,
-    },
+    /// The vCPU count or RAM size is outside [`crate::limits`].
+    Limit(LimitError),
     /// The image is larger than the hole between [`LOW_RAM_END`] and 4 GiB.
     ImageTooLarge {
         /// Image length.
         len: u64,
-    },
-    /// `mem_bytes` is not a multiple of 4 KiB or too large.
-    BadMemorySize {
-        /// The size.
-        mem_bytes: u64,
     },
     /// SNP needs the SEV metadata (QEMU: "Failed to locate SEV metadata header").
     NoSevMetadata,
@@ -168,20 +161,12 @@ impl fmt::Display for FirmwarePlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FirmwarePlanError::Parse(e) => write!(f, "{e}"),
-            FirmwarePlanError::BadVcpuCount { vcpus } => write!(
-                f,
-                "{vcpus} vCPUs: a VM needs 1 to {}",
-                crate::measure::MAX_VCPUS
-            ),
+            FirmwarePlanError::Limit(e) => write!(f, "{e}"),
             FirmwarePlanError::ImageTooLarge { len } => write!(
                 f,
                 "firmware image of {len:#x} bytes does not fit below 4 GiB above guest RAM \
                  (at most {:#x})",
                 FOUR_GIB - LOW_RAM_END
-            ),
-            FirmwarePlanError::BadMemorySize { mem_bytes } => write!(
-                f,
-                "guest memory size {mem_bytes:#x} is not a multiple of 4 KiB or too large"
             ),
             FirmwarePlanError::NoSevMetadata => f.write_str(
                 "SNP needs the firmware's SEV metadata (GUID dc886566-…); this image has none \
@@ -262,16 +247,9 @@ pub fn hash_table_bytes(h: &KernelHashes) -> [u8; PADDED_HASH_TABLE_LEN] {
 /// or does not fit the launch config.
 pub fn plan_firmware<'a>(image: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>> {
     let fw = Firmware::parse(image)?;
-    if cfg.vcpus == 0 || cfg.vcpus > crate::measure::MAX_VCPUS {
-        return Err(FirmwarePlanError::BadVcpuCount { vcpus: cfg.vcpus });
-    }
+    super::check_limits(cfg).map_err(FirmwarePlanError::Limit)?;
     if fw.len() > FOUR_GIB - LOW_RAM_END {
         return Err(FirmwarePlanError::ImageTooLarge { len: fw.len() });
-    }
-    if !cfg.mem_bytes.is_multiple_of(PAGE_SIZE) || ram_ranges(cfg.mem_bytes).is_none() {
-        return Err(FirmwarePlanError::BadMemorySize {
-            mem_bytes: cfg.mem_bytes,
-        });
     }
     if cfg.kernel_hashes.is_some() && matches!(cfg.platform, Platform::Native | Platform::Tdx) {
         return Err(FirmwarePlanError::KernelHashesUnsupported {
@@ -1153,13 +1131,13 @@ mod tests {
             FirmwarePlanError::Parse(_)
         ));
         let img = amdsev_like();
-        for vcpus in [0, 4097, u32::MAX] {
+        for vcpus in [0, 256, u32::MAX] {
             assert_eq!(
                 plan_firmware(&img, &cfg(Platform::Snp, vcpus)).unwrap_err(),
-                FirmwarePlanError::BadVcpuCount { vcpus }
+                FirmwarePlanError::Limit(LimitError::Vcpus(vcpus.into()))
             );
         }
-        assert!(plan_firmware(&img, &cfg(Platform::Tdx, 4096)).is_ok());
+        assert!(plan_firmware(&img, &cfg(Platform::Tdx, 255)).is_ok());
         let mut small = cfg(Platform::Snp, 1);
         small.mem_bytes = 0x80_0000;
         assert_eq!(
