@@ -38,7 +38,7 @@ fn image(name: &str) -> Option<(PathBuf, Vec<u8>)> {
     }
 }
 
-fn plan_native<'a>(host: &Host, bundle: &'a [u8], vcpus: u32) -> LaunchPlan<'a> {
+fn plan_native(host: &Host, bundle: &[u8], vcpus: u32) -> LaunchPlan {
     let cfg = LaunchConfig {
         platform: Platform::Native,
         vcpus,
@@ -49,7 +49,8 @@ fn plan_native<'a>(host: &Host, bundle: &'a [u8], vcpus: u32) -> LaunchPlan<'a> 
         host_data: [0; 32],
         kernel_hashes: None,
     };
-    relaunch_core::plan::plan(bundle, &cfg).expect("plan the native view")
+    relaunch_core::plan::plan(std::sync::Arc::<[u8]>::from(bundle), &cfg)
+        .expect("plan the native view")
 }
 
 #[test]

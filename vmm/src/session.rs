@@ -117,13 +117,13 @@ pub fn exit_code(outcome: &Outcome) -> u8 {
 }
 
 fn plan_vcpus(plan: &LaunchPlan) -> u32 {
-    plan.ops
+    plan.ops()
         .iter()
         .find_map(|op| match op {
             LaunchOp::CreateVm { vcpus, .. } => Some(*vcpus),
             _ => None,
         })
-        .unwrap_or(plan.config.vcpus)
+        .unwrap_or(plan.config().vcpus)
 }
 
 /// Work for the reaper thread, done in order.

@@ -265,7 +265,7 @@ pub fn in_ram(mem_bytes: u64, gpa: u64, size: u64) -> bool {
 /// directive (`backends/igvm.c` `qigvm_directive_snp_id_block`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnpIdBlock {
-    /// The 96-byte ID block: ld[48], family_id[16], image_id[16], version u32 (= 1),
+    /// The 96-byte ID block: ld\[48\], family_id\[16\], image_id\[16\], version u32 (= 1),
     /// guest_svn u32, policy u64 (= the launch policy).
     pub id_block: [u8; 96],
     /// The 4096-byte ID authentication information structure.
@@ -287,6 +287,103 @@ impl SnpIdBlock {
         let mut p = [0u8; 8];
         p.copy_from_slice(&self.id_block[0x58..0x60]);
         u64::from_le_bytes(p)
+    }
+}
+
+/// Where the bytes of a [`PageData`] live: the owner of a launch's storage (the bundle and
+/// the generated pages) resolves them. The measurement and the backends read page contents
+/// only through this.
+pub trait PageSource {
+    /// The bytes of `data`: at most 4096; the rest of the page is zero.
+    fn page_bytes(&self, data: &PageData) -> &[u8];
+}
+
+/// A checked op stream and everything its ops refer to out of line: what the measurement
+/// folds and the firmware model executes.
+///
+/// Only a launch plan hands one out (`plan::LaunchPlan::stream`), after the planner checked
+/// its invariants once: the first op is the only `CreateVm`, with 1 to
+/// [`crate::limits::MAX_VCPUS`] vCPUs; the last op is the only `Finalize`, which names an ID
+/// block exactly when [`OpStream::id_block`] has one; every `SetVpContext` names a vCPU that
+/// is created and a register set of [`OpStream::vp_contexts`]; every import's data resolves
+/// in [`OpStream::pages`] to at most 4096 bytes; every GPA and RAM size is 4 KiB aligned.
+#[derive(Clone, Copy)]
+pub struct OpStream<'a> {
+    ops: &'a [LaunchOp],
+    vp_contexts: &'a [regs::VpRegs],
+    pages: &'a dyn PageSource,
+    id_block: Option<&'a SnpIdBlock>,
+}
+
+impl<'a> OpStream<'a> {
+    /// A stream over parts the caller has checked (the planner's validation).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn checked(
+        ops: &'a [LaunchOp],
+        vp_contexts: &'a [regs::VpRegs],
+        pages: &'a dyn PageSource,
+        id_block: Option<&'a SnpIdBlock>,
+    ) -> Self {
+        OpStream {
+            ops,
+            vp_contexts,
+            pages,
+            id_block,
+        }
+    }
+
+    /// The operations, in execution (= measurement) order.
+    pub fn ops(&self) -> &'a [LaunchOp] {
+        self.ops
+    }
+
+    /// The vCPU register sets `SetVpContext::ctx` indexes.
+    pub fn vp_contexts(&self) -> &'a [regs::VpRegs] {
+        self.vp_contexts
+    }
+
+    /// The register set `ctx` of a `SetVpContext` of this stream.
+    pub fn vp_context(&self, ctx: u32) -> Option<&'a regs::VpRegs> {
+        self.vp_contexts.get(usize::try_from(ctx).ok()?)
+    }
+
+    /// Where the page bytes come from.
+    pub fn pages(&self) -> &'a dyn PageSource {
+        self.pages
+    }
+
+    /// The bytes of an import's data (at most 4096).
+    pub fn page_bytes(&self, data: &PageData) -> &'a [u8] {
+        self.pages.page_bytes(data)
+    }
+
+    /// The SNP ID block `Finalize` gives, when it names one.
+    pub fn id_block(&self) -> Option<&'a SnpIdBlock> {
+        self.id_block
+    }
+
+    /// The `CreateVm` every stream starts with: (platform, vmsa_features, vcpus).
+    pub fn create_vm(&self) -> (Platform, u64, u32) {
+        match self.ops.first() {
+            Some(&LaunchOp::CreateVm {
+                platform,
+                vmsa_features,
+                vcpus,
+                ..
+            }) => (platform, vmsa_features, vcpus),
+            // Unreachable for a checked stream.
+            _ => (Platform::Native, 0, 0),
+        }
+    }
+}
+
+impl core::fmt::Debug for OpStream<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OpStream")
+            .field("ops", &self.ops.len())
+            .field("vp_contexts", &self.vp_contexts.len())
+            .field("id_block", &self.id_block.is_some())
+            .finish()
     }
 }
 

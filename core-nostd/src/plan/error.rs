@@ -9,6 +9,7 @@ use crate::igvm::{type_name, IgvmError};
 use crate::launch::Platform;
 use crate::limits::LimitError;
 use crate::plan::ovmf::FirmwarePlanError;
+use crate::plan::InvalidPlan;
 
 /// Where a planning error is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub enum PlanErrorKind {
     },
     /// A vCPU count or RAM size outside [`crate::limits`].
     Limit(LimitError),
+    /// The planner made a plan that breaks the plan's invariants (a planner bug, reported
+    /// instead of executed).
+    Invalid(InvalidPlan),
     /// A launch-config value the planner refuses.
     BadConfig {
         /// Which field.
@@ -275,6 +279,7 @@ impl fmt::Display for PlanErrorKind {
                 Ok(())
             }
             Limit(e) => write!(f, "{e}"),
+            Invalid(e) => write!(f, "internal planner error, please report: {e}"),
             BadConfig {
                 field,
                 value,

@@ -66,7 +66,7 @@ use alloc::vec::Vec;
 use igvm_defs::IgvmPlatformType;
 
 use super::error::{Location, PlanError, PlanErrorKind as E};
-use super::LaunchPlan;
+use super::{LaunchPlan, PlanParts};
 use crate::arch::vmsa::{
     check_kvm_loadable, regs_from_native_context, regs_from_vmsa, reset_regs, tdx_vcpu_regs,
     BSP_RESET_ADDR, KVM_VMSA_GPA, SEV_FEAT_SNP_ACTIVE,
@@ -132,7 +132,7 @@ pub fn igvm_platform_type(platform: Platform) -> IgvmPlatformType {
 /// The exclusive upper bound of guest-physical addresses a platform can import to.
 ///
 /// - Native: 2^48, this host's MAXPHYADDR (`../shared/DESIGN.md` "This host").
-/// - SEV family: 2^47 — one address bit is the C-bit (CPUID 0x8000001F EBX[5:0] = 47 on this
+/// - SEV family: 2^47 — one address bit is the C-bit (CPUID 0x8000001F EBX\[5:0\] = 47 on this
 ///   host's SEV view; QEMU `reduced-phys-bits=1` on EPYC).
 /// - TDX: 2^47 — with GPAW 48, bit 47 is the shared bit.
 pub fn gpa_limit(platform: Platform) -> u64 {
@@ -147,7 +147,16 @@ pub fn gpa_limit(platform: Platform) -> u64 {
 /// # Errors
 /// [`PlanError`] with the header index and file offset at fault, or `Location::Config` for a
 /// launch config the planner refuses.
-pub fn plan_igvm<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>, PlanError> {
+pub fn plan_igvm<B: AsRef<[u8]>>(
+    bundle: B,
+    cfg: &LaunchConfig,
+) -> Result<LaunchPlan<B>, PlanError> {
+    let parts = plan_parts(bundle.as_ref(), cfg)?;
+    LaunchPlan::from_parts(parts.with_bundle(bundle))
+        .map_err(|e| PlanError::new(Location::Bundle, E::Invalid(e)))
+}
+
+fn plan_parts(bundle: &[u8], cfg: &LaunchConfig) -> Result<PlanParts<()>, PlanError> {
     check_config(cfg)?;
     let file = IgvmFile::parse(bundle)?;
     let platform = cfg.platform;
@@ -165,7 +174,7 @@ pub fn plan_igvm<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<
         .platform(mask)
         .map(|p| p.shared_gpa_boundary)
         .unwrap_or(0);
-    let mut p = Planner::new(bundle, cfg, mask, shared_boundary);
+    let mut p = Planner::new(cfg, mask, shared_boundary);
     p.prepass(&file)?;
     p.emit_prologue()?;
     for h in file.headers() {
@@ -197,7 +206,7 @@ struct Area {
 }
 
 struct Planner<'a, 'c> {
-    plan: LaunchPlan<'a>,
+    plan: PlanParts<()>,
     cfg: &'c LaunchConfig,
     platform: Platform,
     mask: u32,
@@ -217,7 +226,7 @@ struct Planner<'a, 'c> {
 }
 
 impl<'a, 'c> Planner<'a, 'c> {
-    fn new(bundle: &'a [u8], cfg: &'c LaunchConfig, mask: u32, shared_boundary: u64) -> Self {
+    fn new(cfg: &'c LaunchConfig, mask: u32, shared_boundary: u64) -> Self {
         let arch_limit = gpa_limit(cfg.platform);
         let (limit, limit_is_shared_boundary) =
             if shared_boundary != 0 && shared_boundary < arch_limit {
@@ -226,7 +235,7 @@ impl<'a, 'c> Planner<'a, 'c> {
                 (arch_limit, false)
             };
         Planner {
-            plan: LaunchPlan::new(bundle, *cfg),
+            plan: PlanParts::new((), *cfg),
             cfg,
             platform: cfg.platform,
             mask,
@@ -869,7 +878,7 @@ impl<'a, 'c> Planner<'a, 'c> {
         Ok(ctx)
     }
 
-    fn finish(mut self) -> Result<LaunchPlan<'a>, PlanError> {
+    fn finish(mut self) -> Result<PlanParts<()>, PlanError> {
         // vCPUs the bundle gives no context: QEMU's reset state (SEV-ES/SNP: KVM still
         // builds and measures a VMSA for each), or the TDX module's initial state.
         let mut shared_reset: Option<u32> = None;

@@ -132,7 +132,7 @@ pub fn execute<B: LaunchBackend + ?Sized>(
     backend: &mut B,
     plan: &LaunchPlan,
 ) -> Result<(), ExecError> {
-    for (index, op) in plan.ops.iter().enumerate() {
+    for (index, op) in plan.ops().iter().enumerate() {
         backend.apply(op, plan).map_err(|source| ExecError {
             index,
             op: OpKind::of(op),

@@ -87,9 +87,9 @@ pub struct Prepared {
 impl Prepared {
     /// Prepares `plan` for `mem_bytes` of guest RAM on `host`.
     pub fn new(host: &Host, mem_bytes: u64, plan: &LaunchPlan) -> Prepared {
-        let slots = slot_ranges(mem_bytes, &plan.ops);
+        let slots = slot_ranges(mem_bytes, plan.ops());
         let vcpus = plan
-            .ops
+            .ops()
             .iter()
             .filter_map(|op| match *op {
                 LaunchOp::CreateVm { vcpus, .. } => Some(vcpus),
@@ -379,14 +379,14 @@ impl LaunchBackend for NativeBackend<'_> {
                     vp,
                     ctx,
                     vcpus,
-                    contexts: plan.vp_contexts.len(),
+                    contexts: plan.vp_contexts().len(),
                 };
-                let regs = plan.vp_contexts.get(ctx as usize).ok_or(err)?;
+                let regs = plan.vp_contexts().get(ctx as usize).ok_or(err)?;
                 let vcpu = b.vcpus.get(vp as usize).ok_or(BackendError::Vp {
                     vp,
                     ctx,
                     vcpus,
-                    contexts: plan.vp_contexts.len(),
+                    contexts: plan.vp_contexts().len(),
                 })?;
                 let fresh = prep.fresh_regs(vp, vcpu)?;
                 set_vp_regs(vcpu, &fresh, regs)?;
@@ -554,7 +554,7 @@ pub fn set_vp_regs(vcpu: &Vcpu, fresh: &FreshRegs, r: &VpRegs) -> Result<(), Bac
 ///
 /// # Errors
 /// [`super::ExecError`] for the first failing op, or a missing `CreateVm`/`Finalize`
-/// (reported at index `plan.ops.len()`).
+/// (reported at index `plan.ops().len()`).
 pub fn build_vm(
     host: &Host,
     prep: &Prepared,
@@ -563,7 +563,7 @@ pub fn build_vm(
     let mut backend = NativeBackend::new(host, prep);
     super::execute(&mut backend, plan)?;
     backend.finish().map_err(|source| super::ExecError {
-        index: plan.ops.len(),
+        index: plan.ops().len(),
         op: super::OpKind::Finalize,
         source,
     })

@@ -917,7 +917,7 @@ struct View<'a> {
 }
 
 struct Planned<'a> {
-    plan: LaunchPlan<'a>,
+    plan: LaunchPlan<&'a [u8]>,
     policy: u64,
     vmsa_features: u64,
     /// The digest, or why there is none.
@@ -998,7 +998,7 @@ impl<'a> View<'a> {
             }
         );
         let _ = writeln!(s, "memory:");
-        for op in &plan.ops {
+        for op in plan.ops() {
             if let LaunchOp::MapRam { gpa, size } = *op {
                 let what = if relaunch_core::plan::in_ram(self.cfg.mem_bytes, gpa, size) {
                     "guest RAM"
@@ -1022,23 +1022,23 @@ impl<'a> View<'a> {
                 run.source_text()
             );
         }
-        if !plan.generated.is_empty() {
+        if !plan.generated().is_empty() {
             let _ = writeln!(
                 s,
                 "generated pages (parameter areas, tables): {}",
-                plan.generated.len()
+                plan.generated().len()
             );
         }
         let _ = writeln!(s, "vCPUs:");
         for (vp, source, ctx) in final_vp_contexts(plan) {
             let _ = writeln!(s, "  vCPU {vp} ({}):", source_name(source));
-            if let Some(r) = plan.vp_contexts.get(ctx as usize) {
+            if let Some(r) = plan.vp_contexts().get(ctx as usize) {
                 for line in regs_text(r) {
                     let _ = writeln!(s, "    {line}");
                 }
             }
         }
-        match &plan.id_block {
+        match plan.id_block() {
             Some(id) => {
                 let ld = id.ld();
                 let matches = p
@@ -1075,7 +1075,7 @@ impl<'a> View<'a> {
         let _ = writeln!(
             s,
             "totals: {} ops, {} imported ({}), {}",
-            plan.ops.len(),
+            plan.ops().len(),
             pages(total),
             parts.join(", "),
             size_text(total * 4096)
@@ -1109,21 +1109,21 @@ impl<'a> View<'a> {
             .str("policy_decoded", &policy_text(self.platform, p.policy))
             .hex_u64("vmsa_features", p.vmsa_features)
             .array("ops", |arr| {
-                for op in &plan.ops {
+                for op in plan.ops() {
                     arr.object(|o| op_json(o, op));
                 }
             })
             .array("generated", |arr| {
-                for page in &plan.generated {
+                for page in plan.generated() {
                     arr.hex(page);
                 }
             })
             .array("vp_contexts", |arr| {
-                for r in &plan.vp_contexts {
+                for r in plan.vp_contexts() {
                     arr.object(|o| regs_json(o, r));
                 }
             });
-        match &plan.id_block {
+        match plan.id_block() {
             Some(id) => o.object("id_block", |o| {
                 o.hex("id_block", &id.id_block)
                     .hex("id_auth", &id.id_auth)
@@ -1148,7 +1148,7 @@ impl<'a> View<'a> {
     }
 }
 
-fn kind_counts(plan: &LaunchPlan<'_>) -> Vec<(PageKind, u64)> {
+fn kind_counts(plan: &LaunchPlan<&[u8]>) -> Vec<(PageKind, u64)> {
     let mut v: Vec<(PageKind, u64)> = [
         PageKind::Normal,
         PageKind::Zero,
@@ -1160,7 +1160,7 @@ fn kind_counts(plan: &LaunchPlan<'_>) -> Vec<(PageKind, u64)> {
     .into_iter()
     .map(|k| (k, 0))
     .collect();
-    for op in &plan.ops {
+    for op in plan.ops() {
         if let LaunchOp::ImportPage { kind, .. } = *op {
             if let Some(e) = v.iter_mut().find(|e| e.0 == kind) {
                 e.1 += 1;
@@ -1194,9 +1194,9 @@ impl Run {
     }
 }
 
-fn import_runs(plan: &LaunchPlan<'_>) -> Vec<Run> {
+fn import_runs(plan: &LaunchPlan<&[u8]>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
-    for op in &plan.ops {
+    for op in plan.ops() {
         let LaunchOp::ImportPage { gpa, kind, data } = *op else {
             continue;
         };

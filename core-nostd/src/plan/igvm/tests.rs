@@ -77,7 +77,7 @@ fn spec_file(n: u64) -> Vec<u8> {
     b.finish().unwrap()
 }
 
-fn imports(plan: &LaunchPlan<'_>) -> Vec<(u64, PageKind, PageData)> {
+fn imports<B: AsRef<[u8]>>(plan: &LaunchPlan<B>) -> Vec<(u64, PageKind, PageData)> {
     plan.ops
         .iter()
         .filter_map(|op| match *op {
