@@ -362,8 +362,8 @@ impl<'a> OpStream<'a> {
         self.id_block
     }
 
-    /// The `CreateVm` every stream starts with: (platform, vmsa_features, vcpus).
-    pub fn create_vm(&self) -> (Platform, u64, u32) {
+    /// The `CreateVm` every checked stream starts with: (platform, vmsa_features, vcpus).
+    fn create_vm(&self) -> (Platform, u64, u32) {
         match self.ops.first() {
             Some(&LaunchOp::CreateVm {
                 platform,
@@ -374,6 +374,21 @@ impl<'a> OpStream<'a> {
             // Unreachable for a checked stream.
             _ => (Platform::Native, 0, 0),
         }
+    }
+
+    /// The platform `CreateVm` names.
+    pub fn platform(&self) -> Platform {
+        self.create_vm().0
+    }
+
+    /// The SEV-ES/SNP `vmsa_features` `CreateVm` gives.
+    pub fn vmsa_features(&self) -> u64 {
+        self.create_vm().1
+    }
+
+    /// The number of vCPUs `CreateVm` creates.
+    pub fn vcpus(&self) -> u32 {
+        self.create_vm().2
     }
 }
 

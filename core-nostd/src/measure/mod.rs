@@ -213,7 +213,7 @@ pub fn hash_pages<S: PageSource + ?Sized>(source: &S, pages: &[PageData], out: &
 #[cfg(feature = "alloc")]
 pub fn page_digest_jobs(stream: OpStream<'_>) -> DigestJobs {
     use alloc::collections::BTreeMap;
-    let snp = stream.create_vm().0 == Platform::Snp;
+    let snp = stream.platform() == Platform::Snp;
     let mut seen: BTreeMap<(u8, u32, u32), u32> = BTreeMap::new();
     let mut pages = Vec::new();
     let mut op_job = Vec::with_capacity(stream.ops().len());
@@ -451,7 +451,7 @@ pub fn expected_with(
             });
         }
     }
-    let (platform, features, vcpus) = stream.create_vm();
+    let (platform, features, vcpus) = (stream.platform(), stream.vmsa_features(), stream.vcpus());
     let mut acc = Acc::new(platform);
     let mut vps: Vec<Option<u32>> = alloc::vec![None; usize::try_from(vcpus).unwrap_or(0)];
     for (i, op) in ops.iter().enumerate() {
