@@ -813,7 +813,7 @@ mod tests {
             let mut ctx = None;
             let mut imports = 0;
             let mut reset_page = false;
-            for op in &plan.ops {
+            for op in plan.ops() {
                 match *op {
                     LaunchOp::SetVpContext { vp: 0, ctx: c, .. } => ctx = Some(c),
                     LaunchOp::ImportPage { gpa, .. } => {
@@ -828,12 +828,12 @@ mod tests {
             }
             assert!(imports > 7 + 16, "{platform}: {imports} pages");
             assert_eq!(reset_page, platform == Platform::Tdx, "{platform}");
-            let regs = plan.vp_contexts[ctx.expect("VP 0 context") as usize];
+            let regs = plan.vp_contexts()[ctx.expect("VP 0 context") as usize];
             if platform == Platform::Tdx {
                 // The TDX module's initial state: the reset page takes it from there.
                 assert_eq!(regs.rip, 0xFFFF_FFF0);
                 assert!(matches!(
-                    relaunch_core::measure::expected(&plan),
+                    relaunch_core::measure::expected(plan.stream()),
                     Ok(relaunch_core::measure::Measurement::Tdx(_))
                 ));
                 continue;
@@ -847,7 +847,7 @@ mod tests {
             assert_eq!(regs.cr3, layout::PML4, "{platform}");
             assert_eq!(regs.cr0, CR0, "{platform}");
             assert_eq!(regs.efer & EFER, EFER, "{platform}");
-            let m = relaunch_core::measure::expected(&plan).expect("measure");
+            let m = relaunch_core::measure::expected(plan.stream()).expect("measure");
             match platform {
                 Platform::Snp => assert!(matches!(m, relaunch_core::measure::Measurement::Snp(_))),
                 _ => assert_eq!(m, relaunch_core::measure::Measurement::None),

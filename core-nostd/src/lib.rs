@@ -7,6 +7,11 @@
 //! bundle bytes ─► igvm::IgvmFile::parse / ovmf::Firmware::parse ─► plan::plan ─► measure::expected
 //! ```
 //!
+//! Layers, each depending only on those before it: [`limits`]; [`launch`], the shared
+//! vocabulary (platform, config, ops, page kinds, vCPU registers, RAM layout); [`arch`]
+//! (VMSA, CPU models); [`plan`] and [`measure`], which never import each other (the
+//! measurement folds a [`launch::OpStream`] a plan hands out); `fwmodel` on top.
+//!
 //! Every offset and size read from a file is an allegation until checked; every error says
 //! which header or structure, at which file offset, is wrong.
 #![no_std]
@@ -21,6 +26,7 @@ pub mod crc32;
 #[cfg(feature = "alloc")]
 pub mod fwmodel;
 pub mod igvm;
+pub mod launch;
 pub mod limits;
 pub mod measure;
 pub mod ovmf;

@@ -24,7 +24,7 @@ fn config(b: &[u8; 4]) -> LaunchConfig {
 
 fn run(bundle: &[u8], cfg: &LaunchConfig) {
     if let Ok(plan) = relaunch_core::plan::plan(bundle, cfg) {
-        let _ = relaunch_core::measure::expected(&plan);
+        let _ = relaunch_core::measure::expected(plan.stream());
     }
 }
 

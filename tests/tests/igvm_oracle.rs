@@ -48,7 +48,7 @@ fn hex(b: &[u8]) -> String {
 
 fn ours(file: &[u8], platform: Platform, vcpus: u32) -> Measurement {
     let p = plan(file, &cfg(platform, vcpus)).unwrap_or_else(|e| panic!("plan: {e}"));
-    expected(&p).unwrap_or_else(|e| panic!("measure: {e}"))
+    expected(p.stream()).unwrap_or_else(|e| panic!("measure: {e}"))
 }
 
 fn igvm_snp(file: &[u8]) -> [u8; 48] {

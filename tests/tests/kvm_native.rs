@@ -230,7 +230,7 @@ fn kvm_audit_log_records_every_launch_before_it_runs() {
         assert!(pair[0].starts_with("{\"event\":\"launch\""), "{}", pair[0]);
         assert!(pair[0].contains(&g));
         // The SHA-256 of the bytes the plan was made from (a hand-built plan's code).
-        let sha = relaunch::json::hex(&<sha2::Sha256 as sha2::Digest>::digest(plan.bundle));
+        let sha = relaunch::json::hex(&<sha2::Sha256 as sha2::Digest>::digest(plan.bundle()));
         assert!(pair[0].contains(&format!("\"bundle_sha256\":\"{sha}\"")));
         assert!(pair[0].contains("\"platform\":\"native\""));
         assert!(pair[0].contains("\"predicted_measurement\":null"));

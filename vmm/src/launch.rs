@@ -16,7 +16,7 @@ use crate::json::hex;
 #[derive(Debug)]
 pub struct Launch {
     id: u64,
-    plan: LaunchPlan<'static>,
+    plan: LaunchPlan,
     bundle_sha256: String,
     predicted: Option<String>,
     plan_time: Duration,
@@ -34,13 +34,12 @@ impl Launch {
     pub fn new(bundle: Vec<u8>, cfg: &LaunchConfig) -> Result<Launch, String> {
         let t = Instant::now();
         let bundle_sha256 = hex(&Sha256::digest(&bundle));
-        // TEMP until the core's plan owns its bundle: one bundle per process today.
-        let bundle: &'static [u8] = Box::leak(bundle.into_boxed_slice());
-        let plan = relaunch_core::plan::plan(bundle, cfg).map_err(|e| e.to_string())?;
+        let plan =
+            relaunch_core::plan::plan(Arc::<[u8]>::from(bundle), cfg).map_err(|e| e.to_string())?;
         let predicted = if cfg.platform == Platform::Native {
             None
         } else {
-            let m = relaunch_core::measure::expected(&plan).map_err(|e| e.to_string())?;
+            let m = relaunch_core::measure::expected(plan.stream()).map_err(|e| e.to_string())?;
             Some(hex(m.as_bytes()))
         };
         Ok(Launch {
@@ -53,10 +52,10 @@ impl Launch {
     }
 
     /// A launch of a plan built by hand (tests, benchmarks).
-    pub fn from_plan(plan: LaunchPlan<'static>) -> Launch {
+    pub fn from_plan(plan: LaunchPlan) -> Launch {
         Launch {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            bundle_sha256: hex(&Sha256::digest(plan.bundle)),
+            bundle_sha256: hex(&Sha256::digest(plan.bundle())),
             plan,
             predicted: None,
             plan_time: Duration::ZERO,
@@ -69,28 +68,28 @@ impl Launch {
     }
 
     /// The validated plan.
-    pub fn plan(&self) -> &LaunchPlan<'static> {
+    pub fn plan(&self) -> &LaunchPlan {
         &self.plan
     }
 
     /// The launch config the plan was made for.
     pub fn config(&self) -> &LaunchConfig {
-        &self.plan.config
+        self.plan.config()
     }
 
     /// The platform.
     pub fn platform(&self) -> Platform {
-        self.plan.config.platform
+        self.plan.config().platform
     }
 
     /// Guest RAM bytes.
     pub fn mem_bytes(&self) -> u64 {
-        self.plan.config.mem_bytes
+        self.plan.config().mem_bytes
     }
 
     /// vCPUs.
     pub fn vcpus(&self) -> u32 {
-        self.plan.config.vcpus
+        self.plan.config().vcpus
     }
 
     /// SHA-256 of the bundle, hex.

@@ -6,9 +6,11 @@
 //! places the code at GPA 0x1000 and starts vCPU 0 there in real mode (CS base 0); port
 //! conventions are those of `docs/devices.md`.
 
+use std::sync::Arc;
+
 use relaunch_core::arch::regs::{DescriptorTable, Segment, VpRegs};
 use relaunch_core::plan::{
-    LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind, Platform, VpSource,
+    LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind, PlanParts, Platform, VpSource,
 };
 
 /// Where guest code is loaded.
@@ -330,13 +332,23 @@ pub fn protected_mode_regs(rip: u64) -> VpRegs {
 /// A native plan: `code` at [`CODE_GPA`], extra `(gpa, bytes)` pages, vCPU 0 started in real
 /// mode at [`CODE_GPA`] (FS base `fs_base`), `vcpus` vCPUs (the others wait for INIT/SIPI),
 /// `mem` bytes of RAM.
-pub fn plan(
+pub fn plan(code: &[u8], extra: &[(u64, &[u8])], vcpus: u32, mem: u64, fs_base: u64) -> LaunchPlan {
+    checked(parts(code, extra, vcpus, mem, fs_base))
+}
+
+/// A hand-made plan, checked by the core like a planned one.
+fn checked(parts: PlanParts<Arc<[u8]>>) -> LaunchPlan {
+    LaunchPlan::from_parts(parts).unwrap_or_else(|e| panic!("hand-made test plan: {e}"))
+}
+
+/// The parts of [`plan`].
+fn parts(
     code: &[u8],
     extra: &[(u64, &[u8])],
     vcpus: u32,
     mem: u64,
     fs_base: u64,
-) -> LaunchPlan<'static> {
+) -> PlanParts<Arc<[u8]>> {
     let config = LaunchConfig {
         platform: Platform::Native,
         vcpus,
@@ -347,7 +359,7 @@ pub fn plan(
         host_data: [0; 32],
         kernel_hashes: None,
     };
-    let mut p = LaunchPlan::new(&[], config);
+    let mut p = PlanParts::new(Arc::from(&[][..]), config);
     p.ops.push(LaunchOp::CreateVm {
         platform: Platform::Native,
         policy: 0,
@@ -383,16 +395,16 @@ pub fn plan(
 }
 
 /// [`plan`] with vCPU 0 starting from `regs` instead of real mode.
-pub fn plan_with_regs(code: &[u8], regs: VpRegs, vcpus: u32, mem: u64) -> LaunchPlan<'static> {
-    let mut p = plan(code, &[], vcpus, mem, 0);
+pub fn plan_with_regs(code: &[u8], regs: VpRegs, vcpus: u32, mem: u64) -> LaunchPlan {
+    let mut p = parts(code, &[], vcpus, mem, 0);
     if let Some(r) = p.vp_contexts.get_mut(0) {
         *r = regs;
     }
-    p
+    checked(p)
 }
 
 /// The SMP guest for `vcpus` vCPUs (BSP + APs started by INIT/SIPI).
-pub fn smp_plan(vcpus: u32, mem: u64) -> LaunchPlan<'static> {
+pub fn smp_plan(vcpus: u32, mem: u64) -> LaunchPlan {
     let aps = u8::try_from(vcpus.saturating_sub(1)).unwrap_or(u8::MAX);
     let data = [0u8, aps];
     plan(

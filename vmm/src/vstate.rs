@@ -11,10 +11,6 @@ use crate::sys::Errno;
 
 /// 4 KiB.
 pub const PAGE_SIZE: u64 = 4096;
-/// Start of the 32-bit PCI/MMIO hole: RAM above 3 GiB is moved to 4 GiB.
-pub const MMIO_HOLE_START: u64 = 3 << 30;
-/// End of the 32-bit hole (4 GiB).
-pub const MMIO_HOLE_END: u64 = 4 << 30;
 /// Maximum entries asked of `KVM_GET_SUPPORTED_CPUID`.
 const MAX_CPUID_ENTRIES: usize = 256;
 
@@ -149,16 +145,10 @@ impl Host {
     }
 }
 
-/// Guest RAM layout for `mem` bytes: `[0, mem)`, split around the 32-bit PCI/MMIO hole
-/// `[3 GiB, 4 GiB)` when larger than 3 GiB. Returns `(gpa, size)` ranges.
+/// Guest RAM layout for `mem` bytes: the core's one layout
+/// ([`relaunch_core::launch::ram_slots`]), `(gpa, size)` ranges.
 pub fn ram_layout(mem: u64) -> Vec<(u64, u64)> {
-    if mem == 0 {
-        return Vec::new();
-    }
-    if mem <= MMIO_HOLE_START {
-        return vec![(0, mem)];
-    }
-    vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, mem - MMIO_HOLE_START)]
+    relaunch_core::launch::ram_slots(mem).collect()
 }
 
 #[cfg(test)]

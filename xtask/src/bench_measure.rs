@@ -161,9 +161,9 @@ fn measure_in_process(
 ) -> anyhow::Result<Measurement> {
     let p = plan(bundle, cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let digests = if threads <= 1 {
-        PageDigests::compute(&p)
+        PageDigests::compute(p.stream())
     } else {
-        let jobs = page_digest_jobs(&p);
+        let jobs = page_digest_jobs(p.stream());
         let mut out = vec![[0u8; 48]; jobs.len()];
         let chunk = jobs.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
@@ -174,7 +174,8 @@ fn measure_in_process(
         });
         jobs.finish(out).map_err(|e| anyhow::anyhow!("{e}"))?
     };
-    expected_with(&p, Some(&digests), MeasureOptions::default()).map_err(|e| anyhow::anyhow!("{e}"))
+    expected_with(p.stream(), Some(&digests), MeasureOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn run_binary(bin: &Path, file: &Path, threads: &str) -> anyhow::Result<String> {

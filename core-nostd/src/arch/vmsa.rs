@@ -14,8 +14,8 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::arch::regs::{DescriptorTable, Gprs, Segment, VpRegs};
-use crate::plan::Platform;
+use crate::launch::regs::{DescriptorTable, Gprs, Segment, VpRegs};
+use crate::launch::Platform;
 
 /// Size of a VMSA page.
 pub const VMSA_SIZE: usize = 4096;

@@ -23,9 +23,9 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
-use crate::arch::regs::VpRegs;
-use crate::measure::{page_data, Acc, MeasureError, MeasureOptions, Measurement};
-use crate::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform, SnpIdBlock};
+use crate::launch::regs::VpRegs;
+use crate::launch::{LaunchOp, OpStream, PageData, PageKind, Platform, SnpIdBlock};
+use crate::measure::{Acc, MeasureError, MeasureOptions, Measurement};
 
 const PAGE: u64 = 4096;
 
@@ -61,6 +61,8 @@ pub enum FwErrorKind {
     AfterFinish,
     /// A second `Finalize`.
     DoubleFinish,
+    /// The stream ends without `Finalize`.
+    NotFinished,
     /// The guest policy is refused at `LAUNCH_START`.
     Policy {
         /// The policy.
@@ -68,7 +70,7 @@ pub enum FwErrorKind {
         /// The rule it breaks.
         reason: &'static str,
     },
-    /// `CreateVm` with no vCPU, or more than [`crate::measure::MAX_VCPUS`].
+    /// `CreateVm` with no vCPU, or more than [`crate::limits::MAX_VCPUS`].
     NoVcpus,
     /// A GPA or size that is not 4 KiB aligned.
     Misaligned {
@@ -152,11 +154,12 @@ impl core::fmt::Display for FwError {
             FwErrorKind::AlreadyStarted => f.write_str("CreateVm twice"),
             FwErrorKind::AfterFinish => f.write_str("the launch is already finished"),
             FwErrorKind::DoubleFinish => f.write_str("Finalize twice"),
+            FwErrorKind::NotFinished => f.write_str("the stream ends without Finalize"),
             FwErrorKind::Policy { policy, reason } => {
                 write!(f, "guest policy {policy:#x} refused: {reason}")
             }
             FwErrorKind::NoVcpus => {
-                write!(f, "a VM needs 1 to {} vCPUs", crate::measure::MAX_VCPUS)
+                write!(f, "a VM needs 1 to {} vCPUs", crate::limits::MAX_VCPUS)
             }
             FwErrorKind::Misaligned { gpa } => write!(f, "{gpa:#x} is not 4 KiB aligned"),
             FwErrorKind::BadRange { gpa, size } => write!(
@@ -206,6 +209,18 @@ pub struct OpInput<'a> {
     pub id_block: Option<&'a SnpIdBlock>,
 }
 
+/// What `op` of a checked stream needs.
+fn stream_input<'a>(stream: OpStream<'a>, op: &LaunchOp) -> OpInput<'a> {
+    let mut input = OpInput::default();
+    match *op {
+        LaunchOp::ImportPage { data, .. } => input.page = stream.page_bytes(&data),
+        LaunchOp::SetVpContext { ctx, .. } => input.regs = stream.vp_context(ctx),
+        LaunchOp::Finalize { id_block: true, .. } => input.id_block = stream.id_block(),
+        _ => {}
+    }
+    input
+}
+
 /// One launch on one (emulated) VM: feed it ops with [`FwModel::step`] or
 /// [`FwModel::apply`], read [`FwModel::measurement`] when [`FwState::Finished`].
 #[derive(Clone, Debug)]
@@ -241,18 +256,31 @@ impl FwModel {
         }
     }
 
-    /// Runs a whole plan and returns its measurement.
+    /// Runs a whole plan (its checked op stream, `plan::LaunchPlan::stream`) and returns its
+    /// measurement.
+    ///
+    /// # Errors
+    /// The first op the firmware refuses.
+    pub fn run(stream: OpStream<'_>, opts: MeasureOptions) -> Result<Measurement, FwError> {
+        FwModel::run_ops(stream.ops(), |op| stream_input(stream, op), opts)
+    }
+
+    /// Runs any op sequence (e.g. a hand-made, misordered one), `input` resolving what each
+    /// op needs, and returns its measurement.
     ///
     /// # Errors
     /// The first op the firmware refuses, or [`FwErrorKind::NotStarted`] /
-    /// [`FwErrorKind::Measure`]`(MissingFinalize)` at `op = ops.len()` if the plan ends
-    /// unfinished.
-    pub fn run(plan: &LaunchPlan<'_>, opts: MeasureOptions) -> Result<Measurement, FwError> {
+    /// [`FwErrorKind::NotFinished`] at `op = ops.len()` if the sequence ends unfinished.
+    pub fn run_ops<'a>(
+        ops: &[LaunchOp],
+        input: impl Fn(&LaunchOp) -> OpInput<'a>,
+        opts: MeasureOptions,
+    ) -> Result<Measurement, FwError> {
         let mut m = FwModel::new(opts);
-        for i in 0..plan.ops.len() {
-            m.apply(plan, i)?;
+        for op in ops {
+            m.step(op, input(op))?;
         }
-        let end = plan.ops.len();
+        let end = ops.len();
         match (m.state, m.measurement) {
             (FwState::Finished, Some(meas)) => Ok(meas),
             (FwState::Uninit, _) => Err(FwError {
@@ -261,36 +289,25 @@ impl FwModel {
             }),
             _ => Err(FwError {
                 op: end,
-                kind: FwErrorKind::Measure(MeasureError::MissingFinalize),
+                kind: FwErrorKind::NotFinished,
             }),
         }
     }
 
-    /// Applies op `index` of `plan`, resolving its data, registers and ID block from the plan.
+    /// Applies op `index` of a plan's stream, resolving its data, registers and ID block
+    /// from the stream.
     ///
     /// # Errors
-    /// See [`FwModel::step`]; an op index past the plan is [`FwErrorKind::NotStarted`].
-    pub fn apply(&mut self, plan: &LaunchPlan<'_>, index: usize) -> Result<(), FwError> {
-        let Some(op) = plan.ops.get(index) else {
+    /// See [`FwModel::step`]; an op index past the stream is [`FwErrorKind::NotStarted`].
+    pub fn apply(&mut self, stream: OpStream<'_>, index: usize) -> Result<(), FwError> {
+        let Some(op) = stream.ops().get(index) else {
             return Err(FwError {
                 op: index,
                 kind: FwErrorKind::NotStarted,
             });
         };
-        let mut input = OpInput::default();
-        match *op {
-            LaunchOp::ImportPage { data, .. } => {
-                input.page = page_data(plan, &data, index).map_err(|e| FwError {
-                    op: index,
-                    kind: FwErrorKind::Measure(e),
-                })?;
-            }
-            LaunchOp::SetVpContext { ctx, .. } => input.regs = plan.vp_contexts.get(ctx as usize),
-            LaunchOp::Finalize { id_block: true, .. } => input.id_block = plan.id_block.as_ref(),
-            _ => {}
-        }
         self.next_op = index;
-        self.step(op, input)
+        self.step(op, stream_input(stream, op))
     }
 
     /// Applies the next op of a stream. Ops are numbered in the order they are applied (a
@@ -347,7 +364,7 @@ impl FwModel {
         if self.state != FwState::Uninit {
             return Err(FwErrorKind::AlreadyStarted);
         }
-        if vcpus == 0 || vcpus > crate::measure::MAX_VCPUS {
+        if crate::limits::check_vcpus(vcpus.into()).is_err() {
             return Err(FwErrorKind::NoVcpus);
         }
         let bad = |reason| Err(FwErrorKind::Policy { policy, reason });

@@ -10,8 +10,9 @@ use super::*;
 use crate::arch::vmsa::{
     kvm_measured_vmsa, reset_regs, tdx_vcpu_regs, BSP_RESET_ADDR, KVM_VMSA_GPA,
 };
+use crate::launch::{LaunchConfig, VpSource};
 use crate::measure::expected_with;
-use crate::plan::{LaunchConfig, VpSource};
+use crate::plan::{LaunchPlan, PlanParts};
 use crate::writer::IgvmBuilder;
 
 // Generated OVMF-like images (crate::testutil).
@@ -37,25 +38,37 @@ fn opts() -> MeasureOptions {
 }
 
 /// Both paths agree, and the model ends finished with that measurement.
-fn agree(plan: &LaunchPlan<'_>) -> Measurement {
-    let want = crate::measure::expected(plan).unwrap();
+fn agree(stream: OpStream<'_>) -> Measurement {
+    let want = crate::measure::expected(stream).unwrap();
     let mut m = FwModel::new(opts());
-    for i in 0..plan.ops.len() {
-        m.apply(plan, i).unwrap();
+    for i in 0..stream.ops().len() {
+        m.apply(stream, i).unwrap();
     }
     assert_eq!(m.state(), FwState::Finished);
     assert_eq!(m.measurement(), Some(want));
-    assert_eq!(FwModel::run(plan, opts()), Ok(want));
+    assert_eq!(FwModel::run(stream, opts()), Ok(want));
     for init2 in [false, true] {
         let o = MeasureOptions {
             sev_es_init2: init2,
         };
         assert_eq!(
-            FwModel::run(plan, o).ok(),
-            expected_with(plan, None, o).ok()
+            FwModel::run(stream, o).ok(),
+            expected_with(stream, None, o).ok()
         );
     }
     want
+}
+
+/// A hand-made op sequence (checked only when it is made a plan).
+type Raw = PlanParts<&'static [u8]>;
+
+fn build(p: &Raw) -> LaunchPlan<&'static [u8]> {
+    LaunchPlan::from_parts(p.clone()).unwrap()
+}
+
+/// [`agree`] on a hand-made plan.
+fn agree_raw(p: &Raw) -> Measurement {
+    agree(build(p).stream())
 }
 
 fn igvm_file() -> Vec<u8> {
@@ -120,7 +133,7 @@ fn agrees_with_expected_on_firmware_plans() {
         (OVMF_X64, Platform::Native, 1),
     ] {
         let plan = crate::plan::plan(img, &cfg(platform, vcpus)).unwrap();
-        agree(&plan);
+        agree(plan.stream());
     }
     // And a sev-snp-measure 0.0.13 vector through the real planner: `--mode snp --vcpus 1
     // --vcpu-type EPYC-v4 --guest-features 0x1 --ovmf` on the OvmfX64-like image
@@ -135,7 +148,7 @@ fn agrees_with_expected_on_firmware_plans() {
     )
     .unwrap();
     assert_eq!(
-        agree(&plan).to_string(),
+        agree(plan.stream()).to_string(),
         "d67e050d81fff91b7fb5d47d1c01a8ad1ecf911892ca4ac39254b9122e778f6e066d4bcaada19a46c5c62b51f5f3d093"
     );
 }
@@ -149,10 +162,10 @@ fn agrees_with_expected_on_igvm_plans() {
         (Platform::Native, 1),
     ] {
         let plan = crate::plan::plan(&file, &cfg(platform, vcpus)).unwrap();
-        let m = agree(&plan);
+        let m = agree(plan.stream());
         let mut fw = FwModel::new(opts());
-        for i in 0..plan.ops.len() {
-            fw.apply(&plan, i).unwrap();
+        for i in 0..plan.ops().len() {
+            fw.apply(plan.stream(), i).unwrap();
         }
         if platform == Platform::Snp {
             assert!(matches!(m, Measurement::Snp(_)));
@@ -163,8 +176,8 @@ fn agrees_with_expected_on_igvm_plans() {
 }
 
 /// A hand-made SNP plan: one normal page, one vCPU.
-fn small(platform: Platform) -> LaunchPlan<'static> {
-    let mut p = LaunchPlan::new(&[], cfg(platform, 1));
+fn small(platform: Platform) -> Raw {
+    let mut p = PlanParts::new(&[][..], cfg(platform, 1));
     let policy = match platform {
         Platform::Snp => 0x30000,
         Platform::SevEs => 0x5,
@@ -204,14 +217,24 @@ fn small(platform: Platform) -> LaunchPlan<'static> {
     p
 }
 
-fn err(plan: &LaunchPlan<'_>) -> FwError {
-    FwModel::run(plan, opts()).unwrap_err()
+/// What the model refuses in a hand-made op sequence.
+fn err(p: &Raw) -> FwError {
+    let input = |op: &LaunchOp| {
+        let mut i = OpInput::default();
+        match *op {
+            LaunchOp::SetVpContext { ctx, .. } => i.regs = p.vp_contexts.get(ctx as usize),
+            LaunchOp::Finalize { id_block: true, .. } => i.id_block = p.id_block.as_ref(),
+            _ => {}
+        }
+        i
+    };
+    FwModel::run_ops(&p.ops, input, opts()).unwrap_err()
 }
 
 #[test]
 fn every_platform_small_plan() {
     for p in Platform::ALL {
-        agree(&small(p));
+        agree_raw(&small(p));
     }
 }
 
@@ -266,11 +289,14 @@ fn rejects_misordered_streams() {
     let mut p = good.clone();
     p.ops.pop();
     assert_eq!(
-        err(&p).kind,
-        FwErrorKind::Measure(MeasureError::MissingFinalize)
+        err(&p),
+        FwError {
+            op: 4,
+            kind: FwErrorKind::NotFinished
+        }
     );
     // Empty stream.
-    let p = LaunchPlan::new(&[], cfg(Platform::Snp, 1));
+    let p = PlanParts::new(&[][..], cfg(Platform::Snp, 1));
     assert_eq!(
         err(&p),
         FwError {
@@ -362,7 +388,7 @@ fn rejects_bad_pages_and_ram() {
     // Native pages may be loaded twice (plain memory).
     let mut p = small(Platform::Native);
     p.ops.insert(4, page(0x1000, PageKind::Normal));
-    agree(&p);
+    agree_raw(&p);
 }
 
 #[test]
@@ -450,7 +476,7 @@ fn tdx_needs_an_initialised_vcpu_before_memory() {
             data: PageData::Zeros,
         },
     );
-    agree(&p);
+    agree_raw(&p);
     // A page added twice.
     let mut p = small(Platform::Tdx);
     p.ops.insert(4, p.ops[3]);
@@ -460,7 +486,7 @@ fn tdx_needs_an_initialised_vcpu_before_memory() {
 #[test]
 fn snp_id_block_is_checked() {
     let base = small(Platform::Snp);
-    let Measurement::Snp(ld) = crate::measure::expected(&base).unwrap() else {
+    let Measurement::Snp(ld) = crate::measure::expected(build(&base).stream()).unwrap() else {
         panic!("not SNP");
     };
     let mut block = SnpIdBlock {
@@ -479,7 +505,7 @@ fn snp_id_block_is_checked() {
     // Finalize names an ID block the plan does not carry.
     assert_eq!(err(&p).kind, FwErrorKind::IdBlockMissing);
     p.id_block = Some(block);
-    agree(&p);
+    agree_raw(&p);
     // Wrong digest.
     let mut q = p.clone();
     if let Some(b) = q.id_block.as_mut() {
@@ -538,7 +564,10 @@ fn refused_ops_change_nothing() {
     assert_eq!(m.step(&bad, input(None)).unwrap_err().op, 4);
     assert_eq!(m.state(), FwState::Launching);
     m.step(&plan.ops[4], input(None)).unwrap();
-    assert_eq!(m.measurement(), crate::measure::expected(&plan).ok());
+    assert_eq!(
+        m.measurement(),
+        crate::measure::expected(build(&plan).stream()).ok()
+    );
     let e = m.step(&plan.ops[4], input(None)).unwrap_err();
     assert_eq!(e.kind, FwErrorKind::DoubleFinish);
     assert!(!e.to_string().is_empty());

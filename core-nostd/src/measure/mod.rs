@@ -3,8 +3,13 @@
 //! - [`snp`]: the SEV-SNP PAGE_INFO chain (SHA-384), page types, streaming [`snp::SnpDigest`].
 //! - [`sev`]: the SEV / SEV-ES launch digest (SHA-256) and `LAUNCH_MEASURE` (HMAC).
 //! - [`tdx`]: the TDX MRTD (SHA-384 over MEM.PAGE.ADD / MR.EXTEND records).
-//! - [`expected`] / [`expected_with`] (feature `alloc`): the measurement of a whole
-//!   [`LaunchPlan`], and [`PageDigests`], the per-bundle cache of page hashes.
+//! - [`expected`] / [`expected_with`] (feature `alloc`): the measurement of a whole launch,
+//!   folded over its checked op stream ([`crate::launch::OpStream`], from
+//!   `plan::LaunchPlan::stream`) with page bytes read through its [`PageSource`]; and
+//!   [`PageDigests`], the per-bundle cache of page hashes.
+//!
+//! This module builds on `launch` (the vocabulary) and `arch` (the VMSA KVM measures), never
+//! on `plan`.
 //!
 //! Every choice (which page kinds each platform measures, how VMSAs are built, SEV-ES INIT2
 //! vs legacy, ...) is written down with its source in `docs/measurement.md`.
@@ -19,8 +24,8 @@ use alloc::vec::Vec;
 #[cfg(feature = "alloc")]
 use crate::arch::vmsa::{kvm_measured_vmsa, KVM_VMSA_GPA};
 #[cfg(feature = "alloc")]
-use crate::plan::{LaunchOp, LaunchPlan, PageData};
-use crate::plan::{PageKind, Platform};
+use crate::launch::{LaunchOp, OpStream};
+use crate::launch::{PageData, PageKind, PageSource, Platform};
 
 /// A launch measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,11 +73,6 @@ pub fn id_block_matches(id_block_ld: &[u8; 48], m: &Measurement) -> bool {
     matches!(m, Measurement::Snp(ld) if ld == id_block_ld)
 }
 
-/// The most vCPUs a VM can have (`KVM_MAX_VCPUS` on x86 with `CONFIG_MAXSMP`,
-/// `arch/x86/include/asm/kvm_host.h`); larger counts are refused before anything is
-/// allocated for them.
-pub const MAX_VCPUS: u32 = 4096;
-
 /// Choices that are not part of the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MeasureOptions {
@@ -92,60 +92,16 @@ impl Default for MeasureOptions {
     }
 }
 
-/// Why a plan cannot be measured. `op` is the index into `LaunchPlan::ops`.
+/// Why an op stream cannot be measured. The stream's structure is checked when its plan is
+/// made ([`crate::launch::OpStream`]); what is left are the platform's own rules. `op` is
+/// the index into the ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MeasureError {
-    /// An op before `CreateVm`, or no `CreateVm` at all (`op` = number of ops).
-    MissingCreateVm {
-        /// Op index.
-        op: usize,
-    },
-    /// `CreateVm` with more than [`MAX_VCPUS`] vCPUs.
-    TooManyVcpus {
-        /// Op index.
-        op: usize,
-        /// The count.
-        vcpus: u32,
-    },
-    /// A second `CreateVm`.
-    DuplicateCreateVm {
-        /// Op index.
-        op: usize,
-    },
-    /// An op after `Finalize`.
-    OpAfterFinalize {
-        /// Op index.
-        op: usize,
-    },
-    /// The plan never finalizes: nothing is measured yet.
-    MissingFinalize,
-    /// `SetVpContext` for a vCPU that is not created.
-    VpOutOfRange {
-        /// Op index.
-        op: usize,
-        /// vCPU index.
-        vp: u32,
-        /// vCPUs created.
-        vcpus: u32,
-    },
-    /// `SetVpContext` naming a register set the plan does not have.
-    ContextOutOfRange {
-        /// Op index.
-        op: usize,
-        /// Index into `LaunchPlan::vp_contexts`.
-        ctx: u32,
-    },
     /// A vCPU without `SetVpContext` on a platform that measures vCPU state (SEV-ES, SNP).
     MissingVpContext {
         /// vCPU index.
         vp: u32,
-    },
-    /// An import's data lies outside the bundle or the generated pages, or is longer than a
-    /// page.
-    PageDataOutOfRange {
-        /// Op index.
-        op: usize,
     },
     /// A page kind the platform has no firmware operation for (Secrets and CPUID pages
     /// exist only on SNP).
@@ -165,7 +121,7 @@ pub enum MeasureError {
         /// The platform.
         platform: Platform,
     },
-    /// The [`PageDigests`] were not computed for this plan.
+    /// The [`PageDigests`] were not computed for this op stream.
     DigestsMismatch {
         /// First op index whose digest is missing (or the number of ops).
         op: usize,
@@ -175,32 +131,10 @@ pub enum MeasureError {
 impl core::fmt::Display for MeasureError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            MeasureError::MissingCreateVm { op } => {
-                write!(f, "op {op}: the plan does not start with CreateVm")
-            }
-            MeasureError::DuplicateCreateVm { op } => write!(f, "op {op}: a second CreateVm"),
-            MeasureError::TooManyVcpus { op, vcpus } => {
-                write!(f, "op {op}: {vcpus} vCPUs, more than KVM's {MAX_VCPUS}")
-            }
-            MeasureError::OpAfterFinalize { op } => write!(f, "op {op}: after Finalize"),
-            MeasureError::MissingFinalize => f.write_str("the plan has no Finalize"),
-            MeasureError::VpOutOfRange { op, vp, vcpus } => write!(
-                f,
-                "op {op}: SetVpContext for vCPU {vp}, but only {vcpus} vCPUs are created"
-            ),
-            MeasureError::ContextOutOfRange { op, ctx } => {
-                write!(
-                    f,
-                    "op {op}: SetVpContext names register set {ctx}, which does not exist"
-                )
-            }
             MeasureError::MissingVpContext { vp } => write!(
                 f,
                 "vCPU {vp} has no SetVpContext; its VMSA would be measured from unknown state"
             ),
-            MeasureError::PageDataOutOfRange { op } => {
-                write!(f, "op {op}: page data out of range")
-            }
             MeasureError::KindNotOnPlatform { op, kind, platform } => {
                 write!(f, "op {op}: {kind:?} pages do not exist on {platform}")
             }
@@ -210,7 +144,7 @@ impl core::fmt::Display for MeasureError {
             ),
             MeasureError::DigestsMismatch { op } => write!(
                 f,
-                "op {op}: the precomputed page digests do not belong to this plan"
+                "op {op}: the precomputed page digests do not belong to this op stream"
             ),
         }
     }
@@ -264,26 +198,26 @@ impl DigestJobs {
     }
 }
 
-/// Hashes `pages[i]` of `plan` into `out[i]` ([`snp::contents_digest`]); pairs beyond the
-/// shorter slice are left alone. Safe to run on several threads over disjoint chunks.
-#[cfg(feature = "alloc")]
-pub fn hash_pages(plan: &LaunchPlan<'_>, pages: &[PageData], out: &mut [[u8; 48]]) {
+/// Hashes `pages[i]`, resolved in `source`, into `out[i]` ([`snp::contents_digest`]);
+/// pairs beyond the shorter slice are left alone. Safe to run on several threads over
+/// disjoint chunks.
+pub fn hash_pages<S: PageSource + ?Sized>(source: &S, pages: &[PageData], out: &mut [[u8; 48]]) {
     for (d, o) in pages.iter().zip(out.iter_mut()) {
-        *o = snp::contents_digest(plan.page_bytes(d));
+        *o = snp::contents_digest(source.page_bytes(d));
     }
 }
 
-/// The contents digests an SNP measurement of `plan` needs: one job per distinct data
+/// The contents digests an SNP measurement of `stream` needs: one job per distinct data
 /// source of a `Normal` import. Empty for other platforms (SEV and TDX hash raw page bytes
 /// into one stream, which cannot be split).
 #[cfg(feature = "alloc")]
-pub fn page_digest_jobs(plan: &LaunchPlan<'_>) -> DigestJobs {
+pub fn page_digest_jobs(stream: OpStream<'_>) -> DigestJobs {
     use alloc::collections::BTreeMap;
-    let snp = plan.config.platform == Platform::Snp;
+    let snp = stream.platform() == Platform::Snp;
     let mut seen: BTreeMap<(u8, u32, u32), u32> = BTreeMap::new();
     let mut pages = Vec::new();
-    let mut op_job = Vec::with_capacity(plan.ops.len());
-    for op in &plan.ops {
+    let mut op_job = Vec::with_capacity(stream.ops().len());
+    for op in stream.ops() {
         let job = match op {
             LaunchOp::ImportPage {
                 kind: PageKind::Normal,
@@ -322,11 +256,11 @@ pub struct PageDigests {
 
 #[cfg(feature = "alloc")]
 impl PageDigests {
-    /// Hashes every page `plan` needs, on this thread.
-    pub fn compute(plan: &LaunchPlan<'_>) -> Self {
-        let jobs = page_digest_jobs(plan);
+    /// Hashes every page `stream` needs, on this thread.
+    pub fn compute(stream: OpStream<'_>) -> Self {
+        let jobs = page_digest_jobs(stream);
         let mut digests = alloc::vec![[0u8; 48]; jobs.len()];
-        hash_pages(plan, &jobs.pages, &mut digests);
+        hash_pages(stream.pages(), &jobs.pages, &mut digests);
         PageDigests {
             op_job: jobs.op_job,
             digests,
@@ -347,33 +281,6 @@ impl PageDigests {
     /// Whether no page was hashed.
     pub fn is_empty(&self) -> bool {
         self.digests.is_empty()
-    }
-}
-
-/// The bytes an import's data refers to, checked.
-#[cfg(feature = "alloc")]
-pub(crate) fn page_data<'p>(
-    plan: &'p LaunchPlan<'_>,
-    data: &PageData,
-    op: usize,
-) -> Result<&'p [u8], MeasureError> {
-    let ok = match *data {
-        PageData::Zeros => true,
-        PageData::File { offset, len } => {
-            len as usize <= snp::PAGE_SIZE
-                && plan.page_bytes(data).len() == len as usize
-                && (offset as usize).checked_add(len as usize).is_some()
-        }
-        PageData::Generated { index } => (index as usize) < plan.generated.len(),
-        PageData::GeneratedPart { index, start, len } => {
-            (index as usize) < plan.generated.len()
-                && usize::from(start) + usize::from(len) <= snp::PAGE_SIZE
-        }
-    };
-    if ok {
-        Ok(plan.page_bytes(data))
-    } else {
-        Err(MeasureError::PageDataOutOfRange { op })
     }
 }
 
@@ -461,7 +368,7 @@ impl Acc {
     /// VMSA per vCPU in creation order, built from its registers.
     pub(crate) fn vmsas<'r>(
         &mut self,
-        regs: impl Iterator<Item = &'r crate::arch::regs::VpRegs>,
+        regs: impl Iterator<Item = &'r crate::launch::regs::VpRegs>,
         vmsa_features: u64,
         opts: MeasureOptions,
     ) {
@@ -499,20 +406,20 @@ impl Acc {
     }
 }
 
-/// The measurement of `plan` with the default [`MeasureOptions`], hashing pages on this
+/// The measurement of `stream` with the default [`MeasureOptions`], hashing pages on this
 /// thread. See [`expected_with`].
 ///
 /// # Errors
 /// See [`expected_with`].
 #[cfg(feature = "alloc")]
-pub fn expected(plan: &LaunchPlan<'_>) -> Result<Measurement, MeasureError> {
-    expected_with(plan, None, MeasureOptions::default())
+pub fn expected(stream: OpStream<'_>) -> Result<Measurement, MeasureError> {
+    expected_with(stream, None, MeasureOptions::default())
 }
 
-/// The measurement the platform will report for `plan`: a fold over `plan.ops`.
+/// The measurement the platform will report for a launch: a fold over its checked op
+/// stream (`plan::LaunchPlan::stream`), reading page bytes through the stream's
+/// [`PageSource`].
 ///
-/// - The plan must be `CreateVm`, then any `MapRam` / `ImportPage` / `SetVpContext`, then
-///   exactly one `Finalize`, which is last.
 /// - **SNP:** each `ImportPage` is one `SNP_LAUNCH_UPDATE` (Normal → NORMAL with the page's
 ///   SHA-384, Zero → ZERO, Unmeasured → UNMEASURED, Secrets → SECRETS, Cpuid → CPUID;
 ///   Shared is not given to the firmware); at `Finalize`, one VMSA per vCPU in vCPU order at
@@ -521,111 +428,77 @@ pub fn expected(plan: &LaunchPlan<'_>) -> Result<Measurement, MeasureError> {
 /// - **SEV / SEV-ES:** SHA-256 over Normal pages' bytes and Zero pages as 4096 zeros, in op
 ///   order; SEV-ES then appends every vCPU's VMSA (INIT2 or legacy per `opts`).
 /// - **TDX:** MRTD: Normal → PAGE.ADD + 16 MR.EXTEND; Zero, Unmeasured → PAGE.ADD only.
-/// - **Native:** [`Measurement::None`] (the plan is still checked).
+/// - **Native:** [`Measurement::None`].
 ///
-/// `digests` (from [`PageDigests::compute`] or [`DigestJobs::finish`] for this plan) saves
+/// `digests` (from [`PageDigests::compute`] or [`DigestJobs::finish`] for this stream) saves
 /// re-hashing SNP Normal pages.
 ///
 /// # Errors
-/// [`MeasureError`] for a plan that is not a well-formed launch: ops before `CreateVm` or
-/// after `Finalize`, a missing `Finalize`, bad vCPU / context / page-data indices, a vCPU
-/// without `SetVpContext` on SEV-ES/SNP (the planner emits one per vCPU; we do not guess
-/// a reset state), Secrets/CPUID pages on SEV/TDX, digests of another plan.
+/// [`MeasureError`]: a vCPU without `SetVpContext` on SEV-ES/SNP (the planner emits one per
+/// vCPU; we do not guess a reset state), Secrets/CPUID pages on SEV/TDX, partial pages on
+/// SNP/TDX, digests of another stream.
 #[cfg(feature = "alloc")]
 pub fn expected_with(
-    plan: &LaunchPlan<'_>,
+    stream: OpStream<'_>,
     digests: Option<&PageDigests>,
     opts: MeasureOptions,
 ) -> Result<Measurement, MeasureError> {
+    let ops = stream.ops();
     if let Some(d) = digests {
-        if d.op_job.len() != plan.ops.len() {
+        if d.op_job.len() != ops.len() {
             return Err(MeasureError::DigestsMismatch {
-                op: d.op_job.len().min(plan.ops.len()),
+                op: d.op_job.len().min(ops.len()),
             });
         }
     }
-    let mut acc: Option<(Acc, u64)> = None;
-    let mut vps: Vec<Option<u32>> = Vec::new();
-    let mut result = None;
-    for (i, op) in plan.ops.iter().enumerate() {
-        if result.is_some() {
-            return Err(MeasureError::OpAfterFinalize { op: i });
-        }
-        if let LaunchOp::CreateVm {
-            platform,
-            vmsa_features,
-            vcpus,
-            ..
-        } = *op
-        {
-            if acc.is_some() {
-                return Err(MeasureError::DuplicateCreateVm { op: i });
-            }
-            if vcpus > MAX_VCPUS {
-                return Err(MeasureError::TooManyVcpus { op: i, vcpus });
-            }
-            acc = Some((Acc::new(platform), vmsa_features));
-            vps = alloc::vec![None; vcpus as usize];
-            continue;
-        }
-        let Some((a, features)) = acc.as_mut() else {
-            return Err(MeasureError::MissingCreateVm { op: i });
-        };
+    let (platform, features, vcpus) = (stream.platform(), stream.vmsa_features(), stream.vcpus());
+    let mut acc = Acc::new(platform);
+    let mut vps: Vec<Option<u32>> = alloc::vec![None; usize::try_from(vcpus).unwrap_or(0)];
+    for (i, op) in ops.iter().enumerate() {
         match *op {
             LaunchOp::CreateVm { .. } | LaunchOp::MapRam { .. } => {}
             LaunchOp::ImportPage { gpa, kind, data } => {
-                let bytes = page_data(plan, &data, i)?;
+                let bytes = stream.page_bytes(&data);
                 let digest = match digests {
-                    Some(d) if matches!(a, Acc::Snp(_)) && kind == PageKind::Normal => {
+                    Some(d) if matches!(acc, Acc::Snp(_)) && kind == PageKind::Normal => {
                         Some(d.for_op(i).ok_or(MeasureError::DigestsMismatch { op: i })?)
                     }
                     _ => None,
                 };
                 let partial = matches!(data, PageData::GeneratedPart { .. });
-                a.import(i, gpa, kind, bytes, partial, digest)?;
+                acc.import(i, gpa, kind, bytes, partial, digest)?;
             }
             LaunchOp::SetVpContext { vp, ctx, .. } => {
-                if ctx as usize >= plan.vp_contexts.len() {
-                    return Err(MeasureError::ContextOutOfRange { op: i, ctx });
+                // In range: checked with the plan.
+                if let Some(slot) = vps.get_mut(vp as usize) {
+                    *slot = Some(ctx);
                 }
-                let vcpus = u32::try_from(vps.len()).unwrap_or(u32::MAX);
-                let slot = vps.get_mut(vp as usize).ok_or(MeasureError::VpOutOfRange {
-                    op: i,
-                    vp,
-                    vcpus,
-                })?;
-                *slot = Some(ctx);
             }
-            LaunchOp::Finalize { .. } => {
-                let mut regs = Vec::with_capacity(vps.len());
-                if a.measures_vcpus() {
-                    for (vp, ctx) in vps.iter().enumerate() {
-                        let r = ctx.and_then(|c| plan.vp_contexts.get(c as usize)).ok_or(
-                            MeasureError::MissingVpContext {
-                                vp: u32::try_from(vp).unwrap_or(u32::MAX),
-                            },
-                        )?;
-                        regs.push(r);
-                    }
-                }
-                let mut done = a.clone();
-                done.vmsas(regs.into_iter(), *features, opts);
-                result = Some(done.finish());
-            }
+            // The last op (checked with the plan).
+            LaunchOp::Finalize { .. } => break,
         }
     }
-    match (acc, result) {
-        (None, _) => Err(MeasureError::MissingCreateVm { op: plan.ops.len() }),
-        (Some(_), None) => Err(MeasureError::MissingFinalize),
-        (Some(_), Some(m)) => Ok(m),
+    let mut regs = Vec::with_capacity(vps.len());
+    if acc.measures_vcpus() {
+        for (vp, ctx) in vps.iter().enumerate() {
+            let r =
+                ctx.and_then(|c| stream.vp_context(c))
+                    .ok_or(MeasureError::MissingVpContext {
+                        vp: u32::try_from(vp).unwrap_or(u32::MAX),
+                    })?;
+            regs.push(r);
+        }
     }
+    acc.vmsas(regs.into_iter(), features, opts);
+    Ok(acc.finish())
 }
 
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
     use crate::arch::vmsa::{reset_regs, BSP_RESET_ADDR};
-    use crate::plan::{LaunchConfig, VpSource};
+    use crate::launch::{LaunchConfig, VpSource};
+    use crate::plan::{InvalidPlan, LaunchPlan, PlanParts};
     use alloc::string::ToString;
 
     use crate::testutil::{AP_RESET, OVMF_AMDSEV_LIKE, OVMF_X64_LIKE};
@@ -657,18 +530,23 @@ mod tests {
         }
     }
 
-    fn plan_new(bundle: &[u8], cfg: LaunchConfig) -> LaunchPlan<'_> {
-        LaunchPlan {
-            bundle,
-            config: cfg,
-            ops: Vec::new(),
-            generated: Vec::new(),
-            vp_contexts: Vec::new(),
-            id_block: None,
-        }
+    /// Hand-made plans: parts, checked when measured.
+    type Parts<'a> = PlanParts<&'a [u8]>;
+
+    fn plan_new(bundle: &[u8], cfg: LaunchConfig) -> Parts<'_> {
+        PlanParts::new(bundle, cfg)
     }
 
-    fn pages(plan: &mut LaunchPlan<'_>, gpa: u64, n: u64, kind: PageKind) {
+    fn build<'a>(p: &Parts<'a>) -> LaunchPlan<&'a [u8]> {
+        LaunchPlan::from_parts(p.clone()).unwrap()
+    }
+
+    /// The measurement of hand-made parts.
+    fn measure(p: &Parts<'_>) -> Result<Measurement, MeasureError> {
+        expected(build(p).stream())
+    }
+
+    fn pages(plan: &mut Parts<'_>, gpa: u64, n: u64, kind: PageKind) {
         for i in 0..n {
             plan.ops.push(LaunchOp::ImportPage {
                 gpa: gpa + i * 4096,
@@ -687,7 +565,7 @@ mod tests {
         sig: u32,
         features: u64,
         amdsev: bool,
-    ) -> LaunchPlan<'_> {
+    ) -> Parts<'_> {
         let mut p = plan_new(bundle, config(platform, vcpus, sig));
         p.ops.push(LaunchOp::CreateVm {
             platform,
@@ -736,12 +614,13 @@ mod tests {
         p
     }
 
-    fn snp(plan: &LaunchPlan<'_>) -> [u8; 48] {
-        let a = expected(plan).unwrap();
+    fn snp(parts: &Parts<'_>) -> [u8; 48] {
+        let plan = build(parts);
+        let a = expected(plan.stream()).unwrap();
         // The precomputed-digest path gives the same answer.
-        let pd = PageDigests::compute(plan);
+        let pd = PageDigests::compute(plan.stream());
         assert_eq!(
-            expected_with(plan, Some(&pd), MeasureOptions::default()),
+            expected_with(plan.stream(), Some(&pd), MeasureOptions::default()),
             Ok(a)
         );
         match a {
@@ -801,7 +680,7 @@ mod tests {
         // --mode sev (OvmfX64-like): the image's SHA-256 alone (the SNP metadata pages and the
         // VMSAs are not measured on SEV); published analogue b4c021e0….
         let p = ovmf_plan(OVMF_X64, Platform::Sev, 1, 0x0080_0F12, 0, false);
-        let m = expected(&p).unwrap();
+        let m = measure(&p).unwrap();
         assert_eq!(
             m.to_string(),
             "59b06d53aec70b308a90adbcb4ba983df946c6748f876bff849507ac3f88ff20"
@@ -814,10 +693,10 @@ mod tests {
         // --mode seves --vcpus 2 --vcpu-type EPYC-Rome (sig 0x830F10; AmdSev-like).
         let p = ovmf_plan(OVMF_AMDSEV, Platform::SevEs, 2, 0x0083_0F10, 0, true);
         let want = "9acf9d885691da0a72b68bb25cc4f65ba5a750ad9b2c67f7d8db1d139c0618c6";
-        assert_eq!(expected(&p).unwrap().to_string(), want);
+        assert_eq!(measure(&p).unwrap().to_string(), want);
         // QEMU's default legacy KVM_SEV_ES_INIT measures the VMSAs differently.
         let legacy = expected_with(
-            &p,
+            build(&p).stream(),
             None,
             MeasureOptions {
                 sev_es_init2: false,
@@ -856,13 +735,13 @@ mod tests {
             ));
         }
         let want: [u8; 32] = h.finalize().into();
-        assert_eq!(expected(&p), Ok(Measurement::SevEs(want)));
+        assert_eq!(measure(&p), Ok(Measurement::SevEs(want)));
         // Whole pages only on SNP.
         let mut s = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 1, false);
         s.generated.push(page);
         s.ops.insert(3, part);
         assert_eq!(
-            expected(&s),
+            measure(&s),
             Err(MeasureError::PartialPage {
                 op: 3,
                 platform: Platform::Snp
@@ -887,7 +766,7 @@ mod tests {
         });
         // ../shared/spec/kvm-coco-abi.md §3.3: ADD+EXTEND of a zero page at GPA 0.
         assert_eq!(
-            expected(&p).unwrap(),
+            measure(&p).unwrap(),
             Measurement::Tdx(unhex::<48>("236f0efa607ff8843f1855d7ef80dc3dda8fb455787a186b8787212951eab0096e3193bb26f817c2b63c21f5e10f9938"))
         );
         // ADD only at 0xFFFFF000.
@@ -901,7 +780,7 @@ mod tests {
             },
         );
         assert_eq!(
-            expected(&p).unwrap(),
+            measure(&p).unwrap(),
             Measurement::Tdx(unhex::<48>("8d411e4377a0da03b249acbe9a7939b44b4483b5a6c81341f00d60c1f417257f9a5c1c03f2f223c59f010f4933f238b8"))
         );
     }
@@ -947,7 +826,8 @@ mod tests {
                 },
             );
         }
-        let jobs = page_digest_jobs(&p);
+        let p = build(&p);
+        let jobs = page_digest_jobs(p.stream());
         assert_eq!(jobs.len(), 1);
         // The threaded path: hash the jobs in two chunks, then finish.
         let mut out = alloc::vec![[0u8; 48]; jobs.len()];
@@ -956,8 +836,8 @@ mod tests {
         hash_pages(&p, &jobs.pages[0..], b);
         let pd = jobs.clone().finish(out).unwrap();
         assert_eq!(
-            expected_with(&p, Some(&pd), MeasureOptions::default()),
-            expected(&p)
+            expected_with(p.stream(), Some(&pd), MeasureOptions::default()),
+            expected(p.stream())
         );
         assert!(matches!(
             jobs.finish(Vec::new()),
@@ -965,31 +845,35 @@ mod tests {
         ));
         let other = ovmf_plan(OVMF_X64, Platform::Snp, 1, 0x0080_0F12, 0x1, false);
         assert!(matches!(
-            expected_with(&other, Some(&pd), MeasureOptions::default()),
+            expected_with(build(&other).stream(), Some(&pd), MeasureOptions::default()),
             Err(MeasureError::DigestsMismatch { .. })
         ));
         // Non-SNP plans hash nothing up front.
         let sev = ovmf_plan(OVMF_X64, Platform::Sev, 1, 0, 0, false);
-        assert!(page_digest_jobs(&sev).is_empty());
+        assert!(page_digest_jobs(build(&sev).stream()).is_empty());
     }
 
     #[test]
-    fn malformed_plans_are_errors() {
+    fn malformed_plans_are_refused_when_built() {
         let good = ovmf_plan(OVMF_X64, Platform::Snp, 2, 0x0080_0F12, 0x1, false);
         let n = good.ops.len();
+        let refused = |p: &Parts<'_>| LaunchPlan::from_parts(p.clone()).unwrap_err();
         let mut p = good.clone();
         p.ops.remove(0);
-        assert_eq!(expected(&p), Err(MeasureError::MissingCreateVm { op: 0 }));
+        assert_eq!(refused(&p), InvalidPlan::MissingCreateVm);
         let mut p = good.clone();
         p.ops.pop();
-        assert_eq!(expected(&p), Err(MeasureError::MissingFinalize));
+        assert_eq!(refused(&p), InvalidPlan::MissingFinalize);
         let mut p = good.clone();
         p.ops.push(LaunchOp::MapRam { gpa: 0, size: 4096 });
-        assert_eq!(expected(&p), Err(MeasureError::OpAfterFinalize { op: n }));
+        assert_eq!(refused(&p), InvalidPlan::MissingFinalize);
+        let mut p = good.clone();
+        p.ops.insert(n - 1, p.ops[n - 1]);
+        assert_eq!(refused(&p), InvalidPlan::OpAfterFinalize { op: n });
         let mut p = good.clone();
         let c = p.ops[0];
         p.ops.insert(1, c);
-        assert_eq!(expected(&p), Err(MeasureError::DuplicateCreateVm { op: 1 }));
+        assert_eq!(refused(&p), InvalidPlan::DuplicateCreateVm { op: 1 });
         let mut p = good.clone();
         p.ops[0] = LaunchOp::CreateVm {
             platform: Platform::Snp,
@@ -997,16 +881,15 @@ mod tests {
             vmsa_features: 0,
             vcpus: u32::MAX,
         };
-        assert_eq!(
-            expected(&p),
-            Err(MeasureError::TooManyVcpus {
-                op: 0,
-                vcpus: u32::MAX
-            })
-        );
+        assert!(matches!(refused(&p), InvalidPlan::Vcpus(_)));
         let mut p = good.clone();
-        p.ops.remove(n - 2); // SetVpContext of vCPU 1
-        assert_eq!(expected(&p), Err(MeasureError::MissingVpContext { vp: 1 }));
+        p.ops[0] = LaunchOp::CreateVm {
+            platform: Platform::Snp,
+            policy: 0x30000,
+            vmsa_features: 0,
+            vcpus: 3,
+        };
+        assert_eq!(refused(&p), InvalidPlan::ConfigMismatch);
         let mut p = good.clone();
         p.ops[n - 2] = LaunchOp::SetVpContext {
             vp: 2,
@@ -1014,8 +897,8 @@ mod tests {
             ctx: 1,
         };
         assert!(matches!(
-            expected(&p),
-            Err(MeasureError::VpOutOfRange { vp: 2, .. })
+            refused(&p),
+            InvalidPlan::VpOutOfRange { vp: 2, .. }
         ));
         let mut p = good.clone();
         p.ops[n - 2] = LaunchOp::SetVpContext {
@@ -1024,32 +907,54 @@ mod tests {
             ctx: 9,
         };
         assert!(matches!(
-            expected(&p),
-            Err(MeasureError::ContextOutOfRange { ctx: 9, .. })
+            refused(&p),
+            InvalidPlan::ContextOutOfRange { ctx: 9, .. }
         ));
-        let mut p = good.clone();
-        p.ops[2] = LaunchOp::ImportPage {
-            gpa: 0,
-            kind: PageKind::Normal,
-            data: PageData::File {
+        for data in [
+            PageData::File {
                 offset: 4000,
                 len: 200,
             },
-        };
-        assert_eq!(
-            expected(&p),
-            Err(MeasureError::PageDataOutOfRange { op: 2 })
-        );
+            PageData::File {
+                offset: 0,
+                len: 4097,
+            },
+            PageData::Generated { index: 0 },
+            PageData::GeneratedPart {
+                index: 0,
+                start: 0,
+                len: 1,
+            },
+        ] {
+            let mut p = good.clone();
+            p.ops[2] = LaunchOp::ImportPage {
+                gpa: 0,
+                kind: PageKind::Normal,
+                data,
+            };
+            assert_eq!(refused(&p), InvalidPlan::PageDataOutOfRange { op: 2 });
+        }
         let mut p = good.clone();
         p.ops[2] = LaunchOp::ImportPage {
-            gpa: 0,
+            gpa: 0x800,
             kind: PageKind::Normal,
-            data: PageData::Generated { index: 0 },
+            data: PageData::Zeros,
         };
+        assert_eq!(refused(&p), InvalidPlan::Misaligned { op: 2 });
+        let mut p = good.clone();
+        p.ops[n - 1] = LaunchOp::Finalize {
+            id_block: true,
+            host_data: [0; 32],
+        };
+        assert_eq!(refused(&p), InvalidPlan::IdBlock);
         assert_eq!(
-            expected(&p),
-            Err(MeasureError::PageDataOutOfRange { op: 2 })
+            refused(&plan_new(&[], config(Platform::Snp, 1, 0))),
+            InvalidPlan::MissingCreateVm
         );
+        // What the measurement itself still refuses.
+        let mut p = good.clone();
+        p.ops.remove(n - 2); // SetVpContext of vCPU 1
+        assert_eq!(measure(&p), Err(MeasureError::MissingVpContext { vp: 1 }));
         let mut p = ovmf_plan(OVMF_X64, Platform::SevEs, 1, 0, 0, false);
         p.ops.insert(
             3,
@@ -1060,24 +965,23 @@ mod tests {
             },
         );
         assert!(matches!(
-            expected(&p),
+            measure(&p),
             Err(MeasureError::KindNotOnPlatform {
                 kind: PageKind::Secrets,
                 ..
             })
         ));
-        assert_eq!(
-            expected(&plan_new(&[], config(Platform::Snp, 1, 0))),
-            Err(MeasureError::MissingCreateVm { op: 0 })
-        );
         // Every error has a message.
-        assert!(!MeasureError::MissingFinalize.to_string().is_empty());
+        assert!(!MeasureError::MissingVpContext { vp: 0 }
+            .to_string()
+            .is_empty());
+        assert!(!InvalidPlan::MissingFinalize.to_string().is_empty());
     }
 
     #[test]
     fn native_and_display() {
         let p = ovmf_plan(OVMF_X64, Platform::Native, 1, 0, 0, false);
-        assert_eq!(expected(&p), Ok(Measurement::None));
+        assert_eq!(measure(&p), Ok(Measurement::None));
         assert_eq!(Measurement::None.to_string(), "none");
         assert_eq!(Measurement::Tdx([0xAB; 48]).to_string().len(), 96);
         let ld = [7u8; 48];

@@ -19,7 +19,7 @@
 
 use sha2::{Digest, Sha384};
 
-use crate::plan::PageKind;
+use crate::launch::PageKind;
 
 /// Page type NORMAL (`KVM_SEV_SNP_PAGE_TYPE_NORMAL`).
 pub const PAGE_TYPE_NORMAL: u8 = 1;
@@ -139,7 +139,7 @@ impl SnpDigest {
 mod tests {
     use super::*;
     use crate::arch::vmsa::{kvm_measured_vmsa, reset_regs, BSP_RESET_ADDR, KVM_VMSA_GPA};
-    use crate::plan::Platform;
+    use crate::launch::Platform;
 
     fn unhex<const N: usize>(s: &str) -> [u8; N] {
         let mut out = [0u8; N];

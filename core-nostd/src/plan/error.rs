@@ -6,8 +6,10 @@ use core::fmt;
 
 use crate::arch::vmsa::VmsaError;
 use crate::igvm::{type_name, IgvmError};
+use crate::launch::Platform;
+use crate::limits::LimitError;
 use crate::plan::ovmf::FirmwarePlanError;
-use crate::plan::Platform;
+use crate::plan::InvalidPlan;
 
 /// Where a planning error is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +70,11 @@ pub enum PlanErrorKind {
         /// Bit per declared platform: 1 << `Platform as usize` in [`Platform::ALL`] order.
         declared: u8,
     },
+    /// A vCPU count or RAM size outside [`crate::limits`].
+    Limit(LimitError),
+    /// The planner made a plan that breaks the plan's invariants (a planner bug, reported
+    /// instead of executed).
+    Invalid(InvalidPlan),
     /// A launch-config value the planner refuses.
     BadConfig {
         /// Which field.
@@ -235,7 +242,12 @@ impl From<IgvmError> for PlanError {
 
 impl From<FirmwarePlanError> for PlanError {
     fn from(e: FirmwarePlanError) -> PlanError {
-        PlanError::new(Location::Bundle, PlanErrorKind::Firmware(e))
+        match e {
+            FirmwarePlanError::Limit(l) => {
+                PlanError::new(Location::Config, PlanErrorKind::Limit(l))
+            }
+            e => PlanError::new(Location::Bundle, PlanErrorKind::Firmware(e)),
+        }
     }
 }
 
@@ -266,6 +278,8 @@ impl fmt::Display for PlanErrorKind {
                 }
                 Ok(())
             }
+            Limit(e) => write!(f, "{e}"),
+            Invalid(e) => write!(f, "internal planner error, please report: {e}"),
             BadConfig {
                 field,
                 value,

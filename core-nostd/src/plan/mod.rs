@@ -8,7 +8,13 @@
 //! creation order; `../shared/spec/kvm-coco-abi.md` §1.4).
 
 #[cfg(feature = "alloc")]
-use crate::arch::regs::VpRegs;
+use alloc::{sync::Arc, vec::Vec};
+
+#[cfg(feature = "alloc")]
+use crate::launch::regs::VpRegs;
+#[cfg(feature = "alloc")]
+use crate::launch::{OpStream, PageSource};
+use crate::limits::{check_mem, check_vcpus, LimitError};
 
 #[cfg(feature = "alloc")]
 pub mod error;
@@ -24,8 +30,11 @@ pub mod igvm;
 /// launch config) and what; the `Display` form is one line with a fix-it where KVM imposes
 /// the rule.
 #[cfg(feature = "alloc")]
-pub fn plan<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>, error::PlanError> {
-    match crate::ovmf::detect(bundle) {
+pub fn plan<B: AsRef<[u8]>>(
+    bundle: B,
+    cfg: &LaunchConfig,
+) -> Result<LaunchPlan<B>, error::PlanError> {
+    match crate::ovmf::detect(bundle.as_ref()) {
         crate::ovmf::InputKind::Igvm => igvm::plan_igvm(bundle, cfg),
         crate::ovmf::InputKind::Firmware => {
             ovmf::plan_firmware(bundle, cfg).map_err(error::PlanError::from)
@@ -40,336 +49,430 @@ pub fn plan<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>, 
 #[cfg(feature = "alloc")]
 pub mod ovmf;
 
-/// The platform a launch targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Platform {
-    /// An ordinary VM (IGVM NATIVE view, or a firmware image started at its reset vector).
-    Native,
-    /// AMD SEV.
-    Sev,
-    /// AMD SEV-ES.
-    SevEs,
-    /// AMD SEV-SNP.
-    Snp,
-    /// Intel TDX.
-    Tdx,
-}
-
-impl Platform {
-    /// Every platform, in CLI order.
-    pub const ALL: [Platform; 5] = [
-        Platform::Native,
-        Platform::Sev,
-        Platform::SevEs,
-        Platform::Snp,
-        Platform::Tdx,
-    ];
-
-    /// The CLI / audit-log name (`native`, `sev`, `sev-es`, `snp`, `tdx`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Platform::Native => "native",
-            Platform::Sev => "sev",
-            Platform::SevEs => "sev-es",
-            Platform::Snp => "snp",
-            Platform::Tdx => "tdx",
-        }
-    }
-
-    /// Parses a CLI name.
-    pub fn from_name(name: &str) -> Option<Platform> {
-        Platform::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// Whether guest memory and vCPU state are protected (everything but `Native`).
-    pub const fn is_confidential(self) -> bool {
-        !matches!(self, Platform::Native)
-    }
-}
-
-impl core::fmt::Display for Platform {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// SHA-256 digests of the kernel, initrd and command line for the SEV kernel-hashes table
-/// (QEMU `-kernel/-initrd/-append` with an OVMF that has the SEV_HASH_TABLE metadata).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelHashes {
-    /// SHA-256 of the kernel image.
-    pub kernel: [u8; 32],
-    /// SHA-256 of the initrd (of the empty string when none is given).
-    pub initrd: [u8; 32],
-    /// SHA-256 of the NUL-terminated command line (`b"\0"` when none is given).
-    pub cmdline: [u8; 32],
-}
-
-/// Inputs of a launch besides the bundle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaunchConfig {
-    /// Target platform.
-    pub platform: Platform,
-    /// Number of vCPUs (every one gets a VMSA on SEV-ES/SNP).
-    pub vcpus: u32,
-    /// Guest RAM size in bytes (memory map parameter areas, range checks).
-    pub mem_bytes: u64,
-    /// CPUID(1).EAX of the vCPU model: RDX at reset for reset-vector launches.
-    pub vcpu_sig: u32,
-    /// SEV-ES/SNP `vmsa_features` (VMSA SEV_FEATURES) for launches without a VMSA in the
-    /// bundle; for IGVM bundles the VP 0 VMSA decides.
-    pub guest_features: u64,
-    /// Guest policy override (SNP policy, SEV policy, TDX attributes); `None` = the bundle's
-    /// GUEST_POLICY or the platform default.
-    pub policy: Option<u64>,
-    /// SNP HOST_DATA given at LAUNCH_FINISH.
-    pub host_data: [u8; 32],
-    /// Kernel hashes table contents for firmware images that declare one.
-    pub kernel_hashes: Option<KernelHashes>,
-}
-
-/// How a page is given to the platform (SNP page types, `kvm_sev_snp_launch_update.type`;
-/// the other platforms map them as documented in `docs/measurement.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PageKind {
-    /// Private, measured contents.
-    Normal,
-    /// Private, zeroed by the firmware (SNP page type ZERO: measured with empty contents).
-    Zero,
-    /// Private, contents loaded but not measured.
-    Unmeasured,
-    /// The SNP secrets page (firmware fills it).
-    Secrets,
-    /// The SNP CPUID page (firmware checks it).
-    Cpuid,
-    /// Host-visible (shared) memory: loaded, never measured, survives a relaunch where the
-    /// reboot contract says so.
-    Shared,
-}
-
-/// Where the bytes of an imported page come from. A page is 4096 bytes; shorter data is
-/// zero-extended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageData {
-    /// `len` (≤ 4096) bytes of the bundle at `offset` (already range-checked by the planner).
-    File {
-        /// Absolute offset into the bundle.
-        offset: u32,
-        /// Number of bytes (≤ 4096).
-        len: u32,
-    },
-    /// A page of zeros.
-    Zeros,
-    /// Page `index` of the plan's generated pages (parameter areas, kernel-hashes table,
-    /// CPUID page): `LaunchPlan::generated`.
-    Generated {
-        /// Index into the generated-page arena.
-        index: u32,
-    },
-    /// Bytes `[start, start + len)` of generated page `index`, loaded at the same offset of
-    /// the target page; the rest of the target page is left as it is. Only these bytes are
-    /// given to the platform: SEV/SEV-ES `LAUNCH_UPDATE_DATA` (and so the SHA-256 launch
-    /// digest) covers exactly them. Used for QEMU's 176-byte padded kernel-hashes table,
-    /// which QEMU encrypts in place at an unaligned GPA (`target/i386/sev.c`
-    /// `sev_add_kernel_loader_hashes`). Never used on SNP (whole pages only).
-    GeneratedPart {
-        /// Index into the generated-page arena.
-        index: u32,
-        /// First byte within the page.
-        start: u16,
-        /// Number of bytes (`start + len <= 4096`).
-        len: u16,
-    },
-}
-
-/// Where the launch's initial vCPU state comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VpSource {
-    /// A VP_CONTEXT directive of the bundle (VMSA or native context), converted.
-    Bundle,
-    /// The architectural reset state (reset-vector launches, vCPUs the bundle does not name).
-    Reset,
-    /// The TDX module's fixed initial state.
-    TdxInit,
-}
-
-/// One typed launch operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LaunchOp {
-    /// Create the VM: `KVM_CREATE_VM` with the platform's type, then SEV `INIT2` +
-    /// `LAUNCH_START` / `SNP_LAUNCH_START`, or TDX `INIT_VM`.
-    CreateVm {
-        /// Platform.
-        platform: Platform,
-        /// SNP policy (u64), SEV policy (u32 in the low bits), TDX attributes, 0 for native.
-        policy: u64,
-        /// SEV-ES/SNP `vmsa_features` given to `KVM_SEV_INIT2` (SNP_ACTIVE excluded: KVM ORs
-        /// it in itself).
-        vmsa_features: u64,
-        /// Number of vCPUs created.
-        vcpus: u32,
-    },
-    /// Back `[gpa, gpa + size)` with guest RAM (private for confidential platforms).
-    MapRam {
-        /// First byte (4 KiB aligned).
-        gpa: u64,
-        /// Size in bytes (4 KiB multiple).
-        size: u64,
-    },
-    /// Import one 4 KiB page.
-    ImportPage {
-        /// Guest-physical address (4 KiB aligned).
-        gpa: u64,
-        /// Page type.
-        kind: PageKind,
-        /// Contents.
-        data: PageData,
-    },
-    /// Set the initial state of vCPU `vp`. On SEV-ES/SNP, KVM measures the VMSA it builds
-    /// from these registers at `Finalize` (SNP) or `LAUNCH_UPDATE_VMSA` (SEV-ES).
-    SetVpContext {
-        /// vCPU index (creation order).
-        vp: u32,
-        /// Where the state comes from.
-        source: VpSource,
-        /// Index of the registers in `LaunchPlan::vp_contexts` (kept out of line so that
-        /// the per-page ops stay small).
-        ctx: u32,
-    },
-    /// Finish the launch: SNP `LAUNCH_FINISH` (VMSAs first), SEV `LAUNCH_MEASURE` +
-    /// `LAUNCH_FINISH`, TDX `FINALIZE_VM`, nothing for native.
-    Finalize {
-        /// Whether the bundle carries an SNP ID block (`LaunchPlan::id_block`).
-        id_block: bool,
-        /// SNP HOST_DATA.
-        host_data: [u8; 32],
-    },
-}
-
-/// End of the RAM below 4 GiB: guest RAM fills `[0, min(mem, LOW_RAM_END))`, the rest goes
-/// to `[HIGH_RAM_BASE, ..)`; `[LOW_RAM_END, HIGH_RAM_BASE)` is the 32-bit hole for MMIO and
-/// firmware (the layout QEMU's q35 uses for guests of up to 2.75 GiB below 4 GiB is similar;
-/// ours is fixed so a plan does not depend on the machine type).
-pub const LOW_RAM_END: u64 = 3 << 30;
-
-/// Start of the RAM above 4 GiB.
-pub const HIGH_RAM_BASE: u64 = 4 << 30;
-
-/// The guest RAM ranges `(gpa, size)` for `mem_bytes` of RAM, in ascending order: the part
-/// below [`LOW_RAM_END`], then the rest at [`HIGH_RAM_BASE`]. A range of size 0 is absent.
-/// `None` if the RAM would end past 2^64.
-pub fn ram_ranges(mem_bytes: u64) -> Option<[(u64, u64); 2]> {
-    let low = mem_bytes.min(LOW_RAM_END);
-    let high = mem_bytes - low;
-    HIGH_RAM_BASE.checked_add(high)?;
-    Some([(0, low), (HIGH_RAM_BASE, high)])
-}
-
-/// Whether `[gpa, gpa + size)` lies entirely inside the guest RAM of `mem_bytes`.
-pub fn in_ram(mem_bytes: u64, gpa: u64, size: u64) -> bool {
-    let Some(end) = gpa.checked_add(size) else {
-        return false;
-    };
-    ram_ranges(mem_bytes).is_some_and(|ranges| {
-        ranges
-            .iter()
-            .any(|&(base, len)| len != 0 && gpa >= base && end <= base.saturating_add(len))
-    })
-}
-
-/// The SNP ID block and ID authentication structure given at `SNP_LAUNCH_FINISH`
-/// (`../shared/spec/igvm-snp.md` §3.2), as QEMU builds them from an IGVM SNP_ID_BLOCK
-/// directive (`backends/igvm.c` `qigvm_directive_snp_id_block`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnpIdBlock {
-    /// The 96-byte ID block: ld[48], family_id[16], image_id[16], version u32 (= 1),
-    /// guest_svn u32, policy u64 (= the launch policy).
-    pub id_block: [u8; 96],
-    /// The 4096-byte ID authentication information structure.
-    pub id_auth: [u8; 4096],
-    /// Whether an author key is present (`auth_key_en`).
-    pub author_key_enabled: bool,
-}
-
-impl SnpIdBlock {
-    /// The expected launch digest the ID block carries (bytes 0..48).
-    pub fn ld(&self) -> [u8; 48] {
-        let mut ld = [0u8; 48];
-        ld.copy_from_slice(&self.id_block[..48]);
-        ld
-    }
-
-    /// The guest policy in the ID block (bytes 0x58..0x60).
-    pub fn policy(&self) -> u64 {
-        let mut p = [0u8; 8];
-        p.copy_from_slice(&self.id_block[0x58..0x60]);
-        u64::from_le_bytes(p)
-    }
-}
-
-/// A launch plan: the op stream a backend executes, with everything it borrows or owns.
+/// Checks the vCPU count and RAM size of `cfg` against [`crate::limits`] (every planner
+/// starts with it).
 ///
-/// Built once per bundle and launch config; a relaunch re-executes it without re-parsing or
-/// re-hashing anything.
+/// # Errors
+/// [`LimitError`].
+pub fn check_limits(cfg: &LaunchConfig) -> Result<(), LimitError> {
+    check_vcpus(cfg.vcpus.into())?;
+    check_mem(cfg.mem_bytes)?;
+    Ok(())
+}
+
+pub use crate::launch::{
+    in_ram, ram_ranges, ram_slots, KernelHashes, LaunchConfig, LaunchOp, PageData, PageKind,
+    Platform, SnpIdBlock, VpSource, HIGH_RAM_BASE, LOW_RAM_END,
+};
+
+/// The parts of a launch plan: what a planner fills in, and what a hand-made plan (tests,
+/// tools) is built from. [`LaunchPlan::from_parts`] checks them.
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug)]
-pub struct LaunchPlan<'a> {
+pub struct PlanParts<B> {
     /// The bundle bytes `PageData::File` points into.
-    pub bundle: &'a [u8],
-    /// The launch config the plan was made for.
+    pub bundle: B,
+    /// The launch config the plan is made for.
     pub config: LaunchConfig,
     /// The operations, in execution (= measurement) order.
-    pub ops: alloc::vec::Vec<LaunchOp>,
-    /// Pages the planner generated (parameter areas, tables), indexed by
-    /// `PageData::Generated::index`.
-    pub generated: alloc::vec::Vec<[u8; 4096]>,
+    pub ops: Vec<LaunchOp>,
+    /// Generated pages (parameter areas, tables), indexed by `PageData::Generated::index`.
+    pub generated: Vec<[u8; 4096]>,
     /// vCPU register sets, indexed by `LaunchOp::SetVpContext::ctx`.
-    pub vp_contexts: alloc::vec::Vec<VpRegs>,
+    pub vp_contexts: Vec<VpRegs>,
     /// The SNP ID block given at `Finalize` when `LaunchOp::Finalize::id_block` is set.
     pub id_block: Option<SnpIdBlock>,
 }
 
 #[cfg(feature = "alloc")]
-impl<'a> LaunchPlan<'a> {
-    /// An empty plan for `bundle` and `config` (no ops yet).
-    pub fn new(bundle: &'a [u8], config: LaunchConfig) -> Self {
-        LaunchPlan {
+impl<B> PlanParts<B> {
+    /// No ops yet.
+    pub fn new(bundle: B, config: LaunchConfig) -> Self {
+        PlanParts {
             bundle,
             config,
-            ops: alloc::vec::Vec::new(),
-            generated: alloc::vec::Vec::new(),
-            vp_contexts: alloc::vec::Vec::new(),
+            ops: Vec::new(),
+            generated: Vec::new(),
+            vp_contexts: Vec::new(),
             id_block: None,
         }
     }
 
-    /// The bytes of a page's data: at most 4096; the rest of the page is zero.
-    ///
-    /// # Panics
-    /// Never for data the planner produced (offsets are checked when the plan is built); a
-    /// hand-made `PageData` out of range yields an empty slice.
-    pub fn page_bytes(&self, data: &PageData) -> &[u8] {
-        match *data {
-            PageData::Zeros => &[],
-            PageData::File { offset, len } => {
-                let start = offset as usize;
-                start
-                    .checked_add(len as usize)
-                    .and_then(|end| self.bundle.get(start..end))
-                    .unwrap_or(&[])
+    /// The same parts over another bundle storage.
+    pub fn with_bundle<C>(self, bundle: C) -> PlanParts<C> {
+        PlanParts {
+            bundle,
+            config: self.config,
+            ops: self.ops,
+            generated: self.generated,
+            vp_contexts: self.vp_contexts,
+            id_block: self.id_block,
+        }
+    }
+}
+
+/// Why parts do not make a launch plan (`op` is the index into the ops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidPlan {
+    /// The first op is not `CreateVm` (`op` = 0; also for a plan without ops).
+    MissingCreateVm,
+    /// A second `CreateVm`.
+    DuplicateCreateVm {
+        /// Op index.
+        op: usize,
+    },
+    /// `CreateVm` for another platform or vCPU count than the launch config.
+    ConfigMismatch,
+    /// `CreateVm` with a vCPU count outside [`crate::limits`].
+    Vcpus(LimitError),
+    /// The last op is not `Finalize`.
+    MissingFinalize,
+    /// A `Finalize` before the last op.
+    OpAfterFinalize {
+        /// Index of the op after `Finalize`.
+        op: usize,
+    },
+    /// `SetVpContext` for a vCPU that is not created.
+    VpOutOfRange {
+        /// Op index.
+        op: usize,
+        /// vCPU index.
+        vp: u32,
+    },
+    /// `SetVpContext` naming a register set the plan does not have.
+    ContextOutOfRange {
+        /// Op index.
+        op: usize,
+        /// Index into the register sets.
+        ctx: u32,
+    },
+    /// An import's data lies outside the bundle or the generated pages, or is longer than
+    /// a page.
+    PageDataOutOfRange {
+        /// Op index.
+        op: usize,
+    },
+    /// A GPA or RAM size that is not 4 KiB aligned, or an empty or wrapping RAM range.
+    Misaligned {
+        /// Op index.
+        op: usize,
+    },
+    /// `Finalize` names an ID block the plan does not have, or the plan has one that
+    /// `Finalize` does not name.
+    IdBlock,
+}
+
+impl core::fmt::Display for InvalidPlan {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            InvalidPlan::MissingCreateVm => f.write_str("the plan does not start with CreateVm"),
+            InvalidPlan::DuplicateCreateVm { op } => write!(f, "op {op}: a second CreateVm"),
+            InvalidPlan::ConfigMismatch => {
+                f.write_str("CreateVm names another platform or vCPU count than the launch config")
             }
-            PageData::Generated { index } => self
-                .generated
-                .get(index as usize)
-                .map(|p| &p[..])
-                .unwrap_or(&[]),
-            PageData::GeneratedPart { index, start, len } => {
-                let start = usize::from(start);
-                self.generated
-                    .get(index as usize)
-                    .and_then(|p| p.get(start..start.checked_add(usize::from(len))?))
-                    .unwrap_or(&[])
+            InvalidPlan::Vcpus(e) => write!(f, "CreateVm: {e}"),
+            InvalidPlan::MissingFinalize => f.write_str("the plan does not end with Finalize"),
+            InvalidPlan::OpAfterFinalize { op } => write!(f, "op {op}: after Finalize"),
+            InvalidPlan::VpOutOfRange { op, vp } => {
+                write!(
+                    f,
+                    "op {op}: SetVpContext for vCPU {vp}, which is not created"
+                )
+            }
+            InvalidPlan::ContextOutOfRange { op, ctx } => write!(
+                f,
+                "op {op}: SetVpContext names register set {ctx}, which does not exist"
+            ),
+            InvalidPlan::PageDataOutOfRange { op } => {
+                write!(
+                    f,
+                    "op {op}: page data outside the bundle or the generated pages"
+                )
+            }
+            InvalidPlan::Misaligned { op } => {
+                write!(
+                    f,
+                    "op {op}: a GPA or size that is not 4 KiB aligned, or an empty range"
+                )
+            }
+            InvalidPlan::IdBlock => {
+                f.write_str("Finalize and the plan disagree on whether there is an SNP ID block")
             }
         }
+    }
+}
+
+/// A launch plan: the checked op stream a backend executes, with the bundle bytes and the
+/// generated pages and registers its ops refer to.
+///
+/// Built once per bundle and launch config by the planner ([`plan`], [`igvm::plan_igvm`],
+/// [`ovmf::plan_firmware`]), or from hand-made parts by [`LaunchPlan::from_parts`]; both
+/// check the invariants of [`crate::launch::OpStream`] once, so every accessor is
+/// infallible. A relaunch re-executes it without re-parsing or re-hashing anything.
+///
+/// `B` holds the bundle: `&[u8]` for a borrowed bundle, or an owned `Arc<[u8]>` (the default)
+/// / `Vec<u8>` for a plan that is `Send + Sync + 'static` and shared across threads and
+/// relaunches. `B::as_ref` must return the same bytes every time (every std container does).
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug)]
+pub struct LaunchPlan<B = Arc<[u8]>> {
+    bundle: B,
+    config: LaunchConfig,
+    ops: Vec<LaunchOp>,
+    generated: Vec<[u8; 4096]>,
+    vp_contexts: Vec<VpRegs>,
+    id_block: Option<SnpIdBlock>,
+}
+
+#[cfg(feature = "alloc")]
+impl<B: AsRef<[u8]>> LaunchPlan<B> {
+    /// Checks hand-made (or planned) parts and makes them a plan.
+    ///
+    /// # Errors
+    /// [`InvalidPlan`]: the first invariant the parts break.
+    pub fn from_parts(parts: PlanParts<B>) -> Result<Self, InvalidPlan> {
+        check_parts(&parts)?;
+        Ok(LaunchPlan {
+            bundle: parts.bundle,
+            config: parts.config,
+            ops: parts.ops,
+            generated: parts.generated,
+            vp_contexts: parts.vp_contexts,
+            id_block: parts.id_block,
+        })
+    }
+
+    /// The parts back, e.g. to change a planned plan by hand and check it again.
+    pub fn into_parts(self) -> PlanParts<B> {
+        PlanParts {
+            bundle: self.bundle,
+            config: self.config,
+            ops: self.ops,
+            generated: self.generated,
+            vp_contexts: self.vp_contexts,
+            id_block: self.id_block,
+        }
+    }
+
+    /// The bundle bytes.
+    pub fn bundle(&self) -> &[u8] {
+        self.bundle.as_ref()
+    }
+
+    /// The bundle storage.
+    pub fn bundle_storage(&self) -> &B {
+        &self.bundle
+    }
+
+    /// The launch config the plan was made for.
+    pub fn config(&self) -> &LaunchConfig {
+        &self.config
+    }
+
+    /// The platform (`config().platform`, the `CreateVm` platform).
+    pub fn platform(&self) -> Platform {
+        self.config.platform
+    }
+
+    /// The number of vCPUs `CreateVm` creates (`config().vcpus`).
+    pub fn vcpus(&self) -> u32 {
+        self.config.vcpus
+    }
+
+    /// The operations, in execution (= measurement) order: `CreateVm` first, `Finalize` last.
+    pub fn ops(&self) -> &[LaunchOp] {
+        &self.ops
+    }
+
+    /// Generated pages (parameter areas, tables), indexed by `PageData::Generated::index`.
+    pub fn generated(&self) -> &[[u8; 4096]] {
+        &self.generated
+    }
+
+    /// vCPU register sets, indexed by `LaunchOp::SetVpContext::ctx`.
+    pub fn vp_contexts(&self) -> &[VpRegs] {
+        &self.vp_contexts
+    }
+
+    /// The register set a `SetVpContext` of this plan names (`None` only for a `ctx` that
+    /// is not from this plan).
+    pub fn vp_context(&self, ctx: u32) -> Option<&VpRegs> {
+        self.vp_contexts.get(usize::try_from(ctx).ok()?)
+    }
+
+    /// The SNP ID block `Finalize` gives, if any.
+    pub fn id_block(&self) -> Option<&SnpIdBlock> {
+        self.id_block.as_ref()
+    }
+
+    /// The bytes of a page's data: at most 4096; the rest of the page is zero. Every
+    /// `PageData` of this plan's ops resolves (checked when the plan was made); data that is
+    /// not from this plan and does not resolve yields no bytes.
+    pub fn page_bytes(&self, data: &PageData) -> &[u8] {
+        resolve(self.bundle.as_ref(), &self.generated, data).unwrap_or(&[])
+    }
+
+    /// The checked op stream the measurement folds and the firmware model executes.
+    pub fn stream(&self) -> OpStream<'_> {
+        OpStream::checked(&self.ops, &self.vp_contexts, self, self.id_block.as_ref())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<B: AsRef<[u8]>> PageSource for LaunchPlan<B> {
+    fn page_bytes(&self, data: &PageData) -> &[u8] {
+        LaunchPlan::page_bytes(self, data)
+    }
+}
+
+/// The bytes of `data`, if they lie inside `bundle` / `generated` and fit a page.
+#[cfg(feature = "alloc")]
+fn resolve<'p>(bundle: &'p [u8], generated: &'p [[u8; 4096]], data: &PageData) -> Option<&'p [u8]> {
+    match *data {
+        PageData::Zeros => Some(&[]),
+        PageData::File { offset, len } => {
+            let start = usize::try_from(offset).ok()?;
+            let len = usize::try_from(len).ok().filter(|&l| l <= 4096)?;
+            bundle.get(start..start.checked_add(len)?)
+        }
+        PageData::Generated { index } => {
+            generated.get(usize::try_from(index).ok()?).map(|p| &p[..])
+        }
+        PageData::GeneratedPart { index, start, len } => {
+            let start = usize::from(start);
+            generated
+                .get(usize::try_from(index).ok()?)?
+                .get(start..start.checked_add(usize::from(len))?)
+        }
+    }
+}
+
+/// The invariants of a plan ([`crate::launch::OpStream`]), checked once.
+#[cfg(feature = "alloc")]
+fn check_parts<B: AsRef<[u8]>>(p: &PlanParts<B>) -> Result<(), InvalidPlan> {
+    let page = crate::limits::PAGE_SIZE;
+    let Some(&LaunchOp::CreateVm {
+        platform, vcpus, ..
+    }) = p.ops.first()
+    else {
+        return Err(InvalidPlan::MissingCreateVm);
+    };
+    check_vcpus(vcpus.into()).map_err(InvalidPlan::Vcpus)?;
+    if platform != p.config.platform || vcpus != p.config.vcpus {
+        return Err(InvalidPlan::ConfigMismatch);
+    }
+    let last = p.ops.len().saturating_sub(1);
+    let Some(&LaunchOp::Finalize { id_block, .. }) = p.ops.last() else {
+        return Err(InvalidPlan::MissingFinalize);
+    };
+    if id_block != p.id_block.is_some() {
+        return Err(InvalidPlan::IdBlock);
+    }
+    for (op, o) in p.ops.iter().enumerate().skip(1) {
+        match *o {
+            LaunchOp::CreateVm { .. } => return Err(InvalidPlan::DuplicateCreateVm { op }),
+            LaunchOp::Finalize { .. } if op != last => {
+                return Err(InvalidPlan::OpAfterFinalize {
+                    op: op.saturating_add(1),
+                })
+            }
+            LaunchOp::Finalize { .. } => {}
+            LaunchOp::MapRam { gpa, size } => {
+                let ok = gpa.is_multiple_of(page)
+                    && size.is_multiple_of(page)
+                    && size != 0
+                    && gpa.checked_add(size).is_some();
+                if !ok {
+                    return Err(InvalidPlan::Misaligned { op });
+                }
+            }
+            LaunchOp::ImportPage { gpa, data, .. } => {
+                if !gpa.is_multiple_of(page) {
+                    return Err(InvalidPlan::Misaligned { op });
+                }
+                if resolve(p.bundle.as_ref(), &p.generated, &data).is_none() {
+                    return Err(InvalidPlan::PageDataOutOfRange { op });
+                }
+            }
+            LaunchOp::SetVpContext { vp, ctx, .. } => {
+                if vp >= vcpus {
+                    return Err(InvalidPlan::VpOutOfRange { op, vp });
+                }
+                if usize::try_from(ctx).map_or(true, |c| c >= p.vp_contexts.len()) {
+                    return Err(InvalidPlan::ContextOutOfRange { op, ctx });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::testutil::OVMF_X64_LIKE;
+
+    fn cfg() -> LaunchConfig {
+        LaunchConfig {
+            platform: Platform::Snp,
+            vcpus: 2,
+            mem_bytes: 64 << 20,
+            vcpu_sig: 0x0080_0F12,
+            guest_features: 0x1,
+            policy: None,
+            host_data: [0; 32],
+            kernel_hashes: None,
+        }
+    }
+
+    fn owned<T: Send + Sync + 'static>(t: T) -> T {
+        t
+    }
+
+    #[test]
+    fn owned_plans_are_shared_and_equal_borrowed_ones() {
+        let bytes: &[u8] = &OVMF_X64_LIKE;
+        let borrowed = plan(bytes, &cfg()).unwrap();
+        let arc: LaunchPlan = owned(plan(Arc::<[u8]>::from(bytes), &cfg()).unwrap());
+        let vec = owned(plan(bytes.to_vec(), &cfg()).unwrap());
+        let arc = Arc::new(arc);
+        let m = crate::measure::expected(borrowed.stream()).unwrap();
+        let shared = Arc::clone(&arc);
+        let other = std::thread::spawn(move || crate::measure::expected(shared.stream()));
+        assert_eq!(other.join().unwrap(), Ok(m));
+        assert_eq!(crate::measure::expected(vec.stream()), Ok(m));
+        assert_eq!(arc.ops(), borrowed.ops());
+        assert_eq!(arc.bundle(), bytes);
+        assert_eq!((arc.platform(), arc.vcpus()), (Platform::Snp, 2));
+        // Every import resolves; a page of the bundle is its bytes.
+        for op in arc.ops() {
+            if let LaunchOp::ImportPage { data, .. } = op {
+                let b = arc.page_bytes(data);
+                assert!(b.len() <= 4096);
+                if let PageData::File { offset, len } = *data {
+                    assert_eq!(b, &bytes[offset as usize..(offset + len) as usize]);
+                }
+            }
+        }
+        // Data that is not from the plan resolves to nothing, and is refused in parts.
+        assert!(arc
+            .page_bytes(&PageData::Generated { index: 1 << 20 })
+            .is_empty());
+        let mut parts = vec.into_parts();
+        parts.ops.insert(
+            1,
+            LaunchOp::ImportPage {
+                gpa: 0,
+                kind: PageKind::Normal,
+                data: PageData::Generated { index: 1 << 20 },
+            },
+        );
+        assert_eq!(
+            LaunchPlan::from_parts(parts).unwrap_err(),
+            InvalidPlan::PageDataOutOfRange { op: 1 }
+        );
     }
 }

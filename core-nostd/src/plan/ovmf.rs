@@ -19,16 +19,18 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::arch::regs::VpRegs;
 use crate::arch::vmsa::{reset_regs, tdx_vcpu_regs, BSP_RESET_ADDR};
+use crate::launch::regs::VpRegs;
+use crate::launch::{
+    in_ram, ram_ranges, KernelHashes, LaunchConfig, LaunchOp, PageData, PageKind, Platform,
+    VpSource, LOW_RAM_END,
+};
+use crate::limits::LimitError;
 use crate::ovmf::{
     Firmware, Guid, HashTableArea, OvmfError, SevSection, SevSectionKind, TdvfSection,
     TdvfSectionKind, FOUR_GIB, PAGE_SIZE,
 };
-use crate::plan::{
-    in_ram, ram_ranges, KernelHashes, LaunchConfig, LaunchOp, LaunchPlan, PageData, PageKind,
-    Platform, VpSource, LOW_RAM_END,
-};
+use crate::plan::{InvalidPlan, LaunchPlan, PlanParts};
 
 /// Default SNP guest policy: SMT allowed, bit 17 (reserved, must be 1) set (QEMU
 /// `sev-snp-guest` default `DEFAULT_SEV_SNP_POLICY` 0x30000).
@@ -84,20 +86,15 @@ pub const HASH_KERNEL_GUID: Guid = Guid::from_fields(
 pub enum FirmwarePlanError {
     /// The image does not parse.
     Parse(OvmfError),
-    /// `vcpus` is 0 or more than [`crate::measure::MAX_VCPUS`].
-    BadVcpuCount {
-        /// The count asked for.
-        vcpus: u32,
-    },
+    /// The vCPU count or RAM size is outside [`crate::limits`].
+    Limit(LimitError),
+    /// The planner made a plan that breaks the plan's invariants (a planner bug, reported
+    /// instead of executed).
+    Invalid(InvalidPlan),
     /// The image is larger than the hole between [`LOW_RAM_END`] and 4 GiB.
     ImageTooLarge {
         /// Image length.
         len: u64,
-    },
-    /// `mem_bytes` is not a multiple of 4 KiB or too large.
-    BadMemorySize {
-        /// The size.
-        mem_bytes: u64,
     },
     /// SNP needs the SEV metadata (QEMU: "Failed to locate SEV metadata header").
     NoSevMetadata,
@@ -167,20 +164,15 @@ impl fmt::Display for FirmwarePlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FirmwarePlanError::Parse(e) => write!(f, "{e}"),
-            FirmwarePlanError::BadVcpuCount { vcpus } => write!(
-                f,
-                "{vcpus} vCPUs: a VM needs 1 to {}",
-                crate::measure::MAX_VCPUS
-            ),
+            FirmwarePlanError::Limit(e) => write!(f, "{e}"),
+            FirmwarePlanError::Invalid(e) => {
+                write!(f, "internal planner error, please report: {e}")
+            }
             FirmwarePlanError::ImageTooLarge { len } => write!(
                 f,
                 "firmware image of {len:#x} bytes does not fit below 4 GiB above guest RAM \
                  (at most {:#x})",
                 FOUR_GIB - LOW_RAM_END
-            ),
-            FirmwarePlanError::BadMemorySize { mem_bytes } => write!(
-                f,
-                "guest memory size {mem_bytes:#x} is not a multiple of 4 KiB or too large"
             ),
             FirmwarePlanError::NoSevMetadata => f.write_str(
                 "SNP needs the firmware's SEV metadata (GUID dc886566-…); this image has none \
@@ -259,18 +251,16 @@ pub fn hash_table_bytes(h: &KernelHashes) -> [u8; PADDED_HASH_TABLE_LEN] {
 /// # Errors
 /// [`FirmwarePlanError`]: the image does not parse, lacks the metadata the platform needs,
 /// or does not fit the launch config.
-pub fn plan_firmware<'a>(image: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>> {
+pub fn plan_firmware<B: AsRef<[u8]>>(image: B, cfg: &LaunchConfig) -> Result<LaunchPlan<B>> {
+    let parts = plan_parts(image.as_ref(), cfg)?;
+    LaunchPlan::from_parts(parts.with_bundle(image)).map_err(FirmwarePlanError::Invalid)
+}
+
+fn plan_parts(image: &[u8], cfg: &LaunchConfig) -> Result<PlanParts<()>> {
     let fw = Firmware::parse(image)?;
-    if cfg.vcpus == 0 || cfg.vcpus > crate::measure::MAX_VCPUS {
-        return Err(FirmwarePlanError::BadVcpuCount { vcpus: cfg.vcpus });
-    }
+    super::check_limits(cfg).map_err(FirmwarePlanError::Limit)?;
     if fw.len() > FOUR_GIB - LOW_RAM_END {
         return Err(FirmwarePlanError::ImageTooLarge { len: fw.len() });
-    }
-    if !cfg.mem_bytes.is_multiple_of(PAGE_SIZE) || ram_ranges(cfg.mem_bytes).is_none() {
-        return Err(FirmwarePlanError::BadMemorySize {
-            mem_bytes: cfg.mem_bytes,
-        });
     }
     if cfg.kernel_hashes.is_some() && matches!(cfg.platform, Platform::Native | Platform::Tdx) {
         return Err(FirmwarePlanError::KernelHashesUnsupported {
@@ -283,7 +273,7 @@ pub fn plan_firmware<'a>(image: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPl
         _ => 0,
     };
 
-    let mut plan = LaunchPlan::new(image, *cfg);
+    let mut plan = PlanParts::new((), *cfg);
     plan.ops.push(LaunchOp::CreateVm {
         platform: cfg.platform,
         policy,
@@ -335,7 +325,7 @@ fn policy_for(cfg: &LaunchConfig) -> Result<u64> {
 }
 
 /// Guest RAM (our fixed layout, [`ram_ranges`]) and the flash region `[4 GiB - len, 4 GiB)`.
-fn push_map_ram(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) {
+fn push_map_ram(plan: &mut PlanParts<()>, fw: &Firmware<'_>) {
     for (gpa, size) in ram_ranges(plan.config.mem_bytes).into_iter().flatten() {
         if size != 0 {
             plan.ops.push(LaunchOp::MapRam { gpa, size });
@@ -349,7 +339,7 @@ fn push_map_ram(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) {
 
 /// The whole image as Normal pages in ascending GPA order (QEMU `sev_encrypt_flash` over the
 /// flash, one `LAUNCH_UPDATE_DATA` / `SNP_LAUNCH_UPDATE` that walks it page by page).
-fn push_image(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) {
+fn push_image(plan: &mut PlanParts<()>, fw: &Firmware<'_>) {
     let base = fw.base_gpa();
     let pages = fw.len() / PAGE_SIZE;
     for i in 0..pages {
@@ -364,13 +354,13 @@ fn push_image(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) {
     }
 }
 
-fn push_ctx(plan: &mut LaunchPlan<'_>, regs: VpRegs) -> u32 {
+fn push_ctx(plan: &mut PlanParts<()>, regs: VpRegs) -> u32 {
     plan.vp_contexts.push(regs);
     (plan.vp_contexts.len() - 1) as u32
 }
 
 /// The BSP's reset state only: the other vCPUs wait for INIT/SIPI (native, SEV).
-fn push_bsp_only(plan: &mut LaunchPlan<'_>) {
+fn push_bsp_only(plan: &mut PlanParts<()>) {
     let ctx = push_ctx(plan, reset_regs(plan.config.vcpu_sig, BSP_RESET_ADDR));
     plan.ops.push(LaunchOp::SetVpContext {
         vp: 0,
@@ -381,7 +371,7 @@ fn push_bsp_only(plan: &mut LaunchPlan<'_>) {
 
 /// Every vCPU's reset state: the BSP at the reset vector, the APs at the SEV-ES reset
 /// block's address (QEMU `sev_es_set_reset_vector` for `cpu_index != 0`).
-fn push_all_reset(plan: &mut LaunchPlan<'_>, ap_reset: u32) {
+fn push_all_reset(plan: &mut PlanParts<()>, ap_reset: u32) {
     let sig = plan.config.vcpu_sig;
     let bsp = push_ctx(plan, reset_regs(sig, BSP_RESET_ADDR));
     plan.ops.push(LaunchOp::SetVpContext {
@@ -419,7 +409,7 @@ fn check_no_overlap(ranges: &[(u32, u64, u64)]) -> Result<()> {
     Ok(())
 }
 
-fn push_pages(plan: &mut LaunchPlan<'_>, gpa: u64, size: u64, kind: PageKind, data: PageData) {
+fn push_pages(plan: &mut PlanParts<()>, gpa: u64, size: u64, kind: PageKind, data: PageData) {
     let mut at = gpa;
     while at < gpa + size {
         plan.ops.push(LaunchOp::ImportPage {
@@ -431,7 +421,7 @@ fn push_pages(plan: &mut LaunchPlan<'_>, gpa: u64, size: u64, kind: PageKind, da
     }
 }
 
-fn plan_snp(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
+fn plan_snp(plan: &mut PlanParts<()>, fw: &Firmware<'_>) -> Result<()> {
     let meta = fw.sev_metadata()?.ok_or(FirmwarePlanError::NoSevMetadata)?;
     let ap_reset = fw
         .sev_es_reset_addr()?
@@ -526,7 +516,7 @@ fn snp_hashes_page(
     Ok(page)
 }
 
-fn plan_sev(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
+fn plan_sev(plan: &mut PlanParts<()>, fw: &Firmware<'_>) -> Result<()> {
     let es = plan.config.platform == Platform::SevEs;
     let ap_reset = if es {
         Some(
@@ -583,7 +573,7 @@ fn plan_sev(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
     Ok(())
 }
 
-fn plan_tdx(plan: &mut LaunchPlan<'_>, fw: &Firmware<'_>) -> Result<()> {
+fn plan_tdx(plan: &mut PlanParts<()>, fw: &Firmware<'_>) -> Result<()> {
     let meta = fw.tdx_metadata()?.ok_or(FirmwarePlanError::NoTdxMetadata)?;
     let mem = plan.config.mem_bytes;
     let flash = (fw.base_gpa(), fw.len());
@@ -826,7 +816,7 @@ mod tests {
         }
     }
 
-    fn imports(plan: &LaunchPlan<'_>) -> Vec<(u64, PageKind, PageData)> {
+    fn imports<B: AsRef<[u8]>>(plan: &LaunchPlan<B>) -> Vec<(u64, PageKind, PageData)> {
         plan.ops
             .iter()
             .filter_map(|op| match *op {
@@ -836,7 +826,7 @@ mod tests {
             .collect()
     }
 
-    fn contexts(plan: &LaunchPlan<'_>) -> Vec<(u32, VpSource, VpRegs)> {
+    fn contexts<B: AsRef<[u8]>>(plan: &LaunchPlan<B>) -> Vec<(u32, VpSource, VpRegs)> {
         plan.ops
             .iter()
             .filter_map(|op| match *op {
@@ -1152,13 +1142,13 @@ mod tests {
             FirmwarePlanError::Parse(_)
         ));
         let img = amdsev_like();
-        for vcpus in [0, 4097, u32::MAX] {
+        for vcpus in [0, 256, u32::MAX] {
             assert_eq!(
                 plan_firmware(&img, &cfg(Platform::Snp, vcpus)).unwrap_err(),
-                FirmwarePlanError::BadVcpuCount { vcpus }
+                FirmwarePlanError::Limit(LimitError::Vcpus(vcpus.into()))
             );
         }
-        assert!(plan_firmware(&img, &cfg(Platform::Tdx, 4096)).is_ok());
+        assert!(plan_firmware(&img, &cfg(Platform::Tdx, 255)).is_ok());
         let mut small = cfg(Platform::Snp, 1);
         small.mem_bytes = 0x80_0000;
         assert_eq!(

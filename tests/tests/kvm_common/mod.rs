@@ -49,7 +49,7 @@ pub trait AsLaunch {
     fn launch(&self) -> Arc<Launch>;
 }
 
-impl AsLaunch for LaunchPlan<'static> {
+impl AsLaunch for LaunchPlan {
     fn launch(&self) -> Arc<Launch> {
         Arc::new(Launch::from_plan(self.clone()))
     }

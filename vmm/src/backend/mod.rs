@@ -222,7 +222,7 @@ pub trait Phases {
 ///
 /// # Errors
 /// [`ExecError`] naming the op whose phase failed.
-pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan<'_>) -> Result<BuiltVm, ExecError> {
+pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan) -> Result<BuiltVm, ExecError> {
     let at = |index: usize, op: &LaunchOp| {
         let kind = OpKind::of(op);
         move |source| ExecError {
@@ -231,8 +231,8 @@ pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan<'_>) -> Result<Bui
             source,
         }
     };
-    let last = plan.ops.len().saturating_sub(1);
-    for (index, op) in plan.ops.iter().enumerate() {
+    let last = plan.ops().len().saturating_sub(1);
+    for (index, op) in plan.ops().iter().enumerate() {
         match op {
             LaunchOp::CreateVm { .. } => {
                 phases.create_vm().map_err(at(index, op))?;
@@ -246,7 +246,7 @@ pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan<'_>) -> Result<Bui
         }
     }
     Err(ExecError {
-        index: plan.ops.len(),
+        index: plan.ops().len(),
         op: OpKind::Finalize,
         source: BackendError::Kvm {
             what: "the plan has no Finalize",

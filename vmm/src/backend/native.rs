@@ -132,16 +132,16 @@ impl Prepared {
     /// # Errors
     /// [`BackendError::Memslots`] when the plan needs more memslots than the host's KVM
     /// offers; [`BackendError::VcpuCount`] for more vCPUs than it supports.
-    pub fn new(host: &Host, plan: &LaunchPlan<'_>) -> Result<Prepared, BackendError> {
-        let mem_bytes = plan.config.mem_bytes;
-        let slots = slot_ranges(mem_bytes, &plan.ops);
+    pub fn new(host: &Host, plan: &LaunchPlan) -> Result<Prepared, BackendError> {
+        let mem_bytes = plan.config().mem_bytes;
+        let slots = slot_ranges(mem_bytes, plan.ops());
         if slots.len() > host.nr_memslots {
             return Err(BackendError::Memslots {
                 need: slots.len(),
                 have: host.nr_memslots,
             });
         }
-        let vcpus = plan.config.vcpus;
+        let vcpus = plan.config().vcpus;
         if vcpus as usize > host.max_vcpus {
             return Err(BackendError::VcpuCount(vcpus, host.max_vcpus));
         }
@@ -252,7 +252,7 @@ fn map_ram_ok(gpa: u64, size: u64) -> bool {
 struct NativeBuild<'b> {
     host: &'b Host,
     prep: &'b Prepared,
-    plan: &'b LaunchPlan<'b>,
+    plan: &'b LaunchPlan,
     launch_id: u64,
     vm: Option<Vm>,
     vcpus: Vec<Vcpu>,
@@ -289,9 +289,9 @@ impl NativeBuild<'_> {
 
 impl Phases for NativeBuild<'_> {
     fn create_vm(&mut self) -> Result<(), BackendError> {
-        if self.plan.config.platform != Platform::Native {
+        if self.plan.config().platform != Platform::Native {
             return Err(BackendError::WrongPlatform {
-                plan: self.plan.config.platform,
+                plan: self.plan.config().platform,
                 backend: Platform::Native,
             });
         }
@@ -369,7 +369,7 @@ impl Phases for NativeBuild<'_> {
                 let vcpus = self.vcpus.len() as u32;
                 let regs = self
                     .plan
-                    .vp_contexts
+                    .vp_contexts()
                     .get(ctx as usize)
                     .ok_or(BackendError::Vp { vp, vcpus })?;
                 let vcpu = self

@@ -1148,7 +1148,7 @@ struct View<'a> {
 }
 
 struct Planned<'a> {
-    plan: LaunchPlan<'a>,
+    plan: LaunchPlan<&'a [u8]>,
     policy: u64,
     vmsa_features: u64,
     /// The digest, or why there is none.
@@ -1229,7 +1229,7 @@ impl<'a> View<'a> {
             }
         );
         let _ = writeln!(s, "memory:");
-        for op in &plan.ops {
+        for op in plan.ops() {
             if let LaunchOp::MapRam { gpa, size } = *op {
                 let what = if relaunch_core::plan::in_ram(self.cfg.mem_bytes, gpa, size) {
                     "guest RAM"
@@ -1253,23 +1253,23 @@ impl<'a> View<'a> {
                 run.source_text()
             );
         }
-        if !plan.generated.is_empty() {
+        if !plan.generated().is_empty() {
             let _ = writeln!(
                 s,
                 "generated pages (parameter areas, tables): {}",
-                plan.generated.len()
+                plan.generated().len()
             );
         }
         let _ = writeln!(s, "vCPUs:");
         for (vp, source, ctx) in final_vp_contexts(plan) {
             let _ = writeln!(s, "  vCPU {vp} ({}):", source_name(source));
-            if let Some(r) = plan.vp_contexts.get(ctx as usize) {
+            if let Some(r) = plan.vp_contexts().get(ctx as usize) {
                 for line in regs_text(r) {
                     let _ = writeln!(s, "    {line}");
                 }
             }
         }
-        match &plan.id_block {
+        match plan.id_block() {
             Some(id) => {
                 let ld = id.ld();
                 let matches = p
@@ -1306,7 +1306,7 @@ impl<'a> View<'a> {
         let _ = writeln!(
             s,
             "totals: {} ops, {} imported ({}), {}",
-            plan.ops.len(),
+            plan.ops().len(),
             pages(total),
             parts.join(", "),
             size_text(total * 4096)
@@ -1341,10 +1341,10 @@ impl<'a> View<'a> {
                     policy: Hex(p.policy),
                     policy_decoded: policy_text(self.platform, p.policy),
                     vmsa_features: Hex(p.vmsa_features),
-                    ops: plan.ops.iter().map(op_view).collect(),
-                    generated: plan.generated.iter().map(|g| json::hex(g)).collect(),
-                    vp_contexts: plan.vp_contexts.iter().map(regs_view).collect(),
-                    id_block: plan.id_block.as_ref().map(|id| IdBlockView {
+                    ops: plan.ops().iter().map(op_view).collect(),
+                    generated: plan.generated().iter().map(|g| json::hex(g)).collect(),
+                    vp_contexts: plan.vp_contexts().iter().map(regs_view).collect(),
+                    id_block: plan.id_block().as_ref().map(|id| IdBlockView {
                         id_block: json::hex(&id.id_block),
                         id_auth: json::hex(&id.id_auth),
                         author_key_enabled: id.author_key_enabled,
@@ -1434,7 +1434,7 @@ struct PagesView {
     shared: u64,
 }
 
-fn kind_counts(plan: &LaunchPlan<'_>) -> Vec<(PageKind, u64)> {
+fn kind_counts(plan: &LaunchPlan<&[u8]>) -> Vec<(PageKind, u64)> {
     let mut v: Vec<(PageKind, u64)> = [
         PageKind::Normal,
         PageKind::Zero,
@@ -1446,7 +1446,7 @@ fn kind_counts(plan: &LaunchPlan<'_>) -> Vec<(PageKind, u64)> {
     .into_iter()
     .map(|k| (k, 0))
     .collect();
-    for op in &plan.ops {
+    for op in plan.ops() {
         if let LaunchOp::ImportPage { kind, .. } = *op {
             if let Some(e) = v.iter_mut().find(|e| e.0 == kind) {
                 e.1 += 1;
@@ -1480,9 +1480,9 @@ impl Run {
     }
 }
 
-fn import_runs(plan: &LaunchPlan<'_>) -> Vec<Run> {
+fn import_runs(plan: &LaunchPlan<&[u8]>) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
-    for op in &plan.ops {
+    for op in plan.ops() {
         let LaunchOp::ImportPage { gpa, kind, data } = *op else {
             continue;
         };

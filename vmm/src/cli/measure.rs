@@ -353,7 +353,7 @@ fn run(args: &[OsString]) -> Result<String, MeasureCmdError> {
         }
         (None, _) => None,
     };
-    if let Some(id) = &r.plan.id_block {
+    if let Some(id) = r.plan.id_block() {
         // stdout stays one line; the ID block check goes to stderr (and into --json).
         if !a.json {
             let verdict = if measure::id_block_matches(&id.ld(), &r.measurement) {
@@ -584,7 +584,7 @@ pub enum Failure {
 #[derive(Debug)]
 pub struct Measured<'a> {
     /// The plan.
-    pub plan: LaunchPlan<'a>,
+    pub plan: LaunchPlan<&'a [u8]>,
     /// SHA-384 of every distinct SNP Normal page (empty for other platforms).
     pub digests: PageDigests,
     /// The measurement.
@@ -607,10 +607,10 @@ pub fn measure_bundle<'a>(
 ) -> Result<Measured<'a>, Failure> {
     let plan = plan(bundle, cfg).map_err(Failure::Plan)?;
     let digests = page_digests_parallel(&plan, threads).map_err(Failure::Measure)?;
-    let measurement = expected_with(&plan, Some(&digests), MeasureOptions::default())
+    let measurement = expected_with(plan.stream(), Some(&digests), MeasureOptions::default())
         .map_err(Failure::Measure)?;
     let (policy, vmsa_features) = plan
-        .ops
+        .ops()
         .iter()
         .find_map(|op| match *op {
             LaunchOp::CreateVm {
@@ -637,10 +637,10 @@ pub fn measure_bundle<'a>(
 /// # Errors
 /// Only if the digest jobs and results disagree (a bug).
 pub fn page_digests_parallel(
-    plan: &LaunchPlan<'_>,
+    plan: &LaunchPlan<&[u8]>,
     threads: usize,
 ) -> Result<PageDigests, MeasureError> {
-    let jobs = page_digest_jobs(plan);
+    let jobs = page_digest_jobs(plan.stream());
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -661,8 +661,8 @@ pub fn page_digests_parallel(
 }
 
 /// The first vCPU whose context is the reset state, if any.
-fn first_reset_vcpu(plan: &LaunchPlan<'_>) -> Option<u32> {
-    plan.ops.iter().find_map(|op| match *op {
+fn first_reset_vcpu(plan: &LaunchPlan<&[u8]>) -> Option<u32> {
+    plan.ops().iter().find_map(|op| match *op {
         LaunchOp::SetVpContext {
             vp,
             source: VpSource::Reset,
@@ -694,9 +694,9 @@ pub fn source_name(source: VpSource) -> &'static str {
 }
 
 /// Each vCPU's last `SetVpContext`: (vp, source, ctx index), in vCPU order.
-pub fn final_vp_contexts(plan: &LaunchPlan<'_>) -> Vec<(u32, VpSource, u32)> {
+pub fn final_vp_contexts(plan: &LaunchPlan<&[u8]>) -> Vec<(u32, VpSource, u32)> {
     let mut v: Vec<(u32, VpSource, u32)> = Vec::new();
-    for op in &plan.ops {
+    for op in plan.ops() {
         if let LaunchOp::SetVpContext { vp, source, ctx } = *op {
             match v.iter_mut().find(|e| e.0 == vp) {
                 Some(e) => *e = (vp, source, ctx),
@@ -838,7 +838,7 @@ fn report_json(
 ) -> String {
     let plan = &r.plan;
     let mut counts = [0u64; 6];
-    for op in &plan.ops {
+    for op in plan.ops() {
         if let LaunchOp::ImportPage { kind, .. } = *op {
             if let Some(i) = KINDS.iter().position(|&k| k == kind) {
                 counts[i] += 1;
@@ -862,7 +862,7 @@ fn report_json(
                 rip: None,
                 rdx: None,
             };
-            if let Some(regs) = plan.vp_contexts.get(ctx as usize) {
+            if let Some(regs) = plan.vp_contexts().get(ctx as usize) {
                 v.rip = Some(regs.rip);
                 if matches!(cfg.platform, Platform::Snp | Platform::SevEs) {
                     let page = kvm_measured_vmsa(
@@ -913,10 +913,10 @@ fn report_json(
             shared,
             total: counts.iter().sum(),
             distinct_hashed: r.digests.len() as u64,
-            generated: plan.generated.len() as u64,
+            generated: plan.generated().len() as u64,
         },
         vcpus,
-        id_block: plan.id_block.as_ref().map(|id| IdBlockFacts {
+        id_block: plan.id_block().as_ref().map(|id| IdBlockFacts {
             ld: id.ld(),
             matches: measure::id_block_matches(&id.ld(), &r.measurement),
             policy: id.policy(),

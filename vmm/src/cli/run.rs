@@ -277,8 +277,8 @@ where
 ///
 /// # Errors
 /// The planner's message.
-pub fn make_plan<'a>(bundle: &'a [u8], cfg: &LaunchConfig) -> Result<LaunchPlan<'a>, String> {
-    relaunch_core::plan::plan(bundle, cfg).map_err(|e| e.to_string())
+pub fn make_plan(bundle: &[u8], cfg: &LaunchConfig) -> Result<LaunchPlan, String> {
+    relaunch_core::plan::plan(std::sync::Arc::<[u8]>::from(bundle), cfg).map_err(|e| e.to_string())
 }
 
 /// CPUID(1).EAX of the host (the vCPU signature KVM passes through).

@@ -77,7 +77,7 @@ fn spec_file(n: u64) -> Vec<u8> {
     b.finish().unwrap()
 }
 
-fn imports(plan: &LaunchPlan<'_>) -> Vec<(u64, PageKind, PageData)> {
+fn imports<B: AsRef<[u8]>>(plan: &LaunchPlan<B>) -> Vec<(u64, PageKind, PageData)> {
     plan.ops
         .iter()
         .filter_map(|op| match *op {
@@ -695,11 +695,21 @@ fn madt_lists_every_vcpu() {
     );
     assert_eq!(&t[44..52], &[0, 8, 0, 0, 1, 0, 0, 0]);
     assert_eq!(&t[60..68], &[0, 8, 2, 2, 1, 0, 0, 0]);
-    // 300 vCPUs: x2APIC entries from ID 255; a one-page area is too small for 300 × 8 + ..
+    // 300 vCPUs: x2APIC entries from ID 255 (the table builder; a launch has at most
+    // `limits::MAX_VCPUS` = 255 vCPUs, so plans never get there).
     let big = build_madt(300);
     assert_eq!(big.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
     assert_eq!(big.len(), 44 + 255 * 8 + 45 * 16 + 12 + 50 + 12);
     let e = plan_igvm(&file, &cfg(Platform::Snp, 600)).unwrap_err();
+    assert!(matches!(e.kind, E::Limit(_)), "{e}");
+    // 255 vCPUs (44 + 255 × 8 + 68 bytes) at byte_offset 0xF00 do not fit a one-page area.
+    let mut b = IgvmBuilder::new();
+    let m = b.platform(IgvmPlatformType::SEV_SNP, 0).unwrap();
+    b.parameter_area(0, 4096, &[]).unwrap();
+    b.raw_header(0x309, &[0, 0, 0, 0, 0, 0xF, 0, 0]);
+    b.parameter_insert(0x20000, m, 0);
+    let file = b.finish().unwrap();
+    let e = plan_igvm(&file, &cfg(Platform::Snp, 255)).unwrap_err();
     assert!(matches!(e.kind, E::ParameterDoesNotFit { .. }), "{e}");
 }
 
