@@ -351,10 +351,31 @@ impl Devices {
         );
     }
 
-    /// Guest `in` from `port`.
-    pub fn io_in(&mut self, port: u16, data: &mut [u8]) -> Action {
+    /// Guest `in` from `port` into `data`: one or more accesses of `size` bytes (several for
+    /// `rep ins`). An access covers consecutive ports: byte `i` of it is read from
+    /// `port + i` by the device at `port` (for the UART, register by register).
+    pub fn io_in(&mut self, port: u16, size: usize, data: &mut [u8]) -> Action {
+        if let COM1..=0x3FF = port {
+            self.serial.read(port - COM1, size, data, &self.console);
+            return Action::None;
+        }
+        let mut known = true;
+        for access in data.chunks_mut(size.max(1)) {
+            known = self.in_one(port, access);
+            if !known {
+                break;
+            }
+        }
+        if !known {
+            data.fill(0xFF);
+            self.unknown("port read", u64::from(port), data.len());
+        }
+        Action::None
+    }
+
+    /// One `in` access at `port`; false if no device claims the port.
+    fn in_one(&mut self, port: u16, data: &mut [u8]) -> bool {
         match port {
-            COM1..=0x3FF => self.serial.read(port - COM1, data, &self.console),
             fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
                 self.fw_cfg.io_in(port, data)
             }
@@ -373,30 +394,50 @@ impl Devices {
                 }
             }
             PORT_PM1A_CNT | 0x605 | PORT_BOOT_MARKER => data.fill(0),
-            _ => {
-                data.fill(0xFF);
-                self.unknown("port read", u64::from(port), data.len());
+            _ => return false,
+        }
+        true
+    }
+
+    /// Guest `out` of `data` to `port`: one or more accesses of `size` bytes (several for
+    /// `rep outs`), handled in order until one ends the launch. An access covers consecutive
+    /// ports: byte `i` of it goes to `port + i` by way of the device at `port` (for the
+    /// UART, register by register).
+    pub fn io_out(&mut self, port: u16, size: usize, data: &[u8]) -> Action {
+        if let COM1..=0x3FF = port {
+            self.serial.write(port - COM1, size, data, &self.console);
+            return Action::None;
+        }
+        for access in data.chunks(size.max(1)) {
+            match self.out_one(port, access) {
+                Some(Action::None) => {}
+                Some(action) => return action,
+                None => {
+                    self.unknown("port write", u64::from(port), data.len());
+                    break;
+                }
             }
         }
         Action::None
     }
 
-    /// Guest `out` to `port`.
-    pub fn io_out(&mut self, port: u16, data: &[u8]) -> Action {
+    /// One `out` access at `port`; `None` if no device claims the port.
+    fn out_one(&mut self, port: u16, data: &[u8]) -> Option<Action> {
         let first = data.first().copied().unwrap_or(0);
         match port {
             PORT_BOOT_MARKER => {
                 let _ = self.clock.boot_marker.set(Instant::now());
             }
-            COM1..=0x3FF => self.serial.write(port - COM1, data, &self.console),
             fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
                 self.fw_cfg.io_out(port, data, &self.memory)
             }
-            PORT_I8042_CMD if first == I8042_RESET => return Action::Reset(ResetSource::I8042),
+            PORT_I8042_CMD if first == I8042_RESET => {
+                return Some(Action::Reset(ResetSource::I8042))
+            }
             PORT_I8042_CMD | PORT_I8042_DATA => {}
             PORT_RST_CNT => {
                 if data.len() == 1 && first & RST_CNT_RST_CPU != 0 {
-                    return Action::Reset(ResetSource::Cf9);
+                    return Some(Action::Reset(ResetSource::Cf9));
                 }
                 self.rst_cnt = first & RST_CNT_MASK;
             }
@@ -407,17 +448,17 @@ impl Devices {
                     _ => 0,
                 };
                 if val & PM1_SLP_EN != 0 {
-                    return Action::PowerOff;
+                    return Some(Action::PowerOff);
                 }
             }
             PORT_PVPANIC => {
                 if first & PVPANIC_PANICKED != 0 {
-                    return Action::Panic;
+                    return Some(Action::Panic);
                 }
             }
-            _ => self.unknown("port write", u64::from(port), data.len()),
+            _ => return None,
         }
-        Action::None
+        Some(Action::None)
     }
 
     /// Guest MMIO read (nothing is mapped: all-ones).
@@ -452,30 +493,66 @@ mod tests {
     #[test]
     fn reset_poweroff_panic_ports() {
         let (mut d, _, _) = devices();
-        assert_eq!(d.io_out(0x64, &[0xFE]), Action::Reset(ResetSource::I8042));
-        assert_eq!(d.io_out(0x64, &[0xFF]), Action::None);
-        assert_eq!(d.io_out(0xCF9, &[0x02]), Action::None);
+        assert_eq!(
+            d.io_out(0x64, 1, &[0xFE]),
+            Action::Reset(ResetSource::I8042)
+        );
+        assert_eq!(d.io_out(0x64, 1, &[0xFF]), Action::None);
+        assert_eq!(d.io_out(0xCF9, 1, &[0x02]), Action::None);
         let mut b = [0u8];
-        d.io_in(0xCF9, &mut b);
+        d.io_in(0xCF9, 1, &mut b);
         assert_eq!(b[0], 0x02);
-        assert_eq!(d.io_out(0xCF9, &[0x06]), Action::Reset(ResetSource::Cf9));
-        assert_eq!(d.io_out(0xCF9, &[0x0E]), Action::Reset(ResetSource::Cf9));
-        assert_eq!(d.io_out(0x604, &0x2000u16.to_le_bytes()), Action::PowerOff);
-        assert_eq!(d.io_out(0x604, &0x3400u16.to_le_bytes()), Action::PowerOff);
-        assert_eq!(d.io_out(0x604, &0x1C00u16.to_le_bytes()), Action::None);
-        assert_eq!(d.io_out(0x605, &[0x20]), Action::PowerOff);
-        assert_eq!(d.io_out(0x604, &[0x20]), Action::None);
-        assert_eq!(d.io_out(0x505, &[1]), Action::Panic);
-        assert_eq!(d.io_out(0x505, &[2]), Action::None);
+        assert_eq!(d.io_out(0xCF9, 1, &[0x06]), Action::Reset(ResetSource::Cf9));
+        assert_eq!(d.io_out(0xCF9, 1, &[0x0E]), Action::Reset(ResetSource::Cf9));
+        assert_eq!(
+            d.io_out(0x604, 2, &0x2000u16.to_le_bytes()),
+            Action::PowerOff
+        );
+        assert_eq!(
+            d.io_out(0x604, 2, &0x3400u16.to_le_bytes()),
+            Action::PowerOff
+        );
+        assert_eq!(d.io_out(0x604, 2, &0x1C00u16.to_le_bytes()), Action::None);
+        assert_eq!(d.io_out(0x605, 1, &[0x20]), Action::PowerOff);
+        assert_eq!(d.io_out(0x604, 1, &[0x20]), Action::None);
+        assert_eq!(d.io_out(0x505, 1, &[1]), Action::Panic);
+        assert_eq!(d.io_out(0x505, 1, &[2]), Action::None);
+    }
+
+    #[test]
+    fn wide_and_repeated_port_accesses() {
+        let (mut d, console, _) = devices();
+        // outw to THR writes THR and IER (not two console bytes); inw reads RBR and IER.
+        assert_eq!(d.io_out(0x3F8, 2, &[b'A', 0x02]), Action::None);
+        assert_eq!(console.captured(), b"A");
+        let mut w = [0u8; 2];
+        d.io_in(0x3F8, 2, &mut w);
+        assert_eq!(w, [0, 0x02]);
+        // rep outsb to THR: every byte is a THR write.
+        d.io_out(0x3F8, 1, b"hi");
+        assert_eq!(console.captured(), b"Ahi");
+        // rep outsb to the i8042: the second byte resets.
+        assert_eq!(
+            d.io_out(0x64, 1, &[0x00, 0xFE]),
+            Action::Reset(ResetSource::I8042)
+        );
+        // rep outsw to PM1a_CNT: the second access powers off.
+        assert_eq!(d.io_out(0x604, 2, &[0, 0, 0x00, 0x20]), Action::PowerOff);
+        // rep insb from an unknown port: all-ones, one unknown access.
+        let before = d.unknown;
+        let mut b = [0u8; 5];
+        d.io_in(0x1234, 1, &mut b);
+        assert_eq!(b, [0xFF; 5]);
+        assert_eq!(d.unknown, before + 1);
     }
 
     #[test]
     fn boot_marker_keeps_first_write() {
         let (mut d, _, clock) = devices();
         assert!(clock.boot_marker.get().is_none());
-        d.io_out(0x80, &[1]);
+        d.io_out(0x80, 1, &[1]);
         let t = *clock.boot_marker.get().unwrap();
-        d.io_out(0x80, &[2]);
+        d.io_out(0x80, 1, &[2]);
         assert_eq!(*clock.boot_marker.get().unwrap(), t);
     }
 
@@ -493,7 +570,7 @@ mod tests {
                 Arc::clone(&log),
             );
             for _ in 0..100 {
-                d.io_out(0x1234, &[0]);
+                d.io_out(0x1234, 1, &[0]);
             }
             assert_eq!(d.unknown, 100);
         }
@@ -551,13 +628,13 @@ mod tests {
             Arc::clone(&log),
         );
         let t = Instant::now();
-        d.io_out(0x1234, &[0]);
+        d.io_out(0x1234, 1, &[0]);
         // The writer takes the first line and blocks in write.
         while !log.spool().is_some_and(|s| s.writing()) {
             std::thread::yield_now();
         }
         for _ in 1..100 {
-            assert_eq!(d.io_out(0x1234, &[0]), Action::None);
+            assert_eq!(d.io_out(0x1234, 1, &[0]), Action::None);
         }
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(d.unknown, 100);
@@ -577,9 +654,9 @@ mod tests {
         for p in 0..=u16::MAX {
             let mut b = [0u8; 4];
             if !matches!(p, 0x64 | 0x505 | 0x604 | 0x605 | 0xCF9 | 0x510..=0x51B) {
-                d.io_out(p, &[0xFE, 0xFF, 0xFF, 0xFF]);
+                d.io_out(p, 4, &[0xFE, 0xFF, 0xFF, 0xFF]);
             }
-            d.io_in(p, &mut b);
+            d.io_in(p, 4, &mut b);
         }
         d.mmio_read(0xFEE0_0000, &mut [0; 8]);
         d.mmio_write(0xFFFF_FFFF_FFFF_FFF0, &[1; 8]);
