@@ -335,3 +335,39 @@ fn kvm_dead_vm_backlog_is_bounded_with_a_slow_fdatasync() {
     assert_eq!(r.peak_backlog, 1);
     let _ = std::fs::remove_file(&path);
 }
+
+/// A port access covers consecutive ports, one register per byte: a 16-bit `out` to THR
+/// writes THR and IER, a 16-bit `in` from RBR reads RBR and IER. The guest prints 'A'
+/// (the low byte), then IER (the high byte, 2) as a digit, and powers off.
+///
+/// ```text
+/// .code16
+///   mov $0x3f8, %dx
+///   mov $0x0241, %ax    # 'A' to THR, IER_THRE (2) to IER
+///   out %ax, %dx
+///   in  %dx, %ax        # AL = RBR (no input: 0), AH = IER
+///   mov %ah, %al
+///   add $0x30, %al
+///   out %al, %dx
+///   mov $0xa, %al
+///   out %al, %dx
+///   mov $0x604, %dx
+///   mov $0x2000, %ax
+///   out %ax, %dx
+/// 1: hlt
+///   jmp 1b
+/// ```
+#[test]
+fn kvm_wide_uart_accesses_cover_consecutive_registers() {
+    const WIDE_UART: &[u8] = &[
+        0xba, 0xf8, 0x03, 0xb8, 0x41, 0x02, 0xef, 0xed, 0x88, 0xe0, 0x04, 0x30, 0xee, 0xb0, 0x0a,
+        0xee, 0xba, 0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4, 0xeb, 0xfd,
+    ];
+    let Some(host) = host(true) else { return };
+    let plan = testing::plan(WIDE_UART, &[], 1, MEM, 0);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    // Before: "A\x02" from the `out`, then IER read back as 0.
+    assert_eq!(output(&cfg), "A2\n");
+}

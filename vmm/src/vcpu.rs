@@ -15,7 +15,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::VcpuExit;
 
 use crate::devices::{Action, Devices, LaunchClock, ResetSource, PORT_BOOT_MARKER};
-use crate::sys::kvm::Vcpu;
+use crate::sys::kvm::{PortIo, Vcpu};
 use crate::sys::signal;
 
 /// How a launch ended.
@@ -126,6 +126,17 @@ pub enum ExitAction {
 pub trait ExitHandler: Send + Sync {
     /// Handles one exit of vCPU `id`.
     fn handle(&self, id: u32, exit: VcpuExit<'_>) -> ExitAction;
+
+    /// Handles a port access of vCPU `id` with its access width (`Vcpu::port_io`); by
+    /// default as the `IoIn`/`IoOut` exit it came from.
+    fn port_io(&self, id: u32, io: PortIo<'_>) -> ExitAction {
+        let exit = if io.input {
+            VcpuExit::IoIn(io.port, io.data)
+        } else {
+            VcpuExit::IoOut(io.port, io.data)
+        };
+        self.handle(id, exit)
+    }
 }
 
 /// The native exits: port and MMIO accesses go to the devices; triple fault and the
@@ -146,10 +157,20 @@ impl NativeExits {
 }
 
 impl ExitHandler for NativeExits {
+    fn port_io(&self, _id: u32, io: PortIo<'_>) -> ExitAction {
+        let action = if io.input {
+            self.devices().io_in(io.port, io.size, io.data)
+        } else {
+            self.devices().io_out(io.port, io.size, io.data)
+        };
+        native_action(action)
+    }
+
     fn handle(&self, id: u32, exit: VcpuExit<'_>) -> ExitAction {
         let action = match exit {
-            VcpuExit::IoOut(port, data) => self.devices().io_out(port, data),
-            VcpuExit::IoIn(port, data) => self.devices().io_in(port, data),
+            // Without its width (not from `port_io`): taken as one access of every byte.
+            VcpuExit::IoOut(port, data) => self.devices().io_out(port, data.len(), data),
+            VcpuExit::IoIn(port, data) => self.devices().io_in(port, data.len(), data),
             VcpuExit::MmioRead(addr, data) => {
                 self.devices().mmio_read(addr, data);
                 Action::None
@@ -178,12 +199,17 @@ impl ExitHandler for NativeExits {
                 )))
             }
         };
-        match action {
-            Action::None => ExitAction::Continue,
-            Action::Reset(src) => ExitAction::End(Outcome::Reset(src)),
-            Action::PowerOff => ExitAction::End(Outcome::PowerOff("acpi-pm1-slp-en")),
-            Action::Panic => ExitAction::End(Outcome::GuestFatal("pvpanic".into())),
-        }
+        native_action(action)
+    }
+}
+
+/// What a device action means for the launch.
+fn native_action(action: Action) -> ExitAction {
+    match action {
+        Action::None => ExitAction::Continue,
+        Action::Reset(src) => ExitAction::End(Outcome::Reset(src)),
+        Action::PowerOff => ExitAction::End(Outcome::PowerOff("acpi-pm1-slp-en")),
+        Action::Panic => ExitAction::End(Outcome::GuestFatal("pvpanic".into())),
     }
 }
 
@@ -234,6 +260,13 @@ fn vcpu_loop(
             Ok(VcpuExit::FailEntry(reason, cpu)) => ExitAction::End(Outcome::GuestFatal(format!(
                 "VM entry failed on vCPU {id}: reason {reason:#x} (host cpu {cpu})"
             ))),
+            // Port I/O again with its access width, which `VcpuExit` drops.
+            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => match vcpu.port_io() {
+                Some(io) => exits.port_io(id, io),
+                None => ExitAction::End(Outcome::VmmError(format!(
+                    "vCPU {id}: port I/O exit without its kvm_run data"
+                ))),
+            },
             Ok(exit) => exits.handle(id, exit),
             // Kicked (EINTR); a waiting AP that received INIT (EAGAIN): re-enter.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,

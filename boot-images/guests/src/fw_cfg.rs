@@ -150,7 +150,7 @@ pub fn write_desc(desc: u64, control: u32, length: u32, address: u64) {
     bytes[8..16].copy_from_slice(&address.to_be_bytes());
     for (i, b) in bytes.into_iter().enumerate() {
         // SAFETY: inside the scratch RAM (asserted above), byte writes need no alignment.
-        unsafe { core::ptr::write_volatile(p.add(i), b) }
+        unsafe { core::ptr::write_volatile(p.wrapping_add(i), b) }
     }
 }
 

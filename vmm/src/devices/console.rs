@@ -11,112 +11,20 @@
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Read, Write};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::log::Spool;
 
 /// Bytes of guest input buffered at most.
 pub const INPUT_CAP: usize = 4096;
 /// Bytes of guest output buffered at most while the writer thread is blocked.
 pub const OUTPUT_CAP: usize = 64 << 10;
 
-/// Output waiting for the writer thread.
-#[derive(Debug, Default)]
-struct Pending {
-    buf: Vec<u8>,
-    /// Bytes dropped because `buf` was full.
-    dropped: u64,
-    /// The writer thread holds a chunk it is writing.
-    writing: bool,
-    /// The writer thread sleeps on `wake`.
-    idle: bool,
-    /// The sink failed (closed pipe): output is discarded from now on.
-    broken: bool,
-}
-
-/// A bounded buffer drained by a writer thread.
-#[derive(Debug)]
-struct Writer {
-    state: Mutex<Pending>,
-    /// Signalled when output arrives for an idle writer.
-    wake: Condvar,
-    /// Signalled when the writer has written everything.
-    drained: Condvar,
-    cap: usize,
-}
-
-impl Writer {
-    /// Starts the writer thread over `sink` (detached: it sleeps while there is no output).
-    fn spawn(mut sink: Box<dyn Write + Send>, cap: usize) -> std::io::Result<Arc<Writer>> {
-        let w = Arc::new(Writer {
-            state: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
-            drained: Condvar::new(),
-            cap,
-        });
-        let me = Arc::clone(&w);
-        std::thread::Builder::new()
-            .name("console-out".into())
-            .spawn(move || {
-                let mut chunk = Vec::new();
-                loop {
-                    {
-                        let mut p = lock(&me.state);
-                        p.writing = false;
-                        while p.buf.is_empty() {
-                            me.drained.notify_all();
-                            p.idle = true;
-                            p = me.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
-                        }
-                        p.idle = false;
-                        p.writing = true;
-                        chunk.clear();
-                        std::mem::swap(&mut p.buf, &mut chunk);
-                    }
-                    // Errors: a closed stdout must not stop the VMM; later output is dropped.
-                    if sink.write_all(&chunk).and_then(|()| sink.flush()).is_err() {
-                        lock(&me.state).broken = true;
-                    }
-                }
-            })?;
-        Ok(w)
-    }
-
-    fn push(&self, data: &[u8]) {
-        let mut p = lock(&self.state);
-        if p.broken {
-            return;
-        }
-        let n = self.cap.saturating_sub(p.buf.len()).min(data.len());
-        p.buf.extend_from_slice(data.get(..n).unwrap_or(&[]));
-        p.dropped = p.dropped.saturating_add((data.len() - n) as u64);
-        if p.idle && n > 0 {
-            p.idle = false;
-            self.wake.notify_one();
-        }
-    }
-
-    /// Waits up to `timeout` for the buffer to be written; returns the bytes dropped so far.
-    fn finish(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        let mut p = lock(&self.state);
-        while !p.broken && (!p.buf.is_empty() || p.writing) {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            p = self
-                .drained
-                .wait_timeout(p, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        p.dropped
-    }
-}
-
 #[derive(Debug)]
 enum Out {
     /// Through the writer thread.
-    Stream(Arc<Writer>),
+    Stream(Arc<Spool>),
     /// Written directly (only if the writer thread could not be started).
     Stdout,
     Discard,
@@ -147,7 +55,7 @@ impl Console {
 
     /// Guest output to the process's stdout, through a writer thread (module doc).
     pub fn stdout() -> Console {
-        match Writer::spawn(Box::new(std::io::stdout()), OUTPUT_CAP) {
+        match Spool::spawn("console-out", Box::new(std::io::stdout()), OUTPUT_CAP) {
             Ok(w) => Console::with(Out::Stream(w)),
             Err(e) => {
                 crate::elog!("relaunch: no console writer thread ({e}); writing output directly");
@@ -161,7 +69,11 @@ impl Console {
     /// # Errors
     /// The thread could not be started.
     pub fn to_writer(sink: Box<dyn Write + Send>, cap: usize) -> std::io::Result<Console> {
-        Ok(Console::with(Out::Stream(Writer::spawn(sink, cap)?)))
+        Ok(Console::with(Out::Stream(Spool::spawn(
+            "console-out",
+            sink,
+            cap,
+        )?)))
     }
 
     /// Guest output dropped (`--quiet`).
@@ -182,7 +94,9 @@ impl Console {
         match &self.out {
             // Handed to the writer thread at once (woken if idle): a prompt without a newline
             // must show while the guest waits for input. Never blocks (module doc).
-            Out::Stream(w) => w.push(data),
+            Out::Stream(w) => {
+                let _ = w.push(data, false);
+            }
             Out::Stdout => {
                 // Errors (closed stdout) are ignored: the guest must not be able to stop the
                 // VMM by printing.
@@ -204,7 +118,7 @@ impl Console {
     /// full.
     pub fn finish(&self, timeout: Duration) -> u64 {
         match &self.out {
-            Out::Stream(w) => w.finish(timeout),
+            Out::Stream(w) => w.finish(timeout).dropped_bytes,
             Out::Stdout => {
                 let _ = std::io::stdout().lock().flush();
                 0
@@ -285,6 +199,8 @@ fn stdin_is_fifo() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Condvar;
+    use std::time::Instant;
 
     /// A sink that blocks every write until `gate` opens, recording what it got.
     struct Gated {
@@ -320,15 +236,10 @@ mod tests {
         // the rest is dropped. None of this may block the caller.
         let t = Instant::now();
         c.output(b"first");
-        while !lock(
-            &match &c.out {
-                Out::Stream(w) => Arc::clone(w),
-                _ => unreachable!(),
-            }
-            .state,
-        )
-        .writing
-        {
+        let Out::Stream(w) = &c.out else {
+            unreachable!()
+        };
+        while !w.writing() {
             std::thread::yield_now();
         }
         for _ in 0..1000 {

@@ -10,6 +10,7 @@ pub mod console;
 pub mod fw_cfg;
 pub mod serial;
 
+use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use console::Console;
 use fw_cfg::FwCfg;
 use serial::{Serial, COM1};
 
+use crate::log::Spool;
 use crate::memory::GuestMemory;
 
 /// Boot-marker port: the first write per launch is timestamped.
@@ -50,20 +52,49 @@ pub const UNKNOWN_LOG_LIMIT: u64 = 8;
 /// After the burst, one more unknown access may be logged per this interval.
 pub const UNKNOWN_LOG_REFILL: Duration = Duration::from_secs(60);
 
-/// The session-wide budget for logging unknown guest accesses: a token bucket of
-/// [`UNKNOWN_LOG_LIMIT`] lines refilled one per [`UNKNOWN_LOG_REFILL`]. It outlives launches,
-/// so a guest that pokes an unknown port and resets cannot flood stderr; what is not logged
-/// is counted ([`UnknownLog::suppressed`]).
-#[derive(Debug)]
+/// Bytes of unknown-access log lines buffered at most while stderr is blocked (≈ 60 lines).
+pub const UNKNOWN_LOG_CAP: usize = 4 << 10;
+/// How long [`UnknownLog::suppressed`] waits for queued lines to reach stderr.
+const UNKNOWN_LOG_FLUSH: Duration = Duration::from_millis(100);
+
+/// The session-wide log of unknown guest accesses.
+///
+/// Budget: a token bucket of [`UNKNOWN_LOG_LIMIT`] lines refilled one per
+/// [`UNKNOWN_LOG_REFILL`]. It outlives launches, so a guest that pokes an unknown port and
+/// resets cannot flood stderr.
+///
+/// Path: lines are logged with the devices mutex held, so they never touch stderr on the
+/// vCPU thread: they go, whole, into a buffer of at most [`UNKNOWN_LOG_CAP`] bytes that a
+/// writer thread (started at the first line) drains to stderr; a line that does not fit is
+/// dropped. Everything not logged, over budget or dropped, is counted
+/// ([`UnknownLog::suppressed`]).
 pub struct UnknownLog {
     state: Mutex<LogBucket>,
+    /// The sink until the writer thread is started.
+    sink: Mutex<Option<Box<dyn Write + Send>>>,
+    cap: usize,
+    /// The writer, once started (`None`: it could not be, lines are dropped).
+    spool: OnceLock<Option<Arc<Spool>>>,
+}
+
+impl std::fmt::Debug for UnknownLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnknownLog")
+            .field("state", &self.state)
+            .field("cap", &self.cap)
+            .field("spool", &self.spool)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
 struct LogBucket {
     tokens: u64,
     refilled: Instant,
+    /// Over budget.
     suppressed: u64,
+    /// Dropped because the writer thread could not be started.
+    unspooled: u64,
 }
 
 impl Default for UnknownLog {
@@ -72,21 +103,43 @@ impl Default for UnknownLog {
     }
 }
 
+impl Drop for UnknownLog {
+    fn drop(&mut self) {
+        // The writer thread writes what is queued, then ends.
+        if let Some(Some(spool)) = self.spool.get() {
+            spool.close();
+        }
+    }
+}
+
 impl UnknownLog {
-    /// A full budget.
+    /// A full budget, logging to stderr.
     pub fn new() -> UnknownLog {
+        UnknownLog::to_writer(Box::new(std::io::stderr()), UNKNOWN_LOG_CAP)
+    }
+
+    /// A full budget, logging to `sink` with at most `cap` bytes buffered.
+    pub fn to_writer(sink: Box<dyn Write + Send>, cap: usize) -> UnknownLog {
         UnknownLog {
             state: Mutex::new(LogBucket {
                 tokens: UNKNOWN_LOG_LIMIT,
                 refilled: Instant::now(),
                 suppressed: 0,
+                unspooled: 0,
             }),
+            sink: Mutex::new(Some(sink)),
+            cap,
+            spool: OnceLock::new(),
         }
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, LogBucket> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether one more line may be logged at `now`; counts it as suppressed if not.
     pub fn allow(&self, now: Instant) -> bool {
-        let mut b = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut b = self.bucket();
         let earned = now.saturating_duration_since(b.refilled).as_secs()
             / UNKNOWN_LOG_REFILL.as_secs().max(1);
         if earned > 0 {
@@ -102,21 +155,60 @@ impl UnknownLog {
         }
     }
 
-    /// Whether the budget is used up (the next access is not logged, barring refill).
-    fn exhausted(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tokens
-            == 0
+    /// Logs `line` if the budget allows at `now` (the last line of a burst says that further
+    /// accesses are only counted). Never blocks on stderr (type doc).
+    pub fn log(&self, now: Instant, line: std::fmt::Arguments<'_>) {
+        if !self.allow(now) {
+            return;
+        }
+        let mut text = format!("{line}\n");
+        if self.bucket().tokens == 0 {
+            text.push_str(
+                "relaunch: further unknown guest accesses are only counted (one logged a minute)\n",
+            );
+        }
+        match self.spool() {
+            Some(spool) => {
+                // A dropped line is counted by the spool.
+                let _ = spool.push(text.as_bytes(), true);
+            }
+            None => {
+                let mut b = self.bucket();
+                b.unspooled = b.unspooled.saturating_add(1);
+            }
+        }
     }
 
-    /// Unknown accesses not logged so far.
+    /// The writer, started on first use.
+    fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool
+            .get_or_init(|| {
+                let sink = self
+                    .sink
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()?;
+                Spool::spawn("unknown-log", sink, self.cap).ok()
+            })
+            .as_ref()
+    }
+
+    /// Unknown accesses not logged so far: over budget, or dropped because stderr did not
+    /// keep up (buffer full, stderr failed, no writer thread). Call it when the session ends:
+    /// it waits up to 100 ms for queued lines to be written, and counts those still
+    /// unwritten then as not logged.
     pub fn suppressed(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .suppressed
+        let b = self.bucket();
+        let (suppressed, unspooled) = (b.suppressed, b.unspooled);
+        drop(b);
+        let spooled = match self.spool.get() {
+            Some(Some(spool)) => {
+                let loss = spool.finish(UNKNOWN_LOG_FLUSH);
+                loss.dropped_pushes.saturating_add(loss.unwritten_pushes)
+            }
+            _ => 0,
+        };
+        suppressed.saturating_add(unspooled).saturating_add(spooled)
     }
 }
 
@@ -253,20 +345,37 @@ impl Devices {
 
     fn unknown(&mut self, what: &str, addr: u64, len: usize) {
         self.unknown = self.unknown.saturating_add(1);
-        if self.log.allow(Instant::now()) {
-            crate::elog!("relaunch: guest {what} {addr:#x} ({len} bytes) ignored");
-            if self.log.exhausted() {
-                crate::elog!(
-                    "relaunch: further unknown guest accesses are only counted (one logged a minute)"
-                );
-            }
-        }
+        self.log.log(
+            Instant::now(),
+            format_args!("relaunch: guest {what} {addr:#x} ({len} bytes) ignored"),
+        );
     }
 
-    /// Guest `in` from `port`.
-    pub fn io_in(&mut self, port: u16, data: &mut [u8]) -> Action {
+    /// Guest `in` from `port` into `data`: one or more accesses of `size` bytes (several for
+    /// `rep ins`). An access covers consecutive ports: byte `i` of it is read from
+    /// `port + i` by the device at `port` (for the UART, register by register).
+    pub fn io_in(&mut self, port: u16, size: usize, data: &mut [u8]) -> Action {
+        if let COM1..=0x3FF = port {
+            self.serial.read(port - COM1, size, data, &self.console);
+            return Action::None;
+        }
+        let mut known = true;
+        for access in data.chunks_mut(size.max(1)) {
+            known = self.in_one(port, access);
+            if !known {
+                break;
+            }
+        }
+        if !known {
+            data.fill(0xFF);
+            self.unknown("port read", u64::from(port), data.len());
+        }
+        Action::None
+    }
+
+    /// One `in` access at `port`; false if no device claims the port.
+    fn in_one(&mut self, port: u16, data: &mut [u8]) -> bool {
         match port {
-            COM1..=0x3FF => self.serial.read(port - COM1, data, &self.console),
             fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
                 self.fw_cfg.io_in(port, data)
             }
@@ -285,30 +394,50 @@ impl Devices {
                 }
             }
             PORT_PM1A_CNT | 0x605 | PORT_BOOT_MARKER => data.fill(0),
-            _ => {
-                data.fill(0xFF);
-                self.unknown("port read", u64::from(port), data.len());
+            _ => return false,
+        }
+        true
+    }
+
+    /// Guest `out` of `data` to `port`: one or more accesses of `size` bytes (several for
+    /// `rep outs`), handled in order until one ends the launch. An access covers consecutive
+    /// ports: byte `i` of it goes to `port + i` by way of the device at `port` (for the
+    /// UART, register by register).
+    pub fn io_out(&mut self, port: u16, size: usize, data: &[u8]) -> Action {
+        if let COM1..=0x3FF = port {
+            self.serial.write(port - COM1, size, data, &self.console);
+            return Action::None;
+        }
+        for access in data.chunks(size.max(1)) {
+            match self.out_one(port, access) {
+                Some(Action::None) => {}
+                Some(action) => return action,
+                None => {
+                    self.unknown("port write", u64::from(port), data.len());
+                    break;
+                }
             }
         }
         Action::None
     }
 
-    /// Guest `out` to `port`.
-    pub fn io_out(&mut self, port: u16, data: &[u8]) -> Action {
+    /// One `out` access at `port`; `None` if no device claims the port.
+    fn out_one(&mut self, port: u16, data: &[u8]) -> Option<Action> {
         let first = data.first().copied().unwrap_or(0);
         match port {
             PORT_BOOT_MARKER => {
                 let _ = self.clock.boot_marker.set(Instant::now());
             }
-            COM1..=0x3FF => self.serial.write(port - COM1, data, &self.console),
             fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
                 self.fw_cfg.io_out(port, data, &self.memory)
             }
-            PORT_I8042_CMD if first == I8042_RESET => return Action::Reset(ResetSource::I8042),
+            PORT_I8042_CMD if first == I8042_RESET => {
+                return Some(Action::Reset(ResetSource::I8042))
+            }
             PORT_I8042_CMD | PORT_I8042_DATA => {}
             PORT_RST_CNT => {
                 if data.len() == 1 && first & RST_CNT_RST_CPU != 0 {
-                    return Action::Reset(ResetSource::Cf9);
+                    return Some(Action::Reset(ResetSource::Cf9));
                 }
                 self.rst_cnt = first & RST_CNT_MASK;
             }
@@ -319,17 +448,17 @@ impl Devices {
                     _ => 0,
                 };
                 if val & PM1_SLP_EN != 0 {
-                    return Action::PowerOff;
+                    return Some(Action::PowerOff);
                 }
             }
             PORT_PVPANIC => {
                 if first & PVPANIC_PANICKED != 0 {
-                    return Action::Panic;
+                    return Some(Action::Panic);
                 }
             }
-            _ => self.unknown("port write", u64::from(port), data.len()),
+            _ => return None,
         }
-        Action::None
+        Some(Action::None)
     }
 
     /// Guest MMIO read (nothing is mapped: all-ones).
@@ -364,30 +493,66 @@ mod tests {
     #[test]
     fn reset_poweroff_panic_ports() {
         let (mut d, _, _) = devices();
-        assert_eq!(d.io_out(0x64, &[0xFE]), Action::Reset(ResetSource::I8042));
-        assert_eq!(d.io_out(0x64, &[0xFF]), Action::None);
-        assert_eq!(d.io_out(0xCF9, &[0x02]), Action::None);
+        assert_eq!(
+            d.io_out(0x64, 1, &[0xFE]),
+            Action::Reset(ResetSource::I8042)
+        );
+        assert_eq!(d.io_out(0x64, 1, &[0xFF]), Action::None);
+        assert_eq!(d.io_out(0xCF9, 1, &[0x02]), Action::None);
         let mut b = [0u8];
-        d.io_in(0xCF9, &mut b);
+        d.io_in(0xCF9, 1, &mut b);
         assert_eq!(b[0], 0x02);
-        assert_eq!(d.io_out(0xCF9, &[0x06]), Action::Reset(ResetSource::Cf9));
-        assert_eq!(d.io_out(0xCF9, &[0x0E]), Action::Reset(ResetSource::Cf9));
-        assert_eq!(d.io_out(0x604, &0x2000u16.to_le_bytes()), Action::PowerOff);
-        assert_eq!(d.io_out(0x604, &0x3400u16.to_le_bytes()), Action::PowerOff);
-        assert_eq!(d.io_out(0x604, &0x1C00u16.to_le_bytes()), Action::None);
-        assert_eq!(d.io_out(0x605, &[0x20]), Action::PowerOff);
-        assert_eq!(d.io_out(0x604, &[0x20]), Action::None);
-        assert_eq!(d.io_out(0x505, &[1]), Action::Panic);
-        assert_eq!(d.io_out(0x505, &[2]), Action::None);
+        assert_eq!(d.io_out(0xCF9, 1, &[0x06]), Action::Reset(ResetSource::Cf9));
+        assert_eq!(d.io_out(0xCF9, 1, &[0x0E]), Action::Reset(ResetSource::Cf9));
+        assert_eq!(
+            d.io_out(0x604, 2, &0x2000u16.to_le_bytes()),
+            Action::PowerOff
+        );
+        assert_eq!(
+            d.io_out(0x604, 2, &0x3400u16.to_le_bytes()),
+            Action::PowerOff
+        );
+        assert_eq!(d.io_out(0x604, 2, &0x1C00u16.to_le_bytes()), Action::None);
+        assert_eq!(d.io_out(0x605, 1, &[0x20]), Action::PowerOff);
+        assert_eq!(d.io_out(0x604, 1, &[0x20]), Action::None);
+        assert_eq!(d.io_out(0x505, 1, &[1]), Action::Panic);
+        assert_eq!(d.io_out(0x505, 1, &[2]), Action::None);
+    }
+
+    #[test]
+    fn wide_and_repeated_port_accesses() {
+        let (mut d, console, _) = devices();
+        // outw to THR writes THR and IER (not two console bytes); inw reads RBR and IER.
+        assert_eq!(d.io_out(0x3F8, 2, &[b'A', 0x02]), Action::None);
+        assert_eq!(console.captured(), b"A");
+        let mut w = [0u8; 2];
+        d.io_in(0x3F8, 2, &mut w);
+        assert_eq!(w, [0, 0x02]);
+        // rep outsb to THR: every byte is a THR write.
+        d.io_out(0x3F8, 1, b"hi");
+        assert_eq!(console.captured(), b"Ahi");
+        // rep outsb to the i8042: the second byte resets.
+        assert_eq!(
+            d.io_out(0x64, 1, &[0x00, 0xFE]),
+            Action::Reset(ResetSource::I8042)
+        );
+        // rep outsw to PM1a_CNT: the second access powers off.
+        assert_eq!(d.io_out(0x604, 2, &[0, 0, 0x00, 0x20]), Action::PowerOff);
+        // rep insb from an unknown port: all-ones, one unknown access.
+        let before = d.unknown;
+        let mut b = [0u8; 5];
+        d.io_in(0x1234, 1, &mut b);
+        assert_eq!(b, [0xFF; 5]);
+        assert_eq!(d.unknown, before + 1);
     }
 
     #[test]
     fn boot_marker_keeps_first_write() {
         let (mut d, _, clock) = devices();
         assert!(clock.boot_marker.get().is_none());
-        d.io_out(0x80, &[1]);
+        d.io_out(0x80, 1, &[1]);
         let t = *clock.boot_marker.get().unwrap();
-        d.io_out(0x80, &[2]);
+        d.io_out(0x80, 1, &[2]);
         assert_eq!(*clock.boot_marker.get().unwrap(), t);
     }
 
@@ -405,7 +570,7 @@ mod tests {
                 Arc::clone(&log),
             );
             for _ in 0..100 {
-                d.io_out(0x1234, &[0]);
+                d.io_out(0x1234, 1, &[0]);
             }
             assert_eq!(d.unknown, 100);
         }
@@ -423,15 +588,75 @@ mod tests {
         assert_eq!(log.suppressed(), 200 - UNKNOWN_LOG_LIMIT + 3);
     }
 
+    /// A stderr stand-in that blocks every write until `gate` opens, recording what it got.
+    struct Gated {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let (m, cv) = &*self.gate;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.got.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blocked_stderr_never_blocks_unknown_accesses() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Gated {
+            gate: Arc::clone(&gate),
+            got: Arc::clone(&got),
+        };
+        let line = b"relaunch: guest port write 0x1234 (1 bytes) ignored\n";
+        // Room for one line besides the one the writer is stuck on.
+        let log = Arc::new(UnknownLog::to_writer(Box::new(sink), line.len() + 10));
+        let mut d = Devices::new(
+            Arc::new(Console::capture(16)),
+            Arc::new(GuestMemory::default()),
+            Arc::new(LaunchClock::start()),
+            FwCfg::new(1, 1, &[]),
+            Arc::clone(&log),
+        );
+        let t = Instant::now();
+        d.io_out(0x1234, 1, &[0]);
+        // The writer takes the first line and blocks in write.
+        while !log.spool().is_some_and(|s| s.writing()) {
+            std::thread::yield_now();
+        }
+        for _ in 1..100 {
+            assert_eq!(d.io_out(0x1234, 1, &[0]), Action::None);
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(d.unknown, 100);
+        // 92 over budget, 6 lines dropped (the buffer holds line 2 only), 2 unwritten.
+        assert_eq!(log.suppressed(), 100);
+        let (m, cv) = &*gate;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+        assert_eq!(log.suppressed(), 98);
+        let want = [&line[..], &line[..]].concat();
+        assert_eq!(*got.lock().unwrap(), want);
+    }
+
     #[test]
     fn unknown_accesses_are_counted_and_ignored() {
         let (mut d, console, _) = devices();
         for p in 0..=u16::MAX {
             let mut b = [0u8; 4];
             if !matches!(p, 0x64 | 0x505 | 0x604 | 0x605 | 0xCF9 | 0x510..=0x51B) {
-                d.io_out(p, &[0xFE, 0xFF, 0xFF, 0xFF]);
+                d.io_out(p, 4, &[0xFE, 0xFF, 0xFF, 0xFF]);
             }
-            d.io_in(p, &mut b);
+            d.io_in(p, 4, &mut b);
         }
         d.mmio_read(0xFEE0_0000, &mut [0; 8]);
         d.mmio_write(0xFFFF_FFFF_FFFF_FFF0, &[1; 8]);

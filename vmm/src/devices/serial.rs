@@ -44,15 +44,33 @@ impl Serial {
         }
     }
 
-    /// Guest `out` of `data` at register `off` (0..=7).
-    pub fn write(&mut self, off: u16, data: &[u8], console: &Console) {
-        let Some(&v) = data.first() else { return };
+    /// Guest `out` at register `off` (0..=7): `data` holds one or more accesses of `size`
+    /// bytes (several for `rep outs`). An access covers consecutive ports: byte `i` of it
+    /// goes to register `off + i` (a 16-bit `out` to THR writes THR, then IER); bytes past
+    /// SCR are ignored.
+    pub fn write(&mut self, off: u16, size: usize, data: &[u8], console: &Console) {
+        if off == 0 && size == 1 && self.lcr & LCR_DLAB == 0 {
+            // `rep outsb` to THR: every byte is a THR write, handed to the console at once.
+            if !data.is_empty() {
+                console.output(data);
+                self.thre_pending = true;
+            }
+            return;
+        }
+        for access in data.chunks(size.max(1)) {
+            for (reg, &v) in (off..=7).zip(access) {
+                self.write_reg(reg, v, console);
+            }
+        }
+    }
+
+    /// One guest write of `v` to register `off`.
+    fn write_reg(&mut self, off: u16, v: u8, console: &Console) {
         let dlab = self.lcr & LCR_DLAB != 0;
         match off {
             0 if dlab => self.dll = v,
             0 => {
-                // `rep outsb` delivers several bytes at once: every one is a THR write.
-                console.output(data);
+                console.output(&[v]);
                 self.thre_pending = true;
             }
             1 if dlab => self.dlm = v,
@@ -68,12 +86,17 @@ impl Serial {
         }
     }
 
-    /// Guest `in` at register `off` (0..=7) into `data`. KVM hands a `rep insb` over as one
-    /// exit with `count` bytes: like `rep outsb` on THR, every byte is one register read (so
-    /// each takes the next input byte from RBR).
-    pub fn read(&mut self, off: u16, data: &mut [u8], console: &Console) {
-        for b in data.iter_mut() {
-            *b = self.read_one(off, console);
+    /// Guest `in` at register `off` (0..=7) into `data`: one or more accesses of `size` bytes.
+    /// KVM hands a `rep insb` over as one exit with `count` bytes: each is one register read
+    /// (so each takes the next input byte from RBR). Byte `i` of a wider access reads
+    /// register `off + i` (a 16-bit `in` from RBR reads RBR, then IER); bytes past SCR read
+    /// all-ones.
+    pub fn read(&mut self, off: u16, size: usize, data: &mut [u8], console: &Console) {
+        for access in data.chunks_mut(size.max(1)) {
+            access.fill(0xFF);
+            for (reg, b) in (off..=7).zip(access.iter_mut()) {
+                *b = self.read_one(reg, console);
+            }
         }
     }
 
@@ -119,32 +142,32 @@ mod tests {
     fn thr_lsr_dlab_scr() {
         let c = Console::capture(64);
         let mut s = Serial::new();
-        s.write(0, b"h", &c);
-        s.write(0, b"i!", &c);
+        s.write(0, 1, b"h", &c);
+        s.write(0, 1, b"i!", &c); // rep outsb
         assert_eq!(c.captured(), b"hi!");
         let mut b = [0u8; 1];
-        s.read(5, &mut b, &c);
+        s.read(5, 1, &mut b, &c);
         assert_eq!(b[0] & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
         assert_eq!(b[0] & LSR_DR, 0);
-        s.write(3, &[0x83], &c);
-        s.write(0, &[0x01], &c);
-        s.write(1, &[0x00], &c);
-        s.read(0, &mut b, &c);
+        s.write(3, 1, &[0x83], &c);
+        s.write(0, 1, &[0x01], &c);
+        s.write(1, 1, &[0x00], &c);
+        s.read(0, 1, &mut b, &c);
         assert_eq!(b[0], 1);
-        s.write(3, &[0x03], &c);
-        s.write(7, &[0x5A], &c);
-        s.read(7, &mut b, &c);
+        s.write(3, 1, &[0x03], &c);
+        s.write(7, 1, &[0x5A], &c);
+        s.read(7, 1, &mut b, &c);
         assert_eq!(b[0], 0x5A);
-        s.read(2, &mut b, &c);
+        s.read(2, 1, &mut b, &c);
         assert_eq!(b[0], IIR_NONE);
-        s.write(1, &[IER_THRE], &c);
-        s.read(2, &mut b, &c);
+        s.write(1, 1, &[IER_THRE], &c);
+        s.read(2, 1, &mut b, &c);
         assert_eq!(b[0], IIR_THRE);
-        s.read(2, &mut b, &c);
+        s.read(2, 1, &mut b, &c);
         assert_eq!(b[0], IIR_NONE);
         // Empty accesses are ignored.
-        s.write(0, &[], &c);
-        s.read(0, &mut [], &c);
+        s.write(0, 1, &[], &c);
+        s.read(0, 1, &mut [], &c);
         assert_eq!(c.captured(), b"hi!");
     }
 
@@ -154,13 +177,13 @@ mod tests {
         c.push_input(b"ok");
         let mut s = Serial::new();
         let mut b = [0u8; 1];
-        s.read(5, &mut b, &c);
+        s.read(5, 1, &mut b, &c);
         assert_eq!(b[0] & LSR_DR, LSR_DR);
-        s.read(0, &mut b, &c);
+        s.read(0, 1, &mut b, &c);
         assert_eq!(b[0], b'o');
-        s.read(0, &mut b, &c);
+        s.read(0, 1, &mut b, &c);
         assert_eq!(b[0], b'k');
-        s.read(5, &mut b, &c);
+        s.read(5, 1, &mut b, &c);
         assert_eq!(b[0] & LSR_DR, 0);
     }
 
@@ -170,12 +193,53 @@ mod tests {
         c.push_input(b"abc");
         let mut s = Serial::new();
         let mut b = [0xEEu8; 5];
-        s.read(0, &mut b, &c);
+        s.read(0, 1, &mut b, &c);
         assert_eq!(&b, b"abc\0\0");
         assert!(!c.input_ready());
         // Every byte of a multi-byte LSR read is the LSR.
         let mut l = [0u8; 3];
-        s.read(5, &mut l, &c);
+        s.read(5, 1, &mut l, &c);
         assert_eq!(l, [LSR_THRE | LSR_TEMT; 3]);
+    }
+
+    #[test]
+    fn wide_accesses_cover_consecutive_registers() {
+        let c = Console::capture(64);
+        c.push_input(b"xy");
+        let mut s = Serial::new();
+        // outw to THR: the low byte to THR, the high byte to IER.
+        s.write(0, 2, &[b'A', IER_THRE], &c);
+        assert_eq!(c.captured(), b"A");
+        let mut b = [0u8];
+        s.read(1, 1, &mut b, &c);
+        assert_eq!(b[0], IER_THRE);
+        // inw from RBR: RBR (the next input byte), then IER.
+        let mut w = [0u8; 2];
+        s.read(0, 2, &mut w, &c);
+        assert_eq!(w, [b'x', IER_THRE]);
+        // rep outsw to THR: two accesses, each THR + IER.
+        s.write(0, 2, &[b'B', 0, b'C', IER_RDA], &c);
+        assert_eq!(c.captured(), b"ABC");
+        s.read(1, 1, &mut b, &c);
+        assert_eq!(b[0], IER_RDA);
+        // rep insw from RBR: RBR + IER per access; the queue then reads 0.
+        let mut ww = [0u8; 4];
+        s.read(0, 2, &mut ww, &c);
+        assert_eq!(ww, [b'y', IER_RDA, 0, IER_RDA]);
+        // outw with DLAB set programs DLL and DLM; outl at LCR sets LCR, MCR, LSR (ignored)
+        // and MSR (ignored).
+        s.write(3, 1, &[LCR_DLAB | 0x03], &c);
+        s.write(0, 2, &[0x34, 0x12], &c);
+        s.read(0, 2, &mut w, &c);
+        assert_eq!(w, [0x34, 0x12]);
+        s.write(3, 4, &[0x03, 0x0B, 0xFF, 0xFF], &c);
+        let mut l = [0u8; 4];
+        s.read(3, 4, &mut l, &c);
+        assert_eq!(l, [0x03, 0x0B, LSR_THRE | LSR_TEMT, MSR_CONNECTED]);
+        // An access running past SCR: the extra bytes are ignored / read all-ones.
+        s.write(7, 2, &[0x5A, 0x77], &c);
+        s.read(7, 2, &mut w, &c);
+        assert_eq!(w, [0x5A, 0xFF]);
+        assert_eq!(c.captured(), b"ABC");
     }
 }

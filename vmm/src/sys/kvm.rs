@@ -191,6 +191,72 @@ pub trait VcpuIoctls: Send + fmt::Debug {
     fn run(&mut self) -> Result<VcpuExit<'_>, Errno>;
     /// The shared `kvm_run` page, if this vCPU has one (a test double may not).
     fn kvm_run(&mut self) -> Option<&mut kvm_run>;
+    /// The port access of the last `KVM_RUN` if it exited with `KVM_EXIT_IO`, with the
+    /// access width that `VcpuExit::IoIn`/`IoOut` drop. `None` by default (a double that
+    /// runs nothing).
+    fn port_io(&mut self) -> Option<PortIo<'_>> {
+        None
+    }
+}
+
+/// A port-I/O exit as the kernel reports it (`kvm_run.io`, `include/uapi/linux/kvm.h`):
+/// `count` accesses of `size` bytes each (more than one for `rep ins/outs`), back to back.
+/// kvm-ioctls' `VcpuExit::IoIn`/`IoOut` give only the `size × count` bytes, so a 16-bit
+/// `out` and a two-byte `rep outsb` look the same there.
+#[derive(Debug)]
+pub struct PortIo<'a> {
+    /// The port of every access.
+    pub port: u16,
+    /// Bytes per access: 1, 2 or 4.
+    pub size: usize,
+    /// `in` (the VMM fills `data`) rather than `out`.
+    pub input: bool,
+    /// `size × count` bytes.
+    pub data: &'a mut [u8],
+}
+
+/// Decodes `kvm_run.io` after a `KVM_EXIT_IO`; `None` for another exit, or for a data range
+/// outside the PIO page (the kernel never reports one; checked, not trusted).
+///
+/// # Safety
+/// `run` must be the start of a vCPU's `kvm_run` mapping of at least two pages (the kernel's
+/// `KVM_GET_VCPU_MMAP_SIZE` on x86 is at least the struct page plus the PIO page,
+/// `kvm_dev_ioctl_get_vcpu_mmap_size`), and nothing else may access the PIO page while the
+/// returned slice lives.
+unsafe fn decode_port_io(run: &mut kvm_run) -> Option<PortIo<'_>> {
+    if run.exit_reason != kvm_bindings::KVM_EXIT_IO {
+        return None;
+    }
+    // SAFETY: reading a union field needs the field to be the active one: the kernel writes
+    // `io` for exit_reason KVM_EXIT_IO, checked just above; every bit pattern is a valid
+    // value of its plain integer fields.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let size = usize::from(io.size);
+    let len = size.checked_mul(usize::try_from(io.count).ok()?)?;
+    let offset = usize::try_from(io.data_offset).ok()?;
+    // The kernel puts the data in the PIO page (KVM_PIO_PAGE_OFFSET = 1,
+    // `arch/x86/include/uapi/asm/kvm.h`), after the struct.
+    let end = offset.checked_add(len)?;
+    if offset < std::mem::size_of::<kvm_run>() || end > 2 * 4096 {
+        return None;
+    }
+    let data = std::ptr::from_mut(run).cast::<u8>().wrapping_add(offset);
+    // SAFETY: from_raw_parts_mut needs `len` initialised bytes valid for reads and writes,
+    // aligned, and accessed through nothing else while the slice lives: [offset, end) lies
+    // past the struct and inside the first two pages of the vCPU mapping, which the caller
+    // guarantees are mapped (and the slice's lifetime is tied to the `&mut kvm_run` borrow
+    // of that mapping); u8 needs no alignment; mapped kernel pages are initialised; the
+    // caller guarantees exclusive access to the PIO page (the kick handler writes only
+    // `immediate_exit`, inside the struct). The pointer is derived from `&mut kvm_run` but
+    // reaches past the struct into the same mapping, as kvm-ioctls' own `IoIn`/`IoOut`
+    // slices do.
+    let data = unsafe { std::slice::from_raw_parts_mut(data, len) };
+    Some(PortIo {
+        port: io.port,
+        size,
+        input: u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_IN,
+        data,
+    })
 }
 
 /// The system handle: `/dev/kvm`, or whatever implements the door behind it.
@@ -521,6 +587,12 @@ impl Vcpu {
             .map_or(std::ptr::null_mut(), std::ptr::from_mut)
     }
 
+    /// The port access of the last `KVM_RUN`, with its access width ([`PortIo`]); `None`
+    /// unless it exited with `KVM_EXIT_IO`.
+    pub fn port_io(&mut self) -> Option<PortIo<'_>> {
+        self.door.port_io()
+    }
+
     /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data
     /// words (`include/uapi/linux/kvm.h`, `struct kvm_run` union member `internal`).
     pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
@@ -654,5 +726,13 @@ impl VcpuIoctls for RealVcpu {
     }
     fn kvm_run(&mut self) -> Option<&mut kvm_run> {
         Some(self.0.get_kvm_run())
+    }
+    fn port_io(&mut self) -> Option<PortIo<'_>> {
+        // SAFETY: decode_port_io needs the start of a vCPU mapping of at least two pages and
+        // exclusive access to its PIO page: `get_kvm_run` is the start of the mapping
+        // kvm-ioctls made with the kernel's `KVM_GET_VCPU_MMAP_SIZE` (≥ two pages on x86),
+        // and `&mut self` keeps every other use of this vCPU's mapping out while the
+        // returned slice lives.
+        unsafe { decode_port_io(self.0.get_kvm_run()) }
     }
 }

@@ -6,9 +6,9 @@
 //! lost and the vCPU would keep running; with `immediate_exit = 1` that `KVM_RUN` returns
 //! `EINTR` at once (`Documentation/virt/kvm/api.rst`, "immediate_exit").
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
 use kvm_bindings::kvm_run;
@@ -97,18 +97,20 @@ pub fn with_kick_target<R>(vcpu: &mut Vcpu, f: impl FnOnce(&mut Vcpu) -> R) -> R
     f(vcpu)
 }
 
-/// Sends the kick signal to `thread` (a no-op error `ESRCH` if it already ended).
+/// Sends the kick signal to `thread` (installing the handler first if needed).
 ///
 /// # Errors
-/// The `pthread_kill` error number.
+/// The `pthread_kill` or `sigaction` error number.
 pub fn kick<T>(thread: &JoinHandle<T>) -> Result<(), Errno> {
+    install_kick_handler()?;
     // std's `RawPthread` is an integer; libc's `pthread_t` is an integer on glibc and a
     // pointer on musl: the cast is the identity on the first and int-to-pointer on the second.
     #[allow(clippy::unnecessary_cast, trivial_numeric_casts)]
     let pt = thread.as_pthread_t() as libc::pthread_t;
     // SAFETY: pthread_kill needs a pthread_t of a thread that has not been joined/detached:
     // `thread` is a live JoinHandle (borrowed, so not joined yet), which keeps the pthread_t
-    // valid even if the thread has already finished.
+    // valid even if the thread has already finished. The signal is SIGRTMIN with our handler
+    // installed just above (its default action would end the process).
     let rc = unsafe { libc::pthread_kill(pt, kick_signal()) };
     if rc == 0 {
         Ok(())
@@ -117,48 +119,129 @@ pub fn kick<T>(thread: &JoinHandle<T>) -> Result<(), Errno> {
     }
 }
 
-/// A handle of a thread that stays alive while others may kick it (the session thread, which
-/// runs vCPU 0 and outlives every AP thread of its launch).
-#[derive(Clone, Copy, Debug)]
-pub struct ThreadHandle(libc::pthread_t);
+/// A `pthread_t`, moved between threads only as an opaque id.
+#[derive(Debug)]
+struct PthreadId(libc::pthread_t);
 
-// SAFETY: a `pthread_t` is an opaque thread id (an integer on glibc, a pointer on musl that is
-// never dereferenced by us); POSIX lets any thread of the process pass it to pthread_kill and
-// pthread_equal, so moving or sharing the id between threads is sound.
-unsafe impl Send for ThreadHandle {}
-// SAFETY: see `Send`: the handle is immutable and only ever passed by value to libc.
-unsafe impl Sync for ThreadHandle {}
+// SAFETY: a `pthread_t` is an opaque thread id (an integer on glibc, a pointer on musl that we
+// never dereference); POSIX lets any thread of the process pass it to pthread_kill, so moving
+// the id to another thread is sound. It is only read under `Liveness::thread`'s lock.
+unsafe impl Send for PthreadId {}
+
+/// Whether a thread is still alive: `Some(id)` until the thread's exit clears it.
+#[derive(Debug)]
+struct Liveness {
+    thread: Mutex<Option<PthreadId>>,
+}
+
+/// Owned by the thread it names (a thread-local): dropping it, which happens on that very
+/// thread when it exits (thread-local destructors run before the thread ends), clears the
+/// id under the lock, so no kick can start afterwards and none is in flight while it runs.
+struct Registration(Arc<Liveness>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        *self.0.thread.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+thread_local! {
+    /// This thread's liveness token, created by the first [`ThreadHandle::current`].
+    static ME: OnceCell<Registration> = const { OnceCell::new() };
+}
+
+/// A handle that can kick a thread (the session thread, which runs vCPU 0) out of
+/// `KVM_RUN` from any other thread, for as long as the handle exists: it holds the thread's
+/// liveness token, which the thread clears under a lock when it exits. A kick after that is
+/// an `ESRCH` error, never a signal to a stale `pthread_t`.
+#[derive(Clone, Debug)]
+pub struct ThreadHandle(Arc<Liveness>);
 
 impl ThreadHandle {
-    /// The calling thread.
+    /// The calling thread. (Called while the thread is already exiting, the handle is one of
+    /// a dead thread: kicks fail with `ESRCH`.)
     pub fn current() -> ThreadHandle {
-        // SAFETY: pthread_self has no preconditions and cannot fail.
-        ThreadHandle(unsafe { libc::pthread_self() })
+        ME.try_with(|me| {
+            let reg = me.get_or_init(|| {
+                // SAFETY: pthread_self has no preconditions and cannot fail.
+                let id = unsafe { libc::pthread_self() };
+                Registration(Arc::new(Liveness {
+                    thread: Mutex::new(Some(PthreadId(id))),
+                }))
+            });
+            ThreadHandle(Arc::clone(&reg.0))
+        })
+        .unwrap_or_else(|_| {
+            ThreadHandle(Arc::new(Liveness {
+                thread: Mutex::new(None),
+            }))
+        })
     }
 
     /// Whether this is the calling thread.
     pub fn is_current(&self) -> bool {
-        let me = ThreadHandle::current();
-        // SAFETY: pthread_equal compares two pthread_t values and has no preconditions.
-        unsafe { libc::pthread_equal(self.0, me.0) != 0 }
+        ME.try_with(|me| me.get().is_some_and(|reg| Arc::ptr_eq(&reg.0, &self.0)))
+            .unwrap_or(false)
     }
 
     /// Sends the kick signal to the thread.
     ///
-    /// The caller must only use a handle while its thread is alive (see the type doc): the
-    /// session holds this invariant by joining every AP thread before it leaves a launch.
-    ///
     /// # Errors
-    /// The `pthread_kill` error number.
+    /// `ESRCH` if the thread has exited; the `pthread_kill` or `sigaction` error number.
     pub fn kick(&self) -> Result<(), Errno> {
-        // SAFETY: pthread_kill needs the pthread_t of a live thread: by this type's contract
-        // the handle is only used while its thread runs (the session thread, alive until it
-        // has joined every thread that holds the handle); the signal has our handler.
-        let rc = unsafe { libc::pthread_kill(self.0, kick_signal()) };
+        install_kick_handler()?;
+        let thread = self.0.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(id) = thread.as_ref() else {
+            return Err(Errno::new(libc::ESRCH));
+        };
+        // SAFETY: pthread_kill needs the pthread_t of a thread that has not ended (POSIX: the
+        // id of a terminated thread is undefined behaviour): the id is `Some` only until the
+        // thread's `Registration` is dropped in its thread-local destructors, which takes
+        // this same lock, held here across the call, so the thread is still running. The
+        // signal is SIGRTMIN with our handler installed just above (its default action would
+        // end the process).
+        let rc = unsafe { libc::pthread_kill(id.0, kick_signal()) };
         if rc == 0 {
             Ok(())
         } else {
             Err(Errno::new(rc))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_outliving_its_thread_cannot_kick() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let h = ThreadHandle::current();
+            assert!(h.is_current());
+            assert!(ThreadHandle::current().is_current());
+            tx.send(h).unwrap();
+        });
+        let h = rx.recv().unwrap();
+        assert!(!h.is_current());
+        t.join().unwrap();
+        // The thread is gone (and joined): no signal is sent.
+        assert_eq!(h.kick().unwrap_err().errno(), libc::ESRCH);
+    }
+
+    #[test]
+    fn a_live_thread_is_kicked() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(ThreadHandle::current()).unwrap();
+            // Interrupted by the kick (no SA_RESTART) or woken by `done`: either is fine.
+            let _ = done_rx.recv();
+        });
+        let h = rx.recv().unwrap();
+        assert!(h.kick().is_ok());
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(h.kick().is_err());
     }
 }

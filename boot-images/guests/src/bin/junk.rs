@@ -164,26 +164,34 @@ fn mmio_junk(rng: &mut Rng) {
         let r = rng.next();
         let addr = (LO + (r % (HI - LO))) & !7;
         let v = rng.next();
-        // SAFETY: `addr` is identity-mapped (0..4 GiB) and not RAM (this guest's RAM ends
-        // far below 3 GiB): the accesses become MMIO exits the VMM must survive.
-        unsafe {
-            match (r >> 40) & 7 {
-                0 => core::ptr::write_volatile(addr as *mut u8, v as u8),
-                1 => core::ptr::write_volatile(addr as *mut u16, v as u16),
-                2 => core::ptr::write_volatile(addr as *mut u32, v as u32),
-                3 => core::ptr::write_volatile(addr as *mut u64, v),
-                4 => {
-                    let _ = core::ptr::read_volatile(addr as *const u8);
-                }
-                5 => {
-                    let _ = core::ptr::read_volatile(addr as *const u16);
-                }
-                6 => {
-                    let _ = core::ptr::read_volatile(addr as *const u32);
-                }
-                _ => {
-                    let _ = core::ptr::read_volatile(addr as *const u64);
-                }
+        // Every access below: read_volatile/write_volatile need a pointer valid for the
+        // access and aligned to it: `addr` is 8-byte aligned and identity-mapped (0..4 GiB),
+        // and not RAM (this guest's RAM ends far below 3 GiB), so the accesses become MMIO
+        // exits the VMM must survive and touch nothing this guest relies on.
+        match (r >> 40) & 7 {
+            // SAFETY: see above.
+            0 => unsafe { core::ptr::write_volatile(addr as *mut u8, v as u8) },
+            // SAFETY: see above.
+            1 => unsafe { core::ptr::write_volatile(addr as *mut u16, v as u16) },
+            // SAFETY: see above.
+            2 => unsafe { core::ptr::write_volatile(addr as *mut u32, v as u32) },
+            // SAFETY: see above.
+            3 => unsafe { core::ptr::write_volatile(addr as *mut u64, v) },
+            4 => {
+                // SAFETY: see above.
+                let _ = unsafe { core::ptr::read_volatile(addr as *const u8) };
+            }
+            5 => {
+                // SAFETY: see above.
+                let _ = unsafe { core::ptr::read_volatile(addr as *const u16) };
+            }
+            6 => {
+                // SAFETY: see above.
+                let _ = unsafe { core::ptr::read_volatile(addr as *const u32) };
+            }
+            _ => {
+                // SAFETY: see above.
+                let _ = unsafe { core::ptr::read_volatile(addr as *const u64) };
             }
         }
     }

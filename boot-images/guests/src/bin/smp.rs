@@ -106,11 +106,12 @@ extern "C" fn ap_main(index: u64) -> ! {
 }
 
 fn send_ipi(apic_id: u32, icr: u32) {
-    // SAFETY: the xAPIC page is mapped (0..4 GiB identity) and is not RAM.
-    unsafe {
-        mmio_write32(LAPIC_ICR_HIGH, apic_id << 24);
-        mmio_write32(LAPIC_ICR_LOW, icr);
-    }
+    // SAFETY: mmio_write32 needs a 4-byte aligned, mapped address that is not RAM this
+    // guest relies on: ICR_HIGH is a register of the xAPIC page at 0xFEE0_0000, mapped by the
+    // 0..4 GiB identity map and not RAM.
+    unsafe { mmio_write32(LAPIC_ICR_HIGH, apic_id << 24) };
+    // SAFETY: as above (ICR_LOW, same page); this write sends the IPI.
+    unsafe { mmio_write32(LAPIC_ICR_LOW, icr) };
     for _ in 0..100_000 {
         // SAFETY: as above.
         if unsafe { mmio_read32(LAPIC_ICR_LOW) } & ICR_PENDING == 0 {
