@@ -24,6 +24,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
+use super::coco::{CocoError, SevCmd, TdxVcpuCmd, TdxVmCmd};
 use super::mem::GuestMapping;
 use super::Errno;
 
@@ -130,6 +131,31 @@ pub trait VmIoctls: Send + Sync + fmt::Debug {
     /// # Errors
     /// The ioctl's errno.
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno>;
+    /// `KVM_ENABLE_CAP` on the VM fd.
+    ///
+    /// # Errors
+    /// The ioctl's errno (`ENOTTY` by default: a door that does not model it).
+    fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
+        let _ = (cap, args);
+        Err(Errno::new(libc::ENOTTY))
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP` with a SEV-family command; `sev_fd` is the `/dev/sev` handle
+    /// the command carries.
+    ///
+    /// # Errors
+    /// [`CocoError`] (`ENOTTY` by default, as the kernel answers on a VM without SEV).
+    fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
+        let _ = (cmd, sev_fd);
+        Err(CocoError::errno(libc::ENOTTY))
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP` with a TDX VM-scoped command.
+    ///
+    /// # Errors
+    /// [`CocoError`] (`ENOTTY` by default).
+    fn tdx_vm_cmd(&self, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError> {
+        let _ = cmd;
+        Err(CocoError::errno(libc::ENOTTY))
+    }
 }
 
 /// A vCPU fd's calls.
@@ -191,6 +217,14 @@ pub trait VcpuIoctls: Send + fmt::Debug {
     fn run(&mut self) -> Result<VcpuExit<'_>, Errno>;
     /// The shared `kvm_run` page, if this vCPU has one (a test double may not).
     fn kvm_run(&mut self) -> Option<&mut kvm_run>;
+    /// `KVM_MEMORY_ENCRYPT_OP` with a TDX vCPU-scoped command.
+    ///
+    /// # Errors
+    /// [`CocoError`] (`ENOTTY` by default).
+    fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {
+        let _ = cmd;
+        Err(CocoError::errno(libc::ENOTTY))
+    }
     /// The port access of the last `KVM_RUN` if it exited with `KVM_EXIT_IO`, with the
     /// access width that `VcpuExit::IoIn`/`IoOut` drop. `None` by default (a double that
     /// runs nothing).
@@ -464,6 +498,32 @@ impl Vm {
         self.door.create_irqchip()
     }
 
+    /// `KVM_ENABLE_CAP(cap, args)` on the VM fd (e.g. `KVM_CAP_EXIT_HYPERCALL`,
+    /// `KVM_CAP_SPLIT_IRQCHIP`).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
+        self.door.enable_cap(cap, args)
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with a SEV-family command, carrying the `/dev/sev` handle
+    /// `sev_fd` (`../shared/spec/kvm-coco-abi.md` §1.2: KVM reads it on every command).
+    ///
+    /// # Errors
+    /// [`CocoError`]: the errno and the firmware's status.
+    pub fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
+        self.door.sev_cmd(cmd, sev_fd)
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with a TDX VM-scoped command.
+    ///
+    /// # Errors
+    /// [`CocoError`].
+    pub fn tdx_vm_cmd(&self, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError> {
+        self.door.tdx_vm_cmd(cmd)
+    }
+
     /// Creates vCPU `id`; the vCPU keeps every memslot mapping of this VM alive.
     ///
     /// # Errors
@@ -563,6 +623,14 @@ impl Vcpu {
     /// The ioctl's errno.
     pub fn set_mp_state(&self, mp_state: u32) -> Result<(), Errno> {
         self.door.set_mp_state(kvm_mp_state { mp_state })
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with a TDX vCPU-scoped command.
+    ///
+    /// # Errors
+    /// [`CocoError`].
+    pub fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {
+        self.door.tdx_vcpu_cmd(cmd)
     }
 
     /// `KVM_RUN`.
@@ -680,6 +748,14 @@ impl VmIoctls for RealVm {
 
     fn create_irqchip(&self) -> Result<(), Errno> {
         self.0.create_irq_chip()
+    }
+
+    fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
+        self.0.enable_cap(&kvm_bindings::kvm_enable_cap {
+            cap,
+            args,
+            ..Default::default()
+        })
     }
 
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {

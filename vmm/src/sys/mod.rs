@@ -4,6 +4,7 @@
 //! they hold; every ioctl struct defined here has size/offset const assertions citing
 //! `include/uapi/linux/kvm.h`. Everything outside this module is safe Rust.
 
+pub mod coco;
 pub mod cpu;
 pub mod kvm;
 pub mod mem;

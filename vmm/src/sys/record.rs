@@ -17,6 +17,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuExit;
 
+use super::coco::{CocoError, SevCmd, TdxVcpuCmd, TdxVmCmd};
 use super::kvm::{KvmIoctls, VcpuIoctls, VmIoctls};
 use super::Errno;
 
@@ -29,6 +30,33 @@ pub struct Call {
     pub ioctl: &'static str,
     /// Its decoded arguments, `name=value` separated by spaces (empty when none).
     pub args: String,
+}
+
+impl Call {
+    /// The arguments as `(name, value)` pairs: a value that reads as a decimal or `0x` hex
+    /// number is a number, anything else text.
+    pub fn fields(&self) -> Vec<(&str, Field<'_>)> {
+        self.args
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                let n = match v.strip_prefix("0x") {
+                    Some(h) => u64::from_str_radix(h, 16).ok(),
+                    None => v.parse::<u64>().ok(),
+                };
+                (k, n.map_or(Field::Text(v), Field::Num))
+            })
+            .collect()
+    }
+}
+
+/// One decoded argument value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field<'a> {
+    /// A number.
+    Num(u64),
+    /// Anything else.
+    Text(&'a str),
 }
 
 impl fmt::Display for Call {
@@ -244,6 +272,104 @@ impl VmIoctls for RecVm {
         self.record("KVM_CREATE_IRQCHIP", String::new())
     }
 
+    fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
+        self.record(
+            "KVM_ENABLE_CAP",
+            format!(
+                "cap={cap} args0={:#x} args1={:#x} args2={:#x} args3={:#x}",
+                args[0], args[1], args[2], args[3]
+            ),
+        )
+    }
+
+    fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
+        let name = cmd.name();
+        let sev = if sev_fd >= 0 { "sev" } else { "none" };
+        let args = match cmd {
+            SevCmd::Init2 {
+                vmsa_features,
+                ghcb_version,
+            } => format!("vmsa_features={vmsa_features:#x} flags=0 ghcb_version={ghcb_version}"),
+            SevCmd::LaunchStart { policy, .. } => format!("handle=0 policy={policy:#x}"),
+            SevCmd::LaunchUpdateData { source, len } => {
+                format!("uaddr_offset={:#x} len={len:#x}", source.offset)
+            }
+            SevCmd::LaunchUpdateVmsa | SevCmd::LaunchFinish => String::new(),
+            SevCmd::LaunchMeasure { .. } => "len=48".into(),
+            SevCmd::LaunchSecret {
+                header,
+                guest,
+                guest_len,
+                trans,
+            } => format!(
+                "hdr_len={} guest_uaddr_offset={:#x} guest_len={guest_len:#x} trans_len={}",
+                header.len(),
+                guest.offset,
+                trans.len()
+            ),
+            SevCmd::SnpLaunchStart { policy } => format!("policy={policy:#x} flags=0"),
+            SevCmd::SnpLaunchUpdate(u) => format!(
+                "gfn_start={:#x} uaddr_offset={} len={:#x} type={}",
+                u.gfn_start,
+                u.source
+                    .map_or("none".to_string(), |s| format!("{:#x}", s.offset)),
+                u.len,
+                u.page_type
+            ),
+            SevCmd::SnpLaunchFinish {
+                id_block,
+                auth_key_en,
+                host_data,
+                ..
+            } => format!(
+                "id_block_en={} auth_key_en={} host_data={}",
+                u8::from(id_block.is_some()),
+                u8::from(*auth_key_en),
+                host_data
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+        };
+        let args = if args.is_empty() {
+            format!("sev_fd={sev}")
+        } else {
+            format!("{args} sev_fd={sev}")
+        };
+        self.record(name, args)?;
+        // What a kernel that accepts everything answers: a handle, the whole update done.
+        match cmd {
+            SevCmd::LaunchStart { handle, .. } => *handle = 1,
+            SevCmd::SnpLaunchUpdate(u) => {
+                let pages = u.len / 4096;
+                u.gfn_start += pages;
+                if let Some(s) = &mut u.source {
+                    s.offset += u.len;
+                }
+                u.len = 0;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn tdx_vm_cmd(&self, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError> {
+        let args = match cmd {
+            TdxVmCmd::InitVm {
+                attributes,
+                xfam,
+                cpuid,
+                ..
+            } => format!(
+                "attributes={attributes:#x} xfam={xfam:#x} cpuid_nent={}",
+                cpuid.as_slice().len()
+            ),
+            TdxVmCmd::FinalizeVm => String::new(),
+        };
+        self.record(cmd.name(), args)?;
+        Ok(())
+    }
+
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
         self.record("KVM_CREATE_VCPU", format!("id={id}"))?;
         let n = self.vcpus.fetch_add(1, Ordering::Relaxed);
@@ -343,9 +469,9 @@ impl VcpuIoctls for RecVcpu {
         let list: Vec<String> = msrs
             .as_slice()
             .iter()
-            .map(|e| format!("{:#x}={:#x}", e.index, e.data))
+            .map(|e| format!("{:#x}:{:#x}", e.index, e.data))
             .collect();
-        self.record("KVM_SET_MSRS", list.join(","))?;
+        self.record("KVM_SET_MSRS", format!("entries={}", list.join(",")))?;
         Ok(msrs.as_slice().len())
     }
     fn set_debugregs(&self, d: &kvm_debugregs) -> Result<(), Errno> {
@@ -370,5 +496,25 @@ impl VcpuIoctls for RecVcpu {
     }
     fn kvm_run(&mut self) -> Option<&mut kvm_run> {
         None
+    }
+
+    fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {
+        let args = match cmd {
+            TdxVcpuCmd::InitVcpu { rcx } => format!("data={rcx:#x}"),
+            TdxVcpuCmd::InitMemRegion(r) => format!(
+                "source_offset={:#x} gpa={:#x} nr_pages={} flags={}",
+                r.source.offset,
+                r.gpa,
+                r.nr_pages,
+                u8::from(r.measure)
+            ),
+        };
+        self.record(cmd.name(), args)?;
+        if let TdxVcpuCmd::InitMemRegion(r) = cmd {
+            r.gpa += r.nr_pages * 4096;
+            r.source.offset += r.nr_pages * 4096;
+            r.nr_pages = 0;
+        }
+        Ok(())
     }
 }
