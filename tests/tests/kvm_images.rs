@@ -264,6 +264,17 @@ fn kvm_cli_reboot_contract_and_audit_log() {
         &["run", "/nonexistent/bundle.igvm", "--audit-log", a],
         &["run", j, "--audit-log", a],
         &["run", p, "--audit-log", "/nonexistent/dir/audit.jsonl"],
+        &[
+            "run",
+            p,
+            "--audit-log",
+            a,
+            "--control",
+            "/nonexistent/dir/ctl.sock",
+        ],
+        // An existing file is never replaced by the control socket.
+        &["run", p, "--audit-log", a, "--control", a],
+        &["run", p, "--wait-for-secret"],
     ] {
         assert_eq!(cli(args), EXIT_USAGE, "{args:?}");
     }

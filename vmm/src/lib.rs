@@ -8,6 +8,7 @@ pub mod args;
 pub mod audit;
 pub mod backend;
 pub mod cli;
+pub mod control;
 pub mod devices;
 pub mod json;
 pub mod launch;

@@ -140,6 +140,8 @@ pub struct SessionConfig {
     pub events: Option<Arc<EventSink>>,
     /// Extra fw_cfg files (validated).
     pub fw_cfg_files: Vec<(String, Vec<u8>)>,
+    /// The control socket's view of the session (`--control`).
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 impl SessionConfig {
@@ -156,6 +158,7 @@ impl SessionConfig {
             audit: None,
             events: None,
             fw_cfg_files: Vec::new(),
+            control: None,
         }
     }
 }
@@ -635,6 +638,20 @@ pub fn run_session(
             )));
             let exits = backend.exit_handler(Arc::clone(&devices));
             let ctl = Arc::new(RunControl::with_main_thread());
+            if let Some(c) = &cfg.control {
+                c.launching(
+                    generation,
+                    &current,
+                    backend.platform().name(),
+                    backend.emulated(),
+                    &ctl,
+                );
+                // `--wait-for-secret`: nothing of the guest runs before `continue` (or a
+                // `power-off` / `reset` asked meanwhile, which ends this launch unrun).
+                if let Some(o) = c.wait_continue() {
+                    ctl.post(o);
+                }
+            }
             let mut fds = vcpu_fds.into_iter();
             let bsp = fds.next();
             let mut aps = Vec::with_capacity(fds.len());
@@ -690,6 +707,9 @@ pub fn run_session(
                 )
             });
             let (outcome, at) = ctl.wait();
+            if let Some(c) = &cfg.control {
+                c.ended();
+            }
             let t_stop = Instant::now();
             let mut vcpu_fds: Vec<Vcpu> = bsp.into_iter().collect();
             vcpu_fds.extend(stop_all(aps));
@@ -816,6 +836,9 @@ pub fn run_session(
             });
         }
         drop(tx);
+        if let Some(c) = &cfg.control {
+            c.stopped();
+        }
         report.unknown_suppressed = unknown_log.suppressed();
         report
     });

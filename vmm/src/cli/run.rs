@@ -16,6 +16,7 @@ use super::launch_flags::{self, LaunchFlags};
 use super::measure::one_line;
 use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::audit::{AuditLog, EventSink};
+use crate::control::{Control, ControlServer};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
 use crate::launch::Launch;
@@ -71,6 +72,23 @@ pub const FLAGS: &[Flag] = &[
                INTERVAL (a sliding window: 10s, 1m, 500ms, 1h; seconds without a unit), \
                like a service manager's start limit; the last exit record says why. \
                Default: unlimited.",
+    },
+    Flag {
+        long: "control",
+        short: None,
+        value: Some("PATH"),
+        help: "Serve the control socket at PATH: a new Unix socket (mode 0600; refused if \
+               PATH exists; removed at exit) taking JSON lines like {\"cmd\":\"status\"} — \
+               status, measurement, reset, power-off, continue — each answered by one line \
+               with \"ok\". Default: none.",
+    },
+    Flag {
+        long: "wait-for-secret",
+        short: None,
+        value: None,
+        help: "Needs --control: the first launch waits before its first instruction until a \
+               client sends {\"cmd\":\"continue\"} (after checking the measurement and \
+               injecting a secret); power-off or reset meanwhile end it unrun. Default: off.",
     },
     Flag {
         long: "audit-log",
@@ -161,6 +179,10 @@ pub struct RunOptions {
     pub max_reboots: Option<u64>,
     /// `--reset-limit`.
     pub reset_limit: Option<ResetLimit>,
+    /// `--control`.
+    pub control: Option<PathBuf>,
+    /// `--wait-for-secret`.
+    pub wait_for_secret: bool,
     /// The launch flags shared with `measure` (same meaning).
     pub launch: LaunchFlags,
     /// `--audit-log`.
@@ -222,6 +244,8 @@ where
         vcpus: 1,
         max_reboots: None,
         reset_limit: None,
+        control: None,
+        wait_for_secret: false,
         launch: LaunchFlags::default(),
         audit_log: None,
         events: None,
@@ -279,11 +303,18 @@ where
             "quiet" => o.quiet = true,
             "prestage" => o.prestage = true,
             "no-guest-memfd" => o.no_guest_memfd = true,
+            "control" => o.control = Some(a.path(f)?),
+            "wait-for-secret" => o.wait_for_secret = true,
             _ if o.launch.take(f, &mut a)? => {}
             other => return Err(ArgError::Unhandled(other)),
         }
     }
     o.launch.check()?;
+    if o.wait_for_secret && o.control.is_none() {
+        return Err(ArgError::Other(
+            "--wait-for-secret needs --control (something must send continue)".into(),
+        ));
+    }
     o.bundle = bundle.ok_or_else(|| ArgError::Other("no BUNDLE given".into()))?;
     Ok(o)
 }
@@ -374,6 +405,23 @@ pub fn main(args: &[OsString]) -> u8 {
             }
         },
     };
+    // The control socket last: a failure removes what this run created, nothing started.
+    let control = opts
+        .control
+        .as_ref()
+        .map(|_| Arc::new(Control::new(opts.wait_for_secret)));
+    let _server = match (&opts.control, &control) {
+        (Some(p), Some(c)) => match ControlServer::start(p, Arc::clone(c)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                for c in &created {
+                    let _ = std::fs::remove_file(c);
+                }
+                return usage_error(format_args!("--control {}: {e}", p.display()));
+            }
+        },
+        _ => None,
+    };
     crate::elog!(
         "relaunch: guest RAM {} MiB via {} ({} vCPU{})",
         opts.mem >> 20,
@@ -394,6 +442,7 @@ pub fn main(args: &[OsString]) -> u8 {
         audit,
         events,
         fw_cfg_files: opts.fw_cfg,
+        control,
         ..SessionConfig::new(console)
     };
     let report = run_session(&*backend, launch, &session);
@@ -619,6 +668,7 @@ mod tests {
             &["a", "--max-reboots"],
             &["a", "--reset-limit", "0/10s"],
             &["a", "--reset-limit", "10"],
+            &["a", "--wait-for-secret"],
             &["a", "--frobnicate"],
             &["a", "--quiet=1"],
             &["a", "--fw-cfg", "etc/x=u64:1"],

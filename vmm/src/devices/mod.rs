@@ -223,6 +223,8 @@ pub enum ResetSource {
     TripleFault,
     /// `KVM_EXIT_SYSTEM_EVENT` RESET.
     SystemEvent,
+    /// A `reset` request on the control socket (`--control`).
+    Control,
 }
 
 impl ResetSource {
@@ -233,6 +235,7 @@ impl ResetSource {
             ResetSource::Cf9 => "cf9",
             ResetSource::TripleFault => "triple-fault",
             ResetSource::SystemEvent => "system-event-reset",
+            ResetSource::Control => "control-socket",
         }
     }
 }
