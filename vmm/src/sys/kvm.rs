@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
@@ -92,6 +93,15 @@ pub trait KvmIoctls: Send + Sync + fmt::Debug {
     /// # Errors
     /// The ioctl's errno.
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno>;
+    /// Opens the SEV device (`/dev/sev`, whose fd every SEV command carries:
+    /// `../shared/spec/kvm-coco-abi.md` §1.2). By default a memfd stands in for it, so that
+    /// doors without a kernel (the recorder, a model) can run the SEV backends' code.
+    ///
+    /// # Errors
+    /// The `open` errno.
+    fn open_sev(&self) -> Result<OwnedFd, Errno> {
+        Ok(OwnedFd::from(super::record::memfd(0)?))
+    }
 }
 
 /// A VM fd's calls.
@@ -329,6 +339,14 @@ impl Kvm {
     /// The ioctl's errno.
     pub fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno> {
         self.door.supported_cpuid(max_entries)
+    }
+
+    /// Opens the SEV device that SEV commands carry ([`KvmIoctls::open_sev`]).
+    ///
+    /// # Errors
+    /// The `open` errno (`ENOENT` on a host without SEV).
+    pub fn open_sev(&self) -> Result<OwnedFd, Errno> {
+        self.door.open_sev()
     }
 
     /// `KVM_CREATE_VM` of `vm_type`, retried while it returns `EINTR` (a signal during the
@@ -710,6 +728,17 @@ impl KvmIoctls for RealKvm {
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
         Ok(Box::new(RealVm(self.0.create_vm_with_type(vm_type)?)))
     }
+
+    fn open_sev(&self) -> Result<OwnedFd, Errno> {
+        // `/dev/sev` read-write, as QEMU opens it (`target/i386/sev.c`, `sev_common_kvm_init`).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/sev")
+            .map_err(|e| Errno::new(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        Ok(OwnedFd::from(file))
+    }
 }
 
 #[derive(Debug)]
@@ -756,6 +785,10 @@ impl VmIoctls for RealVm {
             args,
             ..Default::default()
         })
+    }
+
+    fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
+        super::sev::sev_cmd(&self.0, cmd, sev_fd)
     }
 
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
