@@ -24,6 +24,7 @@
 //! ([`Backend::exit_handler`]): for native, the devices.
 
 pub mod native;
+pub mod sev;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,18 @@ pub enum BackendError {
         #[source]
         errno: Errno,
     },
+    /// A confidential command failed (its uapi name, the errno and the firmware's status).
+    #[error("{what}: {error}")]
+    Coco {
+        /// The command (`KVM_SEV_*`).
+        what: &'static str,
+        /// What the kernel and firmware said.
+        #[source]
+        error: crate::sys::coco::CocoError,
+    },
+    /// The plan asks for something this platform cannot do (a sentence).
+    #[error("{0}")]
+    Unsupported(String),
     /// A page or range lies outside guest memory (or in memory the host cannot write).
     #[error(transparent)]
     Mem(#[from] MemError),
@@ -282,6 +295,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub fn select(platform: Platform, host: &Arc<Host>) -> Result<Box<dyn Backend>, BackendError> {
     match platform {
         Platform::Native => Ok(Box::new(native::NativeBackend::new(Arc::clone(host)))),
+        Platform::Sev | Platform::SevEs | Platform::Snp
+            if sev::vm_type(platform).is_some_and(|t| host.vm_types & (1 << t) != 0)
+                && host.sev.is_some() =>
+        {
+            Ok(Box::new(sev::SevBackend::new(platform, Arc::clone(host))))
+        }
         Platform::Sev | Platform::SevEs | Platform::Snp | Platform::Tdx => {
             Err(BackendError::Unavailable {
                 platform,
@@ -307,8 +326,8 @@ fn confidential_missing(platform: Platform, host: &Host) -> String {
             if platform == Platform::Tdx { "Intel TDX" } else { "AMD SEV" }
         );
     }
-    if platform != Platform::Tdx && !std::path::Path::new("/dev/sev").exists() {
-        return "there is no /dev/sev (the AMD Secure Processor driver is not loaded)".into();
+    if platform != Platform::Tdx && host.sev.is_none() {
+        return "/dev/sev cannot be opened (the AMD Secure Processor driver is not loaded)".into();
     }
     format!("the {platform} backend is not built yet (the host offers {name})")
 }

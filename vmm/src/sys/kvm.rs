@@ -149,6 +149,15 @@ pub trait VmIoctls: Send + Sync + fmt::Debug {
         let _ = (cap, args);
         Err(Errno::new(libc::ENOTTY))
     }
+    /// `KVM_MEMORY_ENCRYPT_REG_REGION` over `size` bytes at host address `addr` (long-term
+    /// pins ordinary RAM of a SEV/SEV-ES guest: `../shared/spec/kvm-coco-abi.md` §1.3).
+    ///
+    /// # Errors
+    /// The ioctl's errno (`ENOTTY` by default).
+    fn register_enc_region(&self, addr: u64, size: u64) -> Result<(), Errno> {
+        let _ = (addr, size);
+        Err(Errno::new(libc::ENOTTY))
+    }
     /// `KVM_MEMORY_ENCRYPT_OP` with a SEV-family command; `sev_fd` is the `/dev/sev` handle
     /// the command carries.
     ///
@@ -525,6 +534,16 @@ impl Vm {
         self.door.enable_cap(cap, args)
     }
 
+    /// `KVM_MEMORY_ENCRYPT_REG_REGION` over the whole of `mapping` (one of this VM's
+    /// memslot mappings: the kernel pins it for the VM's life).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn register_enc_region(&self, mapping: &GuestMapping) -> Result<(), Errno> {
+        self.door
+            .register_enc_region(mapping.host_addr(), mapping.len() as u64)
+    }
+
     /// `KVM_MEMORY_ENCRYPT_OP` with a SEV-family command, carrying the `/dev/sev` handle
     /// `sev_fd` (`../shared/spec/kvm-coco-abi.md` §1.2: KVM reads it on every command).
     ///
@@ -785,6 +804,13 @@ impl VmIoctls for RealVm {
             args,
             ..Default::default()
         })
+    }
+
+    fn register_enc_region(&self, addr: u64, size: u64) -> Result<(), Errno> {
+        // A safe kvm-ioctls call: the kernel only pins (get_user_pages) the range; a range
+        // that is not mapped fails with an errno.
+        self.0
+            .register_enc_memory_region(&kvm_bindings::kvm_enc_region { addr, size })
     }
 
     fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {

@@ -282,6 +282,11 @@ impl VmIoctls for RecVm {
         )
     }
 
+    fn register_enc_region(&self, _addr: u64, size: u64) -> Result<(), Errno> {
+        // The host address differs per run: only the size is recorded.
+        self.record("KVM_MEMORY_ENCRYPT_REG_REGION", format!("size={size:#x}"))
+    }
+
     fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
         let name = cmd.name();
         let sev = if sev_fd >= 0 { "sev" } else { "none" };
