@@ -815,4 +815,67 @@ mod tests {
             .to_string();
         assert!(err.contains("KVM_X86_SNP_VM"), "{err}");
     }
+
+    /// A real boot image's SNP view (`boot-images/out/hello.igvm`): every private page the
+    /// plan imports reaches the firmware exactly once, in plan order, with its page type
+    /// (`amd-memory-encryption.rst`: `SNP_LAUNCH_UPDATE` covers `len` bytes from
+    /// `gfn_start`), between `SNP_LAUNCH_START` and `SNP_LAUNCH_FINISH`; a relaunch gives
+    /// the same pages again.
+    #[test]
+    fn hello_igvm_snp_view_gives_every_page_once_in_plan_order() {
+        let (rec, host) = recorded();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../boot-images/out/hello.igvm");
+        let bytes =
+            std::fs::read(path).expect("boot-images/out/hello.igvm (cargo xtask build-images)");
+        let cfg = LaunchConfig {
+            platform: Platform::Snp,
+            vcpus: 1,
+            mem_bytes: MEM,
+            vcpu_sig: 0,
+            guest_features: 0,
+            policy: None,
+            host_data: [0; 32],
+            kernel_hashes: None,
+        };
+        let l = Launch::new(bytes, &cfg).expect("plan the snp view");
+        let want: Vec<(u64, u64)> = l
+            .plan()
+            .ops()
+            .iter()
+            .filter_map(|op| match *op {
+                LaunchOp::ImportPage { gpa, kind, .. } => {
+                    snp_page_type(kind).map(|t| (gpa / PAGE_SIZE, u64::from(t)))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!want.is_empty());
+        let backend = SevBackend::new(Platform::Snp, host);
+        for _ in 0..2 {
+            rec.clear();
+            drop(backend.build(&l).unwrap());
+            let calls = rec.calls();
+            let num = |c: &crate::sys::record::Call, k: &str| {
+                c.fields().into_iter().find_map(|(n, v)| match v {
+                    crate::sys::record::Field::Num(x) if n == k => Some(x),
+                    _ => None,
+                })
+            };
+            let mut got = Vec::new();
+            for c in calls
+                .iter()
+                .filter(|c| c.ioctl == "KVM_SEV_SNP_LAUNCH_UPDATE")
+            {
+                let (g, len, t) = (num(c, "gfn_start"), num(c, "len"), num(c, "type"));
+                let (Some(g), Some(len), Some(t)) = (g, len, t) else {
+                    panic!("undecodable {c}")
+                };
+                got.extend((0..len / PAGE_SIZE).map(|i| (g + i, t)));
+            }
+            assert_eq!(got, want);
+            let names: Vec<&str> = calls.iter().map(|c| c.ioctl).collect();
+            assert_eq!(names.first(), Some(&"KVM_CREATE_VM"));
+            assert_eq!(names.last(), Some(&"KVM_SEV_SNP_LAUNCH_FINISH"));
+        }
+    }
 }
