@@ -23,6 +23,7 @@
 //! The VM's exits go to the backend's [`ExitHandler`](crate::vcpu::ExitHandler)
 //! ([`Backend::exit_handler`]): for native, the devices.
 
+pub mod coco_exits;
 pub mod native;
 pub mod sev;
 
@@ -283,8 +284,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`ExecError`] for the op that failed.
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError>;
-    /// The handler of a built VM's vCPU exits, over the launch's devices.
-    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler>;
+    /// The handler of a built VM's vCPU exits, over the launch's devices; `vm` and `memory`
+    /// are the built VM's (a confidential handler converts pages at run time).
+    fn exit_handler(
+        &self,
+        devices: Arc<Mutex<Devices>>,
+        vm: &Vm,
+        memory: &Arc<GuestMemory>,
+    ) -> Arc<dyn ExitHandler>;
 }
 
 /// The backend for `platform` on `host`, or why this host cannot run it — decided before

@@ -103,7 +103,12 @@ impl Backend for NativeBackend {
         super::run_phases(phases, plan)
     }
 
-    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler> {
+    fn exit_handler(
+        &self,
+        devices: Arc<Mutex<Devices>>,
+        _vm: &Vm,
+        _memory: &Arc<GuestMemory>,
+    ) -> Arc<dyn ExitHandler> {
         Arc::new(NativeExits::new(devices))
     }
 }

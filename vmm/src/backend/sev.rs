@@ -135,8 +135,23 @@ impl Backend for SevBackend {
         super::run_phases(phases, plan)
     }
 
-    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler> {
-        Arc::new(NativeExits::new(devices))
+    fn exit_handler(
+        &self,
+        devices: Arc<Mutex<Devices>>,
+        vm: &Vm,
+        memory: &Arc<GuestMemory>,
+    ) -> Arc<dyn ExitHandler> {
+        let native = NativeExits::new(devices);
+        if self.platform == Platform::Sev {
+            // Plain SEV guests have no GHCB protocol and no private/shared memslots.
+            Arc::new(native)
+        } else {
+            Arc::new(super::coco_exits::CocoExits::new(
+                native,
+                vm.mem_attrs(),
+                Arc::clone(memory),
+            ))
+        }
     }
 }
 

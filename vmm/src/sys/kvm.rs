@@ -369,7 +369,7 @@ impl Kvm {
                 Err(e) if e.errno() == libc::EINTR => continue,
                 r => {
                     return r.map(|door| Vm {
-                        door,
+                        door: Arc::from(door),
                         keep: Arc::new(Mutex::new(Vec::new())),
                         next_slot: 0,
                     })
@@ -385,9 +385,37 @@ type KeepAlive = Arc<Mutex<Vec<Arc<GuestMapping>>>>;
 #[derive(Debug)]
 pub struct Vm {
     // Field order is drop order: the VM fd closes before the mappings can go.
-    door: Box<dyn VmIoctls>,
+    door: Arc<dyn VmIoctls>,
     keep: KeepAlive,
     next_slot: u32,
+}
+
+/// A handle for run-time page-state changes of one VM (`KVM_SET_MEMORY_ATTRIBUTES` only),
+/// for exit handlers on vCPU threads. Like a [`Vcpu`] it keeps the VM's memslot mappings
+/// alive and closes its share of the VM fd first (field order).
+#[derive(Debug, Clone)]
+pub struct MemAttrs {
+    door: Arc<dyn VmIoctls>,
+    _keep: KeepAlive,
+}
+
+impl MemAttrs {
+    /// `KVM_SET_MEMORY_ATTRIBUTES` on `[gpa, gpa + size)` (private or shared).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set(&self, gpa: u64, size: u64, private: bool) -> Result<(), Errno> {
+        self.door.set_memory_attributes(kvm_memory_attributes {
+            address: gpa,
+            size,
+            attributes: if private {
+                KVM_MEMORY_ATTRIBUTE_PRIVATE
+            } else {
+                0
+            },
+            flags: 0,
+        })
+    }
 }
 
 impl Vm {
@@ -492,6 +520,14 @@ impl Vm {
         unsafe { self.door.set_user_memory_region2(region) }?;
         self.next_slot = slot.checked_add(1).ok_or(Errno::new(libc::ENOSPC))?;
         Ok(slot)
+    }
+
+    /// A handle for run-time `KVM_SET_MEMORY_ATTRIBUTES` from exit handlers.
+    pub fn mem_attrs(&self) -> MemAttrs {
+        MemAttrs {
+            door: Arc::clone(&self.door),
+            _keep: Arc::clone(&self.keep),
+        }
     }
 
     /// Memslots registered so far.
