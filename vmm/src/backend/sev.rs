@@ -893,4 +893,39 @@ mod tests {
             assert_eq!(names.last(), Some(&"KVM_SEV_SNP_LAUNCH_FINISH"));
         }
     }
+
+    /// Partial progress (`amd-memory-encryption.rst`, SNP_LAUNCH_UPDATE: the kernel advances
+    /// `gfn_start`, `uaddr` and `len` by the pages it did; userspace repeats the call until
+    /// `len` is 0): a kernel that does one page per call gets one call per page, each
+    /// continuing where the last stopped.
+    #[test]
+    fn snp_launch_update_loops_on_partial_progress() {
+        let (rec, host) = recorded();
+        rec.partial_snp_update(1);
+        let plan = coco_plan(
+            Platform::Snp,
+            0x3_0000,
+            0,
+            &[
+                (0x1000, PageKind::Normal),
+                (0x2000, PageKind::Normal),
+                (0x3000, PageKind::Normal),
+            ],
+        );
+        let backend = SevBackend::new(Platform::Snp, host);
+        drop(backend.build(&Launch::from_plan(plan)).unwrap());
+        let updates: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("SNP_LAUNCH_UPDATE"))
+            .collect();
+        assert_eq!(
+            updates,
+            [
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x1 uaddr_offset=0x1000 len=0x3000 type=1 sev_fd=sev",
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x2 uaddr_offset=0x2000 len=0x2000 type=1 sev_fd=sev",
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x3 uaddr_offset=0x3000 len=0x1000 type=1 sev_fd=sev",
+            ]
+        );
+    }
 }
