@@ -928,4 +928,45 @@ mod tests {
             ]
         );
     }
+
+    /// A shared page in an SNP plan is host memory, never given to the firmware: its range
+    /// loses `KVM_MEMORY_ATTRIBUTE_PRIVATE` (spec §2: private pages come from the
+    /// guest_memfd, shared ones from `userspace_addr`), its bytes are readable through the
+    /// shared mapping, and the private pages around it are separate updates.
+    #[test]
+    fn snp_shared_page_is_not_given_to_the_firmware() {
+        let (rec, host) = recorded();
+        let plan = coco_plan(
+            Platform::Snp,
+            0x3_0000,
+            0,
+            &[
+                (0x1000, PageKind::Normal),
+                (0x2000, PageKind::Shared),
+                (0x3000, PageKind::Normal),
+            ],
+        );
+        let backend = SevBackend::new(Platform::Snp, host);
+        let vm = backend.build(&Launch::from_plan(plan)).unwrap();
+        let lines: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("SNP_LAUNCH_UPDATE") || l.contains("size=0x1000 attributes"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x1 uaddr_offset=0x1000 len=0x1000 type=1 sev_fd=sev",
+                "vm0 KVM_SET_MEMORY_ATTRIBUTES address=0x2000 size=0x1000 attributes=0x0 flags=0",
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x3 uaddr_offset=0x3000 len=0x1000 type=1 sev_fd=sev",
+            ]
+        );
+        let mut b = [0u8; 1];
+        vm.memory.read(0x2000, &mut b).unwrap();
+        assert_eq!(b, [2]);
+        assert!(
+            vm.memory.read(0x1000, &mut b).is_err(),
+            "private pages are not readable"
+        );
+    }
 }
