@@ -257,24 +257,23 @@ impl SevBuild<'_> {
         if self.platform == Platform::Snp {
             // ZERO pages carry no source (KVM ignores uaddr for them: spec §1.3).
             let source = (run.page_type != 3).then_some(Source { mapping, offset });
-            let mut update = SnpUpdate {
+            let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
                 gfn_start: run.gpa / PAGE_SIZE,
                 source,
                 len: run.len,
                 page_type: run.page_type,
-            };
+            });
             // The kernel advances gfn_start/uaddr/len by what it did: loop until len is 0,
             // refusing a call that made no progress (it would loop forever).
-            while update.len > 0 {
-                let before = update.len;
-                let mut cmd = SevCmd::SnpLaunchUpdate(update);
+            let left = |c: &SevCmd<'_>| match c {
+                SevCmd::SnpLaunchUpdate(u) => u.len,
+                _ => 0,
+            };
+            while left(&cmd) > 0 {
+                let before = left(&cmd);
                 vm.sev_cmd(&mut cmd, sev_fd)
                     .map_err(coco("KVM_SEV_SNP_LAUNCH_UPDATE"))?;
-                let SevCmd::SnpLaunchUpdate(u) = cmd else {
-                    unreachable!("the command keeps its variant")
-                };
-                update = u;
-                if update.len >= before {
+                if left(&cmd) >= before {
                     return Err(BackendError::Coco {
                         what: "KVM_SEV_SNP_LAUNCH_UPDATE made no progress",
                         error: crate::sys::coco::CocoError::errno(libc::EIO),
