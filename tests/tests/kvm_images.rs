@@ -261,6 +261,8 @@ fn kvm_cli_reboot_contract_and_audit_log() {
         &["run", p, "--vcpus", "0"],
         &["run", p, "--bogus"],
         &["run", p, "--platform", "snp", "--audit-log", a],
+        &["run", p, "--platform", "sev-es", "--audit-log", a],
+        &["run", p, "--platform", "sev", "--audit-log", a],
         &["run", "/nonexistent/bundle.igvm", "--audit-log", a],
         &["run", j, "--audit-log", a],
         &["run", p, "--audit-log", "/nonexistent/dir/audit.jsonl"],

@@ -636,7 +636,7 @@ pub fn run_session(
                 FwCfg::new(generation, nb_cpus, &cfg.fw_cfg_files),
                 Arc::clone(&unknown_log),
             )));
-            let exits = backend.exit_handler(Arc::clone(&devices));
+            let exits = backend.exit_handler(Arc::clone(&devices), &vm, &memory);
             let ctl = Arc::new(RunControl::with_main_thread());
             if let Some(c) = &cfg.control {
                 c.launching(

@@ -67,6 +67,9 @@ pub struct Host {
     pub gmem_flags: u64,
     /// The RAM backing launches use.
     pub backing: MemoryBacking,
+    /// The SEV device (`/dev/sev`), opened once per process and carried by every SEV command
+    /// (`../shared/spec/kvm-coco-abi.md` §1.2); `None` when it cannot be opened (no SEV).
+    pub sev: Option<std::os::fd::OwnedFd>,
 }
 
 impl Host {
@@ -106,7 +109,14 @@ impl Host {
             Ok(0) | Err(_) => 1,
             Ok(t) => t,
         };
+        // Only worth opening when KVM offers a SEV-family VM type (2, 3 or 4).
+        let sev = if vm_types & (0b111 << 2) != 0 {
+            kvm.open_sev().ok()
+        } else {
+            None
+        };
         Ok(Host {
+            sev,
             max_vcpus: kvm.max_vcpus(),
             nr_memslots,
             vm_types,

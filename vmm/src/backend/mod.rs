@@ -23,7 +23,9 @@
 //! The VM's exits go to the backend's [`ExitHandler`](crate::vcpu::ExitHandler)
 //! ([`Backend::exit_handler`]): for native, the devices.
 
+pub mod coco_exits;
 pub mod native;
+pub mod sev;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,18 @@ pub enum BackendError {
         #[source]
         errno: Errno,
     },
+    /// A confidential command failed (its uapi name, the errno and the firmware's status).
+    #[error("{what}: {error}")]
+    Coco {
+        /// The command (`KVM_SEV_*`).
+        what: &'static str,
+        /// What the kernel and firmware said.
+        #[source]
+        error: crate::sys::coco::CocoError,
+    },
+    /// The plan asks for something this platform cannot do (a sentence).
+    #[error("{0}")]
+    Unsupported(String),
     /// A page or range lies outside guest memory (or in memory the host cannot write).
     #[error(transparent)]
     Mem(#[from] MemError),
@@ -270,8 +284,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`ExecError`] for the op that failed.
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError>;
-    /// The handler of a built VM's vCPU exits, over the launch's devices.
-    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler>;
+    /// The handler of a built VM's vCPU exits, over the launch's devices; `vm` and `memory`
+    /// are the built VM's (a confidential handler converts pages at run time).
+    fn exit_handler(
+        &self,
+        devices: Arc<Mutex<Devices>>,
+        vm: &Vm,
+        memory: &Arc<GuestMemory>,
+    ) -> Arc<dyn ExitHandler>;
 }
 
 /// The backend for `platform` on `host`, or why this host cannot run it — decided before
@@ -282,6 +302,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub fn select(platform: Platform, host: &Arc<Host>) -> Result<Box<dyn Backend>, BackendError> {
     match platform {
         Platform::Native => Ok(Box::new(native::NativeBackend::new(Arc::clone(host)))),
+        Platform::Sev | Platform::SevEs | Platform::Snp
+            if sev::vm_type(platform).is_some_and(|t| host.vm_types & (1 << t) != 0)
+                && host.sev.is_some() =>
+        {
+            Ok(Box::new(sev::SevBackend::new(platform, Arc::clone(host))))
+        }
         Platform::Sev | Platform::SevEs | Platform::Snp | Platform::Tdx => {
             Err(BackendError::Unavailable {
                 platform,
@@ -307,8 +333,8 @@ fn confidential_missing(platform: Platform, host: &Host) -> String {
             if platform == Platform::Tdx { "Intel TDX" } else { "AMD SEV" }
         );
     }
-    if platform != Platform::Tdx && !std::path::Path::new("/dev/sev").exists() {
-        return "there is no /dev/sev (the AMD Secure Processor driver is not loaded)".into();
+    if platform != Platform::Tdx && host.sev.is_none() {
+        return "/dev/sev cannot be opened (the AMD Secure Processor driver is not loaded)".into();
     }
     format!("the {platform} backend is not built yet (the host offers {name})")
 }

@@ -103,7 +103,12 @@ impl Backend for NativeBackend {
         super::run_phases(phases, plan)
     }
 
-    fn exit_handler(&self, devices: Arc<Mutex<Devices>>) -> Arc<dyn ExitHandler> {
+    fn exit_handler(
+        &self,
+        devices: Arc<Mutex<Devices>>,
+        _vm: &Vm,
+        _memory: &Arc<GuestMemory>,
+    ) -> Arc<dyn ExitHandler> {
         Arc::new(NativeExits::new(devices))
     }
 }
@@ -174,6 +179,11 @@ impl Prepared {
         self.mem_bytes
     }
 
+    /// The `KVM_SET_CPUID2` table of each vCPU.
+    pub fn cpuid(&self) -> &[CpuId] {
+        &self.cpuid
+    }
+
     /// The memslot ranges every build registers, `(gpa, size)`, by address.
     pub fn slots(&self) -> &[(u64, u64)] {
         &self.slots
@@ -181,7 +191,7 @@ impl Prepared {
 
     /// The fresh-vCPU registers of vCPU `vp`: cached, or read from `vcpu` (which must be
     /// fresh: no register set yet) and cached.
-    fn fresh_regs(&self, vp: u32, vcpu: &Vcpu) -> Result<FreshRegs, BackendError> {
+    pub(crate) fn fresh_regs(&self, vp: u32, vcpu: &Vcpu) -> Result<FreshRegs, BackendError> {
         let lock = || self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(f) = lock().get(vp as usize).copied().flatten() {
             return Ok(f);

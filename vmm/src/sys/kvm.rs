@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
@@ -92,6 +93,15 @@ pub trait KvmIoctls: Send + Sync + fmt::Debug {
     /// # Errors
     /// The ioctl's errno.
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno>;
+    /// Opens the SEV device (`/dev/sev`, whose fd every SEV command carries:
+    /// `../shared/spec/kvm-coco-abi.md` §1.2). By default a memfd stands in for it, so that
+    /// doors without a kernel (the recorder, a model) can run the SEV backends' code.
+    ///
+    /// # Errors
+    /// The `open` errno.
+    fn open_sev(&self) -> Result<OwnedFd, Errno> {
+        Ok(OwnedFd::from(super::record::memfd(0)?))
+    }
 }
 
 /// A VM fd's calls.
@@ -137,6 +147,15 @@ pub trait VmIoctls: Send + Sync + fmt::Debug {
     /// The ioctl's errno (`ENOTTY` by default: a door that does not model it).
     fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
         let _ = (cap, args);
+        Err(Errno::new(libc::ENOTTY))
+    }
+    /// `KVM_MEMORY_ENCRYPT_REG_REGION` over `size` bytes at host address `addr` (long-term
+    /// pins ordinary RAM of a SEV/SEV-ES guest: `../shared/spec/kvm-coco-abi.md` §1.3).
+    ///
+    /// # Errors
+    /// The ioctl's errno (`ENOTTY` by default).
+    fn register_enc_region(&self, addr: u64, size: u64) -> Result<(), Errno> {
+        let _ = (addr, size);
         Err(Errno::new(libc::ENOTTY))
     }
     /// `KVM_MEMORY_ENCRYPT_OP` with a SEV-family command; `sev_fd` is the `/dev/sev` handle
@@ -331,6 +350,14 @@ impl Kvm {
         self.door.supported_cpuid(max_entries)
     }
 
+    /// Opens the SEV device that SEV commands carry ([`KvmIoctls::open_sev`]).
+    ///
+    /// # Errors
+    /// The `open` errno (`ENOENT` on a host without SEV).
+    pub fn open_sev(&self) -> Result<OwnedFd, Errno> {
+        self.door.open_sev()
+    }
+
     /// `KVM_CREATE_VM` of `vm_type`, retried while it returns `EINTR` (a signal during the
     /// call; it runs on every relaunch, so a stray signal must not end the session).
     ///
@@ -342,7 +369,7 @@ impl Kvm {
                 Err(e) if e.errno() == libc::EINTR => continue,
                 r => {
                     return r.map(|door| Vm {
-                        door,
+                        door: Arc::from(door),
                         keep: Arc::new(Mutex::new(Vec::new())),
                         next_slot: 0,
                     })
@@ -358,9 +385,37 @@ type KeepAlive = Arc<Mutex<Vec<Arc<GuestMapping>>>>;
 #[derive(Debug)]
 pub struct Vm {
     // Field order is drop order: the VM fd closes before the mappings can go.
-    door: Box<dyn VmIoctls>,
+    door: Arc<dyn VmIoctls>,
     keep: KeepAlive,
     next_slot: u32,
+}
+
+/// A handle for run-time page-state changes of one VM (`KVM_SET_MEMORY_ATTRIBUTES` only),
+/// for exit handlers on vCPU threads. Like a [`Vcpu`] it keeps the VM's memslot mappings
+/// alive and closes its share of the VM fd first (field order).
+#[derive(Debug, Clone)]
+pub struct MemAttrs {
+    door: Arc<dyn VmIoctls>,
+    _keep: KeepAlive,
+}
+
+impl MemAttrs {
+    /// `KVM_SET_MEMORY_ATTRIBUTES` on `[gpa, gpa + size)` (private or shared).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set(&self, gpa: u64, size: u64, private: bool) -> Result<(), Errno> {
+        self.door.set_memory_attributes(kvm_memory_attributes {
+            address: gpa,
+            size,
+            attributes: if private {
+                KVM_MEMORY_ATTRIBUTE_PRIVATE
+            } else {
+                0
+            },
+            flags: 0,
+        })
+    }
 }
 
 impl Vm {
@@ -467,6 +522,14 @@ impl Vm {
         Ok(slot)
     }
 
+    /// A handle for run-time `KVM_SET_MEMORY_ATTRIBUTES` from exit handlers.
+    pub fn mem_attrs(&self) -> MemAttrs {
+        MemAttrs {
+            door: Arc::clone(&self.door),
+            _keep: Arc::clone(&self.keep),
+        }
+    }
+
     /// Memslots registered so far.
     pub fn memslots(&self) -> u32 {
         self.next_slot
@@ -505,6 +568,16 @@ impl Vm {
     /// The ioctl's errno.
     pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
         self.door.enable_cap(cap, args)
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_REG_REGION` over the whole of `mapping` (one of this VM's
+    /// memslot mappings: the kernel pins it for the VM's life).
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn register_enc_region(&self, mapping: &GuestMapping) -> Result<(), Errno> {
+        self.door
+            .register_enc_region(mapping.host_addr(), mapping.len() as u64)
     }
 
     /// `KVM_MEMORY_ENCRYPT_OP` with a SEV-family command, carrying the `/dev/sev` handle
@@ -710,6 +783,17 @@ impl KvmIoctls for RealKvm {
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
         Ok(Box::new(RealVm(self.0.create_vm_with_type(vm_type)?)))
     }
+
+    fn open_sev(&self) -> Result<OwnedFd, Errno> {
+        // `/dev/sev` read-write, as QEMU opens it (`target/i386/sev.c`, `sev_common_kvm_init`).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/sev")
+            .map_err(|e| Errno::new(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        Ok(OwnedFd::from(file))
+    }
 }
 
 #[derive(Debug)]
@@ -756,6 +840,17 @@ impl VmIoctls for RealVm {
             args,
             ..Default::default()
         })
+    }
+
+    fn register_enc_region(&self, addr: u64, size: u64) -> Result<(), Errno> {
+        // A safe kvm-ioctls call: the kernel only pins (get_user_pages) the range; a range
+        // that is not mapped fails with an errno.
+        self.0
+            .register_enc_memory_region(&kvm_bindings::kvm_enc_region { addr, size })
+    }
+
+    fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
+        super::sev::sev_cmd(&self.0, cmd, sev_fd)
     }
 
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
@@ -83,6 +83,8 @@ struct Shared {
     calls: Mutex<Vec<Call>>,
     faults: Mutex<Vec<Fault>>,
     vms: AtomicU32,
+    /// Pages one `SNP_LAUNCH_UPDATE` does at most (0: all): partial progress.
+    snp_update_pages: AtomicU64,
 }
 
 impl Shared {
@@ -134,6 +136,13 @@ impl Recorder {
                 errno,
                 times,
             });
+    }
+
+    /// Makes every `SNP_LAUNCH_UPDATE` do at most `pages` pages (0: all), advancing
+    /// `gfn_start`, the source and `len` by what it did, as the kernel does on partial
+    /// progress (`../shared/spec/kvm-coco-abi.md` §1.3).
+    pub fn partial_snp_update(&self, pages: u64) {
+        self.shared.snp_update_pages.store(pages, Ordering::Relaxed);
     }
 
     /// Every call so far, in order.
@@ -282,6 +291,11 @@ impl VmIoctls for RecVm {
         )
     }
 
+    fn register_enc_region(&self, _addr: u64, size: u64) -> Result<(), Errno> {
+        // The host address differs per run: only the size is recorded.
+        self.record("KVM_MEMORY_ENCRYPT_REG_REGION", format!("size={size:#x}"))
+    }
+
     fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
         let name = cmd.name();
         let sev = if sev_fd >= 0 { "sev" } else { "none" };
@@ -341,12 +355,17 @@ impl VmIoctls for RecVm {
         match cmd {
             SevCmd::LaunchStart { handle, .. } => *handle = 1,
             SevCmd::SnpLaunchUpdate(u) => {
-                let pages = u.len / 4096;
+                let limit = self.rec.shared.snp_update_pages.load(Ordering::Relaxed);
+                let mut pages = u.len / 4096;
+                if limit > 0 {
+                    pages = pages.min(limit);
+                }
+                let done = pages * 4096;
                 u.gfn_start += pages;
                 if let Some(s) = &mut u.source {
-                    s.offset += u.len;
+                    s.offset += done;
                 }
-                u.len = 0;
+                u.len -= done;
             }
             _ => {}
         }

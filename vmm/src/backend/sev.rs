@@ -1,0 +1,971 @@
+//! The AMD SEV family on KVM: SEV (VM type 2), SEV-ES (3) and SEV-SNP (4), in the order KVM
+//! requires (`Documentation/virt/kvm/x86/amd-memory-encryption.rst`;
+//! `../shared/spec/kvm-coco-abi.md` §1.4):
+//!
+//! | phase | SNP | SEV-ES / SEV |
+//! |---|---|---|
+//! | `create_vm` | `KVM_CREATE_VM(4)`, `INIT2`, `SNP_LAUNCH_START` | `KVM_CREATE_VM(3/2)`, `INIT2`, `LAUNCH_START` |
+//! | `memory` | guest_memfd + shared mapping per slot, `SET_MEMORY_ATTRIBUTES(PRIVATE)` | anonymous memory per slot, `MEMORY_ENCRYPT_REG_REGION` |
+//! | `vcpus` | irqchip, vCPUs, CPUID, `ENABLE_CAP(EXIT_HYPERCALL)` | irqchip, vCPUs, CPUID |
+//! | `op` | stage + `SNP_LAUNCH_UPDATE` per run of same-type pages; registers | stage + `LAUNCH_UPDATE_DATA` per run; registers |
+//! | `finish` | `SNP_LAUNCH_FINISH` (ID block, host data) | (`LAUNCH_UPDATE_VMSA`), `LAUNCH_MEASURE`, `LAUNCH_FINISH` |
+//!
+//! Every build runs on a new VM fd with fresh memory: calling SNP launch commands again after
+//! FINISH on the old VM is a host RMP fault (spec §1.4), and private memory is re-measured.
+//!
+//! Not done here (say so rather than guess): the SNP CPUID page is given as the plan has it
+//! (not rebuilt from `KVM_GET_SUPPORTED_CPUID` as QEMU does); the SNP policy is checked only
+//! for its must-be-one bit 17 (`KVM_X86_SNP_POLICY_BITS` needs `KVM_GET_DEVICE_ATTR` on
+//! `/dev/kvm`, not in the door yet); APs are left to the guest (no `KVM_SET_MP_STATE`: their
+//! state is sealed in the VMSA on SEV-ES/SNP).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use relaunch_core::limits::PAGE_SIZE;
+use relaunch_core::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform};
+
+use super::native::{set_vp_regs, NativeBackend, Prepared};
+use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, OpKind, Phases};
+use crate::devices::Devices;
+use crate::launch::Launch;
+use crate::memory::{GuestMemory, Region};
+use crate::sys::coco::{SevCmd, SnpUpdate, Source};
+use crate::sys::kvm::{Vcpu, Vm};
+use crate::sys::mem::GuestMapping;
+use crate::vcpu::{ExitHandler, NativeExits};
+use crate::vstate::Host;
+
+/// `KVM_X86_SEV_VM`, `KVM_X86_SEV_ES_VM`, `KVM_X86_SNP_VM` (`arch/x86/include/uapi/asm/kvm.h`).
+pub fn vm_type(platform: Platform) -> Option<u64> {
+    match platform {
+        Platform::Sev => Some(2),
+        Platform::SevEs => Some(3),
+        Platform::Snp => Some(4),
+        _ => None,
+    }
+}
+
+/// `KVM_CAP_EXIT_HYPERCALL` (`include/uapi/linux/kvm.h`).
+pub const KVM_CAP_EXIT_HYPERCALL: u32 = 201;
+/// `KVM_HC_MAP_GPA_RANGE` (`include/uapi/linux/kvm_para.h`): bit 12 of the cap's mask.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+
+/// SNP guest policy bit 17: reserved, must be one (SEV-SNP firmware ABI, GUEST_POLICY;
+/// KVM refuses a policy without it: spec §1.3).
+const SNP_POLICY_RESERVED_ONE: u64 = 1 << 17;
+
+/// `KVM_SEV_SNP_PAGE_TYPE_*` of a page kind (`arch/x86/include/uapi/asm/kvm.h`): NORMAL 1,
+/// ZERO 3, UNMEASURED 4, SECRETS 5, CPUID 6; `None` for shared pages (not given to the
+/// firmware).
+pub fn snp_page_type(kind: PageKind) -> Option<u8> {
+    match kind {
+        PageKind::Normal => Some(1),
+        PageKind::Zero => Some(3),
+        PageKind::Unmeasured => Some(4),
+        PageKind::Secrets => Some(5),
+        PageKind::Cpuid => Some(6),
+        PageKind::Shared => None,
+    }
+}
+
+/// The SEV-family backend for one platform (SEV, SEV-ES or SNP).
+#[derive(Debug)]
+pub struct SevBackend {
+    platform: Platform,
+    host: Arc<Host>,
+    /// Shares the native backend's per-launch preparation (slots, CPUID tables).
+    native: NativeBackend,
+    /// The last SEV/SEV-ES `LAUNCH_MEASURE` blob (48 bytes: measurement + mnonce).
+    measure: Mutex<Option<[u8; 48]>>,
+}
+
+impl SevBackend {
+    /// A backend for `platform` (SEV, SEV-ES or SNP) on `host`.
+    pub fn new(platform: Platform, host: Arc<Host>) -> SevBackend {
+        SevBackend {
+            platform,
+            native: NativeBackend::new(Arc::clone(&host)),
+            host,
+            measure: Mutex::new(None),
+        }
+    }
+
+    /// The blob `LAUNCH_MEASURE` returned for the last SEV/SEV-ES build (for the audit).
+    pub fn launch_measure(&self) -> Option<[u8; 48]> {
+        *self.measure.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Backend for SevBackend {
+    fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    fn memory_backing(&self) -> &'static str {
+        if self.platform == Platform::Snp {
+            "guest_memfd"
+        } else {
+            "anonymous"
+        }
+    }
+
+    fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
+        let plan = launch.plan();
+        let prep = self.native.prepared(launch).map_err(|source| ExecError {
+            index: 0,
+            op: OpKind::CreateVm,
+            source,
+        })?;
+        let phases = SevBuild {
+            platform: self.platform,
+            host: &self.host,
+            prep: &prep,
+            plan,
+            launch_id: launch.id(),
+            vm: None,
+            vcpus: Vec::new(),
+            memory: GuestMemory::default(),
+            run: None,
+            measure: &self.measure,
+            timings: ExecTimings::default(),
+            t0: Instant::now(),
+        };
+        super::run_phases(phases, plan)
+    }
+
+    fn exit_handler(
+        &self,
+        devices: Arc<Mutex<Devices>>,
+        vm: &Vm,
+        memory: &Arc<GuestMemory>,
+    ) -> Arc<dyn ExitHandler> {
+        let native = NativeExits::new(devices);
+        if self.platform == Platform::Sev {
+            // Plain SEV guests have no GHCB protocol and no private/shared memslots.
+            Arc::new(native)
+        } else {
+            Arc::new(super::coco_exits::CocoExits::new(
+                native,
+                vm.mem_attrs(),
+                Arc::clone(memory),
+            ))
+        }
+    }
+}
+
+/// A run of consecutive pages waiting for one launch-update call.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    gpa: u64,
+    len: u64,
+    /// SNP page type (0 on SEV/SEV-ES).
+    page_type: u8,
+}
+
+struct SevBuild<'b> {
+    platform: Platform,
+    host: &'b Host,
+    prep: &'b Prepared,
+    plan: &'b LaunchPlan,
+    launch_id: u64,
+    vm: Option<Vm>,
+    vcpus: Vec<Vcpu>,
+    memory: GuestMemory,
+    run: Option<Run>,
+    measure: &'b Mutex<Option<[u8; 48]>>,
+    timings: ExecTimings,
+    t0: Instant,
+}
+
+fn no_vm() -> BackendError {
+    BackendError::Kvm {
+        what: "no VM (create_vm did not run)",
+        errno: crate::sys::Errno::new(libc::EINVAL),
+    }
+}
+
+fn coco(what: &'static str) -> impl FnOnce(crate::sys::coco::CocoError) -> BackendError {
+    move |error| BackendError::Coco { what, error }
+}
+
+impl SevBuild<'_> {
+    fn sev_fd(&self) -> i32 {
+        self.host.sev.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    fn vm(&self) -> Result<&Vm, BackendError> {
+        self.vm.as_ref().ok_or_else(no_vm)
+    }
+
+    /// The `CreateVm` op's policy and vmsa_features.
+    fn create_args(&self) -> (u64, u64) {
+        self.plan
+            .ops()
+            .iter()
+            .find_map(|op| match *op {
+                LaunchOp::CreateVm {
+                    policy,
+                    vmsa_features,
+                    ..
+                } => Some((policy, vmsa_features)),
+                _ => None,
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Adds `[gpa, gpa + len)` of SNP type `page_type` to the pending run, issuing the run
+    /// first when the page does not extend it.
+    fn queue(&mut self, gpa: u64, len: u64, page_type: u8) -> Result<(), BackendError> {
+        if let Some(run) = &mut self.run {
+            let same_region = self
+                .memory
+                .locate(run.gpa, run.len + len)
+                .is_ok_and(|(r, _)| r.end() >= gpa + len);
+            if run.page_type == page_type && run.gpa + run.len == gpa && same_region {
+                run.len += len;
+                return Ok(());
+            }
+        }
+        self.flush()?;
+        self.run = Some(Run {
+            gpa,
+            len,
+            page_type,
+        });
+        Ok(())
+    }
+
+    /// Issues the pending run: `SNP_LAUNCH_UPDATE` looped on partial progress, or one
+    /// `LAUNCH_UPDATE_DATA`.
+    fn flush(&mut self) -> Result<(), BackendError> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        let sev_fd = self.sev_fd();
+        let vm = self.vm()?;
+        let (region, offset) = self.memory.locate(run.gpa, run.len)?;
+        let mapping: &GuestMapping =
+            region
+                .shared
+                .as_deref()
+                .ok_or(crate::memory::MemError::Private {
+                    gpa: run.gpa,
+                    len: run.len,
+                })?;
+        if self.platform == Platform::Snp {
+            // ZERO pages carry no source (KVM ignores uaddr for them: spec §1.3).
+            let source = (run.page_type != 3).then_some(Source { mapping, offset });
+            let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+                gfn_start: run.gpa / PAGE_SIZE,
+                source,
+                len: run.len,
+                page_type: run.page_type,
+            });
+            // The kernel advances gfn_start/uaddr/len by what it did: loop until len is 0,
+            // refusing a call that made no progress (it would loop forever).
+            let left = |c: &SevCmd<'_>| match c {
+                SevCmd::SnpLaunchUpdate(u) => u.len,
+                _ => 0,
+            };
+            while left(&cmd) > 0 {
+                let before = left(&cmd);
+                vm.sev_cmd(&mut cmd, sev_fd)
+                    .map_err(coco("KVM_SEV_SNP_LAUNCH_UPDATE"))?;
+                if left(&cmd) >= before {
+                    return Err(BackendError::Coco {
+                        what: "KVM_SEV_SNP_LAUNCH_UPDATE made no progress",
+                        error: crate::sys::coco::CocoError::errno(libc::EIO),
+                    });
+                }
+            }
+        } else {
+            let len = u32::try_from(run.len)
+                .map_err(|_| BackendError::Unsupported("a launch update over 4 GiB".into()))?;
+            vm.sev_cmd(
+                &mut SevCmd::LaunchUpdateData {
+                    source: Source { mapping, offset },
+                    len,
+                },
+                sev_fd,
+            )
+            .map_err(coco("KVM_SEV_LAUNCH_UPDATE_DATA"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Phases for SevBuild<'_> {
+    fn create_vm(&mut self) -> Result<(), BackendError> {
+        if self.plan.platform() != self.platform {
+            return Err(BackendError::WrongPlatform {
+                plan: self.plan.platform(),
+                backend: self.platform,
+            });
+        }
+        let vm_type = vm_type(self.platform)
+            .ok_or_else(|| BackendError::Unsupported(format!("{} is not SEV", self.platform)))?;
+        let (policy, vmsa_features) = self.create_args();
+        // Checked before anything is created.
+        let sev_policy = if self.platform == Platform::Snp {
+            if policy & SNP_POLICY_RESERVED_ONE == 0 {
+                return Err(BackendError::Unsupported(format!(
+                    "SNP policy {policy:#x} lacks bit 17 (reserved, must be one)"
+                )));
+            }
+            0
+        } else {
+            // `kvm_sev_launch_start.policy` is a u32 (spec §1.3).
+            u32::try_from(policy).map_err(|_| {
+                BackendError::Unsupported(format!("SEV policy {policy:#x} does not fit 32 bits"))
+            })?
+        };
+        let t = Instant::now();
+        self.t0 = t;
+        let vm = self
+            .host
+            .kvm
+            .create_vm(vm_type)
+            .map_err(kvm_err("KVM_CREATE_VM"))?;
+        let sev_fd = self.sev_fd();
+        // INIT2: vmsa_features must be 0 for SEV; ghcb_version 0 (= 2 for SEV-ES/SNP, must be
+        // 0 for SEV) (`amd-memory-encryption.rst`, KVM_SEV_INIT2; spec §1.3).
+        let vmsa_features = if self.platform == Platform::Sev {
+            0
+        } else {
+            vmsa_features
+        };
+        vm.sev_cmd(
+            &mut SevCmd::Init2 {
+                vmsa_features,
+                ghcb_version: 0,
+            },
+            sev_fd,
+        )
+        .map_err(coco("KVM_SEV_INIT2"))?;
+        if self.platform == Platform::Snp {
+            vm.sev_cmd(&mut SevCmd::SnpLaunchStart { policy }, sev_fd)
+                .map_err(coco("KVM_SEV_SNP_LAUNCH_START"))?;
+        } else {
+            vm.sev_cmd(
+                &mut SevCmd::LaunchStart {
+                    policy: sev_policy,
+                    handle: 0,
+                },
+                sev_fd,
+            )
+            .map_err(coco("KVM_SEV_LAUNCH_START"))?;
+        }
+        self.vm = Some(vm);
+        self.timings.create_vm = t.elapsed();
+        Ok(())
+    }
+
+    fn memory(&mut self) -> Result<(), BackendError> {
+        let t = Instant::now();
+        let snp = self.platform == Platform::Snp;
+        let vm = self.vm.as_mut().ok_or_else(no_vm)?;
+        for &(gpa, size) in self.prep.slots() {
+            let len =
+                usize::try_from(size).map_err(|_| BackendError::Memslots { need: 0, have: 0 })?;
+            let shared =
+                Arc::new(GuestMapping::anonymous(len).map_err(kvm_err("mapping guest RAM"))?);
+            if snp {
+                // Private pages in a guest_memfd, the shared mapping as userspace_addr
+                // (`api.rst`, KVM_SET_USER_MEMORY_REGION2; spec §2).
+                let gmem: Arc<OwnedFd> = Arc::new(
+                    vm.create_guest_memfd(size, 0)
+                        .map_err(kvm_err("KVM_CREATE_GUEST_MEMFD"))?,
+                );
+                vm.add_memslot(gpa, size, Some(&shared), Some(&gmem))
+                    .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION2"))?;
+                // SNP_LAUNCH_UPDATE needs the range private already (spec §1.3).
+                vm.set_memory_attributes(gpa, size, true)
+                    .map_err(kvm_err("KVM_SET_MEMORY_ATTRIBUTES"))?;
+                self.memory
+                    .push(Region::private(gpa, size, gmem, Some(shared)));
+            } else {
+                vm.add_memslot(gpa, size, Some(&shared), None)
+                    .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION2"))?;
+                // SEV/SEV-ES RAM is ordinary memory encrypted in place: pinned for the VM's
+                // life (spec §1.3, §1.4; QEMU's RAM block notifier does the same).
+                vm.register_enc_region(&shared)
+                    .map_err(kvm_err("KVM_MEMORY_ENCRYPT_REG_REGION"))?;
+                self.memory.push(Region::shared(gpa, shared));
+            }
+        }
+        self.timings.memslots = t.elapsed();
+        Ok(())
+    }
+
+    fn vcpus(&mut self) -> Result<(), BackendError> {
+        let t = Instant::now();
+        let vm = self.vm.as_ref().ok_or_else(no_vm)?;
+        vm.create_irqchip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        self.timings.irqchip = t.elapsed();
+        let t = Instant::now();
+        let mut list = Vec::with_capacity(self.prep.cpuid().len());
+        for (id, cpuid) in self.prep.cpuid().iter().enumerate() {
+            let vcpu = vm
+                .create_vcpu(id as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            list.push(vcpu);
+        }
+        if self.platform == Platform::Snp {
+            // Page-state changes reach the VMM as KVM_HC_MAP_GPA_RANGE exits (`api.rst`,
+            // KVM_CAP_EXIT_HYPERCALL; spec §1.5).
+            vm.enable_cap(KVM_CAP_EXIT_HYPERCALL, [1 << KVM_HC_MAP_GPA_RANGE, 0, 0, 0])
+                .map_err(kvm_err("KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)"))?;
+        }
+        self.vcpus = list;
+        self.timings.vcpus = t.elapsed();
+        Ok(())
+    }
+
+    fn op(&mut self, op: &LaunchOp) -> Result<(), BackendError> {
+        let t = Instant::now();
+        match *op {
+            LaunchOp::MapRam { gpa, size } => {
+                if !self.memory.uncovered(gpa, size).is_empty() {
+                    return Err(BackendError::Unsupported(format!(
+                        "MapRam {gpa:#x}+{size:#x} outside the memory registered at CreateVm"
+                    )));
+                }
+                self.timings.map_ram += t.elapsed();
+            }
+            LaunchOp::ImportPage { gpa, kind, data } => {
+                let bytes = self.plan.page_bytes(&data);
+                let bytes = bytes
+                    .get(..bytes.len().min(PAGE_SIZE as usize))
+                    .unwrap_or(&[]);
+                self.memory.locate(gpa, PAGE_SIZE)?;
+                if self.platform == Platform::Snp {
+                    match snp_page_type(kind) {
+                        Some(page_type) => {
+                            if kind != PageKind::Zero && !bytes.is_empty() {
+                                self.memory.stage(gpa, bytes)?;
+                            }
+                            self.queue(gpa, PAGE_SIZE, page_type)?;
+                        }
+                        None => {
+                            // A shared page: host-visible, never given to the firmware.
+                            self.flush()?;
+                            self.vm()?
+                                .set_memory_attributes(gpa, PAGE_SIZE, false)
+                                .map_err(kvm_err("KVM_SET_MEMORY_ATTRIBUTES"))?;
+                            self.memory.convert(gpa, PAGE_SIZE, false)?;
+                            self.memory.stage(gpa, bytes)?;
+                        }
+                    }
+                } else {
+                    // `docs/measurement.md` §4: Normal and Zero pages are encrypted (Zero as
+                    // 4096 zero bytes); Unmeasured and Shared are only loaded; Secrets and
+                    // CPUID pages do not exist on SEV/SEV-ES.
+                    if !bytes.is_empty() && kind != PageKind::Zero {
+                        self.memory.stage(gpa, bytes)?;
+                    }
+                    match (kind, data) {
+                        (PageKind::Normal, PageData::GeneratedPart { start, len, .. }) => {
+                            self.flush()?;
+                            self.run = Some(Run {
+                                gpa: gpa + u64::from(start),
+                                len: u64::from(len),
+                                page_type: 0,
+                            });
+                            self.flush()?;
+                        }
+                        (PageKind::Normal | PageKind::Zero, _) => {
+                            self.queue(gpa, PAGE_SIZE, 0)?;
+                        }
+                        (PageKind::Unmeasured | PageKind::Shared, _) => {}
+                        (PageKind::Secrets | PageKind::Cpuid, _) => {
+                            return Err(BackendError::Unsupported(format!(
+                                "a {kind:?} page at {gpa:#x}: {} has none",
+                                self.platform
+                            )));
+                        }
+                    }
+                }
+                self.timings.import += t.elapsed();
+            }
+            LaunchOp::SetVpContext { vp, ctx, .. } => {
+                // Pages first, in plan order (the call log then reads in plan order).
+                self.flush()?;
+                let vcpus = self.vcpus.len() as u32;
+                let regs = self
+                    .plan
+                    .vp_context(ctx)
+                    .ok_or(BackendError::Vp { vp, vcpus })?;
+                let vcpu = self
+                    .vcpus
+                    .get(vp as usize)
+                    .ok_or(BackendError::Vp { vp, vcpus })?;
+                let fresh = self.prep.fresh_regs(vp, vcpu)?;
+                set_vp_regs(vcpu, &fresh, regs)?;
+                self.timings.vp_context += t.elapsed();
+            }
+            LaunchOp::CreateVm { .. } | LaunchOp::Finalize { .. } => {
+                return Err(BackendError::Kvm {
+                    what: "CreateVm or Finalize in the middle of a plan",
+                    errno: crate::sys::Errno::new(libc::EINVAL),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<BuiltVm, BackendError> {
+        self.flush()?;
+        let sev_fd = self.sev_fd();
+        let vm = self.vm()?;
+        match self.platform {
+            Platform::Snp => {
+                let host_data = match self.plan.ops().last() {
+                    Some(LaunchOp::Finalize { host_data, .. }) => *host_data,
+                    _ => [0; 32],
+                };
+                let id = self.plan.id_block();
+                // KVM builds and measures every vCPU's VMSA here, then the firmware's
+                // SNP_LAUNCH_FINISH (spec §1.4).
+                vm.sev_cmd(
+                    &mut SevCmd::SnpLaunchFinish {
+                        id_block: id.map(|b| &b.id_block),
+                        id_auth: id.map(|b| &b.id_auth),
+                        auth_key_en: id.is_some_and(|b| b.author_key_enabled),
+                        host_data,
+                    },
+                    sev_fd,
+                )
+                .map_err(coco("KVM_SEV_SNP_LAUNCH_FINISH"))?;
+            }
+            _ => {
+                if self.platform == Platform::SevEs {
+                    // Every vCPU's registers are set: seal them into VMSAs (spec §1.4).
+                    vm.sev_cmd(&mut SevCmd::LaunchUpdateVmsa, sev_fd)
+                        .map_err(coco("KVM_SEV_LAUNCH_UPDATE_VMSA"))?;
+                }
+                let mut measure = SevCmd::LaunchMeasure { blob: [0; 48] };
+                vm.sev_cmd(&mut measure, sev_fd)
+                    .map_err(coco("KVM_SEV_LAUNCH_MEASURE"))?;
+                if let SevCmd::LaunchMeasure { blob } = measure {
+                    *self.measure.lock().unwrap_or_else(PoisonError::into_inner) = Some(blob);
+                }
+                vm.sev_cmd(&mut SevCmd::LaunchFinish, sev_fd)
+                    .map_err(coco("KVM_SEV_LAUNCH_FINISH"))?;
+            }
+        }
+        self.timings.total = self.t0.elapsed();
+        let vm = self.vm.take().ok_or_else(no_vm)?;
+        Ok(BuiltVm {
+            vcpus: self.vcpus,
+            vm,
+            memory: Arc::new(self.memory),
+            timings: self.timings,
+            launch_id: self.launch_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use relaunch_core::plan::{LaunchConfig, PlanParts, VpSource};
+
+    use super::*;
+    use crate::sys::kvm::{Kvm, KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES};
+    use crate::sys::record::Recorder;
+    use crate::testing;
+
+    const MEM: u64 = 64 << 20;
+
+    /// A host whose kernel is the recorder, offering VM types 0, 2, 3 and 4.
+    fn recorded() -> (Recorder, Arc<Host>) {
+        let rec = Recorder::new(
+            8,
+            &[(KVM_CAP_NR_MEMSLOTS, 509), (KVM_CAP_VM_TYPES, 0b11101)],
+        );
+        let host = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        rec.clear();
+        (rec, Arc::new(host))
+    }
+
+    /// A hand-made plan for `platform`: `pages` as `(gpa, kind)`, each page's first byte its
+    /// page number, vCPU 0 in real mode at [`testing::CODE_GPA`].
+    fn coco_plan(
+        platform: Platform,
+        policy: u64,
+        vmsa_features: u64,
+        pages: &[(u64, PageKind)],
+    ) -> LaunchPlan {
+        let config = LaunchConfig {
+            platform,
+            vcpus: 2,
+            mem_bytes: MEM,
+            vcpu_sig: 0,
+            guest_features: vmsa_features,
+            policy: Some(policy),
+            host_data: [0xAB; 32],
+            kernel_hashes: None,
+        };
+        let mut p = PlanParts::new(Arc::from(&[][..]), config);
+        p.ops.push(LaunchOp::CreateVm {
+            platform,
+            policy,
+            vmsa_features,
+            vcpus: 2,
+        });
+        for &(gpa, kind) in pages {
+            let data = if kind == PageKind::Zero {
+                PageData::Zeros
+            } else {
+                let mut page = [0u8; 4096];
+                page[0] = (gpa / PAGE_SIZE) as u8;
+                p.generated.push(page);
+                PageData::Generated {
+                    index: (p.generated.len() - 1) as u32,
+                }
+            };
+            p.ops.push(LaunchOp::ImportPage { gpa, kind, data });
+        }
+        p.vp_contexts
+            .push(testing::real_mode_regs(testing::CODE_GPA, 0));
+        p.ops.push(LaunchOp::SetVpContext {
+            vp: 0,
+            source: VpSource::Bundle,
+            ctx: 0,
+        });
+        p.ops.push(LaunchOp::Finalize {
+            id_block: false,
+            host_data: [0xAB; 32],
+        });
+        LaunchPlan::from_parts(p).unwrap_or_else(|e| panic!("hand-made plan: {e}"))
+    }
+
+    const PAGES: &[(u64, PageKind)] = &[
+        (0x1000, PageKind::Normal),
+        (0x2000, PageKind::Normal),
+        (0x3000, PageKind::Zero),
+        (0x4000, PageKind::Cpuid),
+        (0x5000, PageKind::Secrets),
+        (0x7000, PageKind::Normal),
+    ];
+
+    /// The irqchip and vCPU lines every build issues (as native: `api.rst` 4.24, 4.7, 4.89).
+    fn vcpu_lines() -> Vec<String> {
+        vec![
+            "vm0 KVM_CREATE_IRQCHIP".into(),
+            "vm0 KVM_CREATE_VCPU id=0".into(),
+            "vm0.vcpu0 KVM_SET_CPUID2 nent=2 apic_id=0".into(),
+            "vm0 KVM_CREATE_VCPU id=1".into(),
+            "vm0.vcpu1 KVM_SET_CPUID2 nent=2 apic_id=1".into(),
+        ]
+    }
+
+    /// The register lines (`api.rst` 4.11/4.13); `fresh` = the first build of a launch reads
+    /// the reset registers once.
+    fn regs_lines(fresh: bool) -> Vec<String> {
+        let mut v = Vec::new();
+        if fresh {
+            v.push("vm0.vcpu0 KVM_GET_SREGS".to_string());
+            v.push("vm0.vcpu0 KVM_GET_REGS".to_string());
+        }
+        v.push(
+            "vm0.vcpu0 KVM_SET_SREGS cs=0x0/0x0/0xffff cr0=0x60000010 cr3=0x0 cr4=0x0 efer=0x0"
+                .into(),
+        );
+        v.push("vm0.vcpu0 KVM_SET_REGS rip=0x1000 rsp=0x0 rflags=0x2".into());
+        v
+    }
+
+    /// SNP, from `Documentation/virt/kvm/x86/amd-memory-encryption.rst` and spec §1.3–§1.4:
+    /// VM type 4 (`KVM_X86_SNP_VM`); `KVM_SEV_INIT2` before any vCPU (ghcb_version 0 = 2);
+    /// `KVM_SEV_SNP_LAUNCH_START` with the policy; guest_memfd-backed memslots
+    /// (`KVM_MEM_GUEST_MEMFD` = 4) whose range is `KVM_MEMORY_ATTRIBUTE_PRIVATE` (8) before
+    /// any `SNP_LAUNCH_UPDATE`; `KVM_CAP_EXIT_HYPERCALL` (201) with bit 12
+    /// (`KVM_HC_MAP_GPA_RANGE`); `SNP_LAUNCH_UPDATE` per run of consecutive pages of one
+    /// type (NORMAL 1, ZERO 3 without uaddr, CPUID 6, SECRETS 5), `gfn_start` = gpa >> 12;
+    /// `SNP_LAUNCH_FINISH` last, with host_data. A relaunch is the same on a new VM.
+    #[test]
+    fn snp_first_launch_and_relaunch_issue_the_documented_sequence() {
+        let (rec, host) = recorded();
+        let plan = coco_plan(Platform::Snp, 0x3_0000, 0, PAGES);
+        let backend = SevBackend::new(Platform::Snp, host);
+        let l = Launch::from_plan(plan);
+        let expect = |fresh: bool| {
+            let mut v: Vec<String> = vec![
+                "kvm KVM_CREATE_VM type=4".into(),
+                "vm0 KVM_SEV_INIT2 vmsa_features=0x0 flags=0 ghcb_version=0 sev_fd=sev".into(),
+                "vm0 KVM_SEV_SNP_LAUNCH_START policy=0x30000 flags=0 sev_fd=sev".into(),
+                format!("vm0 KVM_CREATE_GUEST_MEMFD size={MEM:#x} flags=0x0"),
+                format!("vm0 KVM_SET_USER_MEMORY_REGION2 slot=0 flags=0x4 guest_phys_addr=0x0 memory_size={MEM:#x} userspace_addr=mapped guest_memfd_offset=0 guest_memfd=fd"),
+                format!("vm0 KVM_SET_MEMORY_ATTRIBUTES address=0x0 size={MEM:#x} attributes=0x8 flags=0"),
+            ];
+            v.extend(vcpu_lines());
+            v.push("vm0 KVM_ENABLE_CAP cap=201 args0=0x1000 args1=0x0 args2=0x0 args3=0x0".into());
+            v.extend([
+                // Two consecutive NORMAL pages: one call.
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x1 uaddr_offset=0x1000 len=0x2000 type=1 sev_fd=sev".to_string(),
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x3 uaddr_offset=none len=0x1000 type=3 sev_fd=sev".into(),
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x4 uaddr_offset=0x4000 len=0x1000 type=6 sev_fd=sev".into(),
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x5 uaddr_offset=0x5000 len=0x1000 type=5 sev_fd=sev".into(),
+                // Not consecutive with 0x5000: its own call.
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x7 uaddr_offset=0x7000 len=0x1000 type=1 sev_fd=sev".into(),
+            ]);
+            v.extend(regs_lines(fresh));
+            v.push(format!(
+                "vm0 KVM_SEV_SNP_LAUNCH_FINISH id_block_en=0 auth_key_en=0 host_data={} sev_fd=sev",
+                "ab".repeat(32)
+            ));
+            v
+        };
+        let vm = backend.build(&l).unwrap();
+        assert_eq!(rec.lines(), expect(true));
+        // The staged bytes are in the shared mapping; every RAM page is private.
+        assert!(vm.memory.is_private(0x7000));
+        drop(vm);
+        rec.clear();
+        let vm = backend.build(&l).unwrap();
+        let again: Vec<String> = expect(false)
+            .iter()
+            .map(|l| l.replace("vm0", "vm1"))
+            .collect();
+        assert_eq!(rec.lines(), again);
+        drop(vm);
+    }
+
+    /// SEV-ES (type 3) and SEV (type 2), from `amd-memory-encryption.rst` and spec §1.4:
+    /// `INIT2` (SEV: vmsa_features 0), `LAUNCH_START` with the policy and the /dev/sev fd,
+    /// ordinary memory pinned with `KVM_MEMORY_ENCRYPT_REG_REGION`, `LAUNCH_UPDATE_DATA`
+    /// over the measured pages (NORMAL and ZERO; `docs/measurement.md` §4: UNMEASURED is
+    /// not given), registers, SEV-ES `LAUNCH_UPDATE_VMSA` after every register,
+    /// `LAUNCH_MEASURE` (48 bytes), `LAUNCH_FINISH`.
+    #[test]
+    fn sev_es_and_sev_issue_the_documented_sequence() {
+        for (platform, vm_type) in [(Platform::SevEs, 3), (Platform::Sev, 2)] {
+            let (rec, host) = recorded();
+            let pages = [
+                (0x1000, PageKind::Normal),
+                (0x2000, PageKind::Zero),
+                (0x3000, PageKind::Unmeasured),
+                (0x4000, PageKind::Normal),
+            ];
+            let plan = coco_plan(platform, 0x5, 0, &pages);
+            let backend = SevBackend::new(platform, host);
+            let l = Launch::from_plan(plan);
+            let expect = |fresh: bool, vm: &str| {
+                let mut v: Vec<String> = vec![
+                    format!("kvm KVM_CREATE_VM type={vm_type}"),
+                    "vm0 KVM_SEV_INIT2 vmsa_features=0x0 flags=0 ghcb_version=0 sev_fd=sev".into(),
+                    "vm0 KVM_SEV_LAUNCH_START handle=0 policy=0x5 sev_fd=sev".into(),
+                    format!("vm0 KVM_SET_USER_MEMORY_REGION2 slot=0 flags=0x0 guest_phys_addr=0x0 memory_size={MEM:#x} userspace_addr=mapped guest_memfd_offset=0 guest_memfd=none"),
+                    format!("vm0 KVM_MEMORY_ENCRYPT_REG_REGION size={MEM:#x}"),
+                ];
+                v.extend(vcpu_lines());
+                v.extend([
+                    // NORMAL + ZERO consecutive: one call over 0x1000..0x3000.
+                    "vm0 KVM_SEV_LAUNCH_UPDATE_DATA uaddr_offset=0x1000 len=0x2000 sev_fd=sev"
+                        .to_string(),
+                    "vm0 KVM_SEV_LAUNCH_UPDATE_DATA uaddr_offset=0x4000 len=0x1000 sev_fd=sev"
+                        .into(),
+                ]);
+                v.extend(regs_lines(fresh));
+                if platform == Platform::SevEs {
+                    v.push("vm0 KVM_SEV_LAUNCH_UPDATE_VMSA sev_fd=sev".into());
+                }
+                v.push("vm0 KVM_SEV_LAUNCH_MEASURE len=48 sev_fd=sev".into());
+                v.push("vm0 KVM_SEV_LAUNCH_FINISH sev_fd=sev".into());
+                v.iter().map(|l| l.replace("vm0", vm)).collect::<Vec<_>>()
+            };
+            drop(backend.build(&l).unwrap());
+            assert_eq!(rec.lines(), expect(true, "vm0"), "{platform}");
+            assert_eq!(backend.launch_measure(), Some([0; 48]));
+            rec.clear();
+            drop(backend.build(&l).unwrap());
+            assert_eq!(rec.lines(), expect(false, "vm1"), "{platform} relaunch");
+        }
+    }
+
+    /// A refused command comes back naming the command and the errno.
+    #[test]
+    fn a_refused_command_names_itself() {
+        let (rec, host) = recorded();
+        rec.fail("KVM_SEV_SNP_LAUNCH_START", libc::EINVAL, 1);
+        let backend = SevBackend::new(Platform::Snp, host);
+        let l = Launch::from_plan(coco_plan(Platform::Snp, 0x3_0000, 0, PAGES));
+        let err = backend.build(&l).unwrap_err().to_string();
+        assert!(err.contains("KVM_SEV_SNP_LAUNCH_START"), "{err}");
+        assert!(
+            err.contains("Invalid argument") || err.contains("22"),
+            "{err}"
+        );
+    }
+
+    /// A policy without the must-be-one bit 17 is refused before anything is created.
+    #[test]
+    fn snp_policy_without_bit_17_is_refused_before_create() {
+        let (rec, host) = recorded();
+        let backend = SevBackend::new(Platform::Snp, host);
+        let l = Launch::from_plan(coco_plan(Platform::Snp, 0x1_0000, 0, PAGES));
+        let err = backend.build(&l).unwrap_err().to_string();
+        assert!(err.contains("bit 17"), "{err}");
+        assert!(rec.lines().is_empty());
+    }
+
+    /// `select` hands out the SEV backends only where the VM type is offered.
+    #[test]
+    fn select_needs_the_vm_type() {
+        let (_rec, host) = recorded();
+        for p in [Platform::Sev, Platform::SevEs, Platform::Snp] {
+            assert_eq!(super::super::select(p, &host).unwrap().platform(), p);
+        }
+        let rec = Recorder::new(8, &[]);
+        let bare = Arc::new(Host::with_kvm(Kvm::with(Arc::new(rec)), true).unwrap());
+        assert!(bare.sev.is_none());
+        let err = super::super::select(Platform::Snp, &bare)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KVM_X86_SNP_VM"), "{err}");
+    }
+
+    /// A real boot image's SNP view (`boot-images/out/hello.igvm`): every private page the
+    /// plan imports reaches the firmware exactly once, in plan order, with its page type
+    /// (`amd-memory-encryption.rst`: `SNP_LAUNCH_UPDATE` covers `len` bytes from
+    /// `gfn_start`), between `SNP_LAUNCH_START` and `SNP_LAUNCH_FINISH`; a relaunch gives
+    /// the same pages again.
+    #[test]
+    fn hello_igvm_snp_view_gives_every_page_once_in_plan_order() {
+        let (rec, host) = recorded();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../boot-images/out/hello.igvm");
+        let bytes =
+            std::fs::read(path).expect("boot-images/out/hello.igvm (cargo xtask build-images)");
+        let cfg = LaunchConfig {
+            platform: Platform::Snp,
+            vcpus: 1,
+            mem_bytes: MEM,
+            vcpu_sig: 0,
+            guest_features: 0,
+            policy: None,
+            host_data: [0; 32],
+            kernel_hashes: None,
+        };
+        let l = Launch::new(bytes, &cfg).expect("plan the snp view");
+        let want: Vec<(u64, u64)> = l
+            .plan()
+            .ops()
+            .iter()
+            .filter_map(|op| match *op {
+                LaunchOp::ImportPage { gpa, kind, .. } => {
+                    snp_page_type(kind).map(|t| (gpa / PAGE_SIZE, u64::from(t)))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!want.is_empty());
+        let backend = SevBackend::new(Platform::Snp, host);
+        for _ in 0..2 {
+            rec.clear();
+            drop(backend.build(&l).unwrap());
+            let calls = rec.calls();
+            let num = |c: &crate::sys::record::Call, k: &str| {
+                c.fields().into_iter().find_map(|(n, v)| match v {
+                    crate::sys::record::Field::Num(x) if n == k => Some(x),
+                    _ => None,
+                })
+            };
+            let mut got = Vec::new();
+            for c in calls
+                .iter()
+                .filter(|c| c.ioctl == "KVM_SEV_SNP_LAUNCH_UPDATE")
+            {
+                let (g, len, t) = (num(c, "gfn_start"), num(c, "len"), num(c, "type"));
+                let (Some(g), Some(len), Some(t)) = (g, len, t) else {
+                    panic!("undecodable {c}")
+                };
+                got.extend((0..len / PAGE_SIZE).map(|i| (g + i, t)));
+            }
+            assert_eq!(got, want);
+            let names: Vec<&str> = calls.iter().map(|c| c.ioctl).collect();
+            assert_eq!(names.first(), Some(&"KVM_CREATE_VM"));
+            assert_eq!(names.last(), Some(&"KVM_SEV_SNP_LAUNCH_FINISH"));
+        }
+    }
+
+    /// Partial progress (`amd-memory-encryption.rst`, SNP_LAUNCH_UPDATE: the kernel advances
+    /// `gfn_start`, `uaddr` and `len` by the pages it did; userspace repeats the call until
+    /// `len` is 0): a kernel that does one page per call gets one call per page, each
+    /// continuing where the last stopped.
+    #[test]
+    fn snp_launch_update_loops_on_partial_progress() {
+        let (rec, host) = recorded();
+        rec.partial_snp_update(1);
+        let plan = coco_plan(
+            Platform::Snp,
+            0x3_0000,
+            0,
+            &[
+                (0x1000, PageKind::Normal),
+                (0x2000, PageKind::Normal),
+                (0x3000, PageKind::Normal),
+            ],
+        );
+        let backend = SevBackend::new(Platform::Snp, host);
+        drop(backend.build(&Launch::from_plan(plan)).unwrap());
+        let updates: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("SNP_LAUNCH_UPDATE"))
+            .collect();
+        assert_eq!(
+            updates,
+            [
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x1 uaddr_offset=0x1000 len=0x3000 type=1 sev_fd=sev",
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x2 uaddr_offset=0x2000 len=0x2000 type=1 sev_fd=sev",
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x3 uaddr_offset=0x3000 len=0x1000 type=1 sev_fd=sev",
+            ]
+        );
+    }
+
+    /// A shared page in an SNP plan is host memory, never given to the firmware: its range
+    /// loses `KVM_MEMORY_ATTRIBUTE_PRIVATE` (spec §2: private pages come from the
+    /// guest_memfd, shared ones from `userspace_addr`), its bytes are readable through the
+    /// shared mapping, and the private pages around it are separate updates.
+    #[test]
+    fn snp_shared_page_is_not_given_to_the_firmware() {
+        let (rec, host) = recorded();
+        let plan = coco_plan(
+            Platform::Snp,
+            0x3_0000,
+            0,
+            &[
+                (0x1000, PageKind::Normal),
+                (0x2000, PageKind::Shared),
+                (0x3000, PageKind::Normal),
+            ],
+        );
+        let backend = SevBackend::new(Platform::Snp, host);
+        let vm = backend.build(&Launch::from_plan(plan)).unwrap();
+        let lines: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("SNP_LAUNCH_UPDATE") || l.contains("size=0x1000 attributes"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x1 uaddr_offset=0x1000 len=0x1000 type=1 sev_fd=sev",
+                "vm0 KVM_SET_MEMORY_ATTRIBUTES address=0x2000 size=0x1000 attributes=0x0 flags=0",
+                "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x3 uaddr_offset=0x3000 len=0x1000 type=1 sev_fd=sev",
+            ]
+        );
+        let mut b = [0u8; 1];
+        vm.memory.read(0x2000, &mut b).unwrap();
+        assert_eq!(b, [2]);
+        assert!(
+            vm.memory.read(0x1000, &mut b).is_err(),
+            "private pages are not readable"
+        );
+    }
+}
