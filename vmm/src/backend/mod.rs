@@ -24,6 +24,7 @@
 //! ([`Backend::exit_handler`]): for native, the devices.
 
 pub mod native;
+pub mod tdx;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,15 @@ pub enum BackendError {
         /// Its errno.
         #[source]
         errno: Errno,
+    },
+    /// A TDX command failed (the errno and the TDX module's status).
+    #[error("{what}: {error}")]
+    Tdx {
+        /// Which command.
+        what: &'static str,
+        /// Its errno and `hw_error`.
+        #[source]
+        error: crate::sys::coco::CocoError,
     },
     /// A page or range lies outside guest memory (or in memory the host cannot write).
     #[error(transparent)]
@@ -282,6 +292,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub fn select(platform: Platform, host: &Arc<Host>) -> Result<Box<dyn Backend>, BackendError> {
     match platform {
         Platform::Native => Ok(Box::new(native::NativeBackend::new(Arc::clone(host)))),
+        // `KVM_X86_TDX_VM` = 5 (`arch/x86/include/uapi/asm/kvm.h`).
+        Platform::Tdx if host.vm_types & (1 << crate::sys::tdx::KVM_X86_TDX_VM) != 0 => {
+            Ok(Box::new(tdx::TdxBackend::new(Arc::clone(host))))
+        }
         Platform::Sev | Platform::SevEs | Platform::Snp | Platform::Tdx => {
             Err(BackendError::Unavailable {
                 platform,

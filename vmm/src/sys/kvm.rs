@@ -761,6 +761,11 @@ impl VmIoctls for RealVm {
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
         Ok(Box::new(RealVcpu(self.0.create_vcpu(id)?)))
     }
+
+    fn tdx_vm_cmd(&self, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError> {
+        // SAFETY: vm_cmd needs a KVM VM fd: the VmFd's own, open for as long as `self`.
+        unsafe { super::tdx::vm_cmd(self.0.as_raw_fd(), cmd) }
+    }
 }
 
 #[derive(Debug)]
@@ -810,5 +815,9 @@ impl VcpuIoctls for RealVcpu {
         // and `&mut self` keeps every other use of this vCPU's mapping out while the
         // returned slice lives.
         unsafe { decode_port_io(self.0.get_kvm_run()) }
+    }
+    fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {
+        // SAFETY: vcpu_cmd needs a KVM vCPU fd: the VcpuFd's own, open for as long as `self`.
+        unsafe { super::tdx::vcpu_cmd(self.0.as_raw_fd(), cmd) }
     }
 }

@@ -10,6 +10,7 @@ pub mod kvm;
 pub mod mem;
 pub mod record;
 pub mod signal;
+pub mod tdx;
 
 /// An `errno` value from a failed system call.
 pub type Errno = vmm_sys_util::errno::Error;
