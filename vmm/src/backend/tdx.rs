@@ -45,7 +45,11 @@ use crate::memory::{GuestMemory, MemError, Region};
 use crate::sys::coco::{CocoError, Source, TdxCapabilities, TdxMemRegion, TdxVcpuCmd, TdxVmCmd};
 use crate::sys::kvm::{Vcpu, Vm};
 use crate::sys::mem::GuestMapping;
-use crate::sys::tdx::{KVM_SYSTEM_EVENT_TDX_FATAL, KVM_X86_TDX_VM};
+use crate::sys::tdx::{
+    TdxExit, KVM_SYSTEM_EVENT_TDX_FATAL, KVM_X86_TDX_VM, TDVMCALL_GET_QUOTE,
+    TDVMCALL_GET_TD_VM_CALL_INFO, TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT,
+    TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+};
 use crate::sys::Errno;
 use crate::vcpu::{ExitAction, ExitHandler, NativeExits, Outcome};
 use crate::vstate::Host;
@@ -555,9 +559,32 @@ pub fn tdx_fatal(data: &[u64]) -> Outcome {
     ))
 }
 
+/// Answers a TDVMCALL KVM forwarded (`KVM_EXIT_TDX`, spec §3.2): we offer no quote service,
+/// so GetQuote is answered SUBFUNC_UNSUPPORTED (the guest sees "no quoting" rather than a
+/// hang); GetTdVmCallInfo leaf 1 gets SUCCESS with R11..R14 = 0 (no TDVMCALL beyond what
+/// KVM handles itself); anything else SUBFUNC_UNSUPPORTED. `ret` is always written: KVM
+/// hands it back to the guest on the next `KVM_RUN`.
+pub fn answer_tdvmcall(exit: TdxExit<'_>) {
+    *exit.ret = match exit.nr {
+        TDVMCALL_GET_TD_VM_CALL_INFO if exit.data[0] == 1 => {
+            exit.data[1..].fill(0);
+            TDVMCALL_STATUS_SUCCESS
+        }
+        TDVMCALL_GET_QUOTE | TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT => {
+            TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+        }
+        _ => TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED,
+    };
+}
+
 impl ExitHandler for TdxExits {
     fn port_io(&self, id: u32, io: crate::sys::kvm::PortIo<'_>) -> ExitAction {
         self.native.port_io(id, io)
+    }
+
+    fn tdx_exit(&self, _id: u32, exit: TdxExit<'_>) -> ExitAction {
+        answer_tdvmcall(exit);
+        ExitAction::Continue
     }
 
     fn handle(&self, id: u32, exit: kvm_ioctls::VcpuExit<'_>) -> ExitAction {
@@ -874,6 +901,39 @@ mod tests {
         );
         // A short data array (a hostile or buggy report) does not panic.
         assert!(matches!(tdx_fatal(&[]), Outcome::GuestFatal(_)));
+    }
+
+    #[test]
+    fn tdvmcalls_are_answered_and_ret_always_written() {
+        let mut data = [0x7000, 0x1000, 0, 0, 0];
+        // KVM presets ret for GetQuote; write a sentinel to see ours.
+        let mut ret = 0xFFFF;
+        answer_tdvmcall(TdxExit {
+            nr: TDVMCALL_GET_QUOTE,
+            data: &mut data,
+            ret: &mut ret,
+        });
+        assert_eq!(ret, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED);
+        let mut data = [1, 9, 9, 9, 9];
+        answer_tdvmcall(TdxExit {
+            nr: TDVMCALL_GET_TD_VM_CALL_INFO,
+            data: &mut data,
+            ret: &mut ret,
+        });
+        assert_eq!((ret, data), (TDVMCALL_STATUS_SUCCESS, [1, 0, 0, 0, 0]));
+        let mut data = [2, 9, 9, 9, 9];
+        answer_tdvmcall(TdxExit {
+            nr: TDVMCALL_GET_TD_VM_CALL_INFO,
+            data: &mut data,
+            ret: &mut ret,
+        });
+        assert_eq!((ret, data[1]), (TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, 9));
+        answer_tdvmcall(TdxExit {
+            nr: 0x4242,
+            data: &mut data,
+            ret: &mut ret,
+        });
+        assert_eq!(ret, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED);
     }
 
     #[test]

@@ -225,6 +225,11 @@ pub trait VcpuIoctls: Send + fmt::Debug {
         let _ = cmd;
         Err(CocoError::errno(libc::ENOTTY))
     }
+    /// The `KVM_EXIT_TDX` of the last `KVM_RUN`, with its writable `ret` (`None` for another
+    /// exit, or a double without a `kvm_run` page).
+    fn tdx_exit(&mut self) -> Option<super::tdx::TdxExit<'_>> {
+        self.kvm_run().and_then(super::tdx::decode_tdx_exit)
+    }
     /// The port access of the last `KVM_RUN` if it exited with `KVM_EXIT_IO`, with the
     /// access width that `VcpuExit::IoIn`/`IoOut` drop. `None` by default (a double that
     /// runs nothing).
@@ -659,6 +664,11 @@ impl Vcpu {
     /// unless it exited with `KVM_EXIT_IO`.
     pub fn port_io(&mut self) -> Option<PortIo<'_>> {
         self.door.port_io()
+    }
+
+    /// The `KVM_EXIT_TDX` of the last `KVM_RUN` (`None` unless it exited with it).
+    pub fn tdx_exit(&mut self) -> Option<super::tdx::TdxExit<'_>> {
+        self.door.tdx_exit()
     }
 
     /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data

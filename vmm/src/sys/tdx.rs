@@ -474,6 +474,63 @@ pub unsafe fn vcpu_cmd(fd: RawFd, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoEr
     }
 }
 
+/// `TDVMCALL_STATUS_SUCCESS` (`arch/x86/include/asm/shared/tdx.h`).
+pub const TDVMCALL_STATUS_SUCCESS: u64 = 0;
+/// `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED` (`arch/x86/include/asm/shared/tdx.h`:
+/// `0x8000000000000003ULL`).
+pub const TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: u64 = 0x8000_0000_0000_0003;
+/// `TDVMCALL_GET_TD_VM_CALL_INFO` (`arch/x86/include/asm/shared/tdx.h`: 0x10000).
+pub const TDVMCALL_GET_TD_VM_CALL_INFO: u64 = 0x10000;
+/// `TDVMCALL_GET_QUOTE` (0x10002).
+pub const TDVMCALL_GET_QUOTE: u64 = 0x10002;
+/// `TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT` (0x10004).
+pub const TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: u64 = 0x10004;
+
+/// A `KVM_EXIT_TDX` exit, from `kvm_run`'s `tdx` union member (`include/uapi/linux/kvm.h`:
+/// `struct { __u64 flags; __u64 nr; union { struct { __u64 ret; __u64 data[5]; } unknown;
+/// get_quote {ret, gpa, size}; get_tdvmcall_info {ret, leaf, r11, r12, r13, r14};
+/// setup_event_notify {ret, vector}; }; } tdx;` at byte 32 of `struct kvm_run`;
+/// `../shared/spec/kvm-coco-abi.md` §3.2).
+#[derive(Debug)]
+pub struct TdxExit<'a> {
+    /// The TDVMCALL sub-function (`TDVMCALL_*`).
+    pub nr: u64,
+    /// The words after `ret`: `gpa, size` (GetQuote), `leaf, r11..r14`
+    /// (GetTdVmCallInfo; the VMM writes r11..r14), `vector` (SetupEventNotifyInterrupt).
+    pub data: &'a mut [u64; 5],
+    /// The TDVMCALL status the guest gets: written by the VMM before the next `KVM_RUN`.
+    pub ret: &'a mut u64,
+}
+
+/// Byte offset of `kvm_run`'s exit union (`include/uapi/linux/kvm.h`).
+const KVM_RUN_EXIT_UNION: usize = 32;
+
+/// The `KVM_EXIT_TDX` view of `run`, or `None` for another exit.
+pub fn decode_tdx_exit(run: &mut kvm_bindings::kvm_run) -> Option<TdxExit<'_>> {
+    if run.exit_reason != KVM_EXIT_TDX {
+        return None;
+    }
+    // `tdx` is { flags, nr, ret, data[5] }: 8 u64 words at the start of the union.
+    let base = std::ptr::addr_of_mut!(run.__bindgen_anon_1).cast::<[u64; 8]>();
+    // SAFETY: `base` points into `*run`, which `&mut` borrows exclusively for the returned
+    // lifetime; the union is 256 bytes (asserted) and 8-byte aligned (it holds u64 members),
+    // so the 64 bytes of `[u64; 8]` are in bounds and aligned; every bit pattern is a valid
+    // u64; the kernel wrote `tdx` for exit_reason KVM_EXIT_TDX, checked above.
+    let words = unsafe { &mut *base };
+    let (head, data) = words.split_at_mut(3);
+    let nr = head[1];
+    let ret = &mut head[2];
+    let data: &mut [u64; 5] = data.try_into().ok()?;
+    Some(TdxExit { nr, data, ret })
+}
+
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(offset_of!(kvm_bindings::kvm_run, __bindgen_anon_1) == KVM_RUN_EXIT_UNION);
+    assert!(size_of::<kvm_bindings::kvm_run__bindgen_ty_1>() == 256);
+    assert!(align_of::<kvm_bindings::kvm_run__bindgen_ty_1>() >= 8);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,6 +549,51 @@ mod tests {
             ),
             (0, 3, 5)
         );
+    }
+
+    #[test]
+    fn tdx_exit_fields_are_where_the_uapi_puts_them() {
+        let mut run = kvm_bindings::kvm_run {
+            exit_reason: KVM_EXIT_TDX,
+            ..Default::default()
+        };
+        // Bytes 40 (nr), 48 (ret), 56 (get_quote.gpa), 64 (size) of struct kvm_run.
+        let put = |run: &mut kvm_bindings::kvm_run, at: usize, v: u64| {
+            // SAFETY: test-only write of 8 bytes inside `*run` (at + 8 ≤ 32 + 256).
+            unsafe {
+                std::ptr::from_mut(run)
+                    .cast::<u8>()
+                    .wrapping_add(at)
+                    .cast::<u64>()
+                    .write_unaligned(v)
+            }
+        };
+        put(&mut run, 40, TDVMCALL_GET_QUOTE);
+        put(&mut run, 48, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED);
+        put(&mut run, 56, 0x7000);
+        put(&mut run, 64, 0x2000);
+        let e = decode_tdx_exit(&mut run).unwrap();
+        assert_eq!(
+            (e.nr, *e.ret, e.data[0], e.data[1]),
+            (
+                TDVMCALL_GET_QUOTE,
+                TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED,
+                0x7000,
+                0x2000
+            )
+        );
+        *e.ret = TDVMCALL_STATUS_SUCCESS;
+        // SAFETY: test-only read of 8 bytes inside `run`.
+        let back = unsafe {
+            std::ptr::from_ref(&run)
+                .cast::<u8>()
+                .wrapping_add(48)
+                .cast::<u64>()
+                .read_unaligned()
+        };
+        assert_eq!(back, 0);
+        run.exit_reason = kvm_bindings::KVM_EXIT_IO;
+        assert!(decode_tdx_exit(&mut run).is_none());
     }
 
     #[test]
