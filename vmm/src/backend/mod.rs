@@ -14,10 +14,10 @@
 //!
 //! | phase | native | SEV / SEV-ES / SNP (issue 7) | TDX (issue 7) |
 //! |---|---|---|---|
-//! | `create_vm` | `KVM_CREATE_VM` type 0 | VM type 2/3/4, `KVM_SEV_INIT2`, `LAUNCH_START` | type 5, `INIT_VM` |
+//! | `create_vm` | `KVM_CREATE_VM` type 0 | VM type 2/3/4, `KVM_SEV_INIT2`, `LAUNCH_START` | type 5, `CAPABILITIES` (once per process), `INIT_VM`, split irqchip, `EXIT_HYPERCALL` |
 //! | `memory` | memslots (shared RAM) | guest_memfd + shared memslots, `SET_MEMORY_ATTRIBUTES(PRIVATE)` | same |
-//! | `vcpus` | irqchip, vCPUs, CPUID | irqchip, vCPUs, CPUID | split irqchip, vCPUs, `INIT_VCPU` |
-//! | `op` | copy pages, set registers | stage + `LAUNCH_UPDATE`, registers | `INIT_MEM_REGION` |
+//! | `vcpus` | irqchip, vCPUs, CPUID | irqchip, vCPUs, CPUID | vCPUs, CPUID, `INIT_VCPU` |
+//! | `op` | copy pages, set registers | stage + `LAUNCH_UPDATE`, registers | stage + `INIT_MEM_REGION` (runs of one kind) |
 //! | `finish` | APs runnable | `LAUNCH_UPDATE_VMSA`/`SNP_LAUNCH_FINISH` | `FINALIZE_VM` |
 //!
 //! The VM's exits go to the backend's [`ExitHandler`](crate::vcpu::ExitHandler)

@@ -196,12 +196,12 @@ impl WithCpuid {
         unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<u8>(), len) }
     }
 
-    /// Writes a header value (must be `header` bytes long, checked).
-    pub fn set_header<T: Copy>(&mut self, h: &T) {
-        let size = std::mem::size_of::<T>().min(self.header);
-        // SAFETY: from_raw_parts needs `size` initialised readable bytes: `h` is a valid `T`
-        // of at least `size` bytes (the `#[repr(C)]` structs of this module have no padding
-        // bytes: all fields are u64 or the u32 pair of kvm_cpuid2).
+    /// Writes the `kvm_tdx_init_vm` header (the buffer must have been made for one).
+    pub fn set_init_vm(&mut self, h: &kvm_tdx_init_vm) {
+        let size = std::mem::size_of::<kvm_tdx_init_vm>().min(self.header);
+        // SAFETY: from_raw_parts needs `size` initialised readable bytes: `h` is a live
+        // `kvm_tdx_init_vm` of at least `size` bytes, and that `#[repr(C)]` struct has no
+        // padding bytes (u64 fields, then the u32 pair of the cpuid head: 264 bytes, asserted).
         let src = unsafe { std::slice::from_raw_parts(std::ptr::from_ref(h).cast::<u8>(), size) };
         if let Some(dst) = self.bytes_mut().get_mut(..size) {
             dst.copy_from_slice(src);
@@ -384,7 +384,7 @@ pub unsafe fn vm_cmd(fd: RawFd, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError>
         } => {
             let entries = cpuid.as_slice();
             let mut buf = WithCpuid::new(std::mem::size_of::<kvm_tdx_init_vm>(), entries.len());
-            buf.set_header(&kvm_tdx_init_vm {
+            buf.set_init_vm(&kvm_tdx_init_vm {
                 attributes: *attributes,
                 xfam: *xfam,
                 mrconfigid: words48(mrconfigid),
@@ -609,7 +609,7 @@ mod tests {
             reserved: [0; 12],
             cpuid: kvm_cpuid2_head::default(),
         };
-        b.set_header(&hdr);
+        b.set_init_vm(&hdr);
         let e = kvm_cpuid_entry2 {
             function: 7,
             index: 0,
