@@ -842,6 +842,50 @@ mod tests {
         assert_eq!(added, want);
     }
 
+    /// A `Shared` page is never added (`docs/measurement.md` §6): it is staged and made
+    /// shared again (`KVM_SET_MEMORY_ATTRIBUTES` with attributes 0, api.rst 4.141), after the
+    /// pages before it were added (op order = measurement order).
+    #[test]
+    fn shared_pages_are_staged_and_made_shared_not_added() {
+        let (rec, host) = recorded();
+        let backend = TdxBackend::new(host);
+        let mut parts = hand_plan().plan().clone().into_parts();
+        let at = parts
+            .ops
+            .iter()
+            .position(|op| matches!(op, LaunchOp::ImportPage { gpa: 0x3000, .. }))
+            .unwrap();
+        parts.ops.insert(
+            at,
+            LaunchOp::ImportPage {
+                gpa: 0x9000,
+                kind: PageKind::Shared,
+                data: PageData::Generated { index: 0 },
+            },
+        );
+        let l = Launch::from_plan(LaunchPlan::from_parts(parts).unwrap());
+        let built = backend.build(&l).unwrap();
+        let tail: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .skip_while(|l| !l.contains("KVM_TDX_INIT_MEM_REGION"))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "vm0.vcpu0 KVM_TDX_INIT_MEM_REGION source_offset=0x1000 gpa=0x1000 nr_pages=2 flags=1",
+                "vm0 KVM_SET_MEMORY_ATTRIBUTES address=0x9000 size=0x1000 attributes=0x0 flags=0",
+                "vm0.vcpu0 KVM_TDX_INIT_MEM_REGION source_offset=0x3000 gpa=0x3000 nr_pages=2 flags=0",
+                "vm0.vcpu0 KVM_TDX_INIT_MEM_REGION source_offset=0x6000 gpa=0x6000 nr_pages=1 flags=1",
+                "vm0 KVM_TDX_FINALIZE_VM",
+            ]
+        );
+        // The guest's shared view holds the bytes; the page is shared for devices too.
+        let mut b = [0u8; 2];
+        built.memory.read(0x9000, &mut b).unwrap();
+        assert_eq!(b, [0xAB; 2]);
+    }
+
     #[test]
     fn attributes_the_module_does_not_support_are_refused_before_init_vm() {
         let (rec, host) = recorded();
