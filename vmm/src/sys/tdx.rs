@@ -219,7 +219,7 @@ impl WithCpuid {
         let n = entries.len().min(self.nent);
         let header = self.header;
         let bytes = self.bytes_mut();
-        if let Some(nent) = bytes.get_mut(header - 8..header - 4) {
+        if let Some(nent) = bytes.get_mut(header.saturating_sub(8)..header.saturating_sub(4)) {
             nent.copy_from_slice(&(n as u32).to_ne_bytes());
         }
         for (i, e) in entries.iter().take(n).enumerate() {
@@ -247,7 +247,10 @@ impl WithCpuid {
     /// Sets `kvm_cpuid2.nent` (the capacity, for a command the kernel fills).
     pub fn set_nent(&mut self, n: u32) {
         let header = self.header;
-        if let Some(nent) = self.bytes_mut().get_mut(header - 8..header - 4) {
+        if let Some(nent) = self
+            .bytes_mut()
+            .get_mut(header.saturating_sub(8)..header.saturating_sub(4))
+        {
             nent.copy_from_slice(&n.to_ne_bytes());
         }
     }
@@ -263,7 +266,7 @@ impl WithCpuid {
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u32::from_ne_bytes)
         };
-        let n = (word(header - 8) as usize).min(cap);
+        let n = (word(header.saturating_sub(8)) as usize).min(cap);
         let list: Vec<kvm_cpuid_entry2> = (0..n)
             .map(|i| {
                 let at = header + i * 40;
