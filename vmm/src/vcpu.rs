@@ -137,6 +137,15 @@ pub trait ExitHandler: Send + Sync {
         };
         self.handle(id, exit)
     }
+
+    /// Handles a `KVM_EXIT_TDX` of vCPU `id` (the guest's TDVMCALL that KVM forwards; the
+    /// handler writes `exit.ret`). By default the launch ends: only a TD can exit so.
+    fn tdx_exit(&self, id: u32, exit: crate::sys::tdx::TdxExit<'_>) -> ExitAction {
+        ExitAction::End(Outcome::GuestFatal(format!(
+            "vCPU {id}: KVM_EXIT_TDX (TDVMCALL {:#x}) outside a TD",
+            exit.nr
+        )))
+    }
 }
 
 /// The native exits: port and MMIO accesses go to the devices; triple fault and the
@@ -265,6 +274,14 @@ fn vcpu_loop(
                 Some(io) => exits.port_io(id, io),
                 None => ExitAction::End(Outcome::VmmError(format!(
                     "vCPU {id}: port I/O exit without its kvm_run data"
+                ))),
+            },
+            // A TD's forwarded TDVMCALL: its fields and `ret` live in kvm_run (exit 40, which
+            // kvm-ioctls reports as Unsupported).
+            Ok(VcpuExit::Unsupported(crate::sys::tdx::KVM_EXIT_TDX)) => match vcpu.tdx_exit() {
+                Some(e) => exits.tdx_exit(id, e),
+                None => ExitAction::End(Outcome::VmmError(format!(
+                    "vCPU {id}: KVM_EXIT_TDX without its kvm_run data"
                 ))),
             },
             Ok(exit) => exits.handle(id, exit),

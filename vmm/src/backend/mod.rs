@@ -14,10 +14,10 @@
 //!
 //! | phase | native | SEV / SEV-ES / SNP (issue 7) | TDX (issue 7) |
 //! |---|---|---|---|
-//! | `create_vm` | `KVM_CREATE_VM` type 0 | VM type 2/3/4, `KVM_SEV_INIT2`, `LAUNCH_START` | type 5, `INIT_VM` |
+//! | `create_vm` | `KVM_CREATE_VM` type 0 | VM type 2/3/4, `KVM_SEV_INIT2`, `LAUNCH_START` | type 5, `CAPABILITIES` (once per process), `INIT_VM`, split irqchip, `EXIT_HYPERCALL` |
 //! | `memory` | memslots (shared RAM) | guest_memfd + shared memslots, `SET_MEMORY_ATTRIBUTES(PRIVATE)` | same |
-//! | `vcpus` | irqchip, vCPUs, CPUID | irqchip, vCPUs, CPUID | split irqchip, vCPUs, `INIT_VCPU` |
-//! | `op` | copy pages, set registers | stage + `LAUNCH_UPDATE`, registers | `INIT_MEM_REGION` |
+//! | `vcpus` | irqchip, vCPUs, CPUID | irqchip, vCPUs, CPUID | vCPUs, CPUID, `INIT_VCPU` |
+//! | `op` | copy pages, set registers | stage + `LAUNCH_UPDATE`, registers | stage + `INIT_MEM_REGION` (runs of one kind) |
 //! | `finish` | APs runnable | `LAUNCH_UPDATE_VMSA`/`SNP_LAUNCH_FINISH` | `FINALIZE_VM` |
 //!
 //! The VM's exits go to the backend's [`ExitHandler`](crate::vcpu::ExitHandler)
@@ -26,6 +26,7 @@
 pub mod coco_exits;
 pub mod native;
 pub mod sev;
+pub mod tdx;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -121,6 +122,15 @@ pub enum BackendError {
     /// The plan asks for something this platform cannot do (a sentence).
     #[error("{0}")]
     Unsupported(String),
+    /// A TDX command failed (the errno and the TDX module's status).
+    #[error("{what}: {error}")]
+    Tdx {
+        /// Which command.
+        what: &'static str,
+        /// Its errno and `hw_error`.
+        #[source]
+        error: crate::sys::coco::CocoError,
+    },
     /// A page or range lies outside guest memory (or in memory the host cannot write).
     #[error(transparent)]
     Mem(#[from] MemError),
@@ -307,6 +317,10 @@ pub fn select(platform: Platform, host: &Arc<Host>) -> Result<Box<dyn Backend>, 
                 && host.sev.is_some() =>
         {
             Ok(Box::new(sev::SevBackend::new(platform, Arc::clone(host))))
+        }
+        // `KVM_X86_TDX_VM` = 5 (`arch/x86/include/uapi/asm/kvm.h`).
+        Platform::Tdx if host.vm_types & (1 << crate::sys::tdx::KVM_X86_TDX_VM) != 0 => {
+            Ok(Box::new(tdx::TdxBackend::new(Arc::clone(host))))
         }
         Platform::Sev | Platform::SevEs | Platform::Snp | Platform::Tdx => {
             Err(BackendError::Unavailable {

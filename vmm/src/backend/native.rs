@@ -184,6 +184,16 @@ impl Prepared {
         &self.cpuid
     }
 
+    /// vCPUs per VM.
+    pub fn vcpu_count(&self) -> u32 {
+        self.vcpus
+    }
+
+    /// The `KVM_SET_CPUID2` table of vCPU `vp` (APIC ID patched in).
+    pub fn vcpu_cpuid(&self, vp: u32) -> Option<&CpuId> {
+        self.cpuid.get(vp as usize)
+    }
+
     /// The memslot ranges every build registers, `(gpa, size)`, by address.
     pub fn slots(&self) -> &[(u64, u64)] {
         &self.slots

@@ -137,9 +137,29 @@ pub struct TdxMemRegion<'a> {
     pub measure: bool,
 }
 
+/// What `KVM_TDX_CAPABILITIES` reports (`struct kvm_tdx_capabilities`,
+/// `arch/x86/include/uapi/asm/kvm.h`).
+#[derive(Clone, Debug, Default)]
+pub struct TdxCapabilities {
+    /// TD attributes the VMM may set.
+    pub supported_attrs: u64,
+    /// XFAM bits the VMM may set.
+    pub supported_xfam: u64,
+    /// TDVMCALLs KVM forwards to userspace, GetTdVmCallInfo leaf 1 R11 (bit 0 GetQuote).
+    pub user_tdvmcallinfo_1_r11: u64,
+    /// The same for R12 (bit 1 SetupEventNotifyInterrupt).
+    pub user_tdvmcallinfo_1_r12: u64,
+    /// The CPUID bits the VMM may configure: each entry's registers are masks of the bits
+    /// `KVM_TDX_INIT_VM` may set in that leaf/subleaf (`Documentation/virt/kvm/x86/
+    /// intel-tdx.rst`, KVM_TDX_CAPABILITIES).
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+}
+
 /// One TDX command on the VM fd.
 #[derive(Debug)]
 pub enum TdxVmCmd<'a> {
+    /// `KVM_TDX_CAPABILITIES` (0): filled by the kernel.
+    Capabilities(&'a mut TdxCapabilities),
     /// `KVM_TDX_INIT_VM` (1): `struct kvm_tdx_init_vm`.
     InitVm {
         /// TD attributes.
@@ -163,6 +183,7 @@ impl TdxVmCmd<'_> {
     /// The uapi name.
     pub fn name(&self) -> &'static str {
         match self {
+            TdxVmCmd::Capabilities(_) => "KVM_TDX_CAPABILITIES",
             TdxVmCmd::InitVm { .. } => "KVM_TDX_INIT_VM",
             TdxVmCmd::FinalizeVm => "KVM_TDX_FINALIZE_VM",
         }

@@ -244,6 +244,11 @@ pub trait VcpuIoctls: Send + fmt::Debug {
         let _ = cmd;
         Err(CocoError::errno(libc::ENOTTY))
     }
+    /// The `KVM_EXIT_TDX` of the last `KVM_RUN`, with its writable `ret` (`None` for another
+    /// exit, or a double without a `kvm_run` page).
+    fn tdx_exit(&mut self) -> Option<super::tdx::TdxExit<'_>> {
+        self.kvm_run().and_then(super::tdx::decode_tdx_exit)
+    }
     /// The port access of the last `KVM_RUN` if it exited with `KVM_EXIT_IO`, with the
     /// access width that `VcpuExit::IoIn`/`IoOut` drop. `None` by default (a double that
     /// runs nothing).
@@ -734,6 +739,11 @@ impl Vcpu {
         self.door.port_io()
     }
 
+    /// The `KVM_EXIT_TDX` of the last `KVM_RUN` (`None` unless it exited with it).
+    pub fn tdx_exit(&mut self) -> Option<super::tdx::TdxExit<'_>> {
+        self.door.tdx_exit()
+    }
+
     /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data
     /// words (`include/uapi/linux/kvm.h`, `struct kvm_run` union member `internal`).
     pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
@@ -856,6 +866,11 @@ impl VmIoctls for RealVm {
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
         Ok(Box::new(RealVcpu(self.0.create_vcpu(id)?)))
     }
+
+    fn tdx_vm_cmd(&self, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError> {
+        // SAFETY: vm_cmd needs a KVM VM fd: the VmFd's own, open for as long as `self`.
+        unsafe { super::tdx::vm_cmd(self.0.as_raw_fd(), cmd) }
+    }
 }
 
 #[derive(Debug)]
@@ -905,5 +920,9 @@ impl VcpuIoctls for RealVcpu {
         // and `&mut self` keeps every other use of this vCPU's mapping out while the
         // returned slice lives.
         unsafe { decode_port_io(self.0.get_kvm_run()) }
+    }
+    fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {
+        // SAFETY: vcpu_cmd needs a KVM vCPU fd: the VcpuFd's own, open for as long as `self`.
+        unsafe { super::tdx::vcpu_cmd(self.0.as_raw_fd(), cmd) }
     }
 }

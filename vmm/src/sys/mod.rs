@@ -12,6 +12,7 @@ pub mod record;
 pub mod sev;
 pub mod signal;
 pub mod sock;
+pub mod tdx;
 
 /// An `errno` value from a failed system call.
 pub type Errno = vmm_sys_util::errno::Error;

@@ -383,9 +383,13 @@ impl VmIoctls for RecVm {
                 "attributes={attributes:#x} xfam={xfam:#x} cpuid_nent={}",
                 cpuid.as_slice().len()
             ),
+            TdxVmCmd::Capabilities(_) => "cpuid_nent=256".into(),
             TdxVmCmd::FinalizeVm => String::new(),
         };
         self.record(cmd.name(), args)?;
+        if let TdxVmCmd::Capabilities(caps) = cmd {
+            **caps = tdx_capabilities();
+        }
         Ok(())
     }
 
@@ -396,6 +400,32 @@ impl VmIoctls for RecVm {
             name: format!("{}.vcpu{n}", self.name),
             rec: self.rec.clone(),
         }))
+    }
+}
+
+/// What the recorder's TDX module reports to `KVM_TDX_CAPABILITIES`: attributes DEBUG (bit 0)
+/// and SEPT_VE_DISABLE (bit 28), XFAM x87|SSE|AVX (bits 0–2), GetQuote forwarded (R11 bit
+/// 0), and two configurable CPUID leaves: 1 (ECX/EDX masks) and 7.0 (EBX mask).
+pub fn tdx_capabilities() -> super::coco::TdxCapabilities {
+    super::coco::TdxCapabilities {
+        supported_attrs: (1 << 28) | 1,
+        supported_xfam: 0x7,
+        user_tdvmcallinfo_1_r11: 1,
+        user_tdvmcallinfo_1_r12: 0,
+        cpuid: vec![
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: 0x0000_FFFF,
+                edx: 0xFFFF_0000,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ebx: 0xFF,
+                ..Default::default()
+            },
+        ],
     }
 }
 
@@ -528,12 +558,19 @@ impl VcpuIoctls for RecVcpu {
                 u8::from(r.measure)
             ),
         };
-        self.record(cmd.name(), args)?;
+        let res = self.record(cmd.name(), args);
         if let TdxVcpuCmd::InitMemRegion(r) = cmd {
-            r.gpa += r.nr_pages * 4096;
-            r.source.offset += r.nr_pages * 4096;
-            r.nr_pages = 0;
+            // The whole region on success; on an injected fault (`Recorder::fail`), one page
+            // when more than one is left, then the errno: the kernel copies its progress
+            // back even on error (`../shared/spec/kvm-coco-abi.md` §3.1).
+            let done = match res {
+                Ok(()) => r.nr_pages,
+                Err(_) => u64::from(r.nr_pages > 1),
+            };
+            r.gpa += done * 4096;
+            r.source.offset += done * 4096;
+            r.nr_pages -= done;
         }
-        Ok(())
+        Ok(res?)
     }
 }
