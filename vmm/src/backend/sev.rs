@@ -269,10 +269,22 @@ impl SevBuild<'_> {
                 SevCmd::SnpLaunchUpdate(u) => u.len,
                 _ => 0,
             };
+            // A signal before any page was done is -EINTR (or -EAGAIN) with the arguments as
+            // they were: retry, a bounded number of times in a row.
+            let mut stalled = 0u32;
             while left(&cmd) > 0 {
                 let before = left(&cmd);
-                vm.sev_cmd(&mut cmd, sev_fd)
-                    .map_err(coco("KVM_SEV_SNP_LAUNCH_UPDATE"))?;
+                match vm.sev_cmd(&mut cmd, sev_fd) {
+                    Err(e)
+                        if matches!(e.errno.errno(), libc::EINTR | libc::EAGAIN)
+                            && stalled < MAX_STALLED_CALLS =>
+                    {
+                        stalled += 1;
+                        continue;
+                    }
+                    r => r.map_err(coco("KVM_SEV_SNP_LAUNCH_UPDATE"))?,
+                }
+                stalled = 0;
                 if left(&cmd) >= before {
                     return Err(BackendError::Coco {
                         what: "KVM_SEV_SNP_LAUNCH_UPDATE made no progress",
@@ -295,6 +307,10 @@ impl SevBuild<'_> {
         Ok(())
     }
 }
+
+/// `SNP_LAUNCH_UPDATE` calls in a row interrupted before doing a page before the build
+/// gives up (a signal storm must not hang the launch).
+const MAX_STALLED_CALLS: u32 = 64;
 
 impl Phases for SevBuild<'_> {
     fn create_vm(&mut self) -> Result<(), BackendError> {
@@ -926,6 +942,29 @@ mod tests {
                 "vm0 KVM_SEV_SNP_LAUNCH_UPDATE gfn_start=0x3 uaddr_offset=0x3000 len=0x1000 type=1 sev_fd=sev",
             ]
         );
+    }
+
+    /// `-EINTR` before any page was done (a signal; the arguments unchanged) is retried; a
+    /// storm of them ends the build with the errno instead of hanging it.
+    #[test]
+    fn snp_launch_update_retries_eintr() {
+        let (rec, host) = recorded();
+        let plan = coco_plan(Platform::Snp, 0x3_0000, 0, &[(0x1000, PageKind::Normal)]);
+        let backend = SevBackend::new(Platform::Snp, host);
+        rec.fail("KVM_SEV_SNP_LAUNCH_UPDATE", libc::EINTR, 3);
+        drop(backend.build(&Launch::from_plan(plan.clone())).unwrap());
+        let n = rec
+            .lines()
+            .iter()
+            .filter(|l| l.contains("SNP_LAUNCH_UPDATE"))
+            .count();
+        assert_eq!(
+            n, 4,
+            "three interrupted calls, then the one that did the page"
+        );
+        rec.fail("KVM_SEV_SNP_LAUNCH_UPDATE", libc::EINTR, 1000);
+        let e = backend.build(&Launch::from_plan(plan)).unwrap_err();
+        assert!(e.to_string().contains("KVM_SEV_SNP_LAUNCH_UPDATE"), "{e}");
     }
 
     /// A shared page in an SNP plan is host memory, never given to the firmware: its range
