@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod kvm;
 pub mod mem;
 pub mod record;
+pub mod safe;
 pub mod signal;
 
 /// An `errno` value from a failed system call.
