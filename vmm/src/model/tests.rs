@@ -687,3 +687,188 @@ fn snp_digest_equals_core_prediction_for_real_bundles() {
         }
     }
 }
+
+/// The SEV / SEV-ES counterpart of [`drive_snp`]: pages encrypted in place in guest memory
+/// with LAUNCH_UPDATE_DATA, then (SEV-ES) LAUNCH_UPDATE_VMSA, LAUNCH_MEASURE, FINISH.
+fn drive_sev(kvm: &Kvm, plan: &relaunch_core::plan::LaunchPlan<Vec<u8>>, mem: u64, es: bool) {
+    let ops = plan.ops();
+    let Some(LaunchOp::CreateVm {
+        policy,
+        vmsa_features,
+        vcpus,
+        ..
+    }) = ops.first().copied()
+    else {
+        panic!("no CreateVm");
+    };
+    let ty = if es {
+        KVM_X86_SEV_ES_VM
+    } else {
+        KVM_X86_SEV_VM
+    };
+    let mut vm = kvm.create_vm(ty).unwrap();
+    let features = if es { vmsa_features } else { 0 };
+    vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: features,
+            ghcb_version: 0,
+        },
+        3,
+    )
+    .unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::LaunchStart {
+            policy: policy as u32,
+            handle: 0,
+        },
+        3,
+    )
+    .unwrap();
+    let mut ranges: Vec<(u64, u64)> = crate::vstate::ram_layout(mem);
+    for op in ops {
+        if let LaunchOp::MapRam { gpa, size } = *op {
+            if !ranges.iter().any(|&(g, s)| gpa < g + s && g < gpa + size) && size > 0 {
+                ranges.push((gpa, size));
+            }
+        }
+    }
+    let mut maps = Vec::new();
+    for &(gpa, size) in &ranges {
+        let m = Arc::new(GuestMapping::anonymous(size as usize).unwrap());
+        vm.add_memslot(gpa, size, Some(&m), None).unwrap();
+        maps.push((gpa, size, m));
+    }
+    let vcpus: Vec<Vcpu> = (0..u64::from(vcpus))
+        .map(|i| vm.create_vcpu(i).unwrap())
+        .collect();
+    let at = |gpa: u64| {
+        maps.iter()
+            .find(|(g, s, _)| gpa >= *g && gpa < g + s)
+            .map(|(g, _, m)| (Arc::clone(m), gpa - g))
+            .unwrap()
+    };
+    for op in ops {
+        match *op {
+            LaunchOp::ImportPage { gpa, kind, data } => {
+                let (m, off) = at(gpa);
+                let b = if matches!(data, PageData::Zeros) {
+                    &[][..]
+                } else {
+                    plan.page_bytes(&data)
+                };
+                let len = match (kind, data) {
+                    (PageKind::Normal, PageData::GeneratedPart { .. }) => b.len() as u32,
+                    (PageKind::Normal | PageKind::Zero, _) => 4096,
+                    _ => 0,
+                };
+                let mut page = vec![0u8; 4096];
+                page[..b.len().min(4096)].copy_from_slice(&b[..b.len().min(4096)]);
+                if matches!(data, PageData::GeneratedPart { .. }) {
+                    m.write(off, b).unwrap();
+                } else {
+                    m.write(off, &page).unwrap();
+                }
+                if len > 0 {
+                    vm.sev_cmd(
+                        &mut SevCmd::LaunchUpdateData {
+                            source: Source {
+                                mapping: &m,
+                                offset: off,
+                            },
+                            len,
+                        },
+                        3,
+                    )
+                    .unwrap();
+                }
+            }
+            LaunchOp::SetVpContext { vp, ctx, .. } if es => {
+                let v = &vcpus[vp as usize];
+                let fresh = FreshRegs {
+                    sregs: v.get_sregs().unwrap(),
+                    regs: v.get_regs().unwrap(),
+                };
+                set_vp_regs(v, &fresh, plan.vp_context(ctx).unwrap()).unwrap();
+            }
+            _ => {}
+        }
+    }
+    if es {
+        vm.sev_cmd(&mut SevCmd::LaunchUpdateVmsa, 3).unwrap();
+    }
+    vm.sev_cmd(&mut SevCmd::LaunchMeasure { blob: [0; 48] }, 3)
+        .unwrap();
+    vm.sev_cmd(&mut SevCmd::LaunchFinish, 3).unwrap();
+}
+
+/// Runs scripts/trace_digest.py over the model's events as `relaunch trace` prints them.
+fn script_digest(m: &Model) -> String {
+    let lines: String = m
+        .events()
+        .iter()
+        .map(|e| crate::cli::trace::event_line(e) + "\n")
+        .collect();
+    let dir = std::env::temp_dir().join(format!("relaunch-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(format!("{:x}.jsonl", Sha256::digest(lines.as_bytes())[0]));
+    std::fs::write(&f, &lines).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/trace_digest.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&f)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&f);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn sev_digests_and_script_equal_core_prediction_for_real_bundles() {
+    for rel in [
+        "boot-images/out/hello.igvm",
+        ".oracles/ovmf/usr/share/ovmf/OVMF.fd",
+    ] {
+        let Some(b) = bundle(rel) else { continue };
+        for platform in [Platform::Snp, Platform::SevEs, Platform::Sev] {
+            for vcpus in [1, 4] {
+                let mem = 256 * MB;
+                let cfg = LaunchConfig {
+                    platform,
+                    vcpus,
+                    mem_bytes: mem,
+                    vcpu_sig: 0x00A0_0F11,
+                    guest_features: 0,
+                    policy: None,
+                    host_data: [0; 32],
+                    kernel_hashes: None,
+                };
+                let Ok(plan) = relaunch_core::plan::plan(b.clone(), &cfg) else {
+                    // hello.igvm has no SEV / SEV-ES view.
+                    assert!(
+                        rel.ends_with(".igvm") && platform != Platform::Snp,
+                        "{rel} {platform}"
+                    );
+                    continue;
+                };
+                let (m, kvm) = model(ModelConfig::default());
+                match platform {
+                    Platform::Snp => drive_snp(&kvm, &plan, mem),
+                    p => drive_sev(&kvm, &plan, mem, p == Platform::SevEs),
+                }
+                let want = expected(plan.stream()).unwrap();
+                assert_eq!(m.measurement(), Some(want), "{rel} {platform} {vcpus}");
+                assert_eq!(
+                    script_digest(&m),
+                    want.to_string(),
+                    "{rel} {platform} {vcpus}"
+                );
+            }
+        }
+    }
+}

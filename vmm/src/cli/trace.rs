@@ -1,0 +1,358 @@
+//! `relaunch trace`: the exact kernel calls the real backend issues to launch a bundle, run
+//! against the kernel model (`crate::model`) instead of `/dev/kvm`, one JSON line per call,
+//! then the model's measurement.
+//!
+//! ```text
+//! relaunch trace FILE --platform <snp|sev|sev-es|tdx> [--vcpus N] [--mem SIZE] [--relaunch]
+//! ```
+//!
+//! Lines, in order:
+//! - one per door call: `{"fd":"kvm|vm|vcpuN","ioctl":"<uapi name>","args":{<uapi field
+//!   names>},"result":"ok"|"<errno>[ firmware status]"}`; a VM fd being closed (relaunch
+//!   teardown) is `"ioctl":"close"`;
+//! - SNP, for every page the firmware adds to the launch digest, in its order:
+//!   `{"measured":{"gpa":N,"page_type":T,"sha384":"<hex>"|null}}` (PAGE_INFO type; SHA-384
+//!   where the firmware hashes the contents);
+//! - SEV / SEV-ES, for every byte range the SHA-256 launch digest takes:
+//!   `{"measured":{"gpa":N,"len":L,"bytes":"<hex>"}}`;
+//! - TDX: `{"measured":{"gpa":N,"extended":bool}}` per page added;
+//! - last: `{"measurement":"<hex>"}` of the last launch, which equals `relaunch measure`
+//!   for the same bundle and flags (checked: exit 1 otherwise).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use relaunch_core::arch::cpu::vcpu_sig_by_name;
+use relaunch_core::plan::{LaunchConfig, Platform};
+use serde_json::{json, Map, Value};
+
+use crate::args::{
+    parse_hex_bytes, parse_hex_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item,
+    HELP_FLAG,
+};
+use crate::launch::Launch;
+use crate::model::{errno_name, Arg, Event, Measured, Model, ModelConfig};
+use crate::sys::coco::FwStatus;
+use crate::sys::kvm::Kvm;
+use crate::vstate::Host;
+
+/// `relaunch trace`'s flags.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        long: "platform",
+        short: None,
+        value: Some("P"),
+        help: "Platform to launch: snp, sev, sev-es or tdx. Required.",
+    },
+    Flag {
+        long: "vcpus",
+        short: None,
+        value: Some("N"),
+        help: "Number of vCPUs, 1 to 255. Default: 1.",
+    },
+    Flag {
+        long: "mem",
+        short: None,
+        value: Some("SIZE"),
+        help: "Guest RAM: a byte count or a size with K, M, G or T. Default: 256M.",
+    },
+    Flag {
+        long: "vcpu-type",
+        short: None,
+        value: Some("NAME"),
+        help: "QEMU -cpu model whose CPUID(1).EAX the model's host reports (and so the reset \
+               state's RDX), as for relaunch measure. Default: none (signature 0).",
+    },
+    Flag {
+        long: "vcpu-sig",
+        short: None,
+        value: Some("HEX"),
+        help: "The vCPU signature (CPUID(1).EAX) as hex, instead of --vcpu-type.",
+    },
+    Flag {
+        long: "guest-features",
+        short: None,
+        value: Some("HEX"),
+        help: "SEV_FEATURES of a launch without a VMSA in the bundle, as hex. Default: 0.",
+    },
+    Flag {
+        long: "policy",
+        short: None,
+        value: Some("HEX"),
+        help: "Guest policy (SNP, SEV) or TDX attributes, as hex. Default: the bundle's, else \
+               the platform's default.",
+    },
+    Flag {
+        long: "host-data",
+        short: None,
+        value: Some("HEX"),
+        help: "SNP HOST_DATA: 64 hex digits. Default: all zeros.",
+    },
+    Flag {
+        long: "relaunch",
+        short: None,
+        value: None,
+        help: "After the first launch, drop the VM (teardown) and launch again on a new VM.",
+    },
+    HELP_FLAG,
+];
+
+/// `relaunch trace --help`.
+pub const HELP: CommandHelp = CommandHelp {
+    usage: "relaunch trace FILE --platform <snp|sev|sev-es|tdx> [options]",
+    about: "\
+Prints, one JSON line each, the kernel calls the real backend of the platform makes to launch
+FILE (fd, uapi ioctl name, arguments by uapi field name, result), answered by a model of KVM
+and the AMD Secure Processor / TDX module; for SNP a line per page the firmware measures
+(gpa, PAGE_INFO type, SHA-384 of measured contents), for SEV/SEV-ES the measured bytes; last
+the model's measurement, computed from what the calls gave it. No VM is created.",
+    flags: FLAGS,
+    notes: "Exit codes: 0 printed; 1 the launch failed against the model, or the model's \
+measurement differs from relaunch measure's; 2 bad flags or an invalid bundle, or no backend \
+for the platform in this build.",
+    examples: &[
+        "relaunch trace guest.igvm --platform snp --vcpus 4",
+        "relaunch trace OVMF.fd --platform sev-es --vcpu-type EPYC --relaunch",
+    ],
+};
+
+#[derive(Debug)]
+struct TraceArgs {
+    file: PathBuf,
+    config: LaunchConfig,
+    relaunch: bool,
+}
+
+fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
+    let mut it = Cursor::new(args, FLAGS);
+    let mut file = None;
+    let mut platform = None;
+    let mut cfg = LaunchConfig {
+        platform: Platform::Snp,
+        vcpus: 1,
+        mem_bytes: super::run::DEFAULT_MEM,
+        vcpu_sig: 0,
+        guest_features: 0,
+        policy: None,
+        host_data: [0; 32],
+        kernel_hashes: None,
+    };
+    let mut relaunch = false;
+    while let Some(arg) = it.next()? {
+        let f = match arg {
+            Item::Positional(p) => {
+                if file.is_some() {
+                    return Err(ArgError::Other(format!(
+                        "unexpected argument {:?}",
+                        p.to_string_lossy()
+                    )));
+                }
+                file = Some(PathBuf::from(p));
+                continue;
+            }
+            Item::Flag(f) => f,
+        };
+        match f.long {
+            "platform" => {
+                platform =
+                    Some(it.parsed(
+                        f,
+                        "snp, sev, sev-es or tdx",
+                        |v| match Platform::from_name(v) {
+                            Some(Platform::Native) | None => None,
+                            p => p,
+                        },
+                    )?)
+            }
+            "vcpus" => cfg.vcpus = it.vcpus(f)?,
+            "mem" => cfg.mem_bytes = it.mem(f)?,
+            "vcpu-type" => {
+                let v = it.string(f)?;
+                cfg.vcpu_sig = vcpu_sig_by_name(&v).ok_or_else(|| ArgError::BadValue {
+                    flag: f.name(),
+                    value: v.clone(),
+                    expected: "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Milan, ...)",
+                })?;
+            }
+            "vcpu-sig" => {
+                cfg.vcpu_sig = it.parsed(f, "a 32-bit hex CPUID(1).EAX", |v| {
+                    parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
+                })?
+            }
+            "guest-features" => {
+                cfg.guest_features = it.parsed(f, "a hex SEV_FEATURES value", parse_hex_u64)?
+            }
+            "policy" => cfg.policy = Some(it.parsed(f, "a hex policy", parse_hex_u64)?),
+            "host-data" => cfg.host_data = it.parsed(f, "64 hex digits", parse_hex_bytes::<32>)?,
+            "relaunch" => relaunch = true,
+            "help" => return Err(ArgError::Help),
+            _ => return Err(ArgError::Other(format!("unexpected flag {}", f.name()))),
+        }
+    }
+    cfg.platform = platform.ok_or_else(|| ArgError::Other("--platform is required".into()))?;
+    let file = file.ok_or_else(|| ArgError::Other("a bundle FILE is required".into()))?;
+    Ok(TraceArgs {
+        file,
+        config: cfg,
+        relaunch,
+    })
+}
+
+fn arg_value(a: &Arg) -> Value {
+    match a {
+        Arg::Num(n) => json!(n),
+        Arg::Text(t) => json!(t),
+    }
+}
+
+/// One event as its JSON line.
+pub fn event_line(e: &Event) -> String {
+    let v = match e {
+        Event::Call(c) => {
+            let args: Map<String, Value> = c
+                .args
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), arg_value(v)))
+                .collect();
+            let result = match c.error {
+                None => "ok".to_string(),
+                Some(err) => {
+                    let mut s = errno_name(err.errno.errno());
+                    match err.fw_error {
+                        Some(FwStatus::Sev(code)) => {
+                            s.push_str(&format!(" {}", crate::sys::coco::sev_ret_name(code)))
+                        }
+                        Some(FwStatus::Tdx(code)) => s.push_str(&format!(" tdx:{code:#x}")),
+                        None => {}
+                    }
+                    s
+                }
+            };
+            json!({"fd": c.fd, "ioctl": c.ioctl, "args": args, "result": result})
+        }
+        Event::Measured(Measured::Snp {
+            gpa,
+            page_type,
+            sha384,
+        }) => json!({"measured": {
+            "gpa": gpa,
+            "page_type": page_type,
+            "sha384": sha384.map(|h| crate::json::hex(&h)),
+        }}),
+        Event::Measured(Measured::Sev { gpa, bytes }) => json!({"measured": {
+            "gpa": gpa, "len": bytes.len(), "bytes": crate::json::hex(bytes),
+        }}),
+        Event::Measured(Measured::Tdx { gpa, extended }) => {
+            json!({"measured": {"gpa": gpa, "extended": extended}})
+        }
+    };
+    v.to_string()
+}
+
+/// Why `relaunch trace` produced no complete trace.
+#[derive(Debug)]
+pub struct TraceError {
+    /// The exit code (1 or 2, see [`HELP`]).
+    pub code: u8,
+    /// One line.
+    pub message: String,
+    /// The lines traced before the failure (printed too: they show where it failed).
+    pub partial: String,
+}
+
+fn fail(code: u8, message: String) -> TraceError {
+    TraceError {
+        code,
+        message,
+        partial: String::new(),
+    }
+}
+
+/// `relaunch trace` without the printing: the JSON lines (each ending in a newline), the
+/// measurement line last. The CLI and the integration tests both call this.
+///
+/// # Errors
+/// [`TraceError`]: bad flags or bundle (2), no backend (2), a launch the model refused or a
+/// measurement that differs from `relaunch measure` (1).
+pub fn run(args: &[OsString]) -> Result<String, TraceError> {
+    let a = parse(args).map_err(|e| match e {
+        ArgError::Help => TraceError {
+            code: 0,
+            message: String::new(),
+            partial: HELP.render(),
+        },
+        e => fail(super::EXIT_USAGE, e.to_string()),
+    })?;
+    let bundle = std::fs::read(&a.file)
+        .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
+    let launch = Launch::new(bundle, &a.config)
+        .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
+    let model = Model::new(ModelConfig {
+        vcpu_sig: a.config.vcpu_sig,
+        ..ModelConfig::default()
+    });
+    let host = Host::with_kvm(Kvm::with(Arc::new(model.clone())), true)
+        .map(Arc::new)
+        .map_err(|e| fail(1, e.to_string()))?;
+    let backend = crate::backend::select(a.config.platform, &host)
+        .map_err(|e| fail(super::EXIT_USAGE, e.to_string()))?;
+    let mut failed = None;
+    for _ in 0..if a.relaunch { 2 } else { 1 } {
+        match backend.build(&launch) {
+            // Dropping the built VM closes its fds (the relaunch teardown).
+            Ok(built) => drop(built),
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let mut out = String::new();
+    for e in model.events() {
+        out.push_str(&event_line(&e));
+        out.push('\n');
+    }
+    if let Some(e) = failed {
+        return Err(TraceError {
+            code: 1,
+            message: format!("the launch failed against the model: {e}"),
+            partial: out,
+        });
+    }
+    let got = model
+        .measurement()
+        .map(|m| crate::json::hex(m.as_bytes()))
+        .unwrap_or_default();
+    out.push_str(&json!({ "measurement": got }).to_string());
+    out.push('\n');
+    if launch.predicted_measurement() != Some(got.as_str()) {
+        return Err(TraceError {
+            code: 1,
+            message: format!(
+                "the model measured {got}, relaunch measure predicts {}",
+                launch.predicted_measurement().unwrap_or("nothing")
+            ),
+            partial: out,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `relaunch trace` with `args`; returns the exit code.
+pub fn main(args: &[OsString]) -> u8 {
+    if wants_help(args) {
+        return crate::log::print_output("trace", HELP.render().as_bytes());
+    }
+    match run(args) {
+        Ok(out) => crate::log::print_output("trace", out.as_bytes()),
+        Err(e) => {
+            let code = crate::log::print_output("trace", e.partial.as_bytes());
+            if e.code == 0 {
+                return code;
+            }
+            crate::elog!("relaunch trace: {}", e.message);
+            e.code
+        }
+    }
+}
