@@ -134,8 +134,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
 #[derive(Default)]
 struct Results {
     relaunch: Option<Summary>,
-    /// The `--baseline-bin` binary, same rounds.
-    baseline: Option<Summary>,
+    /// This build and the `--baseline-bin` binary in alternating pairs (`baseline_ab`).
+    baseline: Option<(Summary, Summary)>,
     relaunch_spin: Option<Summary>,
     prestage: Option<Summary>,
     prestage_at_once: Option<Summary>,
@@ -154,7 +154,7 @@ struct Results {
 }
 
 /// Floor blocks and relaunch runs alternate this many times for the main comparison.
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 3;
 
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -230,8 +230,7 @@ fn run(o: Opts) -> anyhow::Result<()> {
     let mut floor_cycles: [Vec<floor::Cycle>; FLOORS] = Default::default();
     let mut main_events: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut main_error = None;
-    let mut base_events: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
-    let mut base_error = None;
+
     let per_round = o.cycles.div_ceil(ROUNDS);
     for round in 0..ROUNDS {
         floor_block(
@@ -244,40 +243,18 @@ fn run(o: Opts) -> anyhow::Result<()> {
             &mut floor_cycles,
         )?;
         println!("round {round}: floor block done, load {}", load());
-        // This build and the baseline (if any), in alternating order from round to round:
-        // whichever runs right after the floor block shares the machine with the floor's
-        // last teardowns.
-        let mut order: Vec<bool> = vec![true];
-        if o.baseline_bin.is_some() {
-            order.push(false);
-            if round % 2 == 1 {
-                order.reverse();
-            }
-        }
-        for this_build in order {
-            let (bin, events_map, error, name) = if this_build {
-                (bin.as_ref(), &mut main_events, &mut main_error, "relaunch")
-            } else {
-                (
-                    o.baseline_bin.as_ref(),
-                    &mut base_events,
-                    &mut base_error,
-                    "baseline",
-                )
-            };
-            let (Some(bin), None) = (bin, &*error) else {
-                continue;
-            };
-            let events = dir.join(format!("events-{name}-tiny-reset-{round}.jsonl"));
-            match relaunch_events(bin, &reset, o.mem_mib, per_round, false, &events) {
-                Ok(t) => {
-                    for (k, v) in t {
-                        events_map.entry(k).or_default().extend(v);
-                    }
-                    println!("round {round}: {name} run done, load {}", load());
+        let (Some(bin), None) = (&bin, &main_error) else {
+            continue;
+        };
+        let events = dir.join(format!("events-tiny-reset-{round}.jsonl"));
+        match relaunch_events(bin, &reset, o.mem_mib, per_round, false, &events) {
+            Ok(t) => {
+                for (k, v) in t {
+                    main_events.entry(k).or_default().extend(v);
                 }
-                Err(e) => *error = Some(e),
+                println!("round {round}: relaunch run done, load {}", load());
             }
+            Err(e) => main_error = Some(e),
         }
     }
     print_floor(&floor_cycles, &mut r)?;
@@ -289,15 +266,8 @@ fn run(o: Opts) -> anyhow::Result<()> {
             None => r.relaunch = print_events(&main_events, o.cycles),
         }
     }
-    if let Some(base) = &o.baseline_bin {
-        println!(
-            "\nbaseline {} [reset at once] ({ROUNDS} runs pooled, same rounds):",
-            base.display()
-        );
-        match base_error {
-            Some(e) => println!("baseline: failed: {e:#}"),
-            None => r.baseline = print_events(&base_events, o.cycles),
-        }
+    if let (Some(bin), Some(base)) = (&bin, &o.baseline_bin) {
+        r.baseline = baseline_ab(&o, bin, base, &reset, &dir);
     }
 
     // (a) the other variants, the loop from outside, and cold start.
@@ -476,6 +446,70 @@ fn irqchip_order(kvm: &Kvm, o: &Opts) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Alternating pairs of this build and `--baseline-bin`, for the before/after ratio.
+const AB_PAIRS: usize = 12;
+
+/// This build vs `--baseline-bin`: [`AB_PAIRS`] pairs of runs of the same guest, the order
+/// alternating from pair to pair, nothing else in between (the floor blocks' teardowns and
+/// load drift hit both sides alike). Each run gives its p50 relaunch latency; the summary is
+/// the median of those p50s per side, and the ratio is printed with the per-run p50s.
+/// Returns both sides' summaries (`p50` = the median of the run p50s): this build, baseline.
+fn baseline_ab(
+    o: &Opts,
+    bin: &Path,
+    base: &Path,
+    reset: &Path,
+    dir: &Path,
+) -> Option<(Summary, Summary)> {
+    println!(
+        "\n-- (a') this build vs --baseline-bin {}: {AB_PAIRS} alternating pairs of runs --",
+        base.display()
+    );
+    let per_run = (o.cycles / 4).max(100);
+    let mut p50s: [Vec<Duration>; 2] = Default::default();
+    for pair in 0..AB_PAIRS {
+        let mut order = [(0usize, bin), (1usize, base)];
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        for (side, b) in order {
+            let events = dir.join(format!("events-ab-{side}-{pair}.jsonl"));
+            match relaunch_events(b, reset, o.mem_mib, per_run, false, &events) {
+                Ok(t) => {
+                    if let Some(s) = t.get("relaunch_latency").and_then(|v| Summary::of(v)) {
+                        p50s[side].push(s.p50);
+                    }
+                }
+                Err(e) => {
+                    println!("a/b pair {pair}: {} failed: {e:#}", b.display());
+                    return None;
+                }
+            }
+        }
+    }
+    let med = |v: &[Duration]| Summary::of(v);
+    let (Some(this), Some(before)) = (med(&p50s[0]), med(&p50s[1])) else {
+        println!("a/b: no relaunch latency samples");
+        return None;
+    };
+    let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(" ");
+    println!(
+        "per-run p50 relaunch latency, this build (ms): {}",
+        list(&p50s[0])
+    );
+    println!(
+        "per-run p50 relaunch latency, baseline   (ms): {}",
+        list(&p50s[1])
+    );
+    println!(
+        "median of run p50s: this build {} ms, baseline {} ms → this build / baseline = {}",
+        ms(this.p50),
+        ms(before.p50),
+        ratio(this.p50, before.p50)
+    );
+    Some((this, before))
 }
 
 /// Prints every per-launch event timing; returns the relaunch latency summary.
@@ -801,12 +835,13 @@ fn print_table(r: &Results) {
         "relaunch latency (reset request → boot marker)",
         show(r.relaunch)
     );
-    if let Some(b) = r.baseline {
+    if let Some((this, b)) = r.baseline {
         println!(
-            "{:<52} {} → this build / baseline = {}",
-            "  --baseline-bin, same rounds",
-            show(Some(b)),
-            r.relaunch.map_or("n/a".into(), |m| ratio(m.p50, b.p50))
+            "{:<52} {} vs baseline {} → this build / baseline = {}",
+            format!("  a/b, {AB_PAIRS} alternating pairs (median of run p50s)"),
+            ms(this.p50),
+            ms(b.p50),
+            ratio(this.p50, b.p50)
         );
     }
     println!(

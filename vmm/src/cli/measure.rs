@@ -18,7 +18,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
-use relaunch_core::arch::cpu::vcpu_sig_by_name;
 use relaunch_core::arch::vmsa::kvm_measured_vmsa;
 use relaunch_core::measure::{
     self, expected_with, hash_pages, page_digest_jobs, MeasureError, MeasureOptions, Measurement,
@@ -32,9 +31,9 @@ use relaunch_core::plan::{
 use serde::Serialize;
 use sha2::{Digest, Sha256, Sha384};
 
+use super::launch_flags::{self, LaunchFlags};
 use crate::args::{
-    parse_hex_bytes, parse_hex_u64, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag,
-    Item, HELP_FLAG,
+    parse_hex_bytes, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
 };
 use crate::json;
 
@@ -53,34 +52,10 @@ pub const FLAGS: &[Flag] = &[
         help: "Number of vCPUs, 1 to 255 (SEV-ES and SNP measure one VMSA per vCPU). \
                Default: 1.",
     },
-    Flag {
-        long: "vcpu-type",
-        short: None,
-        value: Some("NAME"),
-        help: "QEMU -cpu model whose CPUID(1).EAX goes into the reset state's RDX (EPYC, \
-               EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, ...). Default: none; needed when \
-               a vCPU starts from the reset state on sev-es or snp.",
-    },
-    Flag {
-        long: "vcpu-sig",
-        short: None,
-        value: Some("HEX"),
-        help: "The vCPU signature (CPUID(1).EAX) as hex, instead of --vcpu-type. Default: none.",
-    },
-    Flag {
-        long: "guest-features",
-        short: None,
-        value: Some("HEX"),
-        help: "SEV_FEATURES, as hex, of the VMSAs of a launch without a VMSA in the bundle \
-               (SNP and SEV-ES; an IGVM VMSA carries its own). Default: 0.",
-    },
-    Flag {
-        long: "policy",
-        short: None,
-        value: Some("HEX"),
-        help: "Guest policy (SNP policy, SEV policy or TDX attributes), as hex. Default: the \
-               bundle's policy, else the platform's default.",
-    },
+    launch_flags::VCPU_TYPE,
+    launch_flags::VCPU_SIG,
+    launch_flags::GUEST_FEATURES,
+    launch_flags::POLICY,
     Flag {
         long: "mem",
         short: None,
@@ -88,33 +63,10 @@ pub const FLAGS: &[Flag] = &[
         help: "Guest RAM for the memory map: a byte count or a size with K, M, G or T, a 4 KiB \
                multiple from 4 KiB to 1 TiB (it does not change a digest). Default: 256M.",
     },
-    Flag {
-        long: "host-data",
-        short: None,
-        value: Some("HEX"),
-        help: "SNP HOST_DATA: 64 hex digits (32 bytes). Default: all zeros.",
-    },
-    Flag {
-        long: "kernel",
-        short: None,
-        value: Some("FILE"),
-        help: "Kernel whose SHA-256 goes into an OVMF image's SEV kernel-hashes table (QEMU \
-               -kernel). Default: none.",
-    },
-    Flag {
-        long: "initrd",
-        short: None,
-        value: Some("FILE"),
-        help: "Initrd for the kernel-hashes table (needs --kernel). Default: none (the hash \
-               of nothing).",
-    },
-    Flag {
-        long: "append",
-        short: None,
-        value: Some("STR"),
-        help: "Kernel command line for the kernel-hashes table (needs --kernel). Default: \
-               empty.",
-    },
+    launch_flags::HOST_DATA,
+    launch_flags::KERNEL,
+    launch_flags::INITRD,
+    launch_flags::APPEND,
     Flag {
         long: "tik",
         short: None,
@@ -376,16 +328,8 @@ pub(crate) fn parse_args(args: &[OsString]) -> Result<MeasureArgs, MeasureCmdErr
     let mut file = None;
     let mut platform = None;
     let mut vcpus: u32 = 1;
-    let mut vcpu_type = None;
-    let mut vcpu_sig = None;
-    let mut sig_flag = false;
-    let mut guest_features = 0;
-    let mut policy = None;
+    let mut launch = LaunchFlags::default();
     let mut mem = DEFAULT_MEM;
-    let mut host_data = [0u8; 32];
-    let mut kernel = None;
-    let mut initrd = None;
-    let mut append = None;
     let mut tik = None;
     let mut mnonce = None;
     let mut api = None;
@@ -420,32 +364,7 @@ pub(crate) fn parse_args(args: &[OsString]) -> Result<MeasureArgs, MeasureCmdErr
                     )?)
             }
             "vcpus" => vcpus = it.vcpus(f)?,
-            "vcpu-type" => {
-                let v = it.string(f)?;
-                let sig = vcpu_sig_by_name(&v).ok_or_else(|| ArgError::BadValue {
-                    flag: f.name(),
-                    value: v.clone(),
-                    expected: "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, \
-                               EPYC-Genoa, ...)",
-                })?;
-                vcpu_type = Some(v);
-                vcpu_sig = Some(sig);
-            }
-            "vcpu-sig" => {
-                sig_flag = true;
-                vcpu_sig = Some(it.parsed(f, "a 32-bit hex CPUID(1).EAX", |v| {
-                    parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
-                })?)
-            }
-            "guest-features" => {
-                guest_features = it.parsed(f, "a hex SEV_FEATURES value", parse_hex_u64)?
-            }
-            "policy" => policy = Some(it.parsed(f, "a hex policy", parse_hex_u64)?),
             "mem" => mem = it.mem(f)?,
-            "host-data" => host_data = it.parsed(f, "64 hex digits", parse_hex_bytes::<32>)?,
-            "kernel" => kernel = Some(it.path(f)?),
-            "initrd" => initrd = Some(it.path(f)?),
-            "append" => append = Some(it.string(f)?),
             "tik" => {
                 let v = it.value(f)?;
                 tik = Some(match v.to_str().and_then(parse_hex_bytes::<16>) {
@@ -471,18 +390,14 @@ pub(crate) fn parse_args(args: &[OsString]) -> Result<MeasureArgs, MeasureCmdErr
                 })?
             }
             "json" => json = true,
+            _ if launch.take(f, &mut it)? => {}
             other => return Err(ArgError::Unhandled(other).into()),
         }
     }
     let file = file.ok_or_else(|| ArgError::Other("no bundle FILE given".into()))?;
     let platform = platform
         .ok_or_else(|| ArgError::Other("--platform <snp|sev|sev-es|tdx> is required".into()))?;
-    if vcpu_type.is_some() && sig_flag {
-        return Err(ArgError::Other("give --vcpu-type or --vcpu-sig, not both".into()).into());
-    }
-    if kernel.is_none() && (initrd.is_some() || append.is_some()) {
-        return Err(ArgError::Other("--initrd and --append need --kernel".into()).into());
-    }
+    launch.check()?;
     let launch_measure = match (tik, mnonce, api, build) {
         (None, None, None, None) => None,
         (Some(tik), Some(mnonce), Some((api_major, api_minor)), Some(build)) => {
@@ -503,19 +418,13 @@ pub(crate) fn parse_args(args: &[OsString]) -> Result<MeasureArgs, MeasureCmdErr
     };
     Ok(MeasureArgs {
         file,
-        config: LaunchConfig {
-            platform,
-            vcpus,
-            mem_bytes: mem,
-            vcpu_sig: vcpu_sig.unwrap_or(0),
-            guest_features,
-            policy,
-            host_data,
-            kernel_hashes: None,
-        },
-        vcpu_type,
-        sig_given: vcpu_sig.is_some(),
-        kernel: kernel.map(|k| (k, initrd, append)),
+        config: launch.config(platform, vcpus, mem, 0),
+        sig_given: launch.vcpu_sig.is_some(),
+        kernel: launch
+            .kernel
+            .clone()
+            .map(|k| (k, launch.initrd.clone(), launch.append.clone())),
+        vcpu_type: launch.vcpu_type,
         launch_measure,
         threads,
         json,

@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 
 pub mod inspect;
+pub mod launch_flags;
 pub mod measure;
 pub mod run;
 pub mod trace;

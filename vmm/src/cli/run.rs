@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 
+use super::launch_flags::{self, LaunchFlags};
 use super::measure::one_line;
 use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::audit::{AuditLog, EventSink};
@@ -23,6 +24,7 @@ use crate::session::{
 };
 use crate::vcpu::Outcome;
 use crate::vstate::Host;
+use relaunch_core::ovmf::{detect, InputKind};
 
 /// `relaunch run`'s flags: the parser and `--help` are both built from this table.
 pub const FLAGS: &[Flag] = &[
@@ -53,6 +55,14 @@ pub const FLAGS: &[Flag] = &[
         help: "Relaunch at most N times; the guest's next reset then ends the run with exit \
                code 4 (0 allows no relaunch). Default: unlimited.",
     },
+    launch_flags::VCPU_TYPE,
+    launch_flags::VCPU_SIG,
+    launch_flags::GUEST_FEATURES,
+    launch_flags::POLICY,
+    launch_flags::HOST_DATA,
+    launch_flags::KERNEL,
+    launch_flags::INITRD,
+    launch_flags::APPEND,
     Flag {
         long: "reset-limit",
         short: None,
@@ -151,6 +161,8 @@ pub struct RunOptions {
     pub max_reboots: Option<u64>,
     /// `--reset-limit`.
     pub reset_limit: Option<ResetLimit>,
+    /// The launch flags shared with `measure` (same meaning).
+    pub launch: LaunchFlags,
     /// `--audit-log`.
     pub audit_log: Option<PathBuf>,
     /// `--events` (`-` = stderr).
@@ -210,6 +222,7 @@ where
         vcpus: 1,
         max_reboots: None,
         reset_limit: None,
+        launch: LaunchFlags::default(),
         audit_log: None,
         events: None,
         quiet: false,
@@ -266,9 +279,11 @@ where
             "quiet" => o.quiet = true,
             "prestage" => o.prestage = true,
             "no-guest-memfd" => o.no_guest_memfd = true,
+            _ if o.launch.take(f, &mut a)? => {}
             other => return Err(ArgError::Unhandled(other)),
         }
     }
+    o.launch.check()?;
     o.bundle = bundle.ok_or_else(|| ArgError::Other("no BUNDLE given".into()))?;
     Ok(o)
 }
@@ -306,15 +321,20 @@ pub fn main(args: &[OsString]) -> u8 {
         Ok(b) => b,
         Err(e) => return usage_error(e),
     };
-    let cfg = LaunchConfig {
-        platform,
-        vcpus: opts.vcpus,
-        mem_bytes: opts.mem,
-        vcpu_sig: host_signature(),
-        guest_features: 0,
-        policy: None,
-        host_data: [0; 32],
-        kernel_hashes: None,
+    // The same launch config `measure` computes for the same flags, except that the vCPU
+    // signature defaults to this host's (what KVM passes through).
+    let mut cfg = opts
+        .launch
+        .config(platform, opts.vcpus, opts.mem, host_signature());
+    if opts.launch.kernel.is_some() && detect(&bundle) == InputKind::Igvm {
+        return usage_error(
+            "--kernel/--initrd/--append fill the SEV kernel-hashes table of an OVMF image; an \
+             IGVM bundle carries its own kernel",
+        );
+    }
+    cfg.kernel_hashes = match opts.launch.kernel_hashes() {
+        Ok(k) => k,
+        Err(e) => return usage_error(one_line(&e.to_string())),
     };
     let launch = match Launch::new(bundle, &cfg) {
         Ok(l) => Arc::new(l),
@@ -538,6 +558,52 @@ mod tests {
             "relaunch: reset rate limit: 4 resets within 60000 ms (limit 3/60000ms): the guest \
              asked for reset #4 (exit 4)"
         );
+    }
+
+    /// `run` and `measure` read the shared launch flags into the same launch config (issue 7:
+    /// what `measure` predicts is what `run` launches).
+    #[test]
+    fn launch_flags_mean_what_they_mean_for_measure() {
+        let hd = "ab".repeat(32);
+        let shared = [
+            "--vcpu-type",
+            "EPYC-v4",
+            "--guest-features",
+            "0x21",
+            "--policy",
+            "0x30000",
+            "--host-data",
+            hd.as_str(),
+        ];
+        let mut run_args = vec!["b.igvm", "--platform", "snp", "--vcpus", "4", "--mem", "1G"];
+        run_args.extend(shared);
+        let r = p(&run_args).unwrap();
+        let mut m_args: Vec<OsString> =
+            ["b.igvm", "--platform", "snp", "--vcpus", "4", "--mem", "1G"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+        m_args.extend(shared.iter().map(OsString::from));
+        let m = super::super::measure::parse_args(&m_args).unwrap();
+        let rc = r.launch.config(Platform::Snp, r.vcpus, r.mem, 0x1234);
+        assert_eq!(rc, m.config);
+        assert_eq!(rc.vcpu_sig, 0x0080_0F12, "EPYC-v4, not the host default");
+        // Without a vCPU model, run uses the host's signature where measure has none.
+        let bare = p(&["b.igvm"]).unwrap();
+        assert_eq!(
+            bare.launch
+                .config(Platform::Native, 1, DEFAULT_MEM, 0x1234)
+                .vcpu_sig,
+            0x1234
+        );
+        for bad in [
+            &["b", "--vcpu-type", "EPYC", "--vcpu-sig", "0x800f12"][..],
+            &["b", "--initrd", "x"],
+            &["b", "--host-data", "abcd"],
+            &["b", "--vcpu-type", "Pentium"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
