@@ -3,7 +3,8 @@
 //! then the model's measurement.
 //!
 //! ```text
-//! relaunch trace FILE --platform <snp|sev|sev-es|tdx> [--vcpus N] [--mem SIZE] [--relaunch]
+//! relaunch trace FILE --platform <snp|sev|sev-es|tdx> [--vcpus N] [--mem SIZE]
+//!                [run's launch flags] [--relaunch]
 //! ```
 //!
 //! Lines, in order:
@@ -23,14 +24,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use relaunch_core::arch::cpu::vcpu_sig_by_name;
+use relaunch_core::ovmf::{detect, InputKind};
 use relaunch_core::plan::{LaunchConfig, Platform};
 use serde_json::{json, Map, Value};
 
-use crate::args::{
-    parse_hex_bytes, parse_hex_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item,
-    HELP_FLAG,
-};
+use super::launch_flags::{self, LaunchFlags};
+use crate::args::{wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::launch::Launch;
 use crate::model::{errno_name, Arg, Event, Measured, Model, ModelConfig};
 use crate::sys::coco::FwStatus;
@@ -57,38 +56,14 @@ pub const FLAGS: &[Flag] = &[
         value: Some("SIZE"),
         help: "Guest RAM: a byte count or a size with K, M, G or T. Default: 256M.",
     },
-    Flag {
-        long: "vcpu-type",
-        short: None,
-        value: Some("NAME"),
-        help: "QEMU -cpu model whose CPUID(1).EAX the model's host reports (and so the reset \
-               state's RDX), as for relaunch measure. Default: none (signature 0).",
-    },
-    Flag {
-        long: "vcpu-sig",
-        short: None,
-        value: Some("HEX"),
-        help: "The vCPU signature (CPUID(1).EAX) as hex, instead of --vcpu-type.",
-    },
-    Flag {
-        long: "guest-features",
-        short: None,
-        value: Some("HEX"),
-        help: "SEV_FEATURES of a launch without a VMSA in the bundle, as hex. Default: 0.",
-    },
-    Flag {
-        long: "policy",
-        short: None,
-        value: Some("HEX"),
-        help: "Guest policy (SNP, SEV) or TDX attributes, as hex. Default: the bundle's, else \
-               the platform's default.",
-    },
-    Flag {
-        long: "host-data",
-        short: None,
-        value: Some("HEX"),
-        help: "SNP HOST_DATA: 64 hex digits. Default: all zeros.",
-    },
+    launch_flags::VCPU_TYPE,
+    launch_flags::VCPU_SIG,
+    launch_flags::GUEST_FEATURES,
+    launch_flags::POLICY,
+    launch_flags::HOST_DATA,
+    launch_flags::KERNEL,
+    launch_flags::INITRD,
+    launch_flags::APPEND,
     Flag {
         long: "relaunch",
         short: None,
@@ -121,6 +96,7 @@ for the platform in this build.",
 struct TraceArgs {
     file: PathBuf,
     config: LaunchConfig,
+    launch: LaunchFlags,
     relaunch: bool,
 }
 
@@ -128,16 +104,9 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
     let mut it = Cursor::new(args, FLAGS);
     let mut file = None;
     let mut platform = None;
-    let mut cfg = LaunchConfig {
-        platform: Platform::Snp,
-        vcpus: 1,
-        mem_bytes: super::run::DEFAULT_MEM,
-        vcpu_sig: 0,
-        guest_features: 0,
-        policy: None,
-        host_data: [0; 32],
-        kernel_hashes: None,
-    };
+    let mut vcpus = 1;
+    let mut mem = super::run::DEFAULT_MEM;
+    let mut launch = LaunchFlags::default();
     let mut relaunch = false;
     while let Some(arg) = it.next()? {
         let f = match arg {
@@ -153,6 +122,9 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
             }
             Item::Flag(f) => f,
         };
+        if launch.take(f, &mut it)? {
+            continue;
+        }
         match f.long {
             "platform" => {
                 platform =
@@ -165,36 +137,23 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
                         },
                     )?)
             }
-            "vcpus" => cfg.vcpus = it.vcpus(f)?,
-            "mem" => cfg.mem_bytes = it.mem(f)?,
-            "vcpu-type" => {
-                let v = it.string(f)?;
-                cfg.vcpu_sig = vcpu_sig_by_name(&v).ok_or_else(|| ArgError::BadValue {
-                    flag: f.name(),
-                    value: v.clone(),
-                    expected: "a QEMU -cpu model (EPYC, EPYC-v4, EPYC-Milan, ...)",
-                })?;
-            }
-            "vcpu-sig" => {
-                cfg.vcpu_sig = it.parsed(f, "a 32-bit hex CPUID(1).EAX", |v| {
-                    parse_hex_u64(v).and_then(|n| u32::try_from(n).ok())
-                })?
-            }
-            "guest-features" => {
-                cfg.guest_features = it.parsed(f, "a hex SEV_FEATURES value", parse_hex_u64)?
-            }
-            "policy" => cfg.policy = Some(it.parsed(f, "a hex policy", parse_hex_u64)?),
-            "host-data" => cfg.host_data = it.parsed(f, "64 hex digits", parse_hex_bytes::<32>)?,
+            "vcpus" => vcpus = it.vcpus(f)?,
+            "mem" => mem = it.mem(f)?,
             "relaunch" => relaunch = true,
             "help" => return Err(ArgError::Help),
             _ => return Err(ArgError::Other(format!("unexpected flag {}", f.name()))),
         }
     }
-    cfg.platform = platform.ok_or_else(|| ArgError::Other("--platform is required".into()))?;
+    launch.check()?;
+    let platform = platform.ok_or_else(|| ArgError::Other("--platform is required".into()))?;
     let file = file.ok_or_else(|| ArgError::Other("a bundle FILE is required".into()))?;
+    // Without a vCPU model the signature is 0, as for `relaunch measure` (the model's host
+    // then reports 0 too).
+    let config = launch.config(platform, vcpus, mem, 0);
     Ok(TraceArgs {
         file,
-        config: cfg,
+        config,
+        launch,
         relaunch,
     })
 }
@@ -286,7 +245,20 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
     })?;
     let bundle = std::fs::read(&a.file)
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
-    let launch = Launch::new(bundle, &a.config)
+    let mut cfg = a.config;
+    if a.launch.kernel.is_some() && detect(&bundle) == InputKind::Igvm {
+        return Err(fail(
+            super::EXIT_USAGE,
+            "--kernel/--initrd/--append fill the SEV kernel-hashes table of an OVMF image; an \
+             IGVM bundle carries its own kernel"
+                .into(),
+        ));
+    }
+    cfg.kernel_hashes = a
+        .launch
+        .kernel_hashes()
+        .map_err(|e| fail(super::EXIT_USAGE, super::measure::one_line(&e.to_string())))?;
+    let launch = Launch::new(bundle, &cfg)
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
     let model = Model::new(ModelConfig {
         vcpu_sig: a.config.vcpu_sig,
