@@ -29,7 +29,7 @@ use relaunch_core::plan::{LaunchConfig, Platform};
 use serde_json::{json, Map, Value};
 
 use super::launch_flags::{self, LaunchFlags};
-use crate::args::{wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
+use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::launch::Launch;
 use crate::model::{errno_name, Arg, Event, Measured, Model, ModelConfig};
 use crate::sys::coco::FwStatus;
@@ -65,6 +65,20 @@ pub const FLAGS: &[Flag] = &[
     launch_flags::INITRD,
     launch_flags::APPEND,
     Flag {
+        long: "model-max-pages",
+        short: None,
+        value: Some("N"),
+        help: "The model does at most N pages per SNP_LAUNCH_UPDATE / TDX INIT_MEM_REGION \
+               call (partial progress the backend must resume). Default: all.",
+    },
+    Flag {
+        long: "model-eintr-every",
+        short: None,
+        value: Some("K"),
+        help: "Every K-th SNP_LAUNCH_UPDATE / INIT_MEM_REGION call fails with EINTR before \
+               doing anything. Default: never.",
+    },
+    Flag {
         long: "relaunch",
         short: None,
         value: None,
@@ -98,6 +112,8 @@ struct TraceArgs {
     config: LaunchConfig,
     launch: LaunchFlags,
     relaunch: bool,
+    max_pages: Option<u64>,
+    eintr_every: Option<u32>,
 }
 
 fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
@@ -108,6 +124,8 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
     let mut mem = super::run::DEFAULT_MEM;
     let mut launch = LaunchFlags::default();
     let mut relaunch = false;
+    let mut max_pages = None;
+    let mut eintr_every = None;
     while let Some(arg) = it.next()? {
         let f = match arg {
             Item::Positional(p) => {
@@ -140,6 +158,18 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
             "vcpus" => vcpus = it.vcpus(f)?,
             "mem" => mem = it.mem(f)?,
             "relaunch" => relaunch = true,
+            "model-max-pages" => {
+                max_pages = Some(it.parsed(f, "a page count of at least 1", |v| {
+                    parse_u64(v).filter(|&n| n > 0)
+                })?)
+            }
+            "model-eintr-every" => {
+                eintr_every = Some(it.parsed(f, "a call count of at least 2", |v| {
+                    parse_u64(v)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|&n| n >= 2)
+                })?)
+            }
             "help" => return Err(ArgError::Help),
             _ => return Err(ArgError::Other(format!("unexpected flag {}", f.name()))),
         }
@@ -155,6 +185,8 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
         config,
         launch,
         relaunch,
+        max_pages,
+        eintr_every,
     })
 }
 
@@ -262,6 +294,8 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
     let model = Model::new(ModelConfig {
         vcpu_sig: a.config.vcpu_sig,
+        max_pages_per_call: a.max_pages,
+        eintr_every: a.eintr_every,
         ..ModelConfig::default()
     });
     let host = Host::with_kvm(Kvm::with(Arc::new(model.clone())), true)
