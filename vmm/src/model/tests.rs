@@ -645,6 +645,11 @@ fn bundle(rel: &str) -> Option<Vec<u8>> {
     match std::fs::read(&p) {
         Ok(b) => Some(b),
         Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{} absent under CI",
+                p.display()
+            );
             eprintln!(
                 "SKIPPED: {} absent (cargo xtask build-images / scripts/oracles.sh)",
                 p.display()
