@@ -134,6 +134,11 @@ fn snp_digest_from_what_it_was_given_with_partial_progress() {
             eintr_every: eintr,
             ..ModelConfig::default()
         });
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        m.set_hook(Box::new(move |p: &Measured| {
+            sink.lock().unwrap().push(p.clone())
+        }));
         let (vm, _vcpus) = snp_vm(&kvm, 4 * MB, 2);
         let src = staging(10, |i| (i * 7 % 251) as u8);
         let calls = snp_update_all(&vm, 0, Some(&src), 10, PAGE_TYPE_NORMAL);
@@ -155,6 +160,8 @@ fn snp_digest_from_what_it_was_given_with_partial_progress() {
         // The measured entries: 10 normal, 1 zero, 2 VMSAs, with contents hashes.
         let ms = m.measured();
         assert_eq!(ms.len(), 13);
+        // The hook saw every page, in the same order.
+        assert_eq!(*seen.lock().unwrap(), ms);
         assert_eq!(
             ms[0],
             Measured::Snp {
