@@ -14,6 +14,7 @@ pub mod json;
 pub mod launch;
 pub mod log;
 pub mod memory;
+pub mod model;
 pub mod session;
 #[allow(unsafe_code)]
 pub mod sys;

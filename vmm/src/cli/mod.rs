@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod launch_flags;
 pub mod measure;
 pub mod run;
+pub mod trace;
 
 /// Exit code for bad flags or bad input (nothing was started).
 pub const EXIT_USAGE: u8 = 2;
@@ -28,6 +29,7 @@ Commands:
   run       Launch a bundle on KVM; relaunch it on every guest reset (exit code = outcome).
   measure   Print the launch measurement (SNP/SEV/SEV-ES digest, TDX MRTD) of a bundle.
   inspect   Describe a bundle and the launch plan of each platform it supports.
+  trace     Print the kernel calls a confidential launch makes, against a kernel model.
   help      Print this help, or a command's help (relaunch help run).
 
 Options:
@@ -44,7 +46,7 @@ Examples:
 ";
 
 fn usage_line() -> &'static str {
-    "usage: relaunch <inspect|measure|run> ...  (relaunch --help)"
+    "usage: relaunch <inspect|measure|run|trace> ...  (relaunch --help)"
 }
 
 /// The help text of a command, if `name` is one.
@@ -53,6 +55,7 @@ pub fn command_help(name: &str) -> Option<String> {
         "run" => Some(run::HELP.render()),
         "measure" => Some(measure::HELP.render()),
         "inspect" => Some(inspect::HELP.render()),
+        "trace" => Some(trace::HELP.render()),
         _ => None,
     }
 }
@@ -79,6 +82,7 @@ where
     };
     match name {
         "inspect" => inspect::main(rest),
+        "trace" => trace::main(rest),
         "measure" => measure::main(rest),
         "run" => run::main(rest),
         "-V" | "--version" => {

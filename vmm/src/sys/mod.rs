@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod kvm;
 pub mod mem;
 pub mod record;
+pub mod safe;
 pub mod sev;
 pub mod signal;
 pub mod sock;

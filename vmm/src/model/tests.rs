@@ -1,0 +1,894 @@
+//! The model against hand-built door call sequences: its refusals (errno and firmware
+//! status), partial progress, and measurements equal to the core's prediction.
+
+use std::sync::Arc;
+
+use relaunch_core::arch::vmsa::{kvm_measured_vmsa, reset_regs, KVM_VMSA_GPA};
+use relaunch_core::launch::{LaunchConfig, LaunchOp, PageData, PageKind, Platform};
+use relaunch_core::measure::snp::{SnpDigest, PAGE_TYPE_NORMAL, PAGE_TYPE_VMSA, PAGE_TYPE_ZERO};
+use relaunch_core::measure::tdx::MrtdDigest;
+use relaunch_core::measure::{expected, Measurement};
+use sha2::{Digest, Sha256, Sha384};
+
+use super::*;
+use crate::backend::native::{set_vp_regs, FreshRegs};
+use crate::sys::coco::{
+    CocoError, FwStatus, SevCmd, SnpUpdate, Source, TdxMemRegion, TdxVcpuCmd, TdxVmCmd,
+};
+use crate::sys::kvm::{Kvm, Vcpu, Vm};
+use crate::sys::mem::GuestMapping;
+
+const MB: u64 = 1 << 20;
+const SNP_POLICY: u64 = 0x3_0000; // SMT + reserved-MBO (§1.3)
+
+fn model(cfg: ModelConfig) -> (Model, Kvm) {
+    let m = Model::new(cfg);
+    let kvm = Kvm::with(Arc::new(m.clone()));
+    (m, kvm)
+}
+
+fn errno_of(e: CocoError) -> i32 {
+    e.errno.errno()
+}
+
+fn sev_fw(e: CocoError) -> Option<u32> {
+    match e.fw_error {
+        Some(FwStatus::Sev(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// An SNP VM with `mem` bytes of guest_memfd RAM at 0 (private) and `vcpus` vCPUs, after
+/// INIT2 and SNP_LAUNCH_START.
+fn snp_vm(kvm: &Kvm, mem: u64, vcpus: u64) -> (Vm, Vec<Vcpu>) {
+    let mut vm = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 0,
+        },
+        3,
+    )
+    .unwrap();
+    vm.sev_cmd(&mut SevCmd::SnpLaunchStart { policy: SNP_POLICY }, 3)
+        .unwrap();
+    let gmem = Arc::new(vm.create_guest_memfd(mem, 0).unwrap());
+    vm.add_memslot(0, mem, None, Some(&gmem)).unwrap();
+    vm.set_memory_attributes(0, mem, true).unwrap();
+    let v = (0..vcpus).map(|i| vm.create_vcpu(i).unwrap()).collect();
+    (vm, v)
+}
+
+fn staging(pages: usize, fill: impl Fn(usize) -> u8) -> GuestMapping {
+    let m = GuestMapping::anonymous(pages * 4096).unwrap();
+    let bytes: Vec<u8> = (0..pages * 4096).map(fill).collect();
+    m.write(0, &bytes).unwrap();
+    m
+}
+
+/// Issues one SNP_LAUNCH_UPDATE and loops over partial progress and EINTR as a backend must.
+fn snp_update_all(vm: &Vm, gfn: u64, src: Option<&GuestMapping>, pages: u64, ty: u8) -> u32 {
+    let mut u = SnpUpdate {
+        gfn_start: gfn,
+        source: src.map(|m| Source {
+            mapping: m,
+            offset: 0,
+        }),
+        len: pages * 4096,
+        page_type: ty,
+    };
+    let mut calls = 0;
+    while u.len > 0 {
+        calls += 1;
+        let mut cmd = SevCmd::SnpLaunchUpdate(u);
+        let r = vm.sev_cmd(&mut cmd, 3);
+        let SevCmd::SnpLaunchUpdate(back) = cmd else {
+            unreachable!()
+        };
+        u = back;
+        match r {
+            Ok(()) => {}
+            Err(e) if errno_of(e) == libc::EINTR => {}
+            Err(e) => panic!("update failed: {e}"),
+        }
+        assert!(calls < 10_000);
+    }
+    calls
+}
+
+fn snp_finish(vm: &Vm, id_block: Option<&[u8; 96]>) -> Result<(), CocoError> {
+    vm.sev_cmd(
+        &mut SevCmd::SnpLaunchFinish {
+            id_block,
+            id_auth: None,
+            auth_key_en: false,
+            host_data: [0; 32],
+        },
+        3,
+    )
+}
+
+/// The digest a by-hand fold of the same pages gives (SNP ABI PAGE_INFO chain, through the
+/// core's primitives), with the VMSAs of untouched vCPUs: KVM's reset state, TR 0x83.
+fn hand_digest(normal: &[u8], pages: u64, zero_gfn: u64, vcpus: usize) -> [u8; 48] {
+    let mut d = SnpDigest::new();
+    for i in 0..pages {
+        let page = &normal[(i * 4096) as usize..((i + 1) * 4096) as usize];
+        d.update_page(page, i * 4096, PAGE_TYPE_NORMAL);
+    }
+    d.update(&[0; 48], zero_gfn * 4096, PAGE_TYPE_ZERO);
+    let mut regs = reset_regs(0x00A0_0F11, 0xFFFF_FFF0);
+    regs.tr.attrib = 0x83;
+    for _ in 0..vcpus {
+        let v = kvm_measured_vmsa(&regs, 0, Platform::Snp, true);
+        d.update_page(&v, KVM_VMSA_GPA, PAGE_TYPE_VMSA);
+    }
+    d.ld()
+}
+
+#[test]
+fn snp_digest_from_what_it_was_given_with_partial_progress() {
+    for (max, eintr) in [(None, None), (Some(3), Some(4)), (Some(1), Some(2))] {
+        let (m, kvm) = model(ModelConfig {
+            max_pages_per_call: max,
+            eintr_every: eintr,
+            ..ModelConfig::default()
+        });
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        m.set_hook(Box::new(move |p: &Measured| {
+            sink.lock().unwrap().push(p.clone())
+        }));
+        let (vm, _vcpus) = snp_vm(&kvm, 4 * MB, 2);
+        let src = staging(10, |i| (i * 7 % 251) as u8);
+        let calls = snp_update_all(&vm, 0, Some(&src), 10, PAGE_TYPE_NORMAL);
+        snp_update_all(&vm, 20, None, 1, PAGE_TYPE_ZERO);
+        snp_finish(&vm, None).unwrap();
+        let mut bytes = vec![0u8; 10 * 4096];
+        src.read(0, &mut bytes).unwrap();
+        let want = hand_digest(&bytes, 10, 20, 2);
+        assert_eq!(
+            m.measurement(),
+            Some(Measurement::Snp(want)),
+            "{max:?} {eintr:?}"
+        );
+        // Partial progress really split the call.
+        match max {
+            None => assert_eq!(calls, 1),
+            Some(n) => assert!(calls as u64 >= 10 / n, "{calls} calls"),
+        }
+        // The measured entries: 10 normal, 1 zero, 2 VMSAs, with contents hashes.
+        let ms = m.measured();
+        assert_eq!(ms.len(), 13);
+        // The hook saw every page, in the same order.
+        assert_eq!(*seen.lock().unwrap(), ms);
+        assert_eq!(
+            ms[0],
+            Measured::Snp {
+                gpa: 0,
+                page_type: 1,
+                sha384: Some(Sha384::digest(&bytes[..4096]).into())
+            }
+        );
+        assert!(matches!(
+            ms[10],
+            Measured::Snp {
+                gpa: 0x14000,
+                page_type: 3,
+                sha384: None
+            }
+        ));
+        assert!(matches!(
+            ms[12],
+            Measured::Snp {
+                gpa: KVM_VMSA_GPA,
+                page_type: 2,
+                sha384: Some(_)
+            }
+        ));
+    }
+}
+
+#[test]
+fn snp_vmsa_comes_from_the_registers_set() {
+    let (m, kvm) = model(ModelConfig::default());
+    let (vm, vcpus) = snp_vm(&kvm, MB, 1);
+    let mut r = reset_regs(0x00A0_0F11, 0xFFFF_FFF0);
+    r.rip = 0x1234;
+    r.gprs.rsi = 0x5678;
+    let fresh = FreshRegs {
+        sregs: vcpus[0].get_sregs().unwrap(),
+        regs: vcpus[0].get_regs().unwrap(),
+    };
+    set_vp_regs(&vcpus[0], &fresh, &r).unwrap();
+    snp_finish(&vm, None).unwrap();
+    let mut d = SnpDigest::new();
+    d.update_page(
+        &kvm_measured_vmsa(&r, 0, Platform::Snp, true),
+        KVM_VMSA_GPA,
+        PAGE_TYPE_VMSA,
+    );
+    assert_eq!(m.measurement(), Some(Measurement::Snp(d.ld())));
+    // Sealed: the registers can no longer be read or written (§1.4).
+    assert_eq!(vcpus[0].get_regs().unwrap_err().errno(), libc::EINVAL);
+}
+
+#[test]
+fn refuses_update_after_finish_with_firmware_status() {
+    let (_m, kvm) = model(ModelConfig::default());
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    snp_finish(&vm, None).unwrap();
+    let src = staging(1, |_| 1);
+    let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+        gfn_start: 0,
+        source: Some(Source {
+            mapping: &src,
+            offset: 0,
+        }),
+        len: 4096,
+        page_type: 1,
+    });
+    let e = vm.sev_cmd(&mut cmd, 3).unwrap_err();
+    assert_eq!(errno_of(e), libc::EIO);
+    assert_eq!(sev_fw(e), Some(0x02));
+    assert!(e.to_string().contains("SEV_RET_INVALID_GUEST_STATE"), "{e}");
+}
+
+#[test]
+fn refuses_double_assignment_misalignment_out_of_ram_and_shared() {
+    let (_m, kvm) = model(ModelConfig::default());
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    let src = staging(2, |_| 9);
+    let upd = |gfn, len, off, ty| {
+        let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+            gfn_start: gfn,
+            source: Some(Source {
+                mapping: &src,
+                offset: off,
+            }),
+            len,
+            page_type: ty,
+        });
+        vm.sev_cmd(&mut cmd, 3).map_err(errno_of)
+    };
+    assert_eq!(upd(3, 4096, 0, 1), Ok(()));
+    // Double assignment of gfn 3.
+    assert_eq!(upd(3, 4096, 0, 1), Err(libc::EEXIST));
+    // len not a page multiple; source not page-aligned; unknown and VMSA types.
+    assert_eq!(upd(4, 100, 0, 1), Err(libc::EINVAL));
+    assert_eq!(upd(4, 4096, 8, 1), Err(libc::EINVAL));
+    assert_eq!(upd(4, 4096, 0, 2), Err(libc::EINVAL));
+    assert_eq!(upd(4, 4096, 0, 9), Err(libc::EINVAL));
+    // Outside every memslot (RAM is 1 MiB = 256 pages).
+    assert_eq!(upd(256, 4096, 0, 1), Err(libc::EINVAL));
+    // Not private.
+    vm.set_memory_attributes(0x10000, 4096, false).unwrap();
+    assert_eq!(upd(0x10, 4096, 0, 1), Err(libc::EINVAL));
+    // A source past the staging mapping.
+    assert_eq!(upd(5, 4096, 2 * 4096, 1), Err(libc::EFAULT));
+    // Misaligned memslots and attributes.
+    assert_eq!(
+        vm.set_memory_attributes(0x800, 4096, true)
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn refuses_snp_policy_kvm_rejects() {
+    let (_m, kvm) = model(ModelConfig::default());
+    for (policy, ok) in [
+        (SNP_POLICY, true),
+        (0x1_0000, false),             // reserved-MBO bit 17 clear
+        (0x2_0000, false),             // SMT bit 16 clear
+        (SNP_POLICY | 1 << 25, false), // outside the supported set
+        (SNP_POLICY | 1 << 19, true),  // DEBUG is a known bit
+    ] {
+        let vm = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+        vm.sev_cmd(
+            &mut SevCmd::Init2 {
+                vmsa_features: 0,
+                ghcb_version: 0,
+            },
+            3,
+        )
+        .unwrap();
+        let r = vm.sev_cmd(&mut SevCmd::SnpLaunchStart { policy }, 3);
+        assert_eq!(
+            r.map_err(errno_of),
+            if ok { Ok(()) } else { Err(libc::EINVAL) },
+            "{policy:#x}"
+        );
+    }
+}
+
+#[test]
+fn refuses_commands_out_of_order() {
+    let (_m, kvm) = model(ModelConfig::default());
+    let vm = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+    // Before INIT2: ENOTTY (`sev_mem_enc_ioctl`).
+    let e = vm
+        .sev_cmd(&mut SevCmd::SnpLaunchStart { policy: SNP_POLICY }, 3)
+        .unwrap_err();
+    assert_eq!(errno_of(e), libc::ENOTTY);
+    // INIT2: bad ghcb version, features outside the host's set; after a vCPU.
+    let bad = vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 3,
+        },
+        3,
+    );
+    assert_eq!(bad.map_err(errno_of), Err(libc::EINVAL));
+    let bad = vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 1 << 40,
+            ghcb_version: 0,
+        },
+        3,
+    );
+    assert_eq!(bad.map_err(errno_of), Err(libc::EINVAL));
+    let _v = vm.create_vcpu(0).unwrap();
+    let late = vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 0,
+        },
+        3,
+    );
+    assert_eq!(late.map_err(errno_of), Err(libc::EINVAL));
+    // No /dev/sev handle.
+    let vm = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+    let nofd = vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 0,
+        },
+        -1,
+    );
+    assert_eq!(nofd.map_err(errno_of), Err(libc::EBADF));
+    // SEV commands on a default VM; an unknown VM type.
+    let plain = kvm.create_vm(0).unwrap();
+    let e = plain.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 0,
+        },
+        3,
+    );
+    assert_eq!(e.map_err(errno_of), Err(libc::ENOTTY));
+    assert_eq!(kvm.create_vm(1).unwrap_err().errno(), libc::EINVAL);
+    // Private attributes on a default VM (no private memory), INIT_SHARED on SNP.
+    assert_eq!(
+        plain
+            .set_memory_attributes(0, 4096, true)
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+    let snp = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+    assert_eq!(
+        snp.create_guest_memfd(MB, 2).unwrap_err().errno(),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn refuses_id_block_whose_digest_does_not_match() {
+    for good in [true, false] {
+        let (m, kvm) = model(ModelConfig::default());
+        let (vm, _v) = snp_vm(&kvm, MB, 1);
+        let want = hand_digest(&[], 0, 7, 1);
+        snp_update_all(&vm, 7, None, 1, PAGE_TYPE_ZERO);
+        let mut block = [0u8; 96];
+        block[..48].copy_from_slice(&want);
+        if !good {
+            block[0] ^= 1;
+        }
+        block[88..96].copy_from_slice(&SNP_POLICY.to_le_bytes());
+        let r = snp_finish(&vm, Some(&block));
+        if good {
+            r.unwrap();
+            assert_eq!(m.measurement(), Some(Measurement::Snp(want)));
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x0B)));
+            assert!(e.to_string().contains("SEV_RET_BAD_MEASUREMENT"));
+            assert_eq!(m.measurement(), None);
+        }
+    }
+}
+
+#[test]
+fn sev_es_digest_and_launch_measure_blob() {
+    let (m, kvm) = model(ModelConfig {
+        tik: [7; 16],
+        mnonce: [9; 16],
+        ..ModelConfig::default()
+    });
+    let mut vm = kvm.create_vm(KVM_X86_SEV_ES_VM).unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 0,
+        },
+        3,
+    )
+    .unwrap();
+    // SEV-ES policy needs POLICY.ES (bit 2).
+    let e = vm
+        .sev_cmd(
+            &mut SevCmd::LaunchStart {
+                policy: 0,
+                handle: 0,
+            },
+            3,
+        )
+        .unwrap_err();
+    assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x07)));
+    vm.sev_cmd(
+        &mut SevCmd::LaunchStart {
+            policy: 4,
+            handle: 0,
+        },
+        3,
+    )
+    .unwrap();
+    let ram = Arc::new(staging(16, |i| (i % 13) as u8));
+    vm.add_memslot(0, 16 * 4096, Some(&ram), None).unwrap();
+    let _v = vm.create_vcpu(0).unwrap();
+    let upd = |off: u64, len: u32| {
+        vm.sev_cmd(
+            &mut SevCmd::LaunchUpdateData {
+                source: Source {
+                    mapping: &ram,
+                    offset: off,
+                },
+                len,
+            },
+            3,
+        )
+    };
+    upd(0x1000, 0x2000).unwrap();
+    upd(0x5000, 0x30).unwrap();
+    assert_eq!(sev_fw(upd(0x6000, 0x31).unwrap_err()), Some(0x04));
+    // MEASURE before UPDATE_VMSA on SEV-ES: the guest is not in the right state.
+    let e = vm
+        .sev_cmd(&mut SevCmd::LaunchMeasure { blob: [0; 48] }, 3)
+        .unwrap_err();
+    assert_eq!(sev_fw(e), Some(0x02));
+    vm.sev_cmd(&mut SevCmd::LaunchUpdateVmsa, 3).unwrap();
+    let mut cmd = SevCmd::LaunchMeasure { blob: [0; 48] };
+    vm.sev_cmd(&mut cmd, 3).unwrap();
+    let mut bytes = vec![0u8; 0x2000];
+    ram.read(0x1000, &mut bytes).unwrap();
+    let mut tail = vec![0u8; 0x30];
+    ram.read(0x5000, &mut tail).unwrap();
+    let mut regs = reset_regs(0x00A0_0F11, 0xFFFF_FFF0);
+    regs.tr.attrib = 0x83;
+    let vmsa = kvm_measured_vmsa(&regs, 0, Platform::SevEs, true);
+    let mut h = Sha256::new();
+    h.update(&bytes);
+    h.update(&tail);
+    h.update(vmsa);
+    let digest: [u8; 32] = h.finalize().into();
+    assert_eq!(m.measurement(), Some(Measurement::SevEs(digest)));
+    let SevCmd::LaunchMeasure { blob } = cmd else {
+        unreachable!()
+    };
+    let mac = relaunch_core::measure::sev::launch_measure(&[7; 16], 1, 55, 0, 4, &digest, &[9; 16]);
+    assert_eq!(&blob[..32], &mac);
+    assert_eq!(&blob[32..], &[9; 16]);
+    // The trace sees the GPA of each range and the bytes.
+    let ms = m.measured();
+    assert!(matches!(&ms[0], Measured::Sev { gpa: 0x1000, bytes } if bytes.len() == 0x2000));
+    // Update after finish.
+    vm.sev_cmd(&mut SevCmd::LaunchFinish, 3).unwrap();
+    assert_eq!(sev_fw(upd(0, 16).unwrap_err()), Some(0x02));
+}
+
+#[test]
+fn tdx_mrtd_partial_progress_and_refusals() {
+    let (m, kvm) = model(ModelConfig {
+        max_pages_per_call: Some(2),
+        eintr_every: Some(3),
+        ..ModelConfig::default()
+    });
+    // vCPU before INIT_VM: EIO.
+    let mut vm = kvm.create_vm(KVM_X86_TDX_VM).unwrap();
+    assert_eq!(vm.create_vcpu(0).unwrap_err().errno(), libc::EIO);
+    assert_eq!(vm.create_irqchip().unwrap_err().errno(), libc::ENOTTY);
+    // The TD's CPUID as the backend builds it: the host's values masked by what the module
+    // lets the VMM configure (INIT_VM refuses any other bit).
+    let mut caps = crate::sys::coco::TdxCapabilities::default();
+    kvm.create_vm(KVM_X86_TDX_VM)
+        .unwrap()
+        .tdx_vm_cmd(&mut TdxVmCmd::Capabilities(&mut caps))
+        .unwrap();
+    let entries = crate::backend::tdx::td_cpuid(&kvm.supported_cpuid(64).unwrap(), &caps);
+    let cpuid = kvm_bindings::CpuId::from_entries(&entries).unwrap();
+    let init = |vm: &Vm| {
+        vm.tdx_vm_cmd(&mut TdxVmCmd::InitVm {
+            attributes: 0,
+            xfam: 3,
+            mrconfigid: [0; 48],
+            mrowner: [0; 48],
+            mrownerconfig: [0; 48],
+            cpuid: &cpuid,
+        })
+    };
+    init(&vm).unwrap();
+    assert_eq!(init(&vm).map_err(errno_of), Err(libc::EINVAL));
+    let gmem = Arc::new(vm.create_guest_memfd(MB, 0).unwrap());
+    vm.add_memslot(0, MB, None, Some(&gmem)).unwrap();
+    vm.set_memory_attributes(0, MB, true).unwrap();
+    let v = vm.create_vcpu(0).unwrap();
+    let src = staging(5, |i| (i % 17) as u8);
+    let region = |gpa, n, measure| TdxMemRegion {
+        source: Source {
+            mapping: &src,
+            offset: 0,
+        },
+        gpa,
+        nr_pages: n,
+        measure,
+    };
+    // Before INIT_VCPU: EINVAL.
+    let e = v
+        .tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(0, 1, true)))
+        .unwrap_err();
+    assert_eq!(errno_of(e), libc::EINVAL);
+    v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitVcpu { rcx: 0 })
+        .unwrap();
+    let mut cmd = TdxVcpuCmd::InitMemRegion(region(0x10000, 5, true));
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let r = v.tdx_vcpu_cmd(&mut cmd);
+        let TdxVcpuCmd::InitMemRegion(r2) = &cmd else {
+            unreachable!()
+        };
+        match r {
+            Ok(()) if r2.nr_pages == 0 => break,
+            Ok(()) => {}
+            Err(e) if errno_of(e) == libc::EINTR => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(calls >= 3, "{calls}");
+    // Misaligned GPA; double add; shared-bit GPA.
+    let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(0x20800, 1, false)));
+    assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+    let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(0x10000, 1, false)));
+    assert_eq!(e.map_err(errno_of), Err(libc::EEXIST));
+    let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(1 << 47, 1, false)));
+    assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+    vm.tdx_vm_cmd(&mut TdxVmCmd::FinalizeVm).unwrap();
+    let mut d = MrtdDigest::new();
+    let mut bytes = vec![0u8; 5 * 4096];
+    src.read(0, &mut bytes).unwrap();
+    for i in 0..5u64 {
+        d.add_measured_page(0x10000 + i * 4096, &bytes[(i * 4096) as usize..][..4096]);
+    }
+    assert_eq!(m.measurement(), Some(Measurement::Tdx(d.finish())));
+    // After FINALIZE every vCPU sub-command is refused.
+    let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(0x30000, 1, false)));
+    assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+}
+
+/// A minimal SNP launcher written here from the ABI (not the backend): drives a plan's ops
+/// through the door, so the model's digest can be compared with the core's prediction.
+fn drive_snp(kvm: &Kvm, plan: &relaunch_core::plan::LaunchPlan<Vec<u8>>, mem: u64) {
+    let ops = plan.ops();
+    let Some(LaunchOp::CreateVm {
+        policy,
+        vmsa_features,
+        vcpus,
+        ..
+    }) = ops.first().copied()
+    else {
+        panic!("no CreateVm");
+    };
+    let mut vm = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features,
+            ghcb_version: 0,
+        },
+        3,
+    )
+    .unwrap();
+    vm.sev_cmd(&mut SevCmd::SnpLaunchStart { policy }, 3)
+        .unwrap();
+    let mut ranges: Vec<(u64, u64)> = crate::vstate::ram_layout(mem);
+    for op in ops {
+        if let LaunchOp::MapRam { gpa, size } = *op {
+            if !ranges.iter().any(|&(g, s)| gpa < g + s && g < gpa + size) && size > 0 {
+                ranges.push((gpa, size));
+            }
+        }
+    }
+    for &(gpa, size) in &ranges {
+        let g = Arc::new(vm.create_guest_memfd(size, 0).unwrap());
+        vm.add_memslot(gpa, size, None, Some(&g)).unwrap();
+        vm.set_memory_attributes(gpa, size, true).unwrap();
+    }
+    let vcpus: Vec<Vcpu> = (0..u64::from(vcpus))
+        .map(|i| vm.create_vcpu(i).unwrap())
+        .collect();
+    let stage = GuestMapping::anonymous(4096).unwrap();
+    let mut pending = Vec::new();
+    for op in ops {
+        match *op {
+            LaunchOp::ImportPage { gpa, kind, data } => {
+                let ty = match kind {
+                    PageKind::Normal => 1,
+                    PageKind::Zero => 3,
+                    PageKind::Unmeasured => 4,
+                    PageKind::Secrets => 5,
+                    PageKind::Cpuid => 6,
+                    PageKind::Shared => continue,
+                };
+                let mut page = [0u8; 4096];
+                if !matches!(data, PageData::Zeros) {
+                    let b = plan.page_bytes(&data);
+                    page[..b.len().min(4096)].copy_from_slice(&b[..b.len().min(4096)]);
+                }
+                stage.write(0, &page).unwrap();
+                snp_update_all(&vm, gpa / 4096, Some(&stage), 1, ty);
+            }
+            LaunchOp::SetVpContext { vp, ctx, .. } => pending.push((vp, ctx)),
+            _ => {}
+        }
+    }
+    for (vp, ctx) in pending {
+        let v = &vcpus[vp as usize];
+        let fresh = FreshRegs {
+            sregs: v.get_sregs().unwrap(),
+            regs: v.get_regs().unwrap(),
+        };
+        set_vp_regs(v, &fresh, plan.vp_context(ctx).unwrap()).unwrap();
+    }
+    snp_finish(&vm, None).unwrap();
+}
+
+fn bundle(rel: &str) -> Option<Vec<u8>> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel);
+    match std::fs::read(&p) {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{} absent under CI",
+                p.display()
+            );
+            eprintln!(
+                "SKIPPED: {} absent (cargo xtask build-images / scripts/oracles.sh)",
+                p.display()
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn snp_digest_equals_core_prediction_for_real_bundles() {
+    for rel in [
+        "boot-images/out/hello.igvm",
+        ".oracles/ovmf/usr/share/ovmf/OVMF.fd",
+    ] {
+        let Some(b) = bundle(rel) else { continue };
+        for vcpus in [1, 4] {
+            let mem = 256 * MB;
+            let cfg = LaunchConfig {
+                platform: Platform::Snp,
+                vcpus,
+                mem_bytes: mem,
+                vcpu_sig: 0x00A0_0F11,
+                guest_features: 0,
+                policy: None,
+                host_data: [0; 32],
+                kernel_hashes: None,
+            };
+            let plan = relaunch_core::plan::plan(b.clone(), &cfg).unwrap();
+            let (m, kvm) = model(ModelConfig {
+                max_pages_per_call: Some(1),
+                ..ModelConfig::default()
+            });
+            drive_snp(&kvm, &plan, mem);
+            assert_eq!(
+                m.measurement(),
+                Some(expected(plan.stream()).unwrap()),
+                "{rel} with {vcpus} vCPUs"
+            );
+        }
+    }
+}
+
+/// The SEV / SEV-ES counterpart of [`drive_snp`]: pages encrypted in place in guest memory
+/// with LAUNCH_UPDATE_DATA, then (SEV-ES) LAUNCH_UPDATE_VMSA, LAUNCH_MEASURE, FINISH.
+fn drive_sev(kvm: &Kvm, plan: &relaunch_core::plan::LaunchPlan<Vec<u8>>, mem: u64, es: bool) {
+    let ops = plan.ops();
+    let Some(LaunchOp::CreateVm {
+        policy,
+        vmsa_features,
+        vcpus,
+        ..
+    }) = ops.first().copied()
+    else {
+        panic!("no CreateVm");
+    };
+    let ty = if es {
+        KVM_X86_SEV_ES_VM
+    } else {
+        KVM_X86_SEV_VM
+    };
+    let mut vm = kvm.create_vm(ty).unwrap();
+    let features = if es { vmsa_features } else { 0 };
+    vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: features,
+            ghcb_version: 0,
+        },
+        3,
+    )
+    .unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::LaunchStart {
+            policy: policy as u32,
+            handle: 0,
+        },
+        3,
+    )
+    .unwrap();
+    let mut ranges: Vec<(u64, u64)> = crate::vstate::ram_layout(mem);
+    for op in ops {
+        if let LaunchOp::MapRam { gpa, size } = *op {
+            if !ranges.iter().any(|&(g, s)| gpa < g + s && g < gpa + size) && size > 0 {
+                ranges.push((gpa, size));
+            }
+        }
+    }
+    let mut maps = Vec::new();
+    for &(gpa, size) in &ranges {
+        let m = Arc::new(GuestMapping::anonymous(size as usize).unwrap());
+        vm.add_memslot(gpa, size, Some(&m), None).unwrap();
+        maps.push((gpa, size, m));
+    }
+    let vcpus: Vec<Vcpu> = (0..u64::from(vcpus))
+        .map(|i| vm.create_vcpu(i).unwrap())
+        .collect();
+    let at = |gpa: u64| {
+        maps.iter()
+            .find(|(g, s, _)| gpa >= *g && gpa < g + s)
+            .map(|(g, _, m)| (Arc::clone(m), gpa - g))
+            .unwrap()
+    };
+    for op in ops {
+        match *op {
+            LaunchOp::ImportPage { gpa, kind, data } => {
+                let (m, off) = at(gpa);
+                let b = if matches!(data, PageData::Zeros) {
+                    &[][..]
+                } else {
+                    plan.page_bytes(&data)
+                };
+                let len = match (kind, data) {
+                    (PageKind::Normal, PageData::GeneratedPart { .. }) => b.len() as u32,
+                    (PageKind::Normal | PageKind::Zero, _) => 4096,
+                    _ => 0,
+                };
+                let mut page = vec![0u8; 4096];
+                page[..b.len().min(4096)].copy_from_slice(&b[..b.len().min(4096)]);
+                if matches!(data, PageData::GeneratedPart { .. }) {
+                    m.write(off, b).unwrap();
+                } else {
+                    m.write(off, &page).unwrap();
+                }
+                if len > 0 {
+                    vm.sev_cmd(
+                        &mut SevCmd::LaunchUpdateData {
+                            source: Source {
+                                mapping: &m,
+                                offset: off,
+                            },
+                            len,
+                        },
+                        3,
+                    )
+                    .unwrap();
+                }
+            }
+            LaunchOp::SetVpContext { vp, ctx, .. } if es => {
+                let v = &vcpus[vp as usize];
+                let fresh = FreshRegs {
+                    sregs: v.get_sregs().unwrap(),
+                    regs: v.get_regs().unwrap(),
+                };
+                set_vp_regs(v, &fresh, plan.vp_context(ctx).unwrap()).unwrap();
+            }
+            _ => {}
+        }
+    }
+    if es {
+        vm.sev_cmd(&mut SevCmd::LaunchUpdateVmsa, 3).unwrap();
+    }
+    vm.sev_cmd(&mut SevCmd::LaunchMeasure { blob: [0; 48] }, 3)
+        .unwrap();
+    vm.sev_cmd(&mut SevCmd::LaunchFinish, 3).unwrap();
+}
+
+/// Runs scripts/trace_digest.py over the model's events as `relaunch trace` prints them.
+fn script_digest(m: &Model) -> String {
+    let lines: String = m
+        .events()
+        .iter()
+        .map(|e| crate::cli::trace::event_line(e) + "\n")
+        .collect();
+    let dir = std::env::temp_dir().join(format!("relaunch-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(format!("{:x}.jsonl", Sha256::digest(lines.as_bytes())[0]));
+    std::fs::write(&f, &lines).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/trace_digest.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&f)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&f);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn sev_digests_and_script_equal_core_prediction_for_real_bundles() {
+    for rel in [
+        "boot-images/out/hello.igvm",
+        ".oracles/ovmf/usr/share/ovmf/OVMF.fd",
+    ] {
+        let Some(b) = bundle(rel) else { continue };
+        for platform in [Platform::Snp, Platform::SevEs, Platform::Sev] {
+            for vcpus in [1, 4] {
+                let mem = 256 * MB;
+                let cfg = LaunchConfig {
+                    platform,
+                    vcpus,
+                    mem_bytes: mem,
+                    vcpu_sig: 0x00A0_0F11,
+                    guest_features: 0,
+                    policy: None,
+                    host_data: [0; 32],
+                    kernel_hashes: None,
+                };
+                let Ok(plan) = relaunch_core::plan::plan(b.clone(), &cfg) else {
+                    // hello.igvm has no SEV / SEV-ES view.
+                    assert!(
+                        rel.ends_with(".igvm") && platform != Platform::Snp,
+                        "{rel} {platform}"
+                    );
+                    continue;
+                };
+                let (m, kvm) = model(ModelConfig::default());
+                match platform {
+                    Platform::Snp => drive_snp(&kvm, &plan, mem),
+                    p => drive_sev(&kvm, &plan, mem, p == Platform::SevEs),
+                }
+                let want = expected(plan.stream()).unwrap();
+                assert_eq!(m.measurement(), Some(want), "{rel} {platform} {vcpus}");
+                assert_eq!(
+                    script_digest(&m),
+                    want.to_string(),
+                    "{rel} {platform} {vcpus}"
+                );
+            }
+        }
+    }
+}
