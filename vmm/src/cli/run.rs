@@ -33,8 +33,10 @@ pub const FLAGS: &[Flag] = &[
         long: "platform",
         short: None,
         value: Some("P"),
-        help: "Platform to launch on: native (the only one run supports today; sev, sev-es, \
-               snp and tdx are refused until their backends exist). Default: native.",
+        help: "Platform to launch on: native, sev, sev-es, snp or tdx. The confidential ones \
+               need their hardware: on a host without it run stops before creating anything, \
+               with one sentence naming what is missing (relaunch trace shows what they would \
+               do). Default: native.",
     },
     Flag {
         long: "mem",
