@@ -38,37 +38,64 @@ use crate::vstate::{ram_layout, Host};
 /// `IA32_PAT` (Intel SDM Vol. 4, Table 2-2).
 const MSR_IA32_PAT: u32 = 0x277;
 
-/// The native backend: builds VMs for launches on one host, caching each launch's
-/// [`Prepared`] (the last one: a session runs one launch at a time).
+/// The [`Prepared`] of the last launch a backend built (a session runs one launch at a
+/// time), shared by every backend: computed once per launch, reused by its relaunches and
+/// the prestage builder.
+#[derive(Debug)]
+pub struct PreparedCache {
+    host: Arc<Host>,
+    last: Mutex<Option<(u64, Arc<Prepared>)>>,
+}
+
+impl PreparedCache {
+    /// An empty cache for launches on `host`.
+    pub fn new(host: Arc<Host>) -> PreparedCache {
+        PreparedCache {
+            host,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The host the launches are prepared for.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// The [`Prepared`] of `launch`: cached, or computed.
+    ///
+    /// # Errors
+    /// [`ExecError`] at the plan's `CreateVm` when this host cannot hold the launch (vCPUs,
+    /// memslots): nothing was created.
+    pub fn get(&self, launch: &Launch) -> Result<Arc<Prepared>, ExecError> {
+        let mut cache = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, p)) = cache.as_ref() {
+            if *id == launch.id() {
+                return Ok(Arc::clone(p));
+            }
+        }
+        let p = Prepared::new(&self.host, launch.plan()).map_err(|source| ExecError {
+            index: 0,
+            op: super::OpKind::CreateVm,
+            source,
+        })?;
+        let p = Arc::new(p);
+        *cache = Some((launch.id(), Arc::clone(&p)));
+        Ok(p)
+    }
+}
+
+/// The native backend: builds VMs for launches on one host.
 #[derive(Debug)]
 pub struct NativeBackend {
-    host: Arc<Host>,
-    prepared: Mutex<Option<(u64, Arc<Prepared>)>>,
+    prepared: PreparedCache,
 }
 
 impl NativeBackend {
     /// A native backend on `host`.
     pub fn new(host: Arc<Host>) -> NativeBackend {
         NativeBackend {
-            host,
-            prepared: Mutex::new(None),
+            prepared: PreparedCache::new(host),
         }
-    }
-
-    /// The [`Prepared`] of `launch`: cached, or computed (once per launch).
-    ///
-    /// # Errors
-    /// [`BackendError`] when this host cannot hold the launch (vCPUs, memslots).
-    pub fn prepared(&self, launch: &Launch) -> Result<Arc<Prepared>, BackendError> {
-        let mut cache = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, p)) = cache.as_ref() {
-            if *id == launch.id() {
-                return Ok(Arc::clone(p));
-            }
-        }
-        let p = Arc::new(Prepared::new(&self.host, launch.plan())?);
-        *cache = Some((launch.id(), Arc::clone(&p)));
-        Ok(p)
     }
 }
 
@@ -78,18 +105,14 @@ impl Backend for NativeBackend {
     }
 
     fn memory_backing(&self) -> &'static str {
-        self.host.backing.name()
+        self.prepared.host().backing.name()
     }
 
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
         let plan = launch.plan();
-        let prep = self.prepared(launch).map_err(|source| ExecError {
-            index: 0,
-            op: super::OpKind::CreateVm,
-            source,
-        })?;
+        let prep = self.prepared.get(launch)?;
         let phases = NativeBuild {
-            host: &self.host,
+            host: self.prepared.host(),
             prep: &prep,
             plan,
             launch_id: launch.id(),
@@ -118,7 +141,6 @@ impl Backend for NativeBackend {
 #[derive(Debug)]
 pub struct Prepared {
     mem_bytes: u64,
-    vcpus: u32,
     /// Memslot ranges `(gpa, size)`, sorted: the RAM ranges, then the parts of every
     /// well-formed `MapRam` range not covered yet (in plan order).
     slots: Vec<(u64, u64)>,
@@ -167,7 +189,6 @@ impl Prepared {
             .collect();
         Ok(Prepared {
             mem_bytes,
-            vcpus,
             slots,
             cpuid,
             fresh: Mutex::new(vec![None; vcpus as usize]),
@@ -179,21 +200,6 @@ impl Prepared {
         self.mem_bytes
     }
 
-    /// The `KVM_SET_CPUID2` table of each vCPU.
-    pub fn cpuid(&self) -> &[CpuId] {
-        &self.cpuid
-    }
-
-    /// vCPUs per VM.
-    pub fn vcpu_count(&self) -> u32 {
-        self.vcpus
-    }
-
-    /// The `KVM_SET_CPUID2` table of vCPU `vp` (APIC ID patched in).
-    pub fn vcpu_cpuid(&self, vp: u32) -> Option<&CpuId> {
-        self.cpuid.get(vp as usize)
-    }
-
     /// The memslot ranges every build registers, `(gpa, size)`, by address.
     pub fn slots(&self) -> &[(u64, u64)] {
         &self.slots
@@ -201,7 +207,7 @@ impl Prepared {
 
     /// The fresh-vCPU registers of vCPU `vp`: cached, or read from `vcpu` (which must be
     /// fresh: no register set yet) and cached.
-    pub(crate) fn fresh_regs(&self, vp: u32, vcpu: &Vcpu) -> Result<FreshRegs, BackendError> {
+    fn fresh_regs(&self, vp: u32, vcpu: &Vcpu) -> Result<FreshRegs, BackendError> {
         let lock = || self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(f) = lock().get(vp as usize).copied().flatten() {
             return Ok(f);
@@ -214,6 +220,57 @@ impl Prepared {
             *slot = Some(f);
         }
         Ok(f)
+    }
+}
+
+impl Prepared {
+    /// Creates every vCPU of the launch on `vm` with its CPUID (`KVM_CREATE_VCPU` +
+    /// `KVM_SET_CPUID2`, `api.rst` 4.7, 4.89), then runs `then` on it (a platform's per-vCPU
+    /// step, e.g. TDX's `INIT_VCPU`) before the next vCPU is created.
+    ///
+    /// # Errors
+    /// The failing ioctl, or `then`'s error.
+    pub fn create_vcpus(
+        &self,
+        vm: &Vm,
+        mut then: impl FnMut(u32, &Vcpu) -> Result<(), BackendError>,
+    ) -> Result<Vec<Vcpu>, BackendError> {
+        let mut list = Vec::with_capacity(self.cpuid.len());
+        for (id, cpuid) in (0u32..).zip(&self.cpuid) {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            then(id, &vcpu)?;
+            list.push(vcpu);
+        }
+        Ok(list)
+    }
+
+    /// Loads register set `ctx` of `plan` into vCPU `vp` of `vcpus` (fresh: no register set
+    /// yet), setting only what differs from KVM's reset state ([`set_vp_regs`]).
+    ///
+    /// # Errors
+    /// [`BackendError::Vp`] for an index out of range (a validated plan has none); the
+    /// failing ioctl.
+    pub fn load_context(
+        &self,
+        plan: &LaunchPlan,
+        vcpus: &[Vcpu],
+        vp: u32,
+        ctx: u32,
+    ) -> Result<(), BackendError> {
+        let err = BackendError::Vp {
+            vp,
+            vcpus: vcpus.len() as u32,
+        };
+        let regs = plan.vp_context(ctx).ok_or(err)?;
+        let vcpu = vcpus.get(vp as usize).ok_or(BackendError::Vp {
+            vp,
+            vcpus: vcpus.len() as u32,
+        })?;
+        let fresh = self.fresh_regs(vp, vcpu)?;
+        set_vp_regs(vcpu, &fresh, regs)
     }
 }
 
@@ -346,14 +403,7 @@ impl Phases for NativeBuild<'_> {
         vm.create_irqchip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         self.timings.irqchip = t.elapsed();
         let t = Instant::now();
-        let mut list = Vec::with_capacity(prep.vcpus as usize);
-        for (id, cpuid) in prep.cpuid.iter().enumerate() {
-            let vcpu = vm
-                .create_vcpu(id as u64)
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            list.push(vcpu);
-        }
+        let list = prep.create_vcpus(vm, |_, _| Ok(()))?;
         self.started = vec![false; list.len()];
         self.vcpus = list;
         self.timings.vcpus = t.elapsed();
@@ -386,18 +436,7 @@ impl Phases for NativeBuild<'_> {
                 self.timings.import += t.elapsed();
             }
             LaunchOp::SetVpContext { vp, ctx, source } => {
-                let vcpus = self.vcpus.len() as u32;
-                let regs = self
-                    .plan
-                    .vp_contexts()
-                    .get(ctx as usize)
-                    .ok_or(BackendError::Vp { vp, vcpus })?;
-                let vcpu = self
-                    .vcpus
-                    .get(vp as usize)
-                    .ok_or(BackendError::Vp { vp, vcpus })?;
-                let fresh = self.prep.fresh_regs(vp, vcpu)?;
-                set_vp_regs(vcpu, &fresh, regs)?;
+                self.prep.load_context(self.plan, &self.vcpus, vp, ctx)?;
                 // Only a context the bundle gives starts an AP; an AP in the architectural
                 // reset state waits for INIT/SIPI like on real hardware (its registers are
                 // reset again by INIT anyway).

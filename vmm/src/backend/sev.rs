@@ -26,8 +26,8 @@ use std::time::Instant;
 use relaunch_core::limits::PAGE_SIZE;
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform};
 
-use super::native::{set_vp_regs, NativeBackend, Prepared};
-use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, OpKind, Phases};
+use super::native::{Prepared, PreparedCache};
+use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Phases};
 use crate::devices::Devices;
 use crate::launch::Launch;
 use crate::memory::{GuestMemory, Region};
@@ -75,8 +75,8 @@ pub fn snp_page_type(kind: PageKind) -> Option<u8> {
 pub struct SevBackend {
     platform: Platform,
     host: Arc<Host>,
-    /// Shares the native backend's per-launch preparation (slots, CPUID tables).
-    native: NativeBackend,
+    /// The per-launch preparation (slots, CPUID tables) every backend shares.
+    prepared: PreparedCache,
     /// The last SEV/SEV-ES `LAUNCH_MEASURE` blob (48 bytes: measurement + mnonce).
     measure: Mutex<Option<[u8; 48]>>,
 }
@@ -86,7 +86,7 @@ impl SevBackend {
     pub fn new(platform: Platform, host: Arc<Host>) -> SevBackend {
         SevBackend {
             platform,
-            native: NativeBackend::new(Arc::clone(&host)),
+            prepared: PreparedCache::new(Arc::clone(&host)),
             host,
             measure: Mutex::new(None),
         }
@@ -113,11 +113,7 @@ impl Backend for SevBackend {
 
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
         let plan = launch.plan();
-        let prep = self.native.prepared(launch).map_err(|source| ExecError {
-            index: 0,
-            op: OpKind::CreateVm,
-            source,
-        })?;
+        let prep = self.prepared.get(launch)?;
         let phases = SevBuild {
             platform: self.platform,
             host: &self.host,
@@ -421,14 +417,7 @@ impl Phases for SevBuild<'_> {
         vm.create_irqchip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         self.timings.irqchip = t.elapsed();
         let t = Instant::now();
-        let mut list = Vec::with_capacity(self.prep.cpuid().len());
-        for (id, cpuid) in self.prep.cpuid().iter().enumerate() {
-            let vcpu = vm
-                .create_vcpu(id as u64)
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            list.push(vcpu);
-        }
+        let list = self.prep.create_vcpus(vm, |_, _| Ok(()))?;
         if self.platform == Platform::Snp {
             // Page-state changes reach the VMM as KVM_HC_MAP_GPA_RANGE exits (`api.rst`,
             // KVM_CAP_EXIT_HYPERCALL; spec §1.5).
@@ -509,17 +498,7 @@ impl Phases for SevBuild<'_> {
             LaunchOp::SetVpContext { vp, ctx, .. } => {
                 // Pages first, in plan order (the call log then reads in plan order).
                 self.flush()?;
-                let vcpus = self.vcpus.len() as u32;
-                let regs = self
-                    .plan
-                    .vp_context(ctx)
-                    .ok_or(BackendError::Vp { vp, vcpus })?;
-                let vcpu = self
-                    .vcpus
-                    .get(vp as usize)
-                    .ok_or(BackendError::Vp { vp, vcpus })?;
-                let fresh = self.prep.fresh_regs(vp, vcpu)?;
-                set_vp_regs(vcpu, &fresh, regs)?;
+                self.prep.load_context(self.plan, &self.vcpus, vp, ctx)?;
                 self.timings.vp_context += t.elapsed();
             }
             LaunchOp::CreateVm { .. } | LaunchOp::Finalize { .. } => {

@@ -37,8 +37,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use relaunch_core::limits::PAGE_SIZE;
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageKind, Platform, VpSource};
 
-use super::native::Prepared;
-use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, OpKind, Phases};
+use super::native::{Prepared, PreparedCache};
+use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Phases};
 use crate::devices::Devices;
 use crate::launch::Launch;
 use crate::memory::{GuestMemory, MemError, Region};
@@ -76,29 +76,17 @@ pub struct TdxBackend {
     host: Arc<Host>,
     /// `KVM_TDX_CAPABILITIES`, once per process (spec §6: per-host discovery is cached).
     caps: Mutex<Option<Arc<TdxCapabilities>>>,
-    prepared: Mutex<Option<(u64, Arc<Prepared>)>>,
+    prepared: PreparedCache,
 }
 
 impl TdxBackend {
     /// A TDX backend on `host` (which offers VM type 5: `super::select` checks).
     pub fn new(host: Arc<Host>) -> TdxBackend {
         TdxBackend {
+            prepared: PreparedCache::new(Arc::clone(&host)),
             host,
             caps: Mutex::new(None),
-            prepared: Mutex::new(None),
         }
-    }
-
-    fn prepared(&self, launch: &Launch) -> Result<Arc<Prepared>, BackendError> {
-        let mut cache = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, p)) = cache.as_ref() {
-            if *id == launch.id() {
-                return Ok(Arc::clone(p));
-            }
-        }
-        let p = Arc::new(Prepared::new(&self.host, launch.plan())?);
-        *cache = Some((launch.id(), Arc::clone(&p)));
-        Ok(p)
     }
 }
 
@@ -113,11 +101,7 @@ impl Backend for TdxBackend {
 
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
         let plan = launch.plan();
-        let prep = self.prepared(launch).map_err(|source| ExecError {
-            index: 0,
-            op: OpKind::CreateVm,
-            source,
-        })?;
+        let prep = self.prepared.get(launch)?;
         let phases = TdxBuild {
             backend: self,
             prep: &prep,
@@ -464,23 +448,13 @@ impl Phases for TdxBuild<'_> {
     fn vcpus(&mut self) -> Result<(), BackendError> {
         let t = Instant::now();
         let vm = self.vm.as_ref().ok_or_else(no_vm)?;
-        let n = self.prep.vcpu_count();
-        let mut list = Vec::with_capacity(n as usize);
-        for id in 0..n {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = self
-                .prep
-                .vcpu_cpuid(id)
-                .ok_or(BackendError::Vp { vp: id, vcpus: n })?;
-            vcpu.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        // Per vCPU: create, CPUID, then INIT_VCPU (`intel-tdx.rst`, "TD setup").
+        let list = self.prep.create_vcpus(vm, |id, vcpu| {
             vcpu.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitVcpu {
                 rcx: self.initial_rcx(id),
             })
-            .map_err(tdx_err("KVM_TDX_INIT_VCPU"))?;
-            list.push(vcpu);
-        }
+            .map_err(tdx_err("KVM_TDX_INIT_VCPU"))
+        })?;
         self.vcpus = list;
         self.timings.vcpus = t.elapsed();
         Ok(())
