@@ -330,6 +330,34 @@ impl Cursor {
             error,
         })
     }
+
+    /// `flag`'s value as a confidential platform (`snp`, `sev`, `sev-es`, `tdx`).
+    ///
+    /// # Errors
+    /// As [`Cursor::parsed`].
+    pub fn confidential_platform(
+        &mut self,
+        flag: &Flag,
+    ) -> Result<relaunch_core::plan::Platform, ArgError> {
+        self.parsed(flag, "snp, sev, sev-es or tdx", |v| {
+            relaunch_core::plan::Platform::from_name(v).filter(|p| p.is_confidential())
+        })
+    }
+}
+
+/// Takes the one positional argument (the bundle path) into `slot`.
+///
+/// # Errors
+/// [`ArgError::Other`] for a second one.
+pub fn one_positional(slot: &mut Option<PathBuf>, p: OsString) -> Result<(), ArgError> {
+    if slot.is_some() {
+        return Err(ArgError::Other(format!(
+            "unexpected argument {:?}",
+            p.to_string_lossy()
+        )));
+    }
+    *slot = Some(PathBuf::from(p));
+    Ok(())
 }
 
 /// `v` as UTF-8, or [`ArgError::NotUtf8`] naming `flag`.

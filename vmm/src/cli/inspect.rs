@@ -39,7 +39,7 @@ use super::measure::{
     final_vp_contexts, kind_name, measure_bundle, one_line, source_name, Failure, DEFAULT_MEM,
 };
 use crate::args::{
-    parse_hex_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+    one_positional, parse_hex_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
 };
 use crate::json::{self, Hex};
 use serde::Serialize;
@@ -173,13 +173,7 @@ pub(crate) fn parse_args(args: &[OsString]) -> Result<InspectArgs, ArgError> {
     while let Some(arg) = it.next()? {
         let f = match arg {
             Item::Positional(p) => {
-                if file.is_some() {
-                    return Err(ArgError::Other(format!(
-                        "unexpected argument {:?}",
-                        p.to_string_lossy()
-                    )));
-                }
-                file = Some(PathBuf::from(p));
+                one_positional(&mut file, p)?;
                 continue;
             }
             Item::Flag(f) => f,

@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256, Sha384};
 
 use super::launch_flags::{self, LaunchFlags};
 use crate::args::{
-    parse_hex_bytes, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+    one_positional, parse_hex_bytes, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag,
+    Item, HELP_FLAG,
 };
 use crate::json;
 
@@ -339,30 +340,13 @@ pub(crate) fn parse_args(args: &[OsString]) -> Result<MeasureArgs, MeasureCmdErr
     while let Some(arg) = it.next()? {
         let f = match arg {
             Item::Positional(p) => {
-                if file.is_some() {
-                    return Err(ArgError::Other(format!(
-                        "unexpected argument {:?}",
-                        p.to_string_lossy()
-                    ))
-                    .into());
-                }
-                file = Some(PathBuf::from(p));
+                one_positional(&mut file, p)?;
                 continue;
             }
             Item::Flag(f) => f,
         };
         match f.long {
-            "platform" => {
-                platform =
-                    Some(it.parsed(
-                        f,
-                        "snp, sev, sev-es or tdx",
-                        |v| match Platform::from_name(v) {
-                            Some(Platform::Native) | None => None,
-                            p => p,
-                        },
-                    )?)
-            }
+            "platform" => platform = Some(it.confidential_platform(f)?),
             "vcpus" => vcpus = it.vcpus(f)?,
             "mem" => mem = it.mem(f)?,
             "tik" => {

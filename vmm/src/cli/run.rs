@@ -14,7 +14,9 @@ use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 
 use super::launch_flags::{self, LaunchFlags};
 use super::measure::one_line;
-use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
+use crate::args::{
+    one_positional, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+};
 use crate::audit::{AuditLog, EventSink};
 use crate::control::{Control, ControlServer};
 use crate::devices::console::Console;
@@ -260,13 +262,7 @@ where
     while let Some(arg) = a.next()? {
         let f = match arg {
             Item::Positional(p) => {
-                if bundle.is_some() {
-                    return Err(ArgError::Other(format!(
-                        "unexpected argument {:?}",
-                        p.to_string_lossy()
-                    )));
-                }
-                bundle = Some(PathBuf::from(p));
+                one_positional(&mut bundle, p)?;
                 continue;
             }
             Item::Flag(f) => f,

@@ -25,11 +25,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use relaunch_core::ovmf::{detect, InputKind};
-use relaunch_core::plan::{LaunchConfig, Platform};
+use relaunch_core::plan::LaunchConfig;
 use serde_json::{json, Map, Value};
 
 use super::launch_flags::{self, LaunchFlags};
-use crate::args::{parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
+use crate::args::{
+    one_positional, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+};
 use crate::launch::Launch;
 use crate::model::{errno_name, Arg, Event, Measured, Model, ModelConfig};
 use crate::sys::coco::FwStatus;
@@ -129,13 +131,7 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
     while let Some(arg) = it.next()? {
         let f = match arg {
             Item::Positional(p) => {
-                if file.is_some() {
-                    return Err(ArgError::Other(format!(
-                        "unexpected argument {:?}",
-                        p.to_string_lossy()
-                    )));
-                }
-                file = Some(PathBuf::from(p));
+                one_positional(&mut file, p)?;
                 continue;
             }
             Item::Flag(f) => f,
@@ -144,17 +140,7 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
             continue;
         }
         match f.long {
-            "platform" => {
-                platform =
-                    Some(it.parsed(
-                        f,
-                        "snp, sev, sev-es or tdx",
-                        |v| match Platform::from_name(v) {
-                            Some(Platform::Native) | None => None,
-                            p => p,
-                        },
-                    )?)
-            }
+            "platform" => platform = Some(it.confidential_platform(f)?),
             "vcpus" => vcpus = it.vcpus(f)?,
             "mem" => mem = it.mem(f)?,
             "relaunch" => relaunch = true,
