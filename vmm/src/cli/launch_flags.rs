@@ -188,6 +188,25 @@ impl LaunchFlags {
         }
     }
 
+    /// The kernel-hashes table entries for `bundle`: `None` without `--kernel`; an error
+    /// for an IGVM bundle (it carries its own kernel) or an unreadable file — one line.
+    ///
+    /// # Errors
+    /// The sentence to print.
+    pub fn kernel_hashes_for(&self, bundle: &[u8]) -> Result<Option<KernelHashes>, String> {
+        if self.kernel.is_some()
+            && relaunch_core::ovmf::detect(bundle) == relaunch_core::ovmf::InputKind::Igvm
+        {
+            return Err(
+                "--kernel/--initrd/--append fill the SEV kernel-hashes table of an OVMF image; \
+                 an IGVM bundle carries its own kernel"
+                    .into(),
+            );
+        }
+        self.kernel_hashes()
+            .map_err(|e| super::measure::one_line(&e.to_string()))
+    }
+
     /// The SEV kernel-hashes table entries of `--kernel/--initrd/--append`, if `--kernel`
     /// was given.
     ///

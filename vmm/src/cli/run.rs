@@ -27,7 +27,6 @@ use crate::session::{
 };
 use crate::vcpu::Outcome;
 use crate::vstate::Host;
-use relaunch_core::ovmf::{detect, InputKind};
 
 /// `relaunch run`'s flags: the parser and `--help` are both built from this table.
 pub const FLAGS: &[Flag] = &[
@@ -355,15 +354,9 @@ pub fn main(args: &[OsString]) -> u8 {
     let mut cfg = opts
         .launch
         .config(platform, opts.vcpus, opts.mem, host_signature());
-    if opts.launch.kernel.is_some() && detect(&bundle) == InputKind::Igvm {
-        return usage_error(
-            "--kernel/--initrd/--append fill the SEV kernel-hashes table of an OVMF image; an \
-             IGVM bundle carries its own kernel",
-        );
-    }
-    cfg.kernel_hashes = match opts.launch.kernel_hashes() {
+    cfg.kernel_hashes = match opts.launch.kernel_hashes_for(&bundle) {
         Ok(k) => k,
-        Err(e) => return usage_error(one_line(&e.to_string())),
+        Err(e) => return usage_error(e),
     };
     let launch = match Launch::new(bundle, &cfg) {
         Ok(l) => Arc::new(l),
@@ -503,7 +496,7 @@ fn open_output(path: &std::path::Path, created: &mut Vec<PathBuf>) -> std::io::R
     Ok(log)
 }
 
-fn read_bundle(path: &std::path::Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_bundle(path: &std::path::Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = Vec::new();

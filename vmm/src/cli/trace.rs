@@ -24,7 +24,6 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use relaunch_core::ovmf::{detect, InputKind};
 use relaunch_core::plan::LaunchConfig;
 use serde_json::{json, Map, Value};
 
@@ -261,21 +260,12 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
         },
         e => fail(super::EXIT_USAGE, e.to_string()),
     })?;
-    let bundle = std::fs::read(&a.file)
-        .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
+    let bundle = super::run::read_bundle(&a.file).map_err(|e| fail(super::EXIT_USAGE, e))?;
     let mut cfg = a.config;
-    if a.launch.kernel.is_some() && detect(&bundle) == InputKind::Igvm {
-        return Err(fail(
-            super::EXIT_USAGE,
-            "--kernel/--initrd/--append fill the SEV kernel-hashes table of an OVMF image; an \
-             IGVM bundle carries its own kernel"
-                .into(),
-        ));
-    }
     cfg.kernel_hashes = a
         .launch
-        .kernel_hashes()
-        .map_err(|e| fail(super::EXIT_USAGE, super::measure::one_line(&e.to_string())))?;
+        .kernel_hashes_for(&bundle)
+        .map_err(|e| fail(super::EXIT_USAGE, e))?;
     let launch = Launch::new(bundle, &cfg)
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
     let model = Model::new(ModelConfig {
