@@ -157,6 +157,16 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// `CreateVm` or `Finalize` anywhere but first / last (a validated plan has none).
+    pub fn misplaced() -> BackendError {
+        BackendError::Kvm {
+            what: "CreateVm or Finalize in the middle of a plan",
+            errno: Errno::new(libc::EINVAL),
+        }
+    }
+}
+
 /// Shorthand to attach a call name to an errno.
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(Errno) -> BackendError {
     move |errno| BackendError::Kvm { what, errno }
@@ -228,7 +238,9 @@ pub trait Phases {
     /// # Errors
     /// [`BackendError`].
     fn vcpus(&mut self) -> Result<(), BackendError>;
-    /// One op between `CreateVm` and `Finalize`, in plan order.
+    /// One op between `CreateVm` and `Finalize`, in plan order: `MapRam`, `ImportPage` or
+    /// `SetVpContext` ([`run_phases`] never passes `CreateVm` or `Finalize`; a backend
+    /// answers them with [`BackendError::misplaced`]).
     ///
     /// # Errors
     /// [`BackendError`].
@@ -258,13 +270,17 @@ pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan) -> Result<BuiltVm
     let last = plan.ops().len().saturating_sub(1);
     for (index, op) in plan.ops().iter().enumerate() {
         match op {
-            LaunchOp::CreateVm { .. } => {
+            LaunchOp::CreateVm { .. } if index == 0 => {
                 phases.create_vm().map_err(at(index, op))?;
                 phases.memory().map_err(at(index, op))?;
                 phases.vcpus().map_err(at(index, op))?;
             }
             LaunchOp::Finalize { .. } if index == last => {
                 return phases.finish().map_err(at(index, op));
+            }
+            // Anywhere else (a validated plan has none): refused here, once for every backend.
+            LaunchOp::CreateVm { .. } | LaunchOp::Finalize { .. } => {
+                return Err(at(index, op)(BackendError::misplaced()));
             }
             _ => phases.op(op).map_err(at(index, op))?,
         }

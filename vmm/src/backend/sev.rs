@@ -502,10 +502,7 @@ impl Phases for SevBuild<'_> {
                 self.timings.vp_context += t.elapsed();
             }
             LaunchOp::CreateVm { .. } | LaunchOp::Finalize { .. } => {
-                return Err(BackendError::Kvm {
-                    what: "CreateVm or Finalize in the middle of a plan",
-                    errno: crate::sys::Errno::new(libc::EINVAL),
-                })
+                return Err(BackendError::misplaced())
             }
         }
         Ok(())

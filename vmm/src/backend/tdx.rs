@@ -500,10 +500,7 @@ impl Phases for TdxBuild<'_> {
                 })
             }
             LaunchOp::CreateVm { .. } | LaunchOp::Finalize { .. } => {
-                return Err(BackendError::Kvm {
-                    what: "CreateVm or Finalize in the middle of a plan",
-                    errno: Errno::new(libc::EINVAL),
-                })
+                return Err(BackendError::misplaced())
             }
         }
         Ok(())
