@@ -333,7 +333,8 @@ enum Slot {
     Idle,
     Wanted(u64),
     Building,
-    Ready(BuildResult),
+    /// Boxed: a built VM is large next to the other states.
+    Ready(Box<BuildResult>),
 }
 
 /// The prestaged VM, between the reaper (builder) and the session (taker).
@@ -372,7 +373,7 @@ impl Stage {
     }
 
     fn finish(&self, r: BuildResult) {
-        *self.lock() = Slot::Ready(r);
+        *self.lock() = Slot::Ready(Box::new(r));
         self.cv.notify_all();
     }
 
@@ -383,7 +384,7 @@ impl Stage {
         let mut s = self.lock();
         loop {
             match std::mem::replace(&mut *s, Slot::Idle) {
-                Slot::Ready(r) => return Some(r),
+                Slot::Ready(r) => return Some(*r),
                 Slot::Building => {
                     *s = Slot::Building;
                     s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
@@ -626,6 +627,7 @@ pub fn run_session(
                 memory,
                 timings,
                 launch_id,
+                launch_measurement,
             } = built;
             let clock = Arc::new(LaunchClock::start());
             let nb_cpus = u16::try_from(vcpu_fds.len()).unwrap_or(u16::MAX);
@@ -800,6 +802,7 @@ pub fn run_session(
                     memory,
                     timings,
                     launch_id,
+                    launch_measurement,
                 },
                 deferred,
             ));
@@ -1028,6 +1031,7 @@ fn launch_record(
             max_reboots: cfg.max_reboots,
         },
         predicted_measurement: launch.predicted_measurement(),
+        launch_measurement: built.launch_measurement.as_deref(),
         timings: LaunchTimings {
             plan_us: us(launch.plan_time()),
             plan_cached: generation > 1,
@@ -1054,6 +1058,9 @@ struct LaunchRecord<'a> {
     version: &'static str,
     params: LaunchParams,
     predicted_measurement: Option<&'a str>,
+    /// What the platform reported at finish ([`BuiltVm::launch_measurement`]; `null` where
+    /// it reports nothing at launch).
+    launch_measurement: Option<&'a str>,
     timings: LaunchTimings,
 }
 

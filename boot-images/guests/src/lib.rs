@@ -9,6 +9,7 @@
 pub mod fw_cfg;
 pub mod io;
 pub mod layout;
+pub mod platform;
 pub mod power;
 pub mod serial;
 

@@ -24,6 +24,7 @@
 //! ([`Backend::exit_handler`]): for native, the devices.
 
 pub mod coco_exits;
+pub mod emulated;
 pub mod native;
 pub mod sev;
 pub mod tdx;
@@ -219,6 +220,10 @@ pub struct BuiltVm {
     pub timings: ExecTimings,
     /// The launch it was built for ([`Launch::id`]).
     pub launch_id: u64,
+    /// What the platform reported about the launch's measurement at finish, hex: the model's
+    /// measurement on an emulated platform, the `LAUNCH_MEASURE` MAC on real SEV / SEV-ES;
+    /// `None` where the platform returns nothing at launch (native, SNP, TDX).
+    pub launch_measurement: Option<String>,
 }
 
 /// A platform's launch protocol, phase by phase (module doc). One value builds one VM.

@@ -181,6 +181,13 @@ impl Prepared {
                         1 => e.ebx = (e.ebx & 0x00FF_FFFF) | (id << 24),
                         // CPUID.0Bh/1Fh:EDX x2APIC ID.
                         0xB | 0x1F => e.edx = id,
+                        // A guest that is not a SEV guest must not be told the CPU has SEV:
+                        // it would read SEV_STATUS, which KVM gives only SEV guests (KVM
+                        // reports SEV, SEV-ES, SNP in 0x8000001F.EAX bits 1, 3, 4 on a SEV
+                        // host; QEMU clears them unless the VM is SEV).
+                        0x8000_001F if !plan.platform().is_confidential() => {
+                            e.eax &= !((1 << 1) | (1 << 3) | (1 << 4));
+                        }
                         _ => {}
                     }
                 }
@@ -269,6 +276,14 @@ impl Prepared {
             vp,
             vcpus: vcpus.len() as u32,
         })?;
+        self.load_regs(vcpu, vp, regs)
+    }
+
+    /// Loads `regs` into the fresh vCPU `vcpu` (index `vp`), as [`Prepared::load_context`].
+    ///
+    /// # Errors
+    /// The failing ioctl.
+    pub fn load_regs(&self, vcpu: &Vcpu, vp: u32, regs: &VpRegs) -> Result<(), BackendError> {
         let fresh = self.fresh_regs(vp, vcpu)?;
         set_vp_regs(vcpu, &fresh, regs)
     }
@@ -471,6 +486,7 @@ impl Phases for NativeBuild<'_> {
             memory: Arc::new(self.memory),
             timings: self.timings,
             launch_id: self.launch_id,
+            launch_measurement: None,
         })
     }
 }

@@ -512,6 +512,8 @@ impl Phases for SevBuild<'_> {
         self.flush()?;
         let sev_fd = self.sev_fd();
         let vm = self.vm()?;
+        // The `LAUNCH_MEASURE` MAC (SEV / SEV-ES; SNP reports nothing at launch).
+        let mut reported = None;
         match self.platform {
             Platform::Snp => {
                 let host_data = match self.plan.ops().last() {
@@ -543,6 +545,7 @@ impl Phases for SevBuild<'_> {
                     .map_err(coco("KVM_SEV_LAUNCH_MEASURE"))?;
                 if let SevCmd::LaunchMeasure { blob } = measure {
                     *self.measure.lock().unwrap_or_else(PoisonError::into_inner) = Some(blob);
+                    reported = Some(crate::json::hex(&blob[..32]));
                 }
                 vm.sev_cmd(&mut SevCmd::LaunchFinish, sev_fd)
                     .map_err(coco("KVM_SEV_LAUNCH_FINISH"))?;
@@ -556,6 +559,7 @@ impl Phases for SevBuild<'_> {
             memory: Arc::new(self.memory),
             timings: self.timings,
             launch_id: self.launch_id,
+            launch_measurement: reported,
         })
     }
 }

@@ -77,6 +77,8 @@ pub struct TdxBackend {
     /// `KVM_TDX_CAPABILITIES`, once per process (spec §6: per-host discovery is cached).
     caps: Mutex<Option<Arc<TdxCapabilities>>>,
     prepared: PreparedCache,
+    /// Running on the emulated door (`backend::emulated`).
+    emulated: bool,
 }
 
 impl TdxBackend {
@@ -86,6 +88,16 @@ impl TdxBackend {
             prepared: PreparedCache::new(Arc::clone(&host)),
             host,
             caps: Mutex::new(None),
+            emulated: false,
+        }
+    }
+
+    /// A TDX backend on the emulated door's `host` (`backend::emulated`): the same launch,
+    /// plus the TD's initial registers loaded into the ordinary VM that runs it.
+    pub fn emulated(host: Arc<Host>) -> TdxBackend {
+        TdxBackend {
+            emulated: true,
+            ..TdxBackend::new(host)
         }
     }
 }
@@ -450,10 +462,22 @@ impl Phases for TdxBuild<'_> {
         let vm = self.vm.as_ref().ok_or_else(no_vm)?;
         // Per vCPU: create, CPUID, then INIT_VCPU (`intel-tdx.rst`, "TD setup").
         let list = self.prep.create_vcpus(vm, |id, vcpu| {
-            vcpu.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitVcpu {
-                rcx: self.initial_rcx(id),
-            })
-            .map_err(tdx_err("KVM_TDX_INIT_VCPU"))
+            let rcx = self.initial_rcx(id);
+            vcpu.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitVcpu { rcx })
+                .map_err(tdx_err("KVM_TDX_INIT_VCPU"))?;
+            if self.backend.emulated {
+                // What the TDX module does at TDH.VP.INIT, done for the ordinary VM the
+                // emulated TD runs in: the TD's initial registers, every vCPU runnable at the
+                // reset vector (a TD has no INIT/SIPI; its firmware parks the APs).
+                let sig = self.backend.host.vcpu_signature();
+                let regs = relaunch_core::arch::vmsa::tdx_vcpu_regs(id, rcx, false, sig);
+                self.prep.load_regs(vcpu, id, &regs)?;
+                if id != 0 {
+                    vcpu.set_mp_state(kvm_bindings::KVM_MP_STATE_RUNNABLE)
+                        .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+                }
+            }
+            Ok(())
         })?;
         self.vcpus = list;
         self.timings.vcpus = t.elapsed();
@@ -520,6 +544,7 @@ impl Phases for TdxBuild<'_> {
             memory: Arc::new(self.memory),
             timings: self.timings,
             launch_id: self.launch_id,
+            launch_measurement: None,
         })
     }
 }

@@ -34,10 +34,15 @@ pub const FLAGS: &[Flag] = &[
         long: "platform",
         short: None,
         value: Some("P"),
-        help: "Platform to launch on: native, sev, sev-es, snp or tdx. The confidential ones \
-               need their hardware: on a host without it run stops before creating anything, \
-               with one sentence naming what is missing (relaunch trace shows what they would \
-               do). Default: native.",
+        help: "Platform to launch on: native, sev, sev-es, snp or tdx, or emulated:sev, \
+               emulated:sev-es, emulated:snp or emulated:tdx. The confidential ones need their \
+               hardware: on a host without it run stops before creating anything, with one \
+               sentence naming what is missing (relaunch trace shows what they would do). The \
+               emulated ones run the same launch on any KVM host, the confidential calls \
+               answered by relaunch's model of KVM and the firmware, the guest on an ordinary \
+               VM with that platform's registers, memory contents and SEV/TDX view: a \
+               development tool that protects nothing (every audit record says \
+               \"emulated\":true). Default: native.",
     },
     Flag {
         long: "mem",
@@ -174,6 +179,8 @@ pub struct RunOptions {
     pub bundle: PathBuf,
     /// `--platform` (`None` = native).
     pub platform: Option<Platform>,
+    /// `--platform emulated:<p>`: `platform` emulated (`backend::emulated`).
+    pub emulated: bool,
     /// `--mem`.
     pub mem: u64,
     /// `--vcpus`.
@@ -243,6 +250,7 @@ where
     let mut o = RunOptions {
         bundle: PathBuf::new(),
         platform: None,
+        emulated: false,
         mem: DEFAULT_MEM,
         vcpus: 1,
         max_reboots: None,
@@ -268,9 +276,18 @@ where
         };
         match f.long {
             "platform" => {
-                o.platform = Some(a.parsed(f, "native, sev, sev-es, snp or tdx", |s| {
-                    Platform::from_name(s)
-                })?);
+                let (p, emulated) = a.parsed(
+                    f,
+                    "native, sev, sev-es, snp, tdx or emulated:<sev|sev-es|snp|tdx>",
+                    |s| match s.strip_prefix("emulated:") {
+                        Some(p) => Platform::from_name(p)
+                            .filter(|p| p.is_confidential())
+                            .map(|p| (p, true)),
+                        None => Platform::from_name(s).map(|p| (p, false)),
+                    },
+                )?;
+                o.platform = Some(p);
+                o.emulated = emulated;
             }
             "mem" => o.mem = a.mem(f)?,
             "vcpus" => o.vcpus = a.vcpus(f)?,
@@ -370,7 +387,17 @@ pub fn main(args: &[OsString]) -> u8 {
         }
     };
     // Before anything is created: a platform this host cannot run is a usage error.
-    let backend = match crate::backend::select(platform, &host) {
+    let selected = if opts.emulated {
+        let model = crate::model::ModelConfig {
+            vcpu_sig: host_signature(),
+            ..crate::model::ModelConfig::default()
+        };
+        crate::backend::emulated::EmulatedBackend::new(platform, &host.kvm, model)
+            .map(|b| Box::new(b) as Box<dyn crate::backend::Backend>)
+    } else {
+        crate::backend::select(platform, &host)
+    };
+    let backend = match selected {
         Ok(b) => b,
         Err(e) => return usage_error(e),
     };

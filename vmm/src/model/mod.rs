@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use relaunch_core::measure::Measurement;
 
+use crate::sys::emu::{Firmware, PrivateSink};
 use crate::sys::kvm::{KvmIoctls, VmIoctls};
 use crate::sys::safe::SafeVm;
 use crate::sys::Errno;
@@ -327,7 +328,27 @@ impl KvmIoctls for Model {
     }
 
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
-        let r = state::ModelVm::new(Arc::clone(&self.shared), vm_type);
+        self.new_vm(vm_type, None)
+    }
+}
+
+impl Firmware for Model {
+    fn create_vm_with_sink(
+        &self,
+        vm_type: u64,
+        sink: Arc<dyn PrivateSink>,
+    ) -> Result<Box<dyn VmIoctls>, Errno> {
+        self.new_vm(vm_type, Some(sink))
+    }
+}
+
+impl Model {
+    fn new_vm(
+        &self,
+        vm_type: u64,
+        sink: Option<Arc<dyn PrivateSink>>,
+    ) -> Result<Box<dyn VmIoctls>, Errno> {
+        let r = state::ModelVm::new(Arc::clone(&self.shared), vm_type, sink);
         self.shared.call(CallRecord {
             fd: "kvm".into(),
             ioctl: "KVM_CREATE_VM",

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha384};
 use super::{Arg, CallRecord, Measured, Shared};
 use crate::backend::native::kvm_segment_from;
 use crate::sys::coco::{CocoError, FwStatus, SevCmd, Source, TdxVcpuCmd, TdxVmCmd};
+use crate::sys::emu::PrivateSink;
 use crate::sys::kvm::{
     VcpuIoctls, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
     KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES, KVM_MEMORY_ATTRIBUTE_PRIVATE,
@@ -158,6 +159,9 @@ pub(super) struct VmState {
     vcpus: Vec<Arc<Mutex<VcpuState>>>,
     acc: Acc,
     irqchip: bool,
+    /// Where the firmware's private-page contents go when the guest really runs
+    /// (`--platform emulated:<p>`, `sys::emu`); `None`: measure only.
+    sink: Option<Arc<dyn PrivateSink>>,
 }
 
 impl VmState {
@@ -215,6 +219,30 @@ fn read(src: &Source<'_>, extra: u64, len: usize) -> Result<Vec<u8>, CocoError> 
     Ok(buf)
 }
 
+/// An SNP secrets page as the firmware fills it at `SNP_LAUNCH_UPDATE` with PAGE_TYPE_SECRETS
+/// (SEV-SNP Firmware ABI, "PAGE_TYPE_SECRETS" — layout as in edk2
+/// `MdePkg/Include/Register/Amd/SnpSecretsPage.h`): VERSION 2 @0x0, IMIEN clear @0x4, FMS
+/// (family/model/stepping, CPUID(1).EAX) @0x8, GOSVW zero @0x10, VMPCK0–3 @0x20/0x40/0x60/0x80
+/// (fresh random keys on every launch), the OS area @0xA0 and the rest zero.
+pub(super) fn snp_secrets_page(fms: u32) -> Result<Vec<u8>, Errno> {
+    let mut page = vec![0u8; PAGE as usize];
+    page[0..4].copy_from_slice(&2u32.to_le_bytes());
+    page[8..12].copy_from_slice(&fms.to_le_bytes());
+    random_bytes(&mut page[0x20..0xA0])?;
+    Ok(page)
+}
+
+/// Fills `buf` from the kernel's random source.
+///
+/// # Errors
+/// The `open`/`read` errno of `/dev/urandom`.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), Errno> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| Errno::new(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
 fn sha384(bytes: &[u8]) -> [u8; 48] {
     Sha384::digest(bytes).into()
 }
@@ -247,7 +275,11 @@ pub(super) struct ModelVm {
 }
 
 impl ModelVm {
-    pub(super) fn new(shared: Arc<Shared>, vm_type: u64) -> Result<ModelVm, Errno> {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        vm_type: u64,
+        sink: Option<Arc<dyn PrivateSink>>,
+    ) -> Result<ModelVm, Errno> {
         // `KVM_CREATE_VM` refuses types the host does not offer (`kvm_arch_init_vm`: EINVAL).
         if !matches!(vm_type, 0 | 2..=5) {
             return Err(Errno::new(libc::EINVAL));
@@ -263,6 +295,7 @@ impl ModelVm {
             vcpus: Vec::new(),
             acc: Acc::None,
             irqchip: false,
+            sink,
         };
         Ok(ModelVm {
             shared,
@@ -551,18 +584,29 @@ impl ModelVm {
                 break;
             }
             let gpa = gfn * PAGE;
+            // Every type but ZERO is copied in from the source (UNMEASURED / SECRETS / CPUID
+            // too): the source must be readable.
+            let bytes = match (u.source.as_ref(), u.page_type == snp::PAGE_TYPE_ZERO) {
+                (Some(src), false) => Some(read(src, done * PAGE, PAGE as usize)?),
+                _ => None,
+            };
             let sha = if snp::type_has_contents(u.page_type) {
-                let src = u.source.as_ref().ok_or(err(libc::EFAULT))?;
-                Some(sha384(&read(src, done * PAGE, PAGE as usize)?))
+                Some(sha384(bytes.as_deref().ok_or(err(libc::EFAULT))?))
             } else {
-                if let (Some(src), false) = (u.source.as_ref(), u.page_type == snp::PAGE_TYPE_ZERO)
-                {
-                    // UNMEASURED / SECRETS / CPUID are still copied in: the source must be
-                    // readable.
-                    read(src, done * PAGE, PAGE as usize)?;
-                }
                 None
             };
+            if let Some(sink) = &st.sink {
+                // What the private page holds now: the firmware zeroes ZERO pages and fills
+                // the secrets page; the others keep the bytes copied in.
+                match (u.page_type, bytes.as_deref()) {
+                    (snp::PAGE_TYPE_SECRETS, _) => {
+                        sink.write(gpa, &snp_secrets_page(self.shared.cfg.vcpu_sig)?)
+                    }
+                    (_, Some(b)) => sink.write(gpa, b),
+                    (_, None) => sink.zero(gpa, PAGE),
+                }
+                .map_err(CocoError::from)?;
+            }
             if let Acc::Snp(d) = &mut st.acc {
                 d.update(&sha.unwrap_or([0; 48]), gpa, u.page_type);
             }
@@ -1231,6 +1275,10 @@ impl ModelVcpu {
                 return Err(err(libc::EEXIST));
             }
             let bytes = read(&r.source, 0, PAGE as usize)?;
+            if let Some(sink) = &st.sink {
+                // TDH.MEM.PAGE.ADD copies the source page into the private page.
+                sink.write(r.gpa, &bytes).map_err(CocoError::from)?;
+            }
             if let Acc::Tdx(d) = &mut st.acc {
                 if r.measure {
                     d.add_measured_page(r.gpa, &bytes);

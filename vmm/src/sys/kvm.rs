@@ -175,6 +175,16 @@ pub trait VmIoctls: Send + Sync + fmt::Debug {
         let _ = cmd;
         Err(CocoError::errno(libc::ENOTTY))
     }
+    /// `KVM_X86_SET_MSR_FILTER` denying reads and writes of the `count` MSRs from `base`
+    /// (every other MSR allowed), so that with `KVM_CAP_X86_USER_SPACE_MSR`'s
+    /// `KVM_MSR_EXIT_REASON_FILTER` they exit to user space (`api.rst`).
+    ///
+    /// # Errors
+    /// The ioctl's errno (`ENOTTY` by default).
+    fn deny_msrs(&self, base: u32, count: u32) -> Result<(), Errno> {
+        let _ = (base, count);
+        Err(Errno::new(libc::ENOTTY))
+    }
 }
 
 /// A vCPU fd's calls.
@@ -324,6 +334,12 @@ pub struct Kvm {
 }
 
 impl Kvm {
+    /// The door implementation behind this handle (for a door layered over it:
+    /// `sys::emu`).
+    pub fn door(&self) -> Arc<dyn KvmIoctls> {
+        Arc::clone(&self.door)
+    }
+
     /// Opens `/dev/kvm`.
     ///
     /// # Errors
@@ -870,6 +886,21 @@ impl VmIoctls for RealVm {
     fn tdx_vm_cmd(&self, cmd: &mut TdxVmCmd<'_>) -> Result<(), CocoError> {
         // SAFETY: vm_cmd needs a KVM VM fd: the VmFd's own, open for as long as `self`.
         unsafe { super::tdx::vm_cmd(self.0.as_raw_fd(), cmd) }
+    }
+
+    fn deny_msrs(&self, base: u32, count: u32) -> Result<(), Errno> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        // A clear bitmap bit denies the MSR (`api.rst`, KVM_X86_SET_MSR_FILTER).
+        let bitmap = vec![0u8; count.div_ceil(8) as usize];
+        self.0.set_msr_filter(
+            MsrFilterDefaultAction::ALLOW,
+            &[MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: count,
+                bitmap: &bitmap,
+            }],
+        )
     }
 }
 

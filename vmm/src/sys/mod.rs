@@ -6,6 +6,7 @@
 
 pub mod coco;
 pub mod cpu;
+pub mod emu;
 pub mod kvm;
 pub mod mem;
 pub mod record;
