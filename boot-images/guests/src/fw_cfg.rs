@@ -117,12 +117,18 @@ pub fn read_u64_file(name: &str) -> Option<u64> {
     Some(u64::from_le_bytes(v))
 }
 
+/// Starts a DMA transfer with the descriptor at `desc` (the address register, high half
+/// first: the low-half write starts it) and returns at once.
+pub fn dma_start(desc: u64) {
+    outl(DMA_HIGH, ((desc >> 32) as u32).to_be());
+    outl(DMA_LOW, (desc as u32).to_be());
+}
+
 /// Starts a DMA transfer with the descriptor at `desc` and waits (bounded) for the
 /// device to clear the control word. Returns the final control word (host order), or
 /// `None` if the descriptor address is not in the scratch area (then nothing is polled).
 pub fn dma_at(desc: u64) -> Option<u32> {
-    outl(DMA_HIGH, ((desc >> 32) as u32).to_be());
-    outl(DMA_LOW, (desc as u32).to_be());
+    dma_start(desc);
     if !(layout::SCRATCH..layout::SCRATCH + layout::SCRATCH_SIZE - 16).contains(&desc) {
         return None;
     }

@@ -17,7 +17,8 @@ use core::arch::global_asm;
 
 // Entry: the VP context starts the BSP here in 64-bit mode with paging on, RSP =
 // layout::STACK_TOP, interrupts off. Port 0x80 first (the VMM timestamps the first write
-// of each launch), then the guest's `guest_main`, then power-off if it ever returns.
+// of each launch), then the guest's `guest_main`, then `power::finish` if it ever returns
+// (power-off, or a relaunch the host asked for).
 global_asm!(
     ".section .text.entry, \"ax\"",
     ".global _start",
@@ -31,7 +32,7 @@ global_asm!(
     "    hlt",
     "    jmp 2b",
     marker = const layout::BOOT_MARKER,
-    poweroff = sym power::power_off,
+    poweroff = sym power::finish,
 );
 
 // The TDX reset page (layout::TDX_RESET_PAGE, imported by the TDX view only). A TD vCPU

@@ -22,6 +22,23 @@ pub extern "C" fn power_off() -> ! {
     halt_forever()
 }
 
+/// What every guest does when its `guest_main` returns: reset (i8042) while the fw_cfg file
+/// `opt/relaunch/reboot-until` (u64 LE) is above the launch generation — so the host can
+/// take any image through N launches — and power off otherwise (or without fw_cfg).
+pub extern "C" fn finish() -> ! {
+    use crate::fw_cfg;
+    if fw_cfg::present() {
+        let until = fw_cfg::read_u64_file(fw_cfg::FILE_REBOOT_UNTIL);
+        if let (Some(g), Some(until)) = (fw_cfg::generation(), until) {
+            if g < until {
+                crate::println!("relaunching: generation {g} of {until}");
+                Reset::I8042.trigger();
+            }
+        }
+    }
+    power_off()
+}
+
 /// Tells the VMM the guest crashed (pvpanic PANICKED), then halts.
 pub fn report_panic() -> ! {
     outb(PVPANIC, 1);
