@@ -204,6 +204,8 @@ pub fn exit_code(outcome: &Outcome) -> u8 {
         Outcome::Reset(_) => EXIT_REBOOT_LIMIT,
         Outcome::GuestFatal(_) => EXIT_GUEST_FATAL,
         Outcome::VmmError(_) => EXIT_VMM_ERROR,
+        // Bad input, like a bad flag: the launch never ran.
+        Outcome::LaunchRefused(_) => EXIT_USAGE,
     }
 }
 
@@ -576,8 +578,12 @@ pub fn run_session(
             let built = match built {
                 Ok(b) => b,
                 Err(e) => {
-                    report.outcome = Outcome::VmmError(format!("executing the launch plan: {e}"));
-                    report.exit_code = EXIT_VMM_ERROR;
+                    report.outcome = if e.refused_by_platform() {
+                        Outcome::LaunchRefused(format!("the platform refused the launch: {e}"))
+                    } else {
+                        Outcome::VmmError(format!("executing the launch plan: {e}"))
+                    };
+                    report.exit_code = exit_code(&report.outcome);
                     let line = failure_line(generation, &report.outcome);
                     if let Some(a) = &cfg.audit {
                         let _ = a.append(&line);

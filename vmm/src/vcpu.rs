@@ -30,6 +30,9 @@ pub enum Outcome {
     GuestFatal(String),
     /// The VMM failed (an ioctl that must not fail did).
     VmmError(String),
+    /// The platform (kernel, firmware, or the model standing in for them) refused to
+    /// launch the bundle as given: a bad policy, ID block, page list… Never run.
+    LaunchRefused(String),
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             Outcome::Reset(_) => "reset",
             Outcome::GuestFatal(_) => "guest-fatal",
             Outcome::VmmError(_) => "vmm-error",
+            Outcome::LaunchRefused(_) => "launch-refused",
         }
     }
 
@@ -48,7 +52,7 @@ impl Outcome {
         match self {
             Outcome::PowerOff(r) => (*r).to_string(),
             Outcome::Reset(s) => s.name().to_string(),
-            Outcome::GuestFatal(r) | Outcome::VmmError(r) => r.clone(),
+            Outcome::GuestFatal(r) | Outcome::VmmError(r) | Outcome::LaunchRefused(r) => r.clone(),
         }
     }
 }

@@ -186,6 +186,21 @@ pub struct ExecError {
     pub source: BackendError,
 }
 
+impl ExecError {
+    /// Whether the platform refused the launch as given (a confidential command failed, or
+    /// the plan asks for what the platform cannot do), rather than the VMM failing: the
+    /// bundle or its flags are at fault, like a usage error.
+    pub fn refused_by_platform(&self) -> bool {
+        matches!(
+            self.source,
+            BackendError::Coco { .. }
+                | BackendError::Tdx { .. }
+                | BackendError::Unsupported(_)
+                | BackendError::WrongPlatform { .. }
+        )
+    }
+}
+
 /// Time spent per phase while building one VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecTimings {

@@ -508,6 +508,7 @@ pub fn outcome_line(report: &SessionReport, max_reboots: Option<u64>) -> String 
             format!("VMM error building launch {g}: {}", one_line(e))
         }
         Outcome::VmmError(e) => format!("VMM error in launch {g}: {}", one_line(e)),
+        Outcome::LaunchRefused(e) => format!("launch {g} not run: {}", one_line(e)),
     };
     format!("relaunch: {what} (exit {code})")
 }

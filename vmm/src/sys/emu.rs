@@ -400,22 +400,42 @@ impl VcpuIoctls for EmuVcpu {
         self.fw.set_cpuid2(cpuid)?;
         self.real.set_cpuid2(cpuid)
     }
+    // Reads come from the model: the backend sets only what differs from the state it
+    // reads (`backend::native::set_vp_regs`), and the model's VMSAs must be built from the
+    // same registers as on a real confidential VM.
     fn get_regs(&self) -> Result<kvm_regs, Errno> {
-        self.real.get_regs()
+        self.fw.get_regs()
     }
     fn set_regs(&self, regs: &kvm_regs) -> Result<(), Errno> {
         self.fw.set_regs(regs)?;
         self.real.set_regs(regs)
     }
     fn get_sregs(&self) -> Result<kvm_sregs, Errno> {
-        self.real.get_sregs()
+        self.fw.get_sregs()
     }
     fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), Errno> {
         self.fw.set_sregs(sregs)?;
+        // The architectural registers as given; what only KVM keeps (APIC base, pending
+        // interrupts, CR8) stays the real vCPU's own, since `sregs` started as the model's
+        // reading.
+        let mut real = self.real.get_sregs()?;
+        real.cs = sregs.cs;
+        real.ds = sregs.ds;
+        real.es = sregs.es;
+        real.fs = sregs.fs;
+        real.gs = sregs.gs;
+        real.ss = sregs.ss;
+        real.tr = sregs.tr;
+        real.ldt = sregs.ldt;
+        real.gdt = sregs.gdt;
+        real.idt = sregs.idt;
+        real.cr0 = sregs.cr0;
+        real.cr2 = sregs.cr2;
+        real.cr3 = sregs.cr3;
+        real.cr4 = sregs.cr4;
         // EFER.SVME is what KVM forces into an SEV-ES/SNP VMSA (`sev_es_sync_vmsa`); an
         // ordinary guest without the SVM CPUID bit may not set it (`kvm_valid_efer`).
-        let mut real = *sregs;
-        real.efer &= !EFER_SVME;
+        real.efer = sregs.efer & !EFER_SVME;
         self.real.set_sregs(&real)
     }
     fn set_xcrs(&self, xcrs: &kvm_xcrs) -> Result<(), Errno> {

@@ -1,0 +1,186 @@
+//! The emulated confidential platforms on real KVM (`--platform emulated:<p>`): every boot
+//! image under every emulated platform, taken through 3 relaunches (4 launches: the guests
+//! reset while fw_cfg `opt/relaunch/reboot-until` is above their generation). Each launch
+//! record says `"emulated":true` and carries the model's `launch_measurement`, which must
+//! equal the predicted measurement and `relaunch measure`'s (`measure_bundle`, the CLI's own
+//! function); the guest's own output shows it ran every launch.
+//!
+//! A missing image prints `SKIPPED: ...` (under `CI=true` it fails instead).
+
+mod kvm_common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvm_common::*;
+use relaunch::backend::emulated::EmulatedBackend;
+use relaunch::backend::Backend;
+use relaunch::launch::Launch;
+use relaunch::model::ModelConfig;
+use relaunch::session::{run_session, EXIT_POWER_OFF, EXIT_USAGE};
+use relaunch::vcpu::Outcome;
+use relaunch_core::plan::{LaunchConfig, Platform};
+use serde_json::Value;
+
+const MEM: u64 = 64 << 20;
+const LAUNCHES: u64 = 4;
+
+fn image(name: &str) -> Option<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../boot-images/out")
+        .join(format!("{name}.igvm"));
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {} is missing",
+                path.display()
+            );
+            println!(
+                "SKIPPED: {} missing (run cargo xtask build-images)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn launch_config(platform: Platform, vcpus: u32, sig: u32) -> LaunchConfig {
+    LaunchConfig {
+        platform,
+        vcpus,
+        mem_bytes: MEM,
+        vcpu_sig: sig,
+        guest_features: 0,
+        policy: None,
+        host_data: [0; 32],
+        kernel_hashes: None,
+    }
+}
+
+/// Runs `name` on emulated `platform` through `LAUNCHES` launches and checks the output and
+/// the audit records.
+fn run_emulated(name: &str, platform: Platform, vcpus: u32, want: &[(&str, u64)]) {
+    let Some(host) = host(false) else { return };
+    let Some(bundle) = image(name) else { return };
+    let sig = host.vcpu_signature();
+    let cfg_l = launch_config(platform, vcpus, sig);
+    let measured = relaunch::cli::measure::measure_bundle(&bundle, &cfg_l, 1)
+        .unwrap_or_else(|e| panic!("{name} {platform}: measure: {e:?}"))
+        .measurement
+        .to_string();
+    let launch = Arc::new(Launch::new(bundle.clone(), &cfg_l).expect("plan"));
+    let backend = EmulatedBackend::new(
+        platform,
+        &host.kvm,
+        ModelConfig {
+            vcpu_sig: sig,
+            ..ModelConfig::default()
+        },
+    )
+    .expect("emulated backend");
+    assert!(backend.emulated());
+    let audit = std::env::temp_dir().join(format!(
+        "relaunch-emu-{name}-{platform}-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&audit);
+    let mut cfg = with_audit(config(MEM, None, false), &audit);
+    cfg.fw_cfg_files = vec![(
+        "opt/relaunch/reboot-until".into(),
+        LAUNCHES.to_le_bytes().to_vec(),
+    )];
+    let r = run_session(&backend, launch, &cfg);
+    let out = output(&cfg);
+    assert_eq!(
+        r.exit_code, EXIT_POWER_OFF,
+        "{name} {platform}: {:?}\n{out}",
+        r.outcome
+    );
+    assert_eq!(r.launches, LAUNCHES, "{name} {platform}\n{out}");
+    for &(w, n) in want {
+        assert_eq!(
+            out.matches(w).count() as u64,
+            n,
+            "{name} {platform}: {w:?} {n} times in\n{out}"
+        );
+    }
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let launches: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "launch")
+        .collect();
+    assert_eq!(launches.len() as u64, LAUNCHES, "{text}");
+    for (i, rec) in launches.iter().enumerate() {
+        assert_eq!(rec["generation"], i as u64 + 1);
+        assert_eq!(rec["emulated"], true, "{rec}");
+        assert_eq!(rec["platform"], platform.name(), "{rec}");
+        assert_eq!(rec["predicted_measurement"], measured.as_str(), "{rec}");
+        assert_eq!(rec["launch_measurement"], measured.as_str(), "{rec}");
+    }
+    let _ = std::fs::remove_file(&audit);
+}
+
+const PLATFORMS: [Platform; 2] = [Platform::Snp, Platform::Tdx];
+
+#[test]
+fn emulated_hello_on_every_platform() {
+    for p in PLATFORMS {
+        run_emulated("hello", p, 1, &[("hello from relaunch guest", LAUNCHES)]);
+    }
+}
+
+#[test]
+fn emulated_reboot_loop_on_every_platform() {
+    for p in PLATFORMS {
+        run_emulated(
+            "reboot-loop",
+            p,
+            1,
+            &[
+                ("generation ", LAUNCHES),
+                ("reboot-loop: done after 4 launches", 1),
+            ],
+        );
+    }
+}
+
+#[test]
+fn emulated_smp_on_every_platform() {
+    for p in PLATFORMS {
+        run_emulated("smp", p, 2, &[("smp: 2 cpus", LAUNCHES)]);
+    }
+}
+
+#[test]
+fn emulated_junk_on_every_platform() {
+    for p in PLATFORMS {
+        run_emulated("junk", p, 1, &[("junk: survived", LAUNCHES)]);
+    }
+}
+
+/// A launch the model refuses is never run and ends with exit 2: an SNP policy the core
+/// plans (bit 24 is not one the core rejects) but the emulated host's KVM does not accept
+/// (the model's `KVM_X86_SNP_POLICY_BITS`: bits 0–20).
+#[test]
+fn emulated_refused_launch_never_runs() {
+    let Some(host) = host(false) else { return };
+    let Some(bundle) = image("hello") else { return };
+    let mut cfg_l = launch_config(Platform::Snp, 1, host.vcpu_signature());
+    cfg_l.policy = Some(0x3_0000 | (1 << 24));
+    let launch = Launch::new(bundle, &cfg_l).expect("the core plans this policy");
+    let backend =
+        EmulatedBackend::new(Platform::Snp, &host.kvm, ModelConfig::default()).expect("backend");
+    let cfg = config(MEM, None, false);
+    let r = run_session(&backend, Arc::new(launch), &cfg);
+    assert_eq!(r.exit_code, EXIT_USAGE, "{:?}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Outcome::LaunchRefused(m) if m.contains("SNP_LAUNCH_START")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.launches, 0, "{:?}", r.outcome);
+    assert!(output(&cfg).is_empty(), "the guest ran: {}", output(&cfg));
+}
