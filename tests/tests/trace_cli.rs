@@ -148,6 +148,24 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
     assert!(coco_ok, "a confidential command failed");
     let vcpu_count = calls.iter().filter(|(n, _)| n == "KVM_CREATE_VCPU").count();
     assert_eq!(vcpu_count, vcpus as usize);
+    // Before the first VM, the host probe reads the SEV attributes of /dev/kvm once
+    // (`KVM_GET_DEVICE_ATTR`, group `KVM_X86_GRP_SEV` 1: attribute 0 VMSA features,
+    // attribute 1 SNP policy bits; `amd-memory-encryption.rst` "Device attribute API"):
+    // the model offers SEV-family VM types whatever the platform traced.
+    let attrs: Vec<(u64, u64)> = calls
+        .iter()
+        .take_while(|(n, _)| n != "KVM_CREATE_VM")
+        .filter(|(n, _)| n == "KVM_GET_DEVICE_ATTR")
+        .map(|(_, l)| {
+            assert_eq!(l["fd"], "kvm");
+            assert_eq!(l["result"], "ok");
+            (
+                l["args"]["group"].as_u64().unwrap(),
+                l["args"]["attr"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attrs, [(1, 0), (1, 1)]);
     match platform {
         Platform::Snp => {
             assert!(ty(4));

@@ -13,11 +13,13 @@
 //! Every build runs on a new VM fd with fresh memory: calling SNP launch commands again after
 //! FINISH on the old VM is a host RMP fault (spec §1.4), and private memory is re-measured.
 //!
+//! Before anything is created, the launch is checked against what this host's KVM accepts
+//! ([`check_host`]: `KVM_X86_SNP_POLICY_BITS` and `KVM_X86_SEV_VMSA_FEATURES`, read once per
+//! process into [`Host::sev_attrs`]).
+//!
 //! Not done here (say so rather than guess): the SNP CPUID page is given as the plan has it
-//! (not rebuilt from `KVM_GET_SUPPORTED_CPUID` as QEMU does); the SNP policy is checked only
-//! for its must-be-one bit 17 (`KVM_X86_SNP_POLICY_BITS` needs `KVM_GET_DEVICE_ATTR` on
-//! `/dev/kvm`, not in the door yet); APs are left to the guest (no `KVM_SET_MP_STATE`: their
-//! state is sealed in the VMSA on SEV-ES/SNP).
+//! (not rebuilt from `KVM_GET_SUPPORTED_CPUID` as QEMU does); APs are left to the guest (no
+//! `KVM_SET_MP_STATE`: their state is sealed in the VMSA on SEV-ES/SNP).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,7 +37,7 @@ use crate::sys::coco::{SevCmd, SnpUpdate, Source};
 use crate::sys::kvm::{Vcpu, Vm};
 use crate::sys::mem::GuestMapping;
 use crate::vcpu::{ExitHandler, NativeExits};
-use crate::vstate::Host;
+use crate::vstate::{Host, SevAttrs};
 
 /// `KVM_X86_SEV_VM`, `KVM_X86_SEV_ES_VM`, `KVM_X86_SNP_VM` (`arch/x86/include/uapi/asm/kvm.h`).
 pub fn vm_type(platform: Platform) -> Option<u64> {
@@ -55,6 +57,110 @@ pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
 /// SNP guest policy bit 17: reserved, must be one (SEV-SNP firmware ABI, GUEST_POLICY;
 /// KVM refuses a policy without it: spec §1.3).
 const SNP_POLICY_RESERVED_ONE: u64 = 1 << 17;
+
+/// The name of SNP guest-policy bit `bit` (SEV-SNP firmware ABI, GUEST_POLICY;
+/// `../shared/spec/igvm-snp.md` §4.1).
+fn snp_policy_bit(bit: u32) -> &'static str {
+    match bit {
+        0..=7 => "ABI_MINOR",
+        8..=15 => "ABI_MAJOR",
+        16 => "SMT",
+        17 => "reserved, must be one",
+        18 => "MIGRATE_MA",
+        19 => "DEBUG",
+        20 => "SINGLE_SOCKET",
+        21 => "CXL_ALLOW",
+        22 => "MEM_AES_256_XTS",
+        23 => "RAPL_DIS",
+        24 => "CIPHERTEXT_HIDING_DRAM",
+        25 => "PAGE_SWAP_DISABLE",
+        _ => "reserved",
+    }
+}
+
+/// The name of SEV_FEATURES bit `bit` (AMD APM Vol. 2, VMSA SEV_FEATURES;
+/// `../shared/spec/igvm-snp.md` §4.2).
+fn vmsa_feature_bit(bit: u32) -> &'static str {
+    match bit {
+        0 => "SNPActive",
+        1 => "vTOM",
+        2 => "ReflectVC",
+        3 => "RestrictedInjection",
+        4 => "AlternateInjection",
+        5 => "DebugSwap",
+        6 => "PreventHostIBS",
+        7 => "BTBIsolation",
+        8 => "VmplSSS",
+        9 => "SecureTSC",
+        14 => "VmsaRegProt",
+        15 => "SmtProtection",
+        _ => "no name known here",
+    }
+}
+
+/// `bits` as "bit 19 (DEBUG) and bit 20 (SINGLE_SOCKET)".
+fn bit_names(bits: u64, name: fn(u32) -> &'static str) -> String {
+    let list: Vec<String> = (0..64)
+        .filter(|b| bits & (1 << b) != 0)
+        .map(|b| format!("bit {b} ({})", name(b)))
+        .collect();
+    match list.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Refuses, with one sentence, a launch this host's KVM would refuse at `INIT2` or
+/// `SNP_LAUNCH_START` — checked before `KVM_CREATE_VM`, so nothing is created:
+/// - SNP: the must-be-one policy bit 17 (always: KVM `snp_launch_start`), and, where the
+///   kernel reports `KVM_X86_SNP_POLICY_BITS` (Linux 6.19+), no policy bit outside it.
+///   Older kernels answer `ENXIO`: only bit 17 is checked here and `SNP_LAUNCH_START`
+///   refuses the rest itself (`EINVAL`);
+/// - SEV-ES and SNP: no `vmsa_features` bit outside `KVM_X86_SEV_VMSA_FEATURES` (INIT2's own
+///   check, `amd-memory-encryption.rst` KVM_SEV_INIT2). The attribute came with INIT2
+///   (6.10), so a kernel without it has no SEV-family VM types either; not asked, not
+///   checked. SEV's `vmsa_features` is always 0.
+///
+/// # Errors
+/// The sentence naming the offending bits.
+pub fn check_host(
+    platform: Platform,
+    policy: u64,
+    vmsa_features: u64,
+    attrs: &SevAttrs,
+) -> Result<(), String> {
+    if platform == Platform::Snp {
+        if policy & SNP_POLICY_RESERVED_ONE == 0 {
+            return Err(format!(
+                "SNP policy {policy:#x} lacks bit 17 (reserved, must be one)"
+            ));
+        }
+        if let Some(ok) = attrs.snp_policy_bits {
+            let extra = policy & !ok;
+            if extra != 0 {
+                return Err(format!(
+                    "SNP policy {policy:#x} sets {}, which this host's KVM does not accept \
+                     (KVM_X86_SNP_POLICY_BITS = {ok:#x})",
+                    bit_names(extra, snp_policy_bit)
+                ));
+            }
+        }
+    }
+    if matches!(platform, Platform::Snp | Platform::SevEs) {
+        if let Some(ok) = attrs.vmsa_features {
+            let extra = vmsa_features & !ok;
+            if extra != 0 {
+                return Err(format!(
+                    "SEV_FEATURES {vmsa_features:#x} sets {}, which this host's KVM does not \
+                     accept in KVM_SEV_INIT2 (KVM_X86_SEV_VMSA_FEATURES = {ok:#x})",
+                    bit_names(extra, vmsa_feature_bit)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// `KVM_SEV_SNP_PAGE_TYPE_*` of a page kind (`arch/x86/include/uapi/asm/kvm.h`): NORMAL 1,
 /// ZERO 3, UNMEASURED 4, SECRETS 5, CPUID 6; `None` for shared pages (not given to the
@@ -320,12 +426,9 @@ impl Phases for SevBuild<'_> {
             .ok_or_else(|| BackendError::Unsupported(format!("{} is not SEV", self.platform)))?;
         let (policy, vmsa_features) = self.create_args();
         // Checked before anything is created.
+        check_host(self.platform, policy, vmsa_features, &self.host.sev_attrs)
+            .map_err(BackendError::Unsupported)?;
         let sev_policy = if self.platform == Platform::Snp {
-            if policy & SNP_POLICY_RESERVED_ONE == 0 {
-                return Err(BackendError::Unsupported(format!(
-                    "SNP policy {policy:#x} lacks bit 17 (reserved, must be one)"
-                )));
-            }
             0
         } else {
             // `kvm_sev_launch_start.policy` is a u32 (spec §1.3).
@@ -982,5 +1085,142 @@ mod tests {
             vm.memory.read(0x1000, &mut b).is_err(),
             "private pages are not readable"
         );
+    }
+
+    /// The sentence names each offending bit with its ABI name and the host's set
+    /// (`../shared/spec/igvm-snp.md` §4.1, §4.2 for the names).
+    #[test]
+    fn check_host_names_the_offending_bits() {
+        let attrs = SevAttrs {
+            vmsa_features: Some(0x20),
+            snp_policy_bits: Some(0x3_0000 | 0xFFFF),
+        };
+        assert_eq!(check_host(Platform::Snp, 0x3_0000, 0x20, &attrs), Ok(()));
+        let e = check_host(Platform::Snp, 0x3_0000 | 1 << 19 | 1 << 20, 0, &attrs).unwrap_err();
+        assert_eq!(
+            e,
+            "SNP policy 0x1b0000 sets bit 19 (DEBUG) and bit 20 (SINGLE_SOCKET), which this \
+             host's KVM does not accept (KVM_X86_SNP_POLICY_BITS = 0x3ffff)"
+        );
+        let e = check_host(Platform::SevEs, 0x5, 0x20 | 1 << 2 | 1 << 9, &attrs).unwrap_err();
+        assert_eq!(
+            e,
+            "SEV_FEATURES 0x224 sets bit 2 (ReflectVC) and bit 9 (SecureTSC), which this \
+             host's KVM does not accept in KVM_SEV_INIT2 (KVM_X86_SEV_VMSA_FEATURES = 0x20)"
+        );
+        // Bit 17 is required whatever the host reports.
+        let e = check_host(Platform::Snp, 0x1_0000, 0, &attrs).unwrap_err();
+        assert!(e.contains("lacks bit 17"), "{e}");
+        // Without the attributes (older kernels: ENXIO), only bit 17 is checked here.
+        let none = SevAttrs::default();
+        assert_eq!(
+            check_host(Platform::Snp, 0x3_0000 | 1 << 30, 1 << 12, &none),
+            Ok(())
+        );
+        // SEV has no SNP policy and no vmsa_features to check.
+        assert_eq!(check_host(Platform::Sev, 1 << 30, 0, &attrs), Ok(()));
+    }
+
+    /// A host (recorder) whose `/dev/kvm` reports the SEV attributes (group 1, attribute 0
+    /// `KVM_X86_SEV_VMSA_FEATURES`, attribute 1 `KVM_X86_SNP_POLICY_BITS`;
+    /// `amd-memory-encryption.rst` "Device attribute API").
+    fn recorded_with_attrs(vmsa_features: u64, policy_bits: Option<u64>) -> (Recorder, Arc<Host>) {
+        let mut attrs = vec![(1, 0, vmsa_features)];
+        attrs.extend(policy_bits.map(|b| (1, 1, b)));
+        let rec = Recorder::new(
+            8,
+            &[(KVM_CAP_NR_MEMSLOTS, 509), (KVM_CAP_VM_TYPES, 0b11101)],
+        )
+        .with_device_attrs(&attrs);
+        let host = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        (rec, Arc::new(host))
+    }
+
+    /// `Host` asks `KVM_GET_DEVICE_ATTR` for both attributes once, on the system fd, when
+    /// KVM offers a SEV-family VM type; an attribute the kernel lacks (`ENXIO`) is `None`.
+    #[test]
+    fn host_probes_the_sev_attributes_once() {
+        let (rec, host) = recorded_with_attrs(0x20, None);
+        assert_eq!(
+            host.sev_attrs,
+            SevAttrs {
+                vmsa_features: Some(0x20),
+                snp_policy_bits: None
+            }
+        );
+        assert!(rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
+        let rec = Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b11101)]);
+        let _h = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        let attr: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("DEVICE_ATTR"))
+            .collect();
+        assert_eq!(
+            attr,
+            [
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=0",
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=1"
+            ]
+        );
+        // No SEV-family VM type: not asked.
+        let rec = Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b1)]);
+        let h = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        assert!(!rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
+        assert_eq!(h.sev_attrs, SevAttrs::default());
+    }
+
+    /// A policy or SEV_FEATURES the host's KVM does not accept is refused before
+    /// `KVM_CREATE_VM`: the recorder sees no call; where the kernel has no
+    /// `KVM_X86_SNP_POLICY_BITS`, the same policy reaches `SNP_LAUNCH_START`.
+    #[test]
+    fn host_refusals_come_before_create_vm() {
+        let debug = 0x3_0000 | 1 << 19;
+        let (rec, host) = recorded_with_attrs(0, Some(0x3_FFFF));
+        rec.clear();
+        let backend = SevBackend::new(Platform::Snp, host);
+        let err = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                debug,
+                0,
+                PAGES,
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bit 19 (DEBUG)"), "{err}");
+        assert!(rec.lines().is_empty(), "{:?}", rec.lines());
+
+        let (rec, host) = recorded_with_attrs(0x20, Some(0x3_FFFF));
+        rec.clear();
+        let backend = SevBackend::new(Platform::SevEs, host);
+        let err = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::SevEs,
+                0x5,
+                0x21,
+                &[],
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bit 0 (SNPActive)"), "{err}");
+        assert!(rec.lines().is_empty());
+
+        let (rec, host) = recorded_with_attrs(0, None);
+        rec.clear();
+        let backend = SevBackend::new(Platform::Snp, host);
+        drop(
+            backend
+                .build(&Launch::from_plan(coco_plan(
+                    Platform::Snp,
+                    debug,
+                    0,
+                    PAGES,
+                )))
+                .unwrap(),
+        );
+        assert!(rec.lines().contains(
+            &"vm0 KVM_SEV_SNP_LAUNCH_START policy=0xb0000 flags=0 sev_fd=sev".to_string()
+        ));
     }
 }

@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use relaunch_core::measure::Measurement;
 
-use crate::sys::kvm::{KvmIoctls, VmIoctls};
+use crate::sys::kvm::{
+    KvmIoctls, VmIoctls, KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS,
+};
 use crate::sys::safe::SafeVm;
 use crate::sys::Errno;
 
@@ -60,6 +62,10 @@ pub struct ModelConfig {
     /// The SNP policy bits KVM accepts (`KVM_X86_SNP_POLICY_BITS`; default bits 0–20, the
     /// 6.18 `SNP_POLICY_MASK_VALID`).
     pub snp_policy_bits: u64,
+    /// Whether the kernel has the `KVM_X86_SNP_POLICY_BITS` attribute (Linux 6.19+): if not,
+    /// `KVM_GET_DEVICE_ATTR` answers `ENXIO` for it, as older kernels do
+    /// (`sev_dev_get_attr`), and only `snp_launch_start` knows `snp_policy_bits`.
+    pub snp_policy_bits_attr: bool,
     /// The `vmsa_features` bits KVM accepts (`KVM_X86_SEV_VMSA_FEATURES`).
     pub vmsa_features: u64,
     /// `KVM_CAP_MAX_VCPUS`.
@@ -81,6 +87,7 @@ impl Default for ModelConfig {
             max_pages_per_call: None,
             eintr_every: None,
             snp_policy_bits: (1 << 21) - 1,
+            snp_policy_bits_attr: true,
             vmsa_features: 0x3FF,
             max_vcpus: 64,
             vcpu_sig: 0x00A0_0F11,
@@ -321,6 +328,26 @@ impl KvmIoctls for Model {
             fd: "kvm".into(),
             ioctl: "KVM_GET_SUPPORTED_CPUID",
             args: vec![("nent", Arg::Num(max_entries as u64))],
+            error: r.as_ref().err().map(|&e| e.into()),
+        });
+        r
+    }
+
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        let cfg = &self.shared.cfg;
+        // `kvm_x86_dev_get_attr` → `sev_dev_get_attr` (`arch/x86/kvm/svm/sev.c`): group
+        // `KVM_X86_GRP_SEV` only; an attribute the kernel does not have is ENXIO.
+        let r = match (group, attr) {
+            (KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES) => Ok(cfg.vmsa_features),
+            (KVM_X86_GRP_SEV, KVM_X86_SNP_POLICY_BITS) if cfg.snp_policy_bits_attr => {
+                Ok(cfg.snp_policy_bits)
+            }
+            _ => Err(Errno::new(libc::ENXIO)),
+        };
+        self.shared.call(CallRecord {
+            fd: "kvm".into(),
+            ioctl: "KVM_GET_DEVICE_ATTR",
+            args: vec![("group", Arg::Num(group.into())), ("attr", Arg::Num(attr))],
             error: r.as_ref().err().map(|&e| e.into()),
         });
         r

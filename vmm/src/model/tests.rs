@@ -892,3 +892,26 @@ fn sev_digests_and_script_equal_core_prediction_for_real_bundles() {
         }
     }
 }
+
+/// `KVM_GET_DEVICE_ATTR` on the system fd, group `KVM_X86_GRP_SEV` (1)
+/// (`amd-memory-encryption.rst`, "Device attribute API"): attribute 0 is the accepted
+/// `vmsa_features`, attribute 1 the accepted SNP policy bits (Linux 6.19+; `ENXIO` on older
+/// kernels); anything else `ENXIO`.
+#[test]
+fn device_attrs_answer_the_sev_group_only() {
+    let (_m, kvm) = model(ModelConfig {
+        vmsa_features: 0x20,
+        snp_policy_bits: 0xF_FFFF,
+        ..ModelConfig::default()
+    });
+    assert_eq!(kvm.device_attr(1, 0), Ok(0x20));
+    assert_eq!(kvm.device_attr(1, 1), Ok(0xF_FFFF));
+    assert_eq!(kvm.device_attr(1, 2).unwrap_err().errno(), libc::ENXIO);
+    assert_eq!(kvm.device_attr(0, 1).unwrap_err().errno(), libc::ENXIO);
+    let (_m, old) = model(ModelConfig {
+        snp_policy_bits_attr: false,
+        ..ModelConfig::default()
+    });
+    assert_eq!(old.device_attr(1, 1).unwrap_err().errno(), libc::ENXIO);
+    assert!(old.device_attr(1, 0).is_ok());
+}

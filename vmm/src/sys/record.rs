@@ -113,6 +113,8 @@ pub struct Recorder {
     max_vcpus: usize,
     /// Answers to `KVM_CHECK_EXTENSION`, `(cap, value)`; others answer 0.
     caps: Arc<Vec<(u32, i32)>>,
+    /// Answers to `KVM_GET_DEVICE_ATTR`, `(group, attr, value)`; others answer `ENXIO`.
+    attrs: Arc<Vec<(u32, u64, u64)>>,
 }
 
 impl Recorder {
@@ -122,7 +124,15 @@ impl Recorder {
             shared: Arc::default(),
             max_vcpus,
             caps: Arc::new(caps.to_vec()),
+            attrs: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same recorder whose system fd answers `KVM_GET_DEVICE_ATTR` with the `(group,
+    /// attr, value)` triples (any other attribute: `ENXIO`, as a kernel without it).
+    pub fn with_device_attrs(mut self, attrs: &[(u32, u64, u64)]) -> Recorder {
+        self.attrs = Arc::new(attrs.to_vec());
+        self
     }
 
     /// Makes the next `times` calls of `ioctl` fail with `errno` (after being recorded).
@@ -208,6 +218,19 @@ impl KvmIoctls for Recorder {
             },
         ];
         CpuId::from_entries(&entries).map_err(|_| Errno::new(libc::ENOMEM))
+    }
+
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        self.shared.record(
+            "kvm",
+            "KVM_GET_DEVICE_ATTR",
+            format!("group={group} attr={attr}"),
+        )?;
+        self.attrs
+            .iter()
+            .find(|&&(g, a, _)| g == group && a == attr)
+            .map(|&(_, _, v)| v)
+            .ok_or(Errno::new(libc::ENXIO))
     }
 
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
