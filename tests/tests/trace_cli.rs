@@ -193,6 +193,24 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
                 .take(vmsas)
                 .all(|x| x["gpa"] == 0xFFFF_FFFF_F000u64));
             assert_eq!(script(&lines), want);
+            // A CPUID page (OVMF's SEV metadata CPUID section) holds vCPU 0's CPUID, one
+            // function per KVM_SET_CPUID2 entry (QEMU `snp_launch_update_cpuid`), one page per
+            // call, accepted by the firmware model.
+            let nent = calls
+                .iter()
+                .find(|(n, l)| n == "KVM_SET_CPUID2" && l["fd"] == "vcpu0")
+                .map(|(_, l)| l["args"]["nent"].as_u64().unwrap())
+                .unwrap();
+            for (_, l) in calls
+                .iter()
+                .filter(|(n, l)| n == "KVM_SEV_SNP_LAUNCH_UPDATE" && l["args"]["type"] == 6)
+            {
+                assert_eq!(l["result"], "ok", "{l}");
+                assert_eq!(l["args"]["len"], 4096);
+                assert_eq!(l["args"]["cpuid_count"].as_u64(), Some(nent), "{l}");
+                let funcs = l["args"]["cpuid_functions"].as_str().unwrap();
+                assert!(funcs.starts_with("0:0 1:0 "), "{funcs}");
+            }
         }
         Platform::SevEs | Platform::Sev => {
             let es = platform == Platform::SevEs;
@@ -342,4 +360,19 @@ fn trace_tdx_eintr_partial_progress_and_relaunch() {
         .iter()
         .any(|l| l["ioctl"] == "KVM_TDX_INIT_MEM_REGION" && l["result"] == "EINTR"));
     check_relaunch(&lines, &plain);
+}
+
+/// `trace` of an OVMF image's SNP view shows its CPUID page (the SEV metadata CPUID
+/// section), built from vCPU 0's CPUID whatever the image holds there.
+#[test]
+fn trace_ovmf_snp_has_a_cpuid_page() {
+    let Some(f) = bundle(".oracles/ovmf/usr/share/ovmf/OVMF.fd") else {
+        return;
+    };
+    let lines = trace(&f, "snp", 1, &[]);
+    let n = ioctls(&lines)
+        .iter()
+        .filter(|(n, l)| n == "KVM_SEV_SNP_LAUNCH_UPDATE" && l["args"]["type"] == 6)
+        .count();
+    assert_eq!(n, 1, "one CPUID page, one call");
 }

@@ -17,8 +17,12 @@
 //! ([`check_host`]: `KVM_X86_SNP_POLICY_BITS` and `KVM_X86_SEV_VMSA_FEATURES`, read once per
 //! process into [`Host::sev_attrs`]).
 //!
-//! Not done here (say so rather than guess): the SNP CPUID page is given as the plan has it
-//! (not rebuilt from `KVM_GET_SUPPORTED_CPUID` as QEMU does); APs are left to the guest (no
+//! The SNP CPUID page is built as QEMU builds it ([`super::snp_cpuid`]: vCPU 0's CPUID, the
+//! one `KVM_SET_CPUID2` gave it), whatever the bundle's page holds; one page per
+//! `SNP_LAUNCH_UPDATE`, and a page the firmware refuses ends the build with the leaves it
+//! corrected.
+//!
+//! Not done here (say so rather than guess): APs are left to the guest (no
 //! `KVM_SET_MP_STATE`: their state is sealed in the VMSA on SEV-ES/SNP).
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -29,11 +33,12 @@ use relaunch_core::limits::PAGE_SIZE;
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform};
 
 use super::native::{Prepared, PreparedCache};
+use super::snp_cpuid::CpuidTable;
 use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Phases};
 use crate::devices::Devices;
 use crate::launch::Launch;
 use crate::memory::{GuestMemory, Region};
-use crate::sys::coco::{SevCmd, SnpUpdate, Source};
+use crate::sys::coco::{CocoError, FwStatus, SevCmd, SnpUpdate, Source};
 use crate::sys::kvm::{Vcpu, Vm};
 use crate::sys::mem::GuestMapping;
 use crate::vcpu::{ExitHandler, NativeExits};
@@ -57,6 +62,13 @@ pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
 /// SNP guest policy bit 17: reserved, must be one (SEV-SNP firmware ABI, GUEST_POLICY;
 /// KVM refuses a policy without it: spec §1.3).
 const SNP_POLICY_RESERVED_ONE: u64 = 1 << 17;
+
+/// `KVM_SEV_SNP_PAGE_TYPE_CPUID` (`arch/x86/include/uapi/asm/kvm.h`).
+const SNP_PAGE_TYPE_CPUID: u8 = 6;
+
+/// `SEV_RET_INVALID_PARAM` (`include/uapi/linux/psp-sev.h`): what the firmware answers to a
+/// CPUID page it corrected.
+const SEV_RET_INVALID_PARAM: u32 = 0x16;
 
 /// The name of SNP guest-policy bit `bit` (SEV-SNP firmware ABI, GUEST_POLICY;
 /// `../shared/spec/igvm-snp.md` §4.1).
@@ -231,6 +243,7 @@ impl Backend for SevBackend {
             memory: GuestMemory::default(),
             run: None,
             measure: &self.measure,
+            cpuid: None,
             timings: ExecTimings::default(),
             t0: Instant::now(),
         };
@@ -277,6 +290,8 @@ struct SevBuild<'b> {
     memory: GuestMemory,
     run: Option<Run>,
     measure: &'b Mutex<Option<[u8; 48]>>,
+    /// The SNP CPUID table staged for this build's CPUID pages (built on the first).
+    cpuid: Option<CpuidTable>,
     timings: ExecTimings,
     t0: Instant,
 }
@@ -317,6 +332,26 @@ impl SevBuild<'_> {
             .unwrap_or((0, 0))
     }
 
+    /// The SNP CPUID table of this build: vCPU 0's CPUID as QEMU turns it into a CPUID page
+    /// (`snp_launch_update_cpuid` reads vCPU 0's `KVM_GET_CPUID2`; ours is the table
+    /// `KVM_SET_CPUID2` gave it, which KVM returns as set but for bits it updates at run
+    /// time — OSXSAVE, the APIC bit, 0xD EBX — that the firmware leaves unchecked or that
+    /// the page overrides: `kvm_update_cpuid_runtime`).
+    fn cpuid_table(&mut self) -> Result<&CpuidTable, BackendError> {
+        if self.cpuid.is_none() {
+            let cpuid = self
+                .prep
+                .cpuid(0)
+                .ok_or(BackendError::Vp { vp: 0, vcpus: 0 })?;
+            let table = CpuidTable::from_kvm(cpuid)
+                .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+            self.cpuid = Some(table);
+        }
+        self.cpuid
+            .as_ref()
+            .ok_or(BackendError::Vp { vp: 0, vcpus: 0 })
+    }
+
     /// Adds `[gpa, gpa + len)` of SNP type `page_type` to the pending run, issuing the run
     /// first when the page does not extend it.
     fn queue(&mut self, gpa: u64, len: u64, page_type: u8) -> Result<(), BackendError> {
@@ -325,7 +360,12 @@ impl SevBuild<'_> {
                 .memory
                 .locate(run.gpa, run.len + len)
                 .is_ok_and(|(r, _)| r.end() >= gpa + len);
-            if run.page_type == page_type && run.gpa + run.len == gpa && same_region {
+            // A CPUID page is a run of its own: the firmware's verdict on it comes back
+            // for that call alone (a refused page inside a longer run would end the call
+            // with the pages before it done, and the next call would resubmit the page as
+            // the firmware corrected it: `sev_gmem_post_populate`).
+            let cpuid = page_type == SNP_PAGE_TYPE_CPUID;
+            if run.page_type == page_type && !cpuid && run.gpa + run.len == gpa && same_region {
                 run.len += len;
                 return Ok(());
             }
@@ -384,6 +424,15 @@ impl SevBuild<'_> {
                         stalled += 1;
                         continue;
                     }
+                    Err(e) if run.page_type == SNP_PAGE_TYPE_CPUID => {
+                        return Err(cpuid_refused(
+                            self.cpuid.as_ref(),
+                            run.gpa,
+                            mapping,
+                            offset,
+                            e,
+                        ));
+                    }
                     r => r.map_err(coco("KVM_SEV_SNP_LAUNCH_UPDATE"))?,
                 }
                 stalled = 0;
@@ -413,6 +462,45 @@ impl SevBuild<'_> {
 /// `SNP_LAUNCH_UPDATE` calls in a row interrupted before doing a page before the build
 /// gives up (a signal storm must not hang the launch).
 const MAX_STALLED_CALLS: u32 = 64;
+
+/// The error of a refused CPUID page at `gpa` (staged at `offset` of `mapping`): with
+/// `INVALID_PARAM` the firmware wrote the corrected table back and KVM copied it to the
+/// source (`amd-memory-encryption.rst`, SNP_LAUNCH_UPDATE; spec §1.3), so the leaves it
+/// changed are named, as QEMU reports them (`sev_snp_cpuid_report_mismatches`).
+fn cpuid_refused(
+    given: Option<&CpuidTable>,
+    gpa: u64,
+    mapping: &GuestMapping,
+    offset: u64,
+    error: CocoError,
+) -> BackendError {
+    if error.fw_error != Some(FwStatus::Sev(SEV_RET_INVALID_PARAM)) {
+        return BackendError::Coco {
+            what: "KVM_SEV_SNP_LAUNCH_UPDATE",
+            error,
+        };
+    }
+    let mut page = [0u8; PAGE_SIZE as usize];
+    let back = mapping.read(offset, &mut page).ok().and(given);
+    let mismatches = match back {
+        None => "the corrected page could not be read back".to_string(),
+        Some(given) => {
+            let m = given.mismatches(&CpuidTable::from_page(&page));
+            if m.is_empty() {
+                "the page came back unchanged (the firmware refuses a CPUID page with reserved \
+                 header fields set or more than 64 functions without correcting it)"
+                    .to_string()
+            } else {
+                m.join("; ")
+            }
+        }
+    };
+    BackendError::SnpCpuid {
+        gpa,
+        error,
+        mismatches,
+    }
+}
 
 impl Phases for SevBuild<'_> {
     fn create_vm(&mut self) -> Result<(), BackendError> {
@@ -551,6 +639,13 @@ impl Phases for SevBuild<'_> {
                 self.memory.locate(gpa, PAGE_SIZE)?;
                 if self.platform == Platform::Snp {
                     match snp_page_type(kind) {
+                        Some(page_type) if kind == PageKind::Cpuid => {
+                            // The page QEMU builds (`snp_launch_update_cpuid`), not the
+                            // bundle's: vCPU 0's CPUID as the firmware table.
+                            let page = self.cpuid_table()?.to_page();
+                            self.memory.stage(gpa, &page)?;
+                            self.queue(gpa, PAGE_SIZE, page_type)?;
+                        }
                         Some(page_type) => {
                             if kind != PageKind::Zero && !bytes.is_empty() {
                                 self.memory.stage(gpa, bytes)?;
@@ -1222,5 +1317,105 @@ mod tests {
         assert!(rec.lines().contains(
             &"vm0 KVM_SEV_SNP_LAUNCH_START policy=0xb0000 flags=0 sev_fd=sev".to_string()
         ));
+    }
+
+    /// The CPUID page holds vCPU 0's CPUID as QEMU lays it out (`sev_snp_cpuid_info_fill`),
+    /// not the bundle's bytes: the recorder's host reports leaf 1 (signature 0xA00F11, EBX
+    /// 0x800) and leaf 0xB, so the page has count 2, leaf 1 with APIC ID 0, leaf 0xB.
+    #[test]
+    fn snp_cpuid_page_is_vcpu0s_cpuid() {
+        let (_rec, host) = recorded();
+        let backend = SevBackend::new(Platform::Snp, host);
+        let vm = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                0x3_0000,
+                0,
+                PAGES,
+            )))
+            .unwrap();
+        let shared = vm.memory.regions()[0].shared.as_ref().unwrap();
+        let mut page = [0u8; 4096];
+        shared.read(0x4000, &mut page).unwrap();
+        let mut want = [0u8; 4096];
+        want[0] = 2; // count
+                     // Function 0 @16: eax_in 1, ecx_in 0, xcr0_in 0, xss_in 0, eax @+24, ebx @+28.
+        want[16] = 1;
+        want[16 + 24..16 + 28].copy_from_slice(&0x00A0_0F11u32.to_le_bytes());
+        want[16 + 28..16 + 32].copy_from_slice(&0x800u32.to_le_bytes());
+        // Function 1 @64: eax_in 0xB, the rest 0.
+        want[64] = 0xB;
+        assert_eq!(page, want);
+    }
+
+    /// A CPUID page the Secure Processor refuses (the kernel model checks it against a host
+    /// CPUID without leaf 1 EDX bit 28) ends the build with the leaves the firmware corrected,
+    /// as QEMU reports them; nothing after it is issued.
+    #[test]
+    fn snp_cpuid_refusal_names_the_corrected_leaves() {
+        use crate::model::{Model, ModelConfig};
+        let probe = Model::new(ModelConfig::default());
+        let mut fw = Kvm::with(Arc::new(probe))
+            .supported_cpuid(256)
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        for e in &mut fw {
+            if e.function == 1 {
+                e.edx &= !(1 << 28);
+            }
+        }
+        let model = Model::new(ModelConfig {
+            firmware_cpuid: Some(fw),
+            ..ModelConfig::default()
+        });
+        let host = Arc::new(Host::with_kvm(Kvm::with(Arc::new(model.clone())), true).unwrap());
+        let backend = SevBackend::new(Platform::Snp, host);
+        let err = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                0x3_0000,
+                0,
+                PAGES,
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the firmware refused the SNP CPUID page at 0x4000"),
+            "{err}"
+        );
+        assert!(err.contains("SEV_RET_INVALID_PARAM"), "{err}");
+        assert!(
+            err.contains("leaf 0x1 subleaf 0x0: edx 0x178bfbff expected 0x078bfbff"),
+            "{err}"
+        );
+        // The next page (SECRETS at 0x5000) was never given.
+        let secrets = model.events().iter().any(|e| {
+            matches!(e, crate::model::Event::Call(c)
+                if c.args.iter().any(|(k, v)| *k == "type" && *v == crate::model::Arg::Num(5)))
+        });
+        assert!(!secrets);
+    }
+
+    /// QEMU's SNP CPUID masks (`sev_snp_mask_cpuid_features`) apply to every vCPU of an SNP
+    /// launch only: TSC_DEADLINE (leaf 1 ECX bit 24) is gone from the SNP vCPUs' CPUID and
+    /// kept for SEV-ES.
+    #[test]
+    fn snp_vcpus_lose_qemus_masked_bits() {
+        let rec = Recorder::new(
+            8,
+            &[(KVM_CAP_NR_MEMSLOTS, 509), (KVM_CAP_VM_TYPES, 0b11101)],
+        );
+        let mut host = Host::with_kvm(Kvm::with(Arc::new(rec)), true).unwrap();
+        let mut entries = host.cpuid.as_slice().to_vec();
+        entries[0].ecx |= 1 << 24;
+        host.cpuid = kvm_bindings::CpuId::from_entries(&entries).unwrap();
+        let ecx = |p: Platform, policy| {
+            let prep = Prepared::new(&host, &coco_plan(p, policy, 0, &[])).unwrap();
+            let c = prep.cpuid(1).unwrap().as_slice()[0];
+            (c.function, c.ecx & (1 << 24))
+        };
+        assert_eq!(ecx(Platform::Snp, 0x3_0000), (1, 0));
+        assert_eq!(ecx(Platform::SevEs, 0x5), (1, 1 << 24));
     }
 }

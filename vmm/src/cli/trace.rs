@@ -10,7 +10,8 @@
 //! Lines, in order:
 //! - one per door call: `{"fd":"kvm|vm|vcpuN","ioctl":"<uapi name>","args":{<uapi field
 //!   names>},"result":"ok"|"<errno>[ firmware status]"}`; a VM fd being closed (relaunch
-//!   teardown) is `"ioctl":"close"`;
+//!   teardown) is `"ioctl":"close"`; an `SNP_LAUNCH_UPDATE` of a CPUID page also shows the
+//!   table it gives the firmware (`cpuid_count`, `cpuid_functions`: `leaf:subleaf` in hex);
 //! - SNP, for every page the firmware adds to the launch digest, in its order:
 //!   `{"measured":{"gpa":N,"page_type":T,"sha384":"<hex>"|null}}` (PAGE_INFO type; SHA-384
 //!   where the firmware hashes the contents);

@@ -36,6 +36,7 @@ const SEV_RET_INVALID_GUEST_STATE: u32 = 0x02;
 const SEV_RET_INVALID_LEN: u32 = 0x04;
 const SEV_RET_POLICY_FAILURE: u32 = 0x07;
 const SEV_RET_BAD_MEASUREMENT: u32 = 0x0B;
+const SEV_RET_INVALID_PARAM: u32 = 0x16;
 
 // SNP guest policy bits KVM insists on (`../shared/spec/kvm-coco-abi.md` §1.3;
 // `arch/x86/kvm/svm/sev.c` `snp_launch_start`: SNP_POLICY_MASK_SMT, SNP_POLICY_MASK_RSVD_MBO).
@@ -551,6 +552,32 @@ impl ModelVm {
                 break;
             }
             let gpa = gfn * PAGE;
+            if u.page_type == snp::PAGE_TYPE_CPUID {
+                // The Secure Processor checks the table (`super::cpuid`); a refused page is
+                // not assigned, and a corrected one is copied back to the source, as KVM
+                // does (`../shared/spec/kvm-coco-abi.md` §1.3).
+                let src = u.source.as_ref().ok_or(err(libc::EFAULT))?;
+                let mut page = [0u8; PAGE as usize];
+                page.copy_from_slice(&read(src, done * PAGE, PAGE as usize)?);
+                match super::cpuid::check_page(&page, &self.shared.firmware_cpuid()) {
+                    super::cpuid::Verdict::Ok => {}
+                    super::cpuid::Verdict::Refused => {
+                        result = Err(fw(SEV_RET_INVALID_PARAM));
+                        break;
+                    }
+                    super::cpuid::Verdict::Corrected(fixed) => {
+                        let at = src
+                            .offset
+                            .checked_add(done * PAGE)
+                            .ok_or(err(libc::EFAULT))?;
+                        src.mapping
+                            .write(at, &fixed[..])
+                            .map_err(|_| err(libc::EFAULT))?;
+                        result = Err(fw(SEV_RET_INVALID_PARAM));
+                        break;
+                    }
+                }
+            }
             let sha = if snp::type_has_contents(u.page_type) {
                 let src = u.source.as_ref().ok_or(err(libc::EFAULT))?;
                 Some(sha384(&read(src, done * PAGE, PAGE as usize)?))
@@ -640,6 +667,22 @@ fn sev_args(cmd: &SevCmd<'_>, sev_fd: i32) -> Vec<(&'static str, Arg)> {
             }
             v.push(("len", n(u.len)));
             v.push(("type", n(u.page_type.into())));
+            if u.page_type == snp::PAGE_TYPE_CPUID {
+                // What the CPUID page gives the firmware: its count and functions
+                // (`leaf:subleaf`, hex), read from the source as it came in.
+                if let Some(src) = &u.source {
+                    if let Ok(bytes) = read(src, 0, PAGE as usize) {
+                        let t = crate::backend::snp_cpuid::CpuidTable::from_page(&bytes);
+                        let list: Vec<String> = t
+                            .functions
+                            .iter()
+                            .map(|f| format!("{:x}:{:x}", f.eax_in, f.ecx_in))
+                            .collect();
+                        v.push(("cpuid_count", n(t.count.into())));
+                        v.push(("cpuid_functions", Arg::Text(list.join(" "))));
+                    }
+                }
+            }
             v
         }
         SevCmd::SnpLaunchFinish {

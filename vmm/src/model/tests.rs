@@ -915,3 +915,103 @@ fn device_attrs_answer_the_sev_group_only() {
     assert_eq!(old.device_attr(1, 1).unwrap_err().errno(), libc::ENXIO);
     assert!(old.device_attr(1, 0).is_ok());
 }
+
+/// The SNP CPUID page (SEV-SNP firmware ABI, SNP_LAUNCH_UPDATE page type CPUID; what the
+/// firmware does: `amd/AMD-ASPFW` `sev_mcmd.c`, `cpuid_lookup.c`): the page QEMU builds from
+/// the host's CPUID is accepted and measured with empty contents; a page asking for a
+/// feature the firmware's host lacks fails with EIO / `INVALID_PARAM`, the corrected table
+/// comes back in the source (KVM copies it: `../shared/spec/kvm-coco-abi.md` §1.3), the
+/// page is not assigned, and the corrected page is then accepted.
+#[test]
+fn snp_cpuid_page_is_checked_against_the_host_cpuid() {
+    use crate::backend::snp_cpuid::CpuidTable;
+    use relaunch_core::measure::snp::PAGE_TYPE_CPUID;
+
+    let (m, kvm) = model(ModelConfig::default());
+    let host = kvm.supported_cpuid(256).unwrap();
+    let good = CpuidTable::from_kvm(&host).unwrap();
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    let src = GuestMapping::anonymous(4096).unwrap();
+    src.write(0, &good.to_page()).unwrap();
+    snp_update_all(&vm, 4, Some(&src), 1, PAGE_TYPE_CPUID);
+    assert_eq!(
+        m.measured(),
+        [Measured::Snp {
+            gpa: 0x4000,
+            page_type: PAGE_TYPE_CPUID,
+            sha384: None
+        }]
+    );
+
+    // The firmware's host has no leaf-1 EDX bit 28 (HTT) and a smaller max extended leaf.
+    let mut fw: Vec<_> = host.as_slice().to_vec();
+    for e in &mut fw {
+        match e.function {
+            1 => e.edx &= !(1 << 28),
+            0x8000_0000 => e.eax = 0x8000_0008,
+            _ => {}
+        }
+    }
+    let (m, kvm) = model(ModelConfig {
+        firmware_cpuid: Some(fw),
+        ..ModelConfig::default()
+    });
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    src.write(0, &good.to_page()).unwrap();
+    let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+        gfn_start: 4,
+        source: Some(Source {
+            mapping: &src,
+            offset: 0,
+        }),
+        len: 4096,
+        page_type: PAGE_TYPE_CPUID,
+    });
+    let e = vm.sev_cmd(&mut cmd, 3).unwrap_err();
+    assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x16)));
+    let SevCmd::SnpLaunchUpdate(u) = cmd else {
+        unreachable!()
+    };
+    assert_eq!((u.gfn_start, u.len), (4, 4096), "no progress");
+    assert!(m.measured().is_empty());
+    let mut back = [0u8; 4096];
+    src.read(0, &mut back).unwrap();
+    let fixed = CpuidTable::from_page(&back);
+    assert_eq!(
+        good.mismatches(&fixed),
+        [
+            "leaf 0x1 subleaf 0x0: edx 0x178bfbff expected 0x078bfbff",
+            "leaf 0x80000000 subleaf 0x0: eax 0x8000001f expected 0x80000008",
+        ]
+    );
+    // The page was not assigned: the corrected table is accepted.
+    snp_update_all(&vm, 4, Some(&src), 1, PAGE_TYPE_CPUID);
+    assert_eq!(m.measured().len(), 1);
+}
+
+/// A CPUID page whose header is malformed (reserved field set, more than 64 functions) is
+/// refused and left as it was (`sev_mcmd.c`: no write-back for these).
+#[test]
+fn snp_cpuid_page_with_a_bad_header_is_refused_untouched() {
+    use relaunch_core::measure::snp::PAGE_TYPE_CPUID;
+    let (_m, kvm) = model(ModelConfig::default());
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    for header in [[65u8, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0, 0, 0]] {
+        let src = GuestMapping::anonymous(4096).unwrap();
+        src.write(0, &header).unwrap();
+        let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+            gfn_start: 5,
+            source: Some(Source {
+                mapping: &src,
+                offset: 0,
+            }),
+            len: 4096,
+            page_type: PAGE_TYPE_CPUID,
+        });
+        let e = vm.sev_cmd(&mut cmd, 3).unwrap_err();
+        assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x16)));
+        let mut back = [0u8; 8];
+        src.read(0, &mut back).unwrap();
+        assert_eq!(back, header);
+    }
+}
