@@ -376,3 +376,205 @@ fn trace_ovmf_snp_has_a_cpuid_page() {
         .count();
     assert_eq!(n, 1, "one CPUID page, one call");
 }
+
+fn temp(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("relaunch-trace-{}-{name}", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// An ID block for `ld` and `policy` (SEV-SNP firmware ABI ID_BLOCK: LD[48] @0, FAMILY_ID
+/// @0x30, IMAGE_ID @0x40, VERSION u32 @0x50 = 1, GUEST_SVN u32 @0x54, POLICY u64 @0x58).
+fn id_block(ld: &[u8], policy: u64) -> [u8; 96] {
+    let mut b = [0u8; 96];
+    b[..48].copy_from_slice(ld);
+    b[0x30] = 0xFA;
+    b[0x50..0x54].copy_from_slice(&1u32.to_le_bytes());
+    b[0x58..0x60].copy_from_slice(&policy.to_le_bytes());
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn finish_line(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .find(|l| l["ioctl"] == "KVM_SEV_SNP_LAUNCH_FINISH")
+        .cloned()
+        .unwrap()
+}
+
+/// `--id-block`/`--id-auth` (SEV-SNP firmware ABI, SNP_LAUNCH_FINISH; KVM
+/// `kvm_sev_snp_launch_finish.id_block_en`/`auth_key_en`): the files' bytes reach
+/// SNP_LAUNCH_FINISH as given and the trace shows them; an ID block whose LD is the launch
+/// digest (what `relaunch measure` predicts) and whose POLICY is the launch policy
+/// (0x30000, QEMU's default) is accepted; AUTH_KEY_EN follows the ID_AUTH_INFO's AUTHOR_KEY
+/// field (@0x880); a wrong LD is refused by the firmware model with BAD_MEASUREMENT
+/// (exit 1, no measurement line).
+#[test]
+fn trace_snp_id_block_from_files() {
+    let Some(f) = bundle("boot-images/out/hello.igvm") else {
+        return;
+    };
+    let ld = unhex(&predicted(&f, Platform::Snp, 1));
+    let good = temp("good.idblock", &id_block(&ld, 0x3_0000));
+    let auth = temp("zero.idauth", &[0u8; 4096]);
+    let mut keyed = [0u8; 4096];
+    keyed[0x880] = 2; // AUTHOR_KEY.CURVE = P-384
+    let keyed = temp("keyed.idauth", &keyed);
+    let id_args = |b: &Path, a: &Path| -> Vec<String> {
+        vec![
+            "--id-block".into(),
+            b.display().to_string(),
+            "--id-auth".into(),
+            a.display().to_string(),
+        ]
+    };
+    let args = id_args(&good, &auth);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = trace(&f, "snp", 1, &argv);
+    let fin = finish_line(&lines);
+    assert_eq!(fin["result"], "ok");
+    assert_eq!(fin["args"]["id_block_en"], 1);
+    assert_eq!(fin["args"]["auth_key_en"], 0);
+    assert_eq!(fin["args"]["id_block"], hex(&id_block(&ld, 0x3_0000)));
+    assert_eq!(measurement(&lines), hex(&ld));
+
+    let args = id_args(&good, &keyed);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fin = finish_line(&trace(&f, "snp", 1, &argv));
+    assert_eq!(fin["args"]["auth_key_en"], 1);
+
+    let mut wrong = ld.clone();
+    wrong[0] ^= 1;
+    let bad = temp("bad.idblock", &id_block(&wrong, 0x3_0000));
+    let mut a: Vec<OsString> = vec![f.clone().into(), "--platform".into(), "snp".into()];
+    a.extend(id_args(&bad, &auth).into_iter().map(OsString::from));
+    let e = relaunch::cli::trace::run(&a).unwrap_err();
+    assert_eq!(e.code, 1, "{}", e.message);
+    assert!(
+        e.message.contains("SEV_RET_BAD_MEASUREMENT"),
+        "{}",
+        e.message
+    );
+    let partial: Vec<Value> = e
+        .partial
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        finish_line(&partial)["result"],
+        "EIO SEV_RET_BAD_MEASUREMENT"
+    );
+    assert!(!e.partial.contains("\"measurement\""));
+    for p in [good, auth, keyed, bad] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Bad ID block files and flag combinations are usage errors (exit 2) with one sentence,
+/// for `trace` and `run` alike, before anything is created: a size other than 96 / 4096
+/// bytes (`KVM_SEV_SNP_ID_BLOCK_SIZE` / `KVM_SEV_SNP_ID_AUTH_SIZE`), one flag without the
+/// other, a platform other than SNP, a missing file.
+#[test]
+fn id_block_files_are_checked() {
+    let Some(f) = bundle("boot-images/out/hello.igvm") else {
+        return;
+    };
+    let b95 = temp("95.idblock", &[0u8; 95]);
+    let b97 = temp("97.idblock", &[0u8; 97]);
+    let b96 = temp("96.idblock", &[0u8; 96]);
+    let a4095 = temp("4095.idauth", &[0u8; 4095]);
+    let a4096 = temp("4096.idauth", &[0u8; 4096]);
+    let s = |p: &PathBuf| p.display().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                s(&b95),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            format!(
+                "--id-block {}: 95 bytes; an SNP ID block (ID_BLOCK) is exactly 96 bytes \
+                 (SEV-SNP firmware ABI)",
+                b95.display()
+            ),
+        ),
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                s(&b97),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            format!(
+                "--id-block {}: more than 96 bytes; an SNP ID block (ID_BLOCK) is exactly 96 \
+                 bytes (SEV-SNP firmware ABI)",
+                b97.display()
+            ),
+        ),
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                s(&b96),
+                "--id-auth".into(),
+                s(&a4095),
+            ],
+            format!(
+                "--id-auth {}: 4095 bytes; an SNP ID authentication structure (ID_AUTH_INFO) \
+                 is exactly 4096 bytes (SEV-SNP firmware ABI)",
+                a4095.display()
+            ),
+        ),
+        (
+            vec!["snp".into(), "--id-block".into(), s(&b96)],
+            "--id-block and --id-auth go together (SNP_LAUNCH_FINISH takes both)".into(),
+        ),
+        (
+            vec![
+                "tdx".into(),
+                "--id-block".into(),
+                s(&b96),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            "--id-block/--id-auth are given at SNP_LAUNCH_FINISH; tdx has no ID block".into(),
+        ),
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                "/nonexistent/id.block".into(),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            "--id-block /nonexistent/id.block: No such file or directory (os error 2)".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a: Vec<OsString> = vec![f.clone().into(), "--platform".into()];
+        a.extend(args.iter().map(OsString::from));
+        let e = relaunch::cli::trace::run(&a).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (2, want.as_str()), "{args:?}");
+        // `run` stops at the same point, before opening /dev/kvm: exit 2.
+        let mut r: Vec<OsString> = vec!["run".into(), f.clone().into(), "--platform".into()];
+        r.extend(args.iter().map(OsString::from));
+        assert_eq!(relaunch::cli::main(r), 2, "run {args:?}");
+    }
+    for p in [b95, b97, b96, a4095, a4096] {
+        let _ = std::fs::remove_file(p);
+    }
+}

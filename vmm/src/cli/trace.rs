@@ -66,6 +66,8 @@ pub const FLAGS: &[Flag] = &[
     launch_flags::KERNEL,
     launch_flags::INITRD,
     launch_flags::APPEND,
+    launch_flags::ID_BLOCK,
+    launch_flags::ID_AUTH,
     Flag {
         long: "model-max-pages",
         short: None,
@@ -267,7 +269,11 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
         .launch
         .kernel_hashes_for(&bundle)
         .map_err(|e| fail(super::EXIT_USAGE, e))?;
-    let launch = Launch::new(bundle, &cfg)
+    let id_block = a
+        .launch
+        .id_block_for(cfg.platform)
+        .map_err(|e| fail(super::EXIT_USAGE, e))?;
+    let launch = Launch::with_id_block(bundle, &cfg, id_block)
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
     let model = Model::new(ModelConfig {
         vcpu_sig: a.config.vcpu_sig,

@@ -374,28 +374,41 @@ fn refuses_commands_out_of_order() {
     );
 }
 
+/// SNP_LAUNCH_FINISH with an ID block (SEV-SNP firmware ABI, SNP_LAUNCH_FINISH): its LD
+/// must be the launch digest (else BAD_MEASUREMENT, 0x0B) and its POLICY (@0x58) the launch
+/// policy (else POLICY_FAILURE, 0x07); a refused finish leaves no measurement.
 #[test]
 fn refuses_id_block_whose_digest_does_not_match() {
-    for good in [true, false] {
+    for (case, fw) in [("good", None), ("ld", Some(0x0B)), ("policy", Some(0x07))] {
         let (m, kvm) = model(ModelConfig::default());
         let (vm, _v) = snp_vm(&kvm, MB, 1);
         let want = hand_digest(&[], 0, 7, 1);
         snp_update_all(&vm, 7, None, 1, PAGE_TYPE_ZERO);
         let mut block = [0u8; 96];
         block[..48].copy_from_slice(&want);
-        if !good {
+        if case == "ld" {
             block[0] ^= 1;
         }
-        block[88..96].copy_from_slice(&SNP_POLICY.to_le_bytes());
-        let r = snp_finish(&vm, Some(&block));
-        if good {
-            r.unwrap();
-            assert_eq!(m.measurement(), Some(Measurement::Snp(want)));
+        let policy = if case == "policy" {
+            SNP_POLICY | 1 << 19
         } else {
-            let e = r.unwrap_err();
-            assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x0B)));
-            assert!(e.to_string().contains("SEV_RET_BAD_MEASUREMENT"));
-            assert_eq!(m.measurement(), None);
+            SNP_POLICY
+        };
+        block[88..96].copy_from_slice(&policy.to_le_bytes());
+        let r = snp_finish(&vm, Some(&block));
+        match fw {
+            None => {
+                r.unwrap();
+                assert_eq!(m.measurement(), Some(Measurement::Snp(want)));
+            }
+            Some(code) => {
+                let e = r.unwrap_err();
+                assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(code)), "{case}");
+                if code == 0x0B {
+                    assert!(e.to_string().contains("SEV_RET_BAD_MEASUREMENT"));
+                }
+                assert_eq!(m.measurement(), None);
+            }
         }
     }
 }
