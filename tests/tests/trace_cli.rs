@@ -244,12 +244,26 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
                     "KVM_SET_MEMORY_ATTRIBUTES",
                     "KVM_CREATE_VCPU",
                     "KVM_TDX_INIT_VCPU",
+                    "KVM_TDX_GET_CPUID",
                     "KVM_TDX_INIT_MEM_REGION",
                     "KVM_TDX_FINALIZE_VM",
                 ],
             );
             // TDX has no in-kernel PIC/IOAPIC (§3.1).
             assert!(!calls.iter().any(|(n, _)| n == "KVM_CREATE_IRQCHIP"));
+            // KVM_TDX_GET_CPUID once per vCPU, on its own fd (a vCPU ioctl, intel-tdx.rst),
+            // with room for KVM_MAX_CPUID_ENTRIES (256), answered.
+            let gets: Vec<&Value> = calls
+                .iter()
+                .filter(|(n, _)| n == "KVM_TDX_GET_CPUID")
+                .map(|(_, l)| *l)
+                .collect();
+            assert_eq!(gets.len(), vcpus as usize);
+            for (i, l) in gets.iter().enumerate() {
+                assert_eq!(l["fd"], format!("vcpu{i}"));
+                assert_eq!(l["args"]["nent"], 256);
+                assert_eq!(l["result"], "ok");
+            }
         }
         Platform::Native => unreachable!(),
     }

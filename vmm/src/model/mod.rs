@@ -299,7 +299,7 @@ impl Model {
 /// the leaves an SNP CPUID page's check looks into: feature bits of an EPYC part in leaves
 /// 1 and 7.0 (AMD CPUID specification #25481), and XSAVE leaf 0xD subleaves 0 and 1 for
 /// x87 + SSE + AVX (sizes 0x340; significant index, as KVM reports subleaf leaves).
-fn model_entries(sig: u32) -> [kvm_cpuid_entry2; 9] {
+pub(crate) fn model_entries(sig: u32) -> [kvm_cpuid_entry2; 9] {
     let e = |function, index, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
         function,
         index,

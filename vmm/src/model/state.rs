@@ -159,6 +159,8 @@ pub(super) struct VmState {
     vcpus: Vec<Arc<Mutex<VcpuState>>>,
     acc: Acc,
     irqchip: bool,
+    /// TDX: the CPUID configuration `INIT_VM` took.
+    td_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 impl VmState {
@@ -264,6 +266,7 @@ impl ModelVm {
             vcpus: Vec::new(),
             acc: Acc::None,
             irqchip: false,
+            td_cpuid: Vec::new(),
         };
         Ok(ModelVm {
             shared,
@@ -1013,6 +1016,7 @@ impl SafeVmIoctls for ModelVm {
                     } else {
                         st.launch = Launch::Started;
                         st.acc = Acc::Tdx(MrtdDigest::new());
+                        st.td_cpuid = cpuid.as_slice().to_vec();
                         Ok(())
                     }
                 }
@@ -1080,6 +1084,40 @@ fn tdx_capabilities() -> crate::sys::coco::TdxCapabilities {
             e(0x8000_0008, 0, 0, 0x00FF_00FF, 0, 0, 0),
         ],
     }
+}
+
+/// The CPUID the model's TDX module virtualizes for a TD (`KVM_TDX_GET_CPUID`): every leaf
+/// of the model host's CPUID, whose configurable bits (the masks `KVM_TDX_CAPABILITIES`
+/// reports) are those `INIT_VM` configured for that leaf (0 where it configured none) and
+/// whose other bits are the host's. A simplification: the real module also forces bits on
+/// or off by its own rules (fixed-1 / fixed-0 bits, XFAM- and attribute-dependent bits;
+/// Intel TDX module ABI, "CPUID virtualization"), which the model does not know.
+fn td_cpuid_of(
+    shared: &Shared,
+    config: &[kvm_bindings::kvm_cpuid_entry2],
+) -> Vec<kvm_bindings::kvm_cpuid_entry2> {
+    let caps = tdx_capabilities();
+    let same = |a: &kvm_bindings::kvm_cpuid_entry2, b: &kvm_bindings::kvm_cpuid_entry2| {
+        a.function == b.function && a.index == b.index
+    };
+    super::model_entries(shared.cfg.vcpu_sig)
+        .iter()
+        .map(|h| {
+            let mut e = *h;
+            if let Some(m) = caps.cpuid.iter().find(|m| same(m, h)) {
+                let c = config
+                    .iter()
+                    .find(|c| same(c, h))
+                    .copied()
+                    .unwrap_or_default();
+                e.eax = (h.eax & !m.eax) | (c.eax & m.eax);
+                e.ebx = (h.ebx & !m.ebx) | (c.ebx & m.ebx);
+                e.ecx = (h.ecx & !m.ecx) | (c.ecx & m.ecx);
+                e.edx = (h.edx & !m.edx) | (c.edx & m.edx);
+            }
+            e
+        })
+        .collect()
 }
 
 /// KVM's reset state of a new vCPU (`init_vmcb`, `kvm_vcpu_reset`): QEMU's reset state
@@ -1419,6 +1457,7 @@ impl VcpuIoctls for ModelVcpu {
                 ("nr_pages", Arg::Num(r.nr_pages)),
                 ("flags", Arg::Num(r.measure.into())),
             ],
+            TdxVcpuCmd::GetCpuid(c) => vec![("nent", Arg::Num(c.nent.into()))],
         };
         self.log(name, args, None);
         let res = match cmd {
@@ -1436,6 +1475,27 @@ impl VcpuIoctls for ModelVcpu {
                 }
             }
             TdxVcpuCmd::InitMemRegion(r) => self.init_mem_region(r),
+            TdxVcpuCmd::GetCpuid(c) => {
+                let st = lock(&self.vm);
+                if st.platform() != Platform::Tdx {
+                    Err(err(libc::ENOTTY))
+                } else if st.launch != Launch::Started {
+                    // `tdx_vcpu_ioctl`: the TD initialised (HKID assigned) and not finalized.
+                    Err(err(libc::EINVAL))
+                } else {
+                    let td = td_cpuid_of(&self.shared, &st.td_cpuid);
+                    let need = td.len() as u32;
+                    if c.nent < need {
+                        // `tdx_vcpu_get_cpuid`: E2BIG with the count it needs, no entries.
+                        c.nent = need;
+                        Err(err(libc::E2BIG))
+                    } else {
+                        c.nent = need;
+                        c.entries = td;
+                        Ok(())
+                    }
+                }
+            }
         };
         if let Err(e) = res {
             set_last_error(&self.shared, &self.name, e);

@@ -588,6 +588,68 @@ fn tdx_mrtd_partial_progress_and_refusals() {
     // After FINALIZE every vCPU sub-command is refused.
     let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(0x30000, 1, false)));
     assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+    let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::GetCpuid(crate::sys::coco::TdxCpuid {
+        nent: 256,
+        entries: Vec::new(),
+    }));
+    assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+}
+
+/// `KVM_TDX_GET_CPUID` (`intel-tdx.rst`): a vCPU ioctl between INIT_VM and FINALIZE_VM;
+/// too little room is `E2BIG` with `nent` set to the entries needed and none written; the
+/// TD's configurable bits are those INIT_VM configured (here leaf 7.0 EBX without bit 0).
+#[test]
+fn tdx_get_cpuid_answers_the_configured_td_cpuid() {
+    use crate::sys::coco::TdxCpuid;
+    let (_m, kvm) = model(ModelConfig::default());
+    let vm = kvm.create_vm(KVM_X86_TDX_VM).unwrap();
+    let host = kvm.supported_cpuid(256).unwrap();
+    let mut config: Vec<_> = host
+        .as_slice()
+        .iter()
+        .filter(|e| e.function == 7)
+        .copied()
+        .collect();
+    config[0].ebx &= !1;
+    let cpuid = kvm_bindings::CpuId::from_entries(&config).unwrap();
+    vm.tdx_vm_cmd(&mut TdxVmCmd::InitVm {
+        attributes: 0,
+        xfam: 3,
+        mrconfigid: [0; 48],
+        mrowner: [0; 48],
+        mrownerconfig: [0; 48],
+        cpuid: &cpuid,
+    })
+    .unwrap();
+    let v = vm.create_vcpu(0).unwrap();
+    let mut cmd = TdxVcpuCmd::GetCpuid(TdxCpuid {
+        nent: 1,
+        entries: Vec::new(),
+    });
+    let e = v.tdx_vcpu_cmd(&mut cmd).unwrap_err();
+    assert_eq!(errno_of(e), libc::E2BIG);
+    let TdxVcpuCmd::GetCpuid(out) = cmd else {
+        unreachable!()
+    };
+    let need = out.nent;
+    assert_eq!(need as usize, host.as_slice().len());
+    assert!(out.entries.is_empty());
+    let mut cmd = TdxVcpuCmd::GetCpuid(TdxCpuid {
+        nent: need,
+        entries: Vec::new(),
+    });
+    v.tdx_vcpu_cmd(&mut cmd).unwrap();
+    let TdxVcpuCmd::GetCpuid(out) = cmd else {
+        unreachable!()
+    };
+    let leaf7 = out.entries.iter().find(|e| e.function == 7).unwrap();
+    assert_eq!(leaf7.ebx, config[0].ebx);
+    let leaf0 = out.entries.iter().find(|e| e.function == 0).unwrap();
+    assert_eq!(
+        leaf0.eax,
+        host.as_slice()[0].eax,
+        "not configurable: the host's"
+    );
 }
 
 /// A minimal SNP launcher written here from the ABI (not the backend): drives a plan's ops

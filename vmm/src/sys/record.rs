@@ -580,8 +580,24 @@ impl VcpuIoctls for RecVcpu {
                 r.nr_pages,
                 u8::from(r.measure)
             ),
+            TdxVcpuCmd::GetCpuid(c) => format!("nent={}", c.nent),
         };
         let res = self.record(cmd.name(), args);
+        if let TdxVcpuCmd::GetCpuid(c) = cmd {
+            res?;
+            // The TD's CPUID as this recorder's TDX module reports it: leaves 1 and 7.0 with
+            // the configurable bits of `tdx_capabilities` set; `E2BIG` with the count needed
+            // when `nent` is too small (`intel-tdx.rst`, KVM_TDX_GET_CPUID).
+            let entries = tdx_capabilities().cpuid;
+            let need = entries.len() as u32;
+            let room = c.nent;
+            c.nent = need;
+            if room < need {
+                return Err(CocoError::errno(libc::E2BIG));
+            }
+            c.entries = entries;
+            return Ok(());
+        }
         if let TdxVcpuCmd::InitMemRegion(r) = cmd {
             // The whole region on success; on an injected fault (`Recorder::fail`), one page
             // when more than one is left, then the errno: the kernel copies its progress
