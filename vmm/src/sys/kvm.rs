@@ -1006,3 +1006,37 @@ impl VcpuIoctls for RealVcpu {
         unsafe { super::tdx::vcpu_cmd(self.0.as_raw_fd(), cmd) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real `KVM_GET_DEVICE_ATTR` on `/dev/kvm` reaches the kernel's attribute code: the
+    /// SEV group answers a value (a SEV host), `ENXIO` (no such group or attribute:
+    /// `kvm_x86_dev_get_attr`) or `EINVAL` (kernels before 5.17, no system attributes),
+    /// never `ENOTTY` (a wrong ioctl number) or `EFAULT` (a wrong struct layout); group 0
+    /// attribute 0 (`KVM_X86_XCOMP_GUEST_SUPP`, Linux 5.17+) holds at least x87 | SSE.
+    #[test]
+    fn real_device_attr_reaches_the_kernel() {
+        let kvm = match Kvm::open() {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("SKIPPED: no /dev/kvm ({e})");
+                return;
+            }
+        };
+        for attr in [KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS] {
+            match kvm.device_attr(KVM_X86_GRP_SEV, attr) {
+                Ok(_) => {}
+                Err(e) => assert!(
+                    matches!(e.errno(), libc::ENXIO | libc::EINVAL),
+                    "attr {attr}: {e}"
+                ),
+            }
+        }
+        match kvm.device_attr(0, 0) {
+            Ok(xcr0) => assert_eq!(xcr0 & 0b11, 0b11, "{xcr0:#x}"),
+            Err(e) => assert_eq!(e.errno(), libc::EINVAL, "{e}"),
+        }
+    }
+}
