@@ -148,6 +148,24 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
     assert!(coco_ok, "a confidential command failed");
     let vcpu_count = calls.iter().filter(|(n, _)| n == "KVM_CREATE_VCPU").count();
     assert_eq!(vcpu_count, vcpus as usize);
+    // Before the first VM, the host probe reads the SEV attributes of /dev/kvm once
+    // (`KVM_GET_DEVICE_ATTR`, group `KVM_X86_GRP_SEV` 1: attribute 0 VMSA features,
+    // attribute 1 SNP policy bits; `amd-memory-encryption.rst` "Device attribute API"):
+    // the model offers SEV-family VM types whatever the platform traced.
+    let attrs: Vec<(u64, u64)> = calls
+        .iter()
+        .take_while(|(n, _)| n != "KVM_CREATE_VM")
+        .filter(|(n, _)| n == "KVM_GET_DEVICE_ATTR")
+        .map(|(_, l)| {
+            assert_eq!(l["fd"], "kvm");
+            assert_eq!(l["result"], "ok");
+            (
+                l["args"]["group"].as_u64().unwrap(),
+                l["args"]["attr"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attrs, [(1, 0), (1, 1)]);
     match platform {
         Platform::Snp => {
             assert!(ty(4));
@@ -175,6 +193,24 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
                 .take(vmsas)
                 .all(|x| x["gpa"] == 0xFFFF_FFFF_F000u64));
             assert_eq!(script(&lines), want);
+            // A CPUID page (OVMF's SEV metadata CPUID section) holds vCPU 0's CPUID, one
+            // function per KVM_SET_CPUID2 entry (QEMU `snp_launch_update_cpuid`), one page per
+            // call, accepted by the firmware model.
+            let nent = calls
+                .iter()
+                .find(|(n, l)| n == "KVM_SET_CPUID2" && l["fd"] == "vcpu0")
+                .map(|(_, l)| l["args"]["nent"].as_u64().unwrap())
+                .unwrap();
+            for (_, l) in calls
+                .iter()
+                .filter(|(n, l)| n == "KVM_SEV_SNP_LAUNCH_UPDATE" && l["args"]["type"] == 6)
+            {
+                assert_eq!(l["result"], "ok", "{l}");
+                assert_eq!(l["args"]["len"], 4096);
+                assert_eq!(l["args"]["cpuid_count"].as_u64(), Some(nent), "{l}");
+                let funcs = l["args"]["cpuid_functions"].as_str().unwrap();
+                assert!(funcs.starts_with("0:0 1:0 "), "{funcs}");
+            }
         }
         Platform::SevEs | Platform::Sev => {
             let es = platform == Platform::SevEs;
@@ -208,12 +244,26 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
                     "KVM_SET_MEMORY_ATTRIBUTES",
                     "KVM_CREATE_VCPU",
                     "KVM_TDX_INIT_VCPU",
+                    "KVM_TDX_GET_CPUID",
                     "KVM_TDX_INIT_MEM_REGION",
                     "KVM_TDX_FINALIZE_VM",
                 ],
             );
             // TDX has no in-kernel PIC/IOAPIC (§3.1).
             assert!(!calls.iter().any(|(n, _)| n == "KVM_CREATE_IRQCHIP"));
+            // KVM_TDX_GET_CPUID once per vCPU, on its own fd (a vCPU ioctl, intel-tdx.rst),
+            // with room for KVM_MAX_CPUID_ENTRIES (256), answered.
+            let gets: Vec<&Value> = calls
+                .iter()
+                .filter(|(n, _)| n == "KVM_TDX_GET_CPUID")
+                .map(|(_, l)| *l)
+                .collect();
+            assert_eq!(gets.len(), vcpus as usize);
+            for (i, l) in gets.iter().enumerate() {
+                assert_eq!(l["fd"], format!("vcpu{i}"));
+                assert_eq!(l["args"]["nent"], 256);
+                assert_eq!(l["result"], "ok");
+            }
         }
         Platform::Native => unreachable!(),
     }
@@ -324,4 +374,221 @@ fn trace_tdx_eintr_partial_progress_and_relaunch() {
         .iter()
         .any(|l| l["ioctl"] == "KVM_TDX_INIT_MEM_REGION" && l["result"] == "EINTR"));
     check_relaunch(&lines, &plain);
+}
+
+/// `trace` of an OVMF image's SNP view shows its CPUID page (the SEV metadata CPUID
+/// section), built from vCPU 0's CPUID whatever the image holds there.
+#[test]
+fn trace_ovmf_snp_has_a_cpuid_page() {
+    let Some(f) = bundle(".oracles/ovmf/usr/share/ovmf/OVMF.fd") else {
+        return;
+    };
+    let lines = trace(&f, "snp", 1, &[]);
+    let n = ioctls(&lines)
+        .iter()
+        .filter(|(n, l)| n == "KVM_SEV_SNP_LAUNCH_UPDATE" && l["args"]["type"] == 6)
+        .count();
+    assert_eq!(n, 1, "one CPUID page, one call");
+}
+
+fn temp(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("relaunch-trace-{}-{name}", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// An ID block for `ld` and `policy` (SEV-SNP firmware ABI ID_BLOCK: LD[48] @0, FAMILY_ID
+/// @0x30, IMAGE_ID @0x40, VERSION u32 @0x50 = 1, GUEST_SVN u32 @0x54, POLICY u64 @0x58).
+fn id_block(ld: &[u8], policy: u64) -> [u8; 96] {
+    let mut b = [0u8; 96];
+    b[..48].copy_from_slice(ld);
+    b[0x30] = 0xFA;
+    b[0x50..0x54].copy_from_slice(&1u32.to_le_bytes());
+    b[0x58..0x60].copy_from_slice(&policy.to_le_bytes());
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn finish_line(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .find(|l| l["ioctl"] == "KVM_SEV_SNP_LAUNCH_FINISH")
+        .cloned()
+        .unwrap()
+}
+
+/// `--id-block`/`--id-auth` (SEV-SNP firmware ABI, SNP_LAUNCH_FINISH; KVM
+/// `kvm_sev_snp_launch_finish.id_block_en`/`auth_key_en`): the files' bytes reach
+/// SNP_LAUNCH_FINISH as given and the trace shows them; an ID block whose LD is the launch
+/// digest (what `relaunch measure` predicts) and whose POLICY is the launch policy
+/// (0x30000, QEMU's default) is accepted; AUTH_KEY_EN follows the ID_AUTH_INFO's AUTHOR_KEY
+/// field (@0x880); a wrong LD is refused by the firmware model with BAD_MEASUREMENT
+/// (exit 1, no measurement line).
+#[test]
+fn trace_snp_id_block_from_files() {
+    let Some(f) = bundle("boot-images/out/hello.igvm") else {
+        return;
+    };
+    let ld = unhex(&predicted(&f, Platform::Snp, 1));
+    let good = temp("good.idblock", &id_block(&ld, 0x3_0000));
+    let auth = temp("zero.idauth", &[0u8; 4096]);
+    let mut keyed = [0u8; 4096];
+    keyed[0x880] = 2; // AUTHOR_KEY.CURVE = P-384
+    let keyed = temp("keyed.idauth", &keyed);
+    let id_args = |b: &Path, a: &Path| -> Vec<String> {
+        vec![
+            "--id-block".into(),
+            b.display().to_string(),
+            "--id-auth".into(),
+            a.display().to_string(),
+        ]
+    };
+    let args = id_args(&good, &auth);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = trace(&f, "snp", 1, &argv);
+    let fin = finish_line(&lines);
+    assert_eq!(fin["result"], "ok");
+    assert_eq!(fin["args"]["id_block_en"], 1);
+    assert_eq!(fin["args"]["auth_key_en"], 0);
+    assert_eq!(fin["args"]["id_block"], hex(&id_block(&ld, 0x3_0000)));
+    assert_eq!(measurement(&lines), hex(&ld));
+
+    let args = id_args(&good, &keyed);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fin = finish_line(&trace(&f, "snp", 1, &argv));
+    assert_eq!(fin["args"]["auth_key_en"], 1);
+
+    let mut wrong = ld.clone();
+    wrong[0] ^= 1;
+    let bad = temp("bad.idblock", &id_block(&wrong, 0x3_0000));
+    let mut a: Vec<OsString> = vec![f.clone().into(), "--platform".into(), "snp".into()];
+    a.extend(id_args(&bad, &auth).into_iter().map(OsString::from));
+    let e = relaunch::cli::trace::run(&a).unwrap_err();
+    assert_eq!(e.code, 1, "{}", e.message);
+    assert!(
+        e.message.contains("SEV_RET_BAD_MEASUREMENT"),
+        "{}",
+        e.message
+    );
+    let partial: Vec<Value> = e
+        .partial
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        finish_line(&partial)["result"],
+        "EIO SEV_RET_BAD_MEASUREMENT"
+    );
+    assert!(!e.partial.contains("\"measurement\""));
+    for p in [good, auth, keyed, bad] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Bad ID block files and flag combinations are usage errors (exit 2) with one sentence,
+/// for `trace` and `run` alike, before anything is created: a size other than 96 / 4096
+/// bytes (`KVM_SEV_SNP_ID_BLOCK_SIZE` / `KVM_SEV_SNP_ID_AUTH_SIZE`), one flag without the
+/// other, a platform other than SNP, a missing file.
+#[test]
+fn id_block_files_are_checked() {
+    let Some(f) = bundle("boot-images/out/hello.igvm") else {
+        return;
+    };
+    let b95 = temp("95.idblock", &[0u8; 95]);
+    let b97 = temp("97.idblock", &[0u8; 97]);
+    let b96 = temp("96.idblock", &[0u8; 96]);
+    let a4095 = temp("4095.idauth", &[0u8; 4095]);
+    let a4096 = temp("4096.idauth", &[0u8; 4096]);
+    let s = |p: &PathBuf| p.display().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                s(&b95),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            format!(
+                "--id-block {}: 95 bytes; an SNP ID block (ID_BLOCK) is exactly 96 bytes \
+                 (SEV-SNP firmware ABI)",
+                b95.display()
+            ),
+        ),
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                s(&b97),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            format!(
+                "--id-block {}: more than 96 bytes; an SNP ID block (ID_BLOCK) is exactly 96 \
+                 bytes (SEV-SNP firmware ABI)",
+                b97.display()
+            ),
+        ),
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                s(&b96),
+                "--id-auth".into(),
+                s(&a4095),
+            ],
+            format!(
+                "--id-auth {}: 4095 bytes; an SNP ID authentication structure (ID_AUTH_INFO) \
+                 is exactly 4096 bytes (SEV-SNP firmware ABI)",
+                a4095.display()
+            ),
+        ),
+        (
+            vec!["snp".into(), "--id-block".into(), s(&b96)],
+            "--id-block and --id-auth go together (SNP_LAUNCH_FINISH takes both)".into(),
+        ),
+        (
+            vec![
+                "tdx".into(),
+                "--id-block".into(),
+                s(&b96),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            "--id-block/--id-auth are given at SNP_LAUNCH_FINISH; tdx has no ID block".into(),
+        ),
+        (
+            vec![
+                "snp".into(),
+                "--id-block".into(),
+                "/nonexistent/id.block".into(),
+                "--id-auth".into(),
+                s(&a4096),
+            ],
+            "--id-block /nonexistent/id.block: No such file or directory (os error 2)".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a: Vec<OsString> = vec![f.clone().into(), "--platform".into()];
+        a.extend(args.iter().map(OsString::from));
+        let e = relaunch::cli::trace::run(&a).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (2, want.as_str()), "{args:?}");
+        // `run` stops at the same point, before opening /dev/kvm: exit 2.
+        let mut r: Vec<OsString> = vec!["run".into(), f.clone().into(), "--platform".into()];
+        r.extend(args.iter().map(OsString::from));
+        assert_eq!(relaunch::cli::main(r), 2, "run {args:?}");
+    }
+    for p in [b95, b97, b96, a4095, a4096] {
+        let _ = std::fs::remove_file(p);
+    }
 }

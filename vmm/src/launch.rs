@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
+use relaunch_core::plan::{LaunchConfig, LaunchOp, LaunchPlan, Platform, SnpIdBlock};
 use sha2::{Digest, Sha256};
 
 use crate::json::hex;
@@ -32,10 +32,28 @@ impl Launch {
     /// # Errors
     /// The planner's or the measurement's message.
     pub fn new(bundle: Vec<u8>, cfg: &LaunchConfig) -> Result<Launch, String> {
+        Launch::with_id_block(bundle, cfg, None)
+    }
+
+    /// [`Launch::new`], with `id_block` (`--id-block`/`--id-auth`) given at
+    /// `SNP_LAUNCH_FINISH` instead of any ID block the bundle carries. The ID block does not
+    /// change the launch digest; the firmware checks it against the digest and the policy
+    /// at `SNP_LAUNCH_FINISH`.
+    ///
+    /// # Errors
+    /// The planner's or the measurement's message; an ID block for a platform other than SNP.
+    pub fn with_id_block(
+        bundle: Vec<u8>,
+        cfg: &LaunchConfig,
+        id_block: Option<SnpIdBlock>,
+    ) -> Result<Launch, String> {
         let t = Instant::now();
         let bundle_sha256 = hex(&Sha256::digest(&bundle));
-        let plan =
+        let mut plan =
             relaunch_core::plan::plan(Arc::<[u8]>::from(bundle), cfg).map_err(|e| e.to_string())?;
+        if let Some(block) = id_block {
+            plan = replace_id_block(plan, block)?;
+        }
         let predicted = if cfg.platform == Platform::Native {
             None
         } else {
@@ -106,6 +124,22 @@ impl Launch {
     pub fn plan_time(&self) -> Duration {
         self.plan_time
     }
+}
+
+/// `plan` with `block` as the ID block its `Finalize` gives (the bundle's, if any, dropped).
+fn replace_id_block(plan: LaunchPlan, block: SnpIdBlock) -> Result<LaunchPlan, String> {
+    if plan.platform() != Platform::Snp {
+        return Err(format!(
+            "an ID block (--id-block) is given at SNP_LAUNCH_FINISH; {} has none",
+            plan.platform()
+        ));
+    }
+    let mut parts = plan.into_parts();
+    parts.id_block = Some(block);
+    if let Some(LaunchOp::Finalize { id_block, .. }) = parts.ops.last_mut() {
+        *id_block = true;
+    }
+    LaunchPlan::from_parts(parts).map_err(|e| e.to_string())
 }
 
 /// The launch a session runs next: set from any thread (a hand-over, an operator), taken by

@@ -4,7 +4,8 @@ use kvm_bindings::CpuId;
 
 use crate::sys::kvm::{
     Kvm, Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
-    KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES,
+    KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES, KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES,
+    KVM_X86_SNP_POLICY_BITS,
 };
 use crate::sys::mem::GuestMapping;
 use crate::sys::Errno;
@@ -30,6 +31,36 @@ impl MemoryBacking {
         match self {
             MemoryBacking::GuestMemfd => "guest_memfd",
             MemoryBacking::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// What this host's KVM accepts from SEV-family launches, read once per process with
+/// `KVM_GET_DEVICE_ATTR` on `/dev/kvm`, group `KVM_X86_GRP_SEV`
+/// (`Documentation/virt/kvm/x86/amd-memory-encryption.rst`, "Device attribute API").
+/// `None`: the kernel does not have the attribute (`ENXIO`; `EINVAL` before Linux 5.17),
+/// or offers no SEV-family VM type (not asked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SevAttrs {
+    /// `KVM_X86_SEV_VMSA_FEATURES`: the `vmsa_features` bits `KVM_SEV_INIT2` accepts (Linux
+    /// 6.10+, the same kernels that have INIT2 and VM types 2–4).
+    pub vmsa_features: Option<u64>,
+    /// `KVM_X86_SNP_POLICY_BITS`: the SNP policy bits `KVM_SEV_SNP_LAUNCH_START` accepts
+    /// (Linux 6.19+).
+    pub snp_policy_bits: Option<u64>,
+}
+
+impl SevAttrs {
+    /// Reads both attributes from `kvm`; an attribute the kernel does not answer is `None`
+    /// (whatever the errno: a launch then falls back to the checks that need no attribute).
+    pub fn probe(kvm: &Kvm) -> SevAttrs {
+        SevAttrs {
+            vmsa_features: kvm
+                .device_attr(KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES)
+                .ok(),
+            snp_policy_bits: kvm
+                .device_attr(KVM_X86_GRP_SEV, KVM_X86_SNP_POLICY_BITS)
+                .ok(),
         }
     }
 }
@@ -70,6 +101,8 @@ pub struct Host {
     /// The SEV device (`/dev/sev`), opened once per process and carried by every SEV command
     /// (`../shared/spec/kvm-coco-abi.md` §1.2); `None` when it cannot be opened (no SEV).
     pub sev: Option<std::os::fd::OwnedFd>,
+    /// The SEV attributes of `/dev/kvm` (probed when KVM offers a SEV-family VM type).
+    pub sev_attrs: SevAttrs,
 }
 
 impl Host {
@@ -109,14 +142,15 @@ impl Host {
             Ok(0) | Err(_) => 1,
             Ok(t) => t,
         };
-        // Only worth opening when KVM offers a SEV-family VM type (2, 3 or 4).
-        let sev = if vm_types & (0b111 << 2) != 0 {
-            kvm.open_sev().ok()
+        // Only worth opening and asking when KVM offers a SEV-family VM type (2, 3 or 4).
+        let (sev, sev_attrs) = if vm_types & (0b111 << 2) != 0 {
+            (kvm.open_sev().ok(), SevAttrs::probe(&kvm))
         } else {
-            None
+            (None, SevAttrs::default())
         };
         Ok(Host {
             sev,
+            sev_attrs,
             max_vcpus: kvm.max_vcpus(),
             nr_memslots,
             vm_types,

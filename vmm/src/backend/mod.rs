@@ -27,6 +27,7 @@ pub mod coco_exits;
 pub mod emulated;
 pub mod native;
 pub mod sev;
+pub mod snp_cpuid;
 pub mod tdx;
 
 use std::fmt;
@@ -123,6 +124,20 @@ pub enum BackendError {
     /// The plan asks for something this platform cannot do (a sentence).
     #[error("{0}")]
     Unsupported(String),
+    /// The Secure Processor refused the SNP CPUID page (`SNP_LAUNCH_UPDATE` page type CPUID:
+    /// `INVALID_PARAM`, the corrected table copied back to the page).
+    #[error(
+        "KVM_SEV_SNP_LAUNCH_UPDATE: the firmware refused the SNP CPUID page at {gpa:#x} \
+         ({error}): {mismatches}"
+    )]
+    SnpCpuid {
+        /// The page's guest-physical address.
+        gpa: u64,
+        /// The errno and firmware status.
+        error: crate::sys::coco::CocoError,
+        /// What it corrected, leaf by leaf (or why nothing came back).
+        mismatches: String,
+    },
     /// A TDX command failed (the errno and the TDX module's status).
     #[error("{what}: {error}")]
     Tdx {

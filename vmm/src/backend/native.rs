@@ -191,6 +191,10 @@ impl Prepared {
                         _ => {}
                     }
                 }
+                if plan.platform() == Platform::Snp {
+                    // What QEMU hides from every SNP guest (and so from its CPUID page).
+                    super::snp_cpuid::mask_snp_features(c.as_mut_slice());
+                }
                 c
             })
             .collect();
@@ -200,6 +204,11 @@ impl Prepared {
             cpuid,
             fresh: Mutex::new(vec![None; vcpus as usize]),
         })
+    }
+
+    /// The `KVM_SET_CPUID2` table of vCPU `vp` (`None` past the last vCPU).
+    pub fn cpuid(&self, vp: u32) -> Option<&CpuId> {
+        self.cpuid.get(vp as usize)
     }
 
     /// Guest RAM bytes.

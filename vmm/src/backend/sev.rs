@@ -13,11 +13,17 @@
 //! Every build runs on a new VM fd with fresh memory: calling SNP launch commands again after
 //! FINISH on the old VM is a host RMP fault (spec §1.4), and private memory is re-measured.
 //!
-//! Not done here (say so rather than guess): the SNP CPUID page is given as the plan has it
-//! (not rebuilt from `KVM_GET_SUPPORTED_CPUID` as QEMU does); the SNP policy is checked only
-//! for its must-be-one bit 17 (`KVM_X86_SNP_POLICY_BITS` needs `KVM_GET_DEVICE_ATTR` on
-//! `/dev/kvm`, not in the door yet); APs are left to the guest (no `KVM_SET_MP_STATE`: their
-//! state is sealed in the VMSA on SEV-ES/SNP).
+//! Before anything is created, the launch is checked against what this host's KVM accepts
+//! ([`check_host`]: `KVM_X86_SNP_POLICY_BITS` and `KVM_X86_SEV_VMSA_FEATURES`, read once per
+//! process into [`Host::sev_attrs`]).
+//!
+//! The SNP CPUID page is built as QEMU builds it ([`super::snp_cpuid`]: vCPU 0's CPUID, the
+//! one `KVM_SET_CPUID2` gave it), whatever the bundle's page holds; one page per
+//! `SNP_LAUNCH_UPDATE`, and a page the firmware refuses ends the build with the leaves it
+//! corrected.
+//!
+//! Not done here (say so rather than guess): APs are left to the guest (no
+//! `KVM_SET_MP_STATE`: their state is sealed in the VMSA on SEV-ES/SNP).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,15 +33,16 @@ use relaunch_core::limits::PAGE_SIZE;
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform};
 
 use super::native::{Prepared, PreparedCache};
+use super::snp_cpuid::CpuidTable;
 use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Phases};
 use crate::devices::Devices;
 use crate::launch::Launch;
 use crate::memory::{GuestMemory, Region};
-use crate::sys::coco::{SevCmd, SnpUpdate, Source};
+use crate::sys::coco::{CocoError, FwStatus, SevCmd, SnpUpdate, Source};
 use crate::sys::kvm::{Vcpu, Vm};
 use crate::sys::mem::GuestMapping;
 use crate::vcpu::{ExitHandler, NativeExits};
-use crate::vstate::Host;
+use crate::vstate::{Host, SevAttrs};
 
 /// `KVM_X86_SEV_VM`, `KVM_X86_SEV_ES_VM`, `KVM_X86_SNP_VM` (`arch/x86/include/uapi/asm/kvm.h`).
 pub fn vm_type(platform: Platform) -> Option<u64> {
@@ -55,6 +62,117 @@ pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
 /// SNP guest policy bit 17: reserved, must be one (SEV-SNP firmware ABI, GUEST_POLICY;
 /// KVM refuses a policy without it: spec §1.3).
 const SNP_POLICY_RESERVED_ONE: u64 = 1 << 17;
+
+/// `KVM_SEV_SNP_PAGE_TYPE_CPUID` (`arch/x86/include/uapi/asm/kvm.h`).
+const SNP_PAGE_TYPE_CPUID: u8 = 6;
+
+/// `SEV_RET_INVALID_PARAM` (`include/uapi/linux/psp-sev.h`): what the firmware answers to a
+/// CPUID page it corrected.
+const SEV_RET_INVALID_PARAM: u32 = 0x16;
+
+/// The name of SNP guest-policy bit `bit` (SEV-SNP firmware ABI, GUEST_POLICY;
+/// `../shared/spec/igvm-snp.md` §4.1).
+fn snp_policy_bit(bit: u32) -> &'static str {
+    match bit {
+        0..=7 => "ABI_MINOR",
+        8..=15 => "ABI_MAJOR",
+        16 => "SMT",
+        17 => "reserved, must be one",
+        18 => "MIGRATE_MA",
+        19 => "DEBUG",
+        20 => "SINGLE_SOCKET",
+        21 => "CXL_ALLOW",
+        22 => "MEM_AES_256_XTS",
+        23 => "RAPL_DIS",
+        24 => "CIPHERTEXT_HIDING_DRAM",
+        25 => "PAGE_SWAP_DISABLE",
+        _ => "reserved",
+    }
+}
+
+/// The name of SEV_FEATURES bit `bit` (AMD APM Vol. 2, VMSA SEV_FEATURES;
+/// `../shared/spec/igvm-snp.md` §4.2).
+fn vmsa_feature_bit(bit: u32) -> &'static str {
+    match bit {
+        0 => "SNPActive",
+        1 => "vTOM",
+        2 => "ReflectVC",
+        3 => "RestrictedInjection",
+        4 => "AlternateInjection",
+        5 => "DebugSwap",
+        6 => "PreventHostIBS",
+        7 => "BTBIsolation",
+        8 => "VmplSSS",
+        9 => "SecureTSC",
+        14 => "VmsaRegProt",
+        15 => "SmtProtection",
+        _ => "no name known here",
+    }
+}
+
+/// `bits` as "bit 19 (DEBUG) and bit 20 (SINGLE_SOCKET)".
+fn bit_names(bits: u64, name: fn(u32) -> &'static str) -> String {
+    let list: Vec<String> = (0..64)
+        .filter(|b| bits & (1 << b) != 0)
+        .map(|b| format!("bit {b} ({})", name(b)))
+        .collect();
+    match list.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Refuses, with one sentence, a launch this host's KVM would refuse at `INIT2` or
+/// `SNP_LAUNCH_START` — checked before `KVM_CREATE_VM`, so nothing is created:
+/// - SNP: the must-be-one policy bit 17 (always: KVM `snp_launch_start`), and, where the
+///   kernel reports `KVM_X86_SNP_POLICY_BITS` (Linux 6.19+), no policy bit outside it.
+///   Older kernels answer `ENXIO`: only bit 17 is checked here and `SNP_LAUNCH_START`
+///   refuses the rest itself (`EINVAL`);
+/// - SEV-ES and SNP: no `vmsa_features` bit outside `KVM_X86_SEV_VMSA_FEATURES` (INIT2's own
+///   check, `amd-memory-encryption.rst` KVM_SEV_INIT2). The attribute came with INIT2
+///   (6.10), so a kernel without it has no SEV-family VM types either; not asked, not
+///   checked. SEV's `vmsa_features` is always 0.
+///
+/// # Errors
+/// The sentence naming the offending bits.
+pub fn check_host(
+    platform: Platform,
+    policy: u64,
+    vmsa_features: u64,
+    attrs: &SevAttrs,
+) -> Result<(), String> {
+    if platform == Platform::Snp {
+        if policy & SNP_POLICY_RESERVED_ONE == 0 {
+            return Err(format!(
+                "SNP policy {policy:#x} lacks bit 17 (reserved, must be one)"
+            ));
+        }
+        if let Some(ok) = attrs.snp_policy_bits {
+            let extra = policy & !ok;
+            if extra != 0 {
+                return Err(format!(
+                    "SNP policy {policy:#x} sets {}, which this host's KVM does not accept \
+                     (KVM_X86_SNP_POLICY_BITS = {ok:#x})",
+                    bit_names(extra, snp_policy_bit)
+                ));
+            }
+        }
+    }
+    if matches!(platform, Platform::Snp | Platform::SevEs) {
+        if let Some(ok) = attrs.vmsa_features {
+            let extra = vmsa_features & !ok;
+            if extra != 0 {
+                return Err(format!(
+                    "SEV_FEATURES {vmsa_features:#x} sets {}, which this host's KVM does not \
+                     accept in KVM_SEV_INIT2 (KVM_X86_SEV_VMSA_FEATURES = {ok:#x})",
+                    bit_names(extra, vmsa_feature_bit)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// `KVM_SEV_SNP_PAGE_TYPE_*` of a page kind (`arch/x86/include/uapi/asm/kvm.h`): NORMAL 1,
 /// ZERO 3, UNMEASURED 4, SECRETS 5, CPUID 6; `None` for shared pages (not given to the
@@ -125,6 +243,7 @@ impl Backend for SevBackend {
             memory: GuestMemory::default(),
             run: None,
             measure: &self.measure,
+            cpuid: None,
             timings: ExecTimings::default(),
             t0: Instant::now(),
         };
@@ -171,6 +290,8 @@ struct SevBuild<'b> {
     memory: GuestMemory,
     run: Option<Run>,
     measure: &'b Mutex<Option<[u8; 48]>>,
+    /// The SNP CPUID table staged for this build's CPUID pages (built on the first).
+    cpuid: Option<CpuidTable>,
     timings: ExecTimings,
     t0: Instant,
 }
@@ -211,6 +332,26 @@ impl SevBuild<'_> {
             .unwrap_or((0, 0))
     }
 
+    /// The SNP CPUID table of this build: vCPU 0's CPUID as QEMU turns it into a CPUID page
+    /// (`snp_launch_update_cpuid` reads vCPU 0's `KVM_GET_CPUID2`; ours is the table
+    /// `KVM_SET_CPUID2` gave it, which KVM returns as set but for bits it updates at run
+    /// time — OSXSAVE, the APIC bit, 0xD EBX — that the firmware leaves unchecked or that
+    /// the page overrides: `kvm_update_cpuid_runtime`).
+    fn cpuid_table(&mut self) -> Result<&CpuidTable, BackendError> {
+        if self.cpuid.is_none() {
+            let cpuid = self
+                .prep
+                .cpuid(0)
+                .ok_or(BackendError::Vp { vp: 0, vcpus: 0 })?;
+            let table = CpuidTable::from_kvm(cpuid)
+                .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+            self.cpuid = Some(table);
+        }
+        self.cpuid
+            .as_ref()
+            .ok_or(BackendError::Vp { vp: 0, vcpus: 0 })
+    }
+
     /// Adds `[gpa, gpa + len)` of SNP type `page_type` to the pending run, issuing the run
     /// first when the page does not extend it.
     fn queue(&mut self, gpa: u64, len: u64, page_type: u8) -> Result<(), BackendError> {
@@ -219,7 +360,12 @@ impl SevBuild<'_> {
                 .memory
                 .locate(run.gpa, run.len + len)
                 .is_ok_and(|(r, _)| r.end() >= gpa + len);
-            if run.page_type == page_type && run.gpa + run.len == gpa && same_region {
+            // A CPUID page is a run of its own: the firmware's verdict on it comes back
+            // for that call alone (a refused page inside a longer run would end the call
+            // with the pages before it done, and the next call would resubmit the page as
+            // the firmware corrected it: `sev_gmem_post_populate`).
+            let cpuid = page_type == SNP_PAGE_TYPE_CPUID;
+            if run.page_type == page_type && !cpuid && run.gpa + run.len == gpa && same_region {
                 run.len += len;
                 return Ok(());
             }
@@ -278,6 +424,15 @@ impl SevBuild<'_> {
                         stalled += 1;
                         continue;
                     }
+                    Err(e) if run.page_type == SNP_PAGE_TYPE_CPUID => {
+                        return Err(cpuid_refused(
+                            self.cpuid.as_ref(),
+                            run.gpa,
+                            mapping,
+                            offset,
+                            e,
+                        ));
+                    }
                     r => r.map_err(coco("KVM_SEV_SNP_LAUNCH_UPDATE"))?,
                 }
                 stalled = 0;
@@ -308,6 +463,45 @@ impl SevBuild<'_> {
 /// gives up (a signal storm must not hang the launch).
 const MAX_STALLED_CALLS: u32 = 64;
 
+/// The error of a refused CPUID page at `gpa` (staged at `offset` of `mapping`): with
+/// `INVALID_PARAM` the firmware wrote the corrected table back and KVM copied it to the
+/// source (`amd-memory-encryption.rst`, SNP_LAUNCH_UPDATE; spec §1.3), so the leaves it
+/// changed are named, as QEMU reports them (`sev_snp_cpuid_report_mismatches`).
+fn cpuid_refused(
+    given: Option<&CpuidTable>,
+    gpa: u64,
+    mapping: &GuestMapping,
+    offset: u64,
+    error: CocoError,
+) -> BackendError {
+    if error.fw_error != Some(FwStatus::Sev(SEV_RET_INVALID_PARAM)) {
+        return BackendError::Coco {
+            what: "KVM_SEV_SNP_LAUNCH_UPDATE",
+            error,
+        };
+    }
+    let mut page = [0u8; PAGE_SIZE as usize];
+    let back = mapping.read(offset, &mut page).ok().and(given);
+    let mismatches = match back {
+        None => "the corrected page could not be read back".to_string(),
+        Some(given) => {
+            let m = given.mismatches(&CpuidTable::from_page(&page));
+            if m.is_empty() {
+                "the page came back unchanged (the firmware refuses a CPUID page with reserved \
+                 header fields set or more than 64 functions without correcting it)"
+                    .to_string()
+            } else {
+                m.join("; ")
+            }
+        }
+    };
+    BackendError::SnpCpuid {
+        gpa,
+        error,
+        mismatches,
+    }
+}
+
 impl Phases for SevBuild<'_> {
     fn create_vm(&mut self) -> Result<(), BackendError> {
         if self.plan.platform() != self.platform {
@@ -320,12 +514,9 @@ impl Phases for SevBuild<'_> {
             .ok_or_else(|| BackendError::Unsupported(format!("{} is not SEV", self.platform)))?;
         let (policy, vmsa_features) = self.create_args();
         // Checked before anything is created.
+        check_host(self.platform, policy, vmsa_features, &self.host.sev_attrs)
+            .map_err(BackendError::Unsupported)?;
         let sev_policy = if self.platform == Platform::Snp {
-            if policy & SNP_POLICY_RESERVED_ONE == 0 {
-                return Err(BackendError::Unsupported(format!(
-                    "SNP policy {policy:#x} lacks bit 17 (reserved, must be one)"
-                )));
-            }
             0
         } else {
             // `kvm_sev_launch_start.policy` is a u32 (spec §1.3).
@@ -448,6 +639,13 @@ impl Phases for SevBuild<'_> {
                 self.memory.locate(gpa, PAGE_SIZE)?;
                 if self.platform == Platform::Snp {
                     match snp_page_type(kind) {
+                        Some(page_type) if kind == PageKind::Cpuid => {
+                            // The page QEMU builds (`snp_launch_update_cpuid`), not the
+                            // bundle's: vCPU 0's CPUID as the firmware table.
+                            let page = self.cpuid_table()?.to_page();
+                            self.memory.stage(gpa, &page)?;
+                            self.queue(gpa, PAGE_SIZE, page_type)?;
+                        }
                         Some(page_type) => {
                             if kind != PageKind::Zero && !bytes.is_empty() {
                                 self.memory.stage(gpa, bytes)?;
@@ -986,5 +1184,242 @@ mod tests {
             vm.memory.read(0x1000, &mut b).is_err(),
             "private pages are not readable"
         );
+    }
+
+    /// The sentence names each offending bit with its ABI name and the host's set
+    /// (`../shared/spec/igvm-snp.md` §4.1, §4.2 for the names).
+    #[test]
+    fn check_host_names_the_offending_bits() {
+        let attrs = SevAttrs {
+            vmsa_features: Some(0x20),
+            snp_policy_bits: Some(0x3_0000 | 0xFFFF),
+        };
+        assert_eq!(check_host(Platform::Snp, 0x3_0000, 0x20, &attrs), Ok(()));
+        let e = check_host(Platform::Snp, 0x3_0000 | 1 << 19 | 1 << 20, 0, &attrs).unwrap_err();
+        assert_eq!(
+            e,
+            "SNP policy 0x1b0000 sets bit 19 (DEBUG) and bit 20 (SINGLE_SOCKET), which this \
+             host's KVM does not accept (KVM_X86_SNP_POLICY_BITS = 0x3ffff)"
+        );
+        let e = check_host(Platform::SevEs, 0x5, 0x20 | 1 << 2 | 1 << 9, &attrs).unwrap_err();
+        assert_eq!(
+            e,
+            "SEV_FEATURES 0x224 sets bit 2 (ReflectVC) and bit 9 (SecureTSC), which this \
+             host's KVM does not accept in KVM_SEV_INIT2 (KVM_X86_SEV_VMSA_FEATURES = 0x20)"
+        );
+        // Bit 17 is required whatever the host reports.
+        let e = check_host(Platform::Snp, 0x1_0000, 0, &attrs).unwrap_err();
+        assert!(e.contains("lacks bit 17"), "{e}");
+        // Without the attributes (older kernels: ENXIO), only bit 17 is checked here.
+        let none = SevAttrs::default();
+        assert_eq!(
+            check_host(Platform::Snp, 0x3_0000 | 1 << 30, 1 << 12, &none),
+            Ok(())
+        );
+        // SEV has no SNP policy and no vmsa_features to check.
+        assert_eq!(check_host(Platform::Sev, 1 << 30, 0, &attrs), Ok(()));
+    }
+
+    /// A host (recorder) whose `/dev/kvm` reports the SEV attributes (group 1, attribute 0
+    /// `KVM_X86_SEV_VMSA_FEATURES`, attribute 1 `KVM_X86_SNP_POLICY_BITS`;
+    /// `amd-memory-encryption.rst` "Device attribute API").
+    fn recorded_with_attrs(vmsa_features: u64, policy_bits: Option<u64>) -> (Recorder, Arc<Host>) {
+        let mut attrs = vec![(1, 0, vmsa_features)];
+        attrs.extend(policy_bits.map(|b| (1, 1, b)));
+        let rec = Recorder::new(
+            8,
+            &[(KVM_CAP_NR_MEMSLOTS, 509), (KVM_CAP_VM_TYPES, 0b11101)],
+        )
+        .with_device_attrs(&attrs);
+        let host = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        (rec, Arc::new(host))
+    }
+
+    /// `Host` asks `KVM_GET_DEVICE_ATTR` for both attributes once, on the system fd, when
+    /// KVM offers a SEV-family VM type; an attribute the kernel lacks (`ENXIO`) is `None`.
+    #[test]
+    fn host_probes_the_sev_attributes_once() {
+        let (rec, host) = recorded_with_attrs(0x20, None);
+        assert_eq!(
+            host.sev_attrs,
+            SevAttrs {
+                vmsa_features: Some(0x20),
+                snp_policy_bits: None
+            }
+        );
+        assert!(rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
+        let rec = Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b11101)]);
+        let _h = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        let attr: Vec<String> = rec
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("DEVICE_ATTR"))
+            .collect();
+        assert_eq!(
+            attr,
+            [
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=0",
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=1"
+            ]
+        );
+        // No SEV-family VM type: not asked.
+        let rec = Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b1)]);
+        let h = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        assert!(!rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
+        assert_eq!(h.sev_attrs, SevAttrs::default());
+    }
+
+    /// A policy or SEV_FEATURES the host's KVM does not accept is refused before
+    /// `KVM_CREATE_VM`: the recorder sees no call; where the kernel has no
+    /// `KVM_X86_SNP_POLICY_BITS`, the same policy reaches `SNP_LAUNCH_START`.
+    #[test]
+    fn host_refusals_come_before_create_vm() {
+        let debug = 0x3_0000 | 1 << 19;
+        let (rec, host) = recorded_with_attrs(0, Some(0x3_FFFF));
+        rec.clear();
+        let backend = SevBackend::new(Platform::Snp, host);
+        let err = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                debug,
+                0,
+                PAGES,
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bit 19 (DEBUG)"), "{err}");
+        assert!(rec.lines().is_empty(), "{:?}", rec.lines());
+
+        let (rec, host) = recorded_with_attrs(0x20, Some(0x3_FFFF));
+        rec.clear();
+        let backend = SevBackend::new(Platform::SevEs, host);
+        let err = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::SevEs,
+                0x5,
+                0x21,
+                &[],
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bit 0 (SNPActive)"), "{err}");
+        assert!(rec.lines().is_empty());
+
+        let (rec, host) = recorded_with_attrs(0, None);
+        rec.clear();
+        let backend = SevBackend::new(Platform::Snp, host);
+        drop(
+            backend
+                .build(&Launch::from_plan(coco_plan(
+                    Platform::Snp,
+                    debug,
+                    0,
+                    PAGES,
+                )))
+                .unwrap(),
+        );
+        assert!(rec.lines().contains(
+            &"vm0 KVM_SEV_SNP_LAUNCH_START policy=0xb0000 flags=0 sev_fd=sev".to_string()
+        ));
+    }
+
+    /// The CPUID page holds vCPU 0's CPUID as QEMU lays it out (`sev_snp_cpuid_info_fill`),
+    /// not the bundle's bytes: the recorder's host reports leaf 1 (signature 0xA00F11, EBX
+    /// 0x800) and leaf 0xB, so the page has count 2, leaf 1 with APIC ID 0, leaf 0xB.
+    #[test]
+    fn snp_cpuid_page_is_vcpu0s_cpuid() {
+        let (_rec, host) = recorded();
+        let backend = SevBackend::new(Platform::Snp, host);
+        let vm = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                0x3_0000,
+                0,
+                PAGES,
+            )))
+            .unwrap();
+        let shared = vm.memory.regions()[0].shared.as_ref().unwrap();
+        let mut page = [0u8; 4096];
+        shared.read(0x4000, &mut page).unwrap();
+        let mut want = [0u8; 4096];
+        want[0] = 2; // count
+                     // Function 0 @16: eax_in 1, ecx_in 0, xcr0_in 0, xss_in 0, eax @+24, ebx @+28.
+        want[16] = 1;
+        want[16 + 24..16 + 28].copy_from_slice(&0x00A0_0F11u32.to_le_bytes());
+        want[16 + 28..16 + 32].copy_from_slice(&0x800u32.to_le_bytes());
+        // Function 1 @64: eax_in 0xB, the rest 0.
+        want[64] = 0xB;
+        assert_eq!(page, want);
+    }
+
+    /// A CPUID page the Secure Processor refuses (the kernel model checks it against a host
+    /// CPUID without leaf 1 EDX bit 28) ends the build with the leaves the firmware corrected,
+    /// as QEMU reports them; nothing after it is issued.
+    #[test]
+    fn snp_cpuid_refusal_names_the_corrected_leaves() {
+        use crate::model::{Model, ModelConfig};
+        let probe = Model::new(ModelConfig::default());
+        let mut fw = Kvm::with(Arc::new(probe))
+            .supported_cpuid(256)
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        for e in &mut fw {
+            if e.function == 1 {
+                e.edx &= !(1 << 28);
+            }
+        }
+        let model = Model::new(ModelConfig {
+            firmware_cpuid: Some(fw),
+            ..ModelConfig::default()
+        });
+        let host = Arc::new(Host::with_kvm(Kvm::with(Arc::new(model.clone())), true).unwrap());
+        let backend = SevBackend::new(Platform::Snp, host);
+        let err = backend
+            .build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                0x3_0000,
+                0,
+                PAGES,
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the firmware refused the SNP CPUID page at 0x4000"),
+            "{err}"
+        );
+        assert!(err.contains("SEV_RET_INVALID_PARAM"), "{err}");
+        assert!(
+            err.contains("leaf 0x1 subleaf 0x0: edx 0x178bfbff expected 0x078bfbff"),
+            "{err}"
+        );
+        // The next page (SECRETS at 0x5000) was never given.
+        let secrets = model.events().iter().any(|e| {
+            matches!(e, crate::model::Event::Call(c)
+                if c.args.iter().any(|(k, v)| *k == "type" && *v == crate::model::Arg::Num(5)))
+        });
+        assert!(!secrets);
+    }
+
+    /// QEMU's SNP CPUID masks (`sev_snp_mask_cpuid_features`) apply to every vCPU of an SNP
+    /// launch only: TSC_DEADLINE (leaf 1 ECX bit 24) is gone from the SNP vCPUs' CPUID and
+    /// kept for SEV-ES.
+    #[test]
+    fn snp_vcpus_lose_qemus_masked_bits() {
+        let rec = Recorder::new(
+            8,
+            &[(KVM_CAP_NR_MEMSLOTS, 509), (KVM_CAP_VM_TYPES, 0b11101)],
+        );
+        let mut host = Host::with_kvm(Kvm::with(Arc::new(rec)), true).unwrap();
+        let mut entries = host.cpuid.as_slice().to_vec();
+        entries[0].ecx |= 1 << 24;
+        host.cpuid = kvm_bindings::CpuId::from_entries(&entries).unwrap();
+        let ecx = |p: Platform, policy| {
+            let prep = Prepared::new(&host, &coco_plan(p, policy, 0, &[])).unwrap();
+            let c = prep.cpuid(1).unwrap().as_slice()[0];
+            (c.function, c.ecx & (1 << 24))
+        };
+        assert_eq!(ecx(Platform::Snp, 0x3_0000), (1, 0));
+        assert_eq!(ecx(Platform::SevEs, 0x5), (1, 1 << 24));
     }
 }

@@ -18,10 +18,12 @@
 //!   shared view (and the staging copy of the launch bytes), one memslot, and the whole range
 //!   made private (`KVM_SET_MEMORY_ATTRIBUTES`): `INIT_MEM_REGION` requires a private range
 //!   (spec §3.1).
-//! - `vcpus`: per vCPU `KVM_CREATE_VCPU`, `KVM_SET_CPUID2` (QEMU's order, spec §3.1), and
+//! - `vcpus`: per vCPU `KVM_CREATE_VCPU`, `KVM_SET_CPUID2` (QEMU's order, spec §3.1),
 //!   `KVM_TDX_INIT_VCPU` with the initial RCX of the plan's `VpSource::TdxInit` context (the
-//!   TD HOB's GPA, `docs/measurement.md` §3.6). No `KVM_SET_REGS`: the TDX module fixes the
-//!   initial register state (`TDH.VP.INIT`); RCX is the one value the VMM chooses.
+//!   TD HOB's GPA, `docs/measurement.md` §3.6), then `KVM_TDX_GET_CPUID`: the CPUID the TDX
+//!   module gives the vCPU, compared with what `INIT_VM` configured ([`TdCpuidReport`]).
+//!   No `KVM_SET_REGS`: the TDX module fixes the initial register state (`TDH.VP.INIT`);
+//!   RCX is the one value the VMM chooses.
 //! - `op`: `ImportPage` stages the bytes in the shared mapping and adds the page with
 //!   `KVM_TDX_INIT_MEM_REGION`, `KVM_TDX_MEASURE_MEMORY_REGION` for `Normal` pages only
 //!   (`docs/measurement.md` §6); consecutive pages of one kind in one region become one call,
@@ -42,11 +44,13 @@ use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Pha
 use crate::devices::Devices;
 use crate::launch::Launch;
 use crate::memory::{GuestMemory, MemError, Region};
-use crate::sys::coco::{CocoError, Source, TdxCapabilities, TdxMemRegion, TdxVcpuCmd, TdxVmCmd};
+use crate::sys::coco::{
+    CocoError, Source, TdxCapabilities, TdxCpuid, TdxMemRegion, TdxVcpuCmd, TdxVmCmd,
+};
 use crate::sys::kvm::{Vcpu, Vm};
 use crate::sys::mem::GuestMapping;
 use crate::sys::tdx::{
-    TdxExit, KVM_SYSTEM_EVENT_TDX_FATAL, KVM_X86_TDX_VM, TDVMCALL_GET_QUOTE,
+    TdxExit, GET_CPUID_MAX_ENTRIES, KVM_SYSTEM_EVENT_TDX_FATAL, KVM_X86_TDX_VM, TDVMCALL_GET_QUOTE,
     TDVMCALL_GET_TD_VM_CALL_INFO, TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT,
     TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
 };
@@ -70,6 +74,10 @@ const XFAM_FIXED1: u64 = 0x3;
 /// `EINTR`s without progress tolerated per `INIT_MEM_REGION` run before giving up.
 const MAX_STALLS: u32 = 64;
 
+/// Room `KVM_TDX_GET_CPUID` is first given: `KVM_MAX_CPUID_ENTRIES` (256,
+/// `arch/x86/include/asm/kvm_host.h`), the size of the kernel's own answer buffer.
+pub const GET_CPUID_ENTRIES: u32 = 256;
+
 /// The TDX backend on one host.
 #[derive(Debug)]
 pub struct TdxBackend {
@@ -79,6 +87,8 @@ pub struct TdxBackend {
     prepared: PreparedCache,
     /// Running on the emulated door (`backend::emulated`).
     emulated: bool,
+    /// What `KVM_TDX_GET_CPUID` said in the last build, and the launch it was reported for.
+    cpuid_report: Mutex<Option<(u64, Arc<TdCpuidReport>)>>,
 }
 
 impl TdxBackend {
@@ -89,6 +99,7 @@ impl TdxBackend {
             host,
             caps: Mutex::new(None),
             emulated: false,
+            cpuid_report: Mutex::new(None),
         }
     }
 
@@ -100,6 +111,115 @@ impl TdxBackend {
             ..TdxBackend::new(host)
         }
     }
+
+    /// The TD CPUID report of the last build (`None` before one reached its vCPUs).
+    pub fn cpuid_report(&self) -> Option<Arc<TdCpuidReport>> {
+        self.cpuid_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, r)| Arc::clone(r))
+    }
+}
+
+/// What the TDX module gives each vCPU (`KVM_TDX_GET_CPUID`), against what `INIT_VM`
+/// configured. QEMU does the same check per vCPU (`target/i386/kvm/tdx.c`
+/// `tdx_check_features`): bits it asked for that the TD lacks ("TDX doesn't support
+/// requested feature") and configurable bits the module sets though not asked ("TDX
+/// forcibly sets the feature") are warnings, fatal only with `enforce`; here they are
+/// reported once per launch on stderr and kept in the report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TdCpuidReport {
+    /// Per vCPU, the TD's CPUID.
+    pub vcpus: Vec<Vec<kvm_cpuid_entry2>>,
+    /// `leaf L subleaf S REG: BITS` configured by `INIT_VM` but absent from the TD's CPUID
+    /// (vCPU 0; the TD's CPUID is TD-scoped).
+    pub unavailable: Vec<String>,
+    /// `leaf L subleaf S REG: BITS` that `KVM_TDX_CAPABILITIES` calls configurable, that
+    /// `INIT_VM` did not set, and that the TD's CPUID has (vCPU 0).
+    pub forced_on: Vec<String>,
+}
+
+/// `KVM_TDX_GET_CPUID` on `vcpu` with room for `room` entries, retried once with the room
+/// the kernel asks for on `E2BIG` (`intel-tdx.rst`: "When it returns -E2BIG, the user space
+/// should allocate a larger buffer and retry. The minimum buffer size is updated in the nent
+/// field"); at most [`GET_CPUID_MAX_ENTRIES`].
+///
+/// # Errors
+/// [`BackendError::Tdx`] naming the command.
+pub fn get_td_cpuid(vcpu: &Vcpu, room: u32) -> Result<Vec<kvm_cpuid_entry2>, BackendError> {
+    let mut room = room;
+    let mut last = CocoError::errno(libc::E2BIG);
+    for _ in 0..2 {
+        let mut cmd = TdxVcpuCmd::GetCpuid(TdxCpuid {
+            nent: room,
+            entries: Vec::new(),
+        });
+        let res = vcpu.tdx_vcpu_cmd(&mut cmd);
+        let (nent, entries) = match cmd {
+            TdxVcpuCmd::GetCpuid(out) => (out.nent, out.entries),
+            _ => (0, Vec::new()),
+        };
+        match res {
+            Ok(()) => return Ok(entries),
+            Err(e)
+                if e.errno.errno() == libc::E2BIG
+                    && nent > room
+                    && nent <= GET_CPUID_MAX_ENTRIES =>
+            {
+                room = nent;
+                last = e;
+            }
+            Err(e) => {
+                last = e;
+                break;
+            }
+        }
+    }
+    Err(BackendError::Tdx {
+        what: "KVM_TDX_GET_CPUID",
+        error: last,
+    })
+}
+
+/// The bits `config` (the `INIT_VM` CPUID) sets that `td` lacks, and the configurable bits
+/// (`caps`) `td` sets that `config` does not, as `leaf L subleaf S REG: BITS` phrases.
+pub fn compare_td_cpuid(
+    config: &[kvm_cpuid_entry2],
+    td: &[kvm_cpuid_entry2],
+    caps: &TdxCapabilities,
+) -> (Vec<String>, Vec<String>) {
+    let key = |e: &kvm_cpuid_entry2| {
+        let indexed = e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0;
+        (e.function, if indexed { e.index } else { 0 })
+    };
+    let regs = |e: Option<&kvm_cpuid_entry2>| e.map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]);
+    let phrase = |e: &kvm_cpuid_entry2, bits: [u32; 4]| {
+        ["eax", "ebx", "ecx", "edx"]
+            .iter()
+            .zip(bits)
+            .filter(|(_, b)| *b != 0)
+            .map(|(r, b)| {
+                format!(
+                    "leaf {:#x} subleaf {:#x} {r}: {b:#010x}",
+                    e.function,
+                    key(e).1
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut unavailable = Vec::new();
+    let mut forced_on = Vec::new();
+    for m in &caps.cpuid {
+        let c = regs(config.iter().find(|e| key(e) == key(m)));
+        let t = regs(td.iter().find(|e| key(e) == key(m)));
+        let mask = regs(Some(m));
+        let missing: [u32; 4] = std::array::from_fn(|i| c[i] & !t[i]);
+        let forced: [u32; 4] = std::array::from_fn(|i| t[i] & mask[i] & !c[i]);
+        unavailable.extend(phrase(m, missing));
+        forced_on.extend(phrase(m, forced));
+    }
+    (unavailable, forced_on)
 }
 
 impl Backend for TdxBackend {
@@ -116,6 +236,7 @@ impl Backend for TdxBackend {
         let prep = self.prepared.get(launch)?;
         let phases = TdxBuild {
             backend: self,
+            td_config: Vec::new(),
             prep: &prep,
             plan,
             launch_id: launch.id(),
@@ -202,6 +323,8 @@ struct Run {
 /// One TDX build in progress.
 struct TdxBuild<'b> {
     backend: &'b TdxBackend,
+    /// The CPUID `INIT_VM` was given (for the `KVM_TDX_GET_CPUID` comparison).
+    td_config: Vec<kvm_cpuid_entry2>,
     prep: &'b Prepared,
     plan: &'b LaunchPlan,
     launch_id: u64,
@@ -225,6 +348,48 @@ fn tdx_err(what: &'static str) -> impl FnOnce(CocoError) -> BackendError {
 }
 
 impl TdxBuild<'_> {
+    /// Keeps what `KVM_TDX_GET_CPUID` said (vCPU 0 against the `INIT_VM` CPUID) on the
+    /// backend, and says it on stderr the first time per launch when the TD's CPUID differs
+    /// from what was configured.
+    fn report_cpuid(&self, vcpus: Vec<Vec<kvm_cpuid_entry2>>) {
+        let caps = self
+            .backend
+            .caps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        let (unavailable, forced_on) = vcpus
+            .first()
+            .map(|td| compare_td_cpuid(&self.td_config, td, &caps))
+            .unwrap_or_default();
+        let report = Arc::new(TdCpuidReport {
+            vcpus,
+            unavailable,
+            forced_on,
+        });
+        let mut last = self
+            .backend
+            .cpuid_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let first = last.as_ref().is_none_or(|(id, _)| *id != self.launch_id);
+        if first && !report.unavailable.is_empty() {
+            crate::elog!(
+                "relaunch: TDX: the TD's CPUID lacks bits KVM_TDX_INIT_VM configured: {}",
+                report.unavailable.join("; ")
+            );
+        }
+        if first && !report.forced_on.is_empty() {
+            crate::elog!(
+                "relaunch: TDX: the TDX module sets configurable CPUID bits KVM_TDX_INIT_VM \
+                 did not: {}",
+                report.forced_on.join("; ")
+            );
+        }
+        *last = Some((self.launch_id, report));
+    }
+
     fn caps(&self, vm: &Vm) -> Result<Arc<TdxCapabilities>, BackendError> {
         let mut cache = self
             .backend
@@ -423,11 +588,11 @@ impl Phases for TdxBuild<'_> {
             });
         }
         let host_cpuid = &self.backend.host.cpuid;
-        let cpuid =
-            CpuId::from_entries(&td_cpuid(host_cpuid, &caps)).map_err(|_| BackendError::Kvm {
-                what: "building the TD CPUID",
-                errno: Errno::new(libc::E2BIG),
-            })?;
+        self.td_config = td_cpuid(host_cpuid, &caps);
+        let cpuid = CpuId::from_entries(&self.td_config).map_err(|_| BackendError::Kvm {
+            what: "building the TD CPUID",
+            errno: Errno::new(libc::E2BIG),
+        })?;
         vm.tdx_vm_cmd(&mut TdxVmCmd::InitVm {
             attributes,
             xfam: td_xfam(host_cpuid, &caps),
@@ -460,11 +625,16 @@ impl Phases for TdxBuild<'_> {
     fn vcpus(&mut self) -> Result<(), BackendError> {
         let t = Instant::now();
         let vm = self.vm.as_ref().ok_or_else(no_vm)?;
-        // Per vCPU: create, CPUID, then INIT_VCPU (`intel-tdx.rst`, "TD setup").
+        // Per vCPU: create, CPUID, then INIT_VCPU (`intel-tdx.rst`, "TD setup"), then the
+        // CPUID the TDX module virtualizes for it (KVM_TDX_GET_CPUID: any time between
+        // INIT_VM and FINALIZE_VM, `tdx_vcpu_ioctl`; QEMU asks before its KVM_SET_CPUID2,
+        // `kvm_arch_init_vcpu` → `tdx_check_features`).
+        let mut td = Vec::new();
         let list = self.prep.create_vcpus(vm, |id, vcpu| {
             let rcx = self.initial_rcx(id);
             vcpu.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitVcpu { rcx })
                 .map_err(tdx_err("KVM_TDX_INIT_VCPU"))?;
+            td.push(get_td_cpuid(vcpu, GET_CPUID_ENTRIES)?);
             if self.backend.emulated {
                 // What the TDX module does at TDH.VP.INIT, done for the ordinary VM the
                 // emulated TD runs in: the TD's initial registers, every vCPU runnable at the
@@ -479,6 +649,7 @@ impl Phases for TdxBuild<'_> {
             }
             Ok(())
         })?;
+        self.report_cpuid(td);
         self.vcpus = list;
         self.timings.vcpus = t.elapsed();
         Ok(())
@@ -690,7 +861,9 @@ mod tests {
     /// pins (cap 121), `KVM_CAP_EXIT_HYPERCALL` (201) = 1 << `KVM_HC_MAP_GPA_RANGE` (12);
     /// guest memory: a guest_memfd (flags 0), a `KVM_MEM_GUEST_MEMFD` (0x4) slot with a shared
     /// mapping, the range `KVM_MEMORY_ATTRIBUTE_PRIVATE` (0x8); per vCPU `KVM_CREATE_VCPU`,
-    /// `KVM_SET_CPUID2`, `KVM_TDX_INIT_VCPU` (data = RCX); `KVM_TDX_INIT_MEM_REGION` on a
+    /// `KVM_SET_CPUID2`, `KVM_TDX_INIT_VCPU` (data = RCX), `KVM_TDX_GET_CPUID` (a vCPU
+    /// ioctl, `struct kvm_cpuid2` with room for 256 entries: `KVM_MAX_CPUID_ENTRIES`);
+    /// `KVM_TDX_INIT_MEM_REGION` on a
     /// vCPU fd after INIT_VCPU, flags 1 (`KVM_TDX_MEASURE_MEMORY_REGION`) for measured pages,
     /// consecutive pages of one kind in one call, source = the staged page at the same offset;
     /// `KVM_TDX_FINALIZE_VM` last. No `KVM_SET_REGS`, no `KVM_CREATE_IRQCHIP`.
@@ -712,9 +885,11 @@ mod tests {
             "vm0 KVM_CREATE_VCPU id=0",
             "vm0.vcpu0 KVM_SET_CPUID2 nent=2 apic_id=0",
             "vm0.vcpu0 KVM_TDX_INIT_VCPU data=0x800000",
+            "vm0.vcpu0 KVM_TDX_GET_CPUID nent=256",
             "vm0 KVM_CREATE_VCPU id=1",
             "vm0.vcpu1 KVM_SET_CPUID2 nent=2 apic_id=1",
             "vm0.vcpu1 KVM_TDX_INIT_VCPU data=0x800000",
+            "vm0.vcpu1 KVM_TDX_GET_CPUID nent=256",
             "vm0.vcpu0 KVM_TDX_INIT_MEM_REGION source_offset=0x1000 gpa=0x1000 nr_pages=2 flags=1",
             "vm0.vcpu0 KVM_TDX_INIT_MEM_REGION source_offset=0x3000 gpa=0x3000 nr_pages=2 flags=0",
             "vm0.vcpu0 KVM_TDX_INIT_MEM_REGION source_offset=0x6000 gpa=0x6000 nr_pages=1 flags=1",
@@ -996,5 +1171,67 @@ mod tests {
         let plain = Arc::new(Host::with_kvm(Kvm::with(Arc::new(rec)), true).unwrap());
         let e = super::super::select(Platform::Tdx, &plain).unwrap_err();
         assert!(e.to_string().contains("KVM_X86_TDX_VM"), "{e}");
+    }
+
+    /// `KVM_TDX_GET_CPUID` (`intel-tdx.rst`): an `E2BIG` answer carries the room needed in
+    /// `nent`, and the call is repeated once with that room; the recorder's TD has two
+    /// leaves. A second `E2BIG` (or any other error) ends the build naming the command.
+    #[test]
+    fn get_cpuid_retries_e2big_with_the_room_asked() {
+        let (rec, host) = recorded();
+        let vm = host.kvm.create_vm(KVM_X86_TDX_VM).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        rec.clear();
+        let td = get_td_cpuid(&vcpu, 1).unwrap();
+        assert_eq!(
+            rec.lines(),
+            [
+                "vm0.vcpu0 KVM_TDX_GET_CPUID nent=1",
+                "vm0.vcpu0 KVM_TDX_GET_CPUID nent=2"
+            ]
+        );
+        assert_eq!(td.iter().map(|e| e.function).collect::<Vec<_>>(), [1, 7]);
+        rec.fail("KVM_TDX_GET_CPUID", libc::EINVAL, 1);
+        let e = get_td_cpuid(&vcpu, 256).unwrap_err().to_string();
+        assert!(e.starts_with("KVM_TDX_GET_CPUID: "), "{e}");
+    }
+
+    /// The comparison QEMU makes (`tdx_check_features`), on the configurable leaves of the
+    /// capabilities: bits `INIT_VM` set that the TD lacks, and configurable bits the TD has
+    /// that `INIT_VM` did not set.
+    #[test]
+    fn td_cpuid_comparison_names_missing_and_forced_bits() {
+        let caps = crate::sys::record::tdx_capabilities();
+        let e = |function, flags, ebx, ecx| kvm_cpuid_entry2 {
+            function,
+            flags,
+            ebx,
+            ecx,
+            ..Default::default()
+        };
+        let sig = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        let config = [e(1, 0, 0, 0x0000_0003), e(7, sig, 0x11, 0)];
+        let td = [e(1, 0, 0, 0x0000_0005), e(7, sig, 0x11, 0)];
+        let (missing, forced) = compare_td_cpuid(&config, &td, &caps);
+        assert_eq!(missing, ["leaf 0x1 subleaf 0x0 ecx: 0x00000002"]);
+        assert_eq!(forced, ["leaf 0x1 subleaf 0x0 ecx: 0x00000004"]);
+        assert_eq!(compare_td_cpuid(&config, &config, &caps), (vec![], vec![]));
+    }
+
+    /// Against the kernel model, whose TDX module gives the TD the configured bits of its
+    /// configurable leaves: every vCPU's `KVM_TDX_GET_CPUID` answer is kept, and nothing is
+    /// missing or forced.
+    #[test]
+    fn model_td_cpuid_matches_the_configuration() {
+        use crate::model::{Model, ModelConfig};
+        let model = Model::new(ModelConfig::default());
+        let host = Arc::new(Host::with_kvm(Kvm::with(Arc::new(model)), true).unwrap());
+        let backend = TdxBackend::new(host);
+        drop(backend.build(&hand_plan()).unwrap());
+        let r = backend.cpuid_report().unwrap();
+        assert_eq!(r.vcpus.len(), 2);
+        assert!(r.vcpus[0].iter().any(|e| e.function == 7));
+        assert!(r.unavailable.is_empty(), "{:?}", r.unavailable);
+        assert!(r.forced_on.is_empty(), "{:?}", r.forced_on);
     }
 }

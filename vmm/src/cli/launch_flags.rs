@@ -2,12 +2,14 @@
 //! predicts for a set of flags is what `run` launches with the same flags (issue 7).
 //!
 //! Each command lists [`FLAGS`]'s entries in its own flag table (so `--help` shows them) and
-//! hands every flag it does not know itself to [`LaunchFlags::take`].
+//! hands every flag it does not know itself to [`LaunchFlags::take`]. `--id-block` and
+//! `--id-auth` ([`ID_FLAGS`]) are `run`'s and `trace`'s only: the ID block does not change
+//! the measurement `measure` predicts.
 
 use std::path::PathBuf;
 
 use relaunch_core::arch::cpu::vcpu_sig_by_name;
-use relaunch_core::plan::{KernelHashes, LaunchConfig, Platform};
+use relaunch_core::plan::{KernelHashes, LaunchConfig, Platform, SnpIdBlock};
 
 use crate::args::{parse_hex_bytes, parse_hex_u64, ArgError, Cursor, Flag};
 
@@ -75,6 +77,40 @@ pub const APPEND: Flag = Flag {
     help: "Kernel command line for the kernel-hashes table (needs --kernel). Default: empty.",
 };
 
+/// `--id-block`.
+pub const ID_BLOCK: Flag = Flag {
+    long: "id-block",
+    short: None,
+    value: Some("FILE"),
+    help: "SNP ID block given at SNP_LAUNCH_FINISH: a raw 96-byte ID_BLOCK (SEV-SNP firmware \
+           ABI), passed as is. The firmware refuses the launch unless its LD is the launch \
+           digest (relaunch measure) and its POLICY the launch policy. Needs --id-auth. Takes \
+           precedence over an ID block the bundle carries (that one is then not given). \
+           Default: the bundle's ID block, if any.",
+};
+/// `--id-auth`.
+pub const ID_AUTH: Flag = Flag {
+    long: "id-auth",
+    short: None,
+    value: Some("FILE"),
+    help: "The raw 4096-byte ID_AUTH_INFO for --id-block (ID key and its signature of the ID \
+           block; author key and its signature of the ID key, if any: AUTH_KEY_EN is set \
+           when the AUTHOR_KEY field at 0x880 is not all zeros). Needs --id-block. Default: \
+           the bundle's, with its ID block.",
+};
+
+/// `--id-block` and `--id-auth`, for the commands that launch (`run`, `trace`).
+pub const ID_FLAGS: [Flag; 2] = [ID_BLOCK, ID_AUTH];
+
+/// `KVM_SEV_SNP_ID_BLOCK_SIZE` (`arch/x86/include/uapi/asm/kvm.h`; SEV-SNP firmware ABI
+/// ID_BLOCK).
+pub const ID_BLOCK_SIZE: usize = 96;
+/// `KVM_SEV_SNP_ID_AUTH_SIZE` (same header; ID_AUTH_INFO).
+pub const ID_AUTH_SIZE: usize = 4096;
+/// ID_AUTH_INFO's AUTHOR_KEY field: offset and size (SEV-SNP firmware ABI, ID_AUTH_INFO;
+/// `../shared/spec/igvm-snp.md` §3.2).
+const AUTHOR_KEY: std::ops::Range<usize> = 0x880..0x880 + 0x404;
+
 /// Every shared launch flag, in help order.
 pub const FLAGS: [Flag; 8] = [
     VCPU_TYPE,
@@ -107,6 +143,10 @@ pub struct LaunchFlags {
     pub initrd: Option<PathBuf>,
     /// `--append`.
     pub append: Option<String>,
+    /// `--id-block`.
+    pub id_block: Option<PathBuf>,
+    /// `--id-auth`.
+    pub id_auth: Option<PathBuf>,
 }
 
 impl LaunchFlags {
@@ -143,6 +183,8 @@ impl LaunchFlags {
             "kernel" => self.kernel = Some(it.path(f)?),
             "initrd" => self.initrd = Some(it.path(f)?),
             "append" => self.append = Some(it.string(f)?),
+            "id-block" => self.id_block = Some(it.path(f)?),
+            "id-auth" => self.id_auth = Some(it.path(f)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -163,7 +205,52 @@ impl LaunchFlags {
                 "--initrd and --append need --kernel".into(),
             ));
         }
+        if self.id_block.is_some() != self.id_auth.is_some() {
+            return Err(ArgError::Other(
+                "--id-block and --id-auth go together (SNP_LAUNCH_FINISH takes both)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// [`LaunchFlags::id_block_files`] for a launch on `platform`: ID blocks are SNP's only.
+    ///
+    /// # Errors
+    /// One line: the platform is not SNP, or a file is wrong.
+    pub fn id_block_for(&self, platform: Platform) -> Result<Option<SnpIdBlock>, String> {
+        if self.id_block.is_some() && platform != Platform::Snp {
+            return Err(format!(
+                "--id-block/--id-auth are given at SNP_LAUNCH_FINISH; {platform} has no ID block"
+            ));
+        }
+        self.id_block_files()
+    }
+
+    /// The ID block of `--id-block`/`--id-auth`, if given: the files read (bounded) and
+    /// their sizes checked; `auth_key_en` when the ID_AUTH_INFO's AUTHOR_KEY field is not
+    /// all zeros (the firmware verifies the ID key's signature with it exactly then).
+    ///
+    /// # Errors
+    /// One line naming the file and what is wrong with it.
+    pub fn id_block_files(&self) -> Result<Option<SnpIdBlock>, String> {
+        let (Some(block), Some(auth)) = (&self.id_block, &self.id_auth) else {
+            return Ok(None);
+        };
+        let id_block: [u8; ID_BLOCK_SIZE] =
+            read_exact_file(block, "--id-block", "an SNP ID block (ID_BLOCK)")?;
+        let id_auth: [u8; ID_AUTH_SIZE] = read_exact_file(
+            auth,
+            "--id-auth",
+            "an SNP ID authentication structure (ID_AUTH_INFO)",
+        )?;
+        let author_key_enabled = id_auth
+            .get(AUTHOR_KEY)
+            .is_some_and(|k| k.iter().any(|&b| b != 0));
+        Ok(Some(SnpIdBlock {
+            id_block,
+            id_auth,
+            author_key_enabled,
+        }))
     }
 
     /// The launch config for `platform`, `vcpus` and `mem` bytes; `default_sig` is the vCPU
@@ -221,4 +308,30 @@ impl LaunchFlags {
             }
         }
     }
+}
+
+/// Reads `path` (flag `flag`), which must hold exactly `N` bytes (`what` names the
+/// structure); reads at most `N + 1` bytes, whatever the file's size.
+fn read_exact_file<const N: usize>(
+    path: &std::path::Path,
+    flag: &str,
+    what: &str,
+) -> Result<[u8; N], String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let mut buf = Vec::with_capacity(N + 1);
+    f.take(N as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    <[u8; N]>::try_from(buf.as_slice()).map_err(|_| {
+        let size = if buf.len() > N {
+            format!("more than {N} bytes")
+        } else {
+            format!("{} bytes", buf.len())
+        };
+        format!(
+            "{flag} {}: {size}; {what} is exactly {N} bytes (SEV-SNP firmware ABI)",
+            path.display()
+        )
+    })
 }

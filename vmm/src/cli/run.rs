@@ -72,6 +72,8 @@ pub const FLAGS: &[Flag] = &[
     launch_flags::KERNEL,
     launch_flags::INITRD,
     launch_flags::APPEND,
+    launch_flags::ID_BLOCK,
+    launch_flags::ID_AUTH,
     Flag {
         long: "reset-limit",
         short: None,
@@ -375,7 +377,11 @@ pub fn main(args: &[OsString]) -> u8 {
         Ok(k) => k,
         Err(e) => return usage_error(e),
     };
-    let launch = match Launch::new(bundle, &cfg) {
+    let id_block = match opts.launch.id_block_for(platform) {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    let launch = match Launch::with_id_block(bundle, &cfg, id_block) {
         Ok(l) => Arc::new(l),
         Err(e) => return usage_error(format_args!("{}: {e}", opts.bundle.display())),
     };

@@ -10,7 +10,8 @@
 //! Lines, in order:
 //! - one per door call: `{"fd":"kvm|vm|vcpuN","ioctl":"<uapi name>","args":{<uapi field
 //!   names>},"result":"ok"|"<errno>[ firmware status]"}`; a VM fd being closed (relaunch
-//!   teardown) is `"ioctl":"close"`;
+//!   teardown) is `"ioctl":"close"`; an `SNP_LAUNCH_UPDATE` of a CPUID page also shows the
+//!   table it gives the firmware (`cpuid_count`, `cpuid_functions`: `leaf:subleaf` in hex);
 //! - SNP, for every page the firmware adds to the launch digest, in its order:
 //!   `{"measured":{"gpa":N,"page_type":T,"sha384":"<hex>"|null}}` (PAGE_INFO type; SHA-384
 //!   where the firmware hashes the contents);
@@ -65,6 +66,8 @@ pub const FLAGS: &[Flag] = &[
     launch_flags::KERNEL,
     launch_flags::INITRD,
     launch_flags::APPEND,
+    launch_flags::ID_BLOCK,
+    launch_flags::ID_AUTH,
     Flag {
         long: "model-max-pages",
         short: None,
@@ -266,7 +269,11 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
         .launch
         .kernel_hashes_for(&bundle)
         .map_err(|e| fail(super::EXIT_USAGE, e))?;
-    let launch = Launch::new(bundle, &cfg)
+    let id_block = a
+        .launch
+        .id_block_for(cfg.platform)
+        .map_err(|e| fail(super::EXIT_USAGE, e))?;
+    let launch = Launch::with_id_block(bundle, &cfg, id_block)
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
     let model = Model::new(ModelConfig {
         vcpu_sig: a.config.vcpu_sig,

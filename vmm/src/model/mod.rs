@@ -16,12 +16,17 @@
 //! Every call and every page the firmware adds to the digest is logged ([`Event`]) for
 //! `relaunch trace`, and [`Model::set_hook`] reports measured pages as they happen.
 //!
+//! The SNP CPUID page is checked as the AMD Secure Processor checks it, against the model
+//! host's CPUID (`cpuid`): a page it refuses is corrected in place and the update fails
+//! with `INVALID_PARAM`.
+//!
 //! Not modelled (reported as such, never faked): the ID authentication signature (ECDSA
-//! P-384), the SNP CPUID page's check against the host's CPUID, the TDX module's CPUID rules
-//! for `INIT_VM`, and the TDX module's own status codes (refusals carry only the errno).
+//! P-384), the TDX module's CPUID rules for `INIT_VM`, and the TDX module's own status codes
+//! (refusals carry only the errno).
 
 #![deny(unsafe_code)]
 
+mod cpuid;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -32,7 +37,9 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use relaunch_core::measure::Measurement;
 
 use crate::sys::emu::{Firmware, PrivateSink};
-use crate::sys::kvm::{KvmIoctls, VmIoctls};
+use crate::sys::kvm::{
+    KvmIoctls, VmIoctls, KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS,
+};
 use crate::sys::safe::SafeVm;
 use crate::sys::Errno;
 
@@ -61,12 +68,19 @@ pub struct ModelConfig {
     /// The SNP policy bits KVM accepts (`KVM_X86_SNP_POLICY_BITS`; default bits 0–20, the
     /// 6.18 `SNP_POLICY_MASK_VALID`).
     pub snp_policy_bits: u64,
+    /// Whether the kernel has the `KVM_X86_SNP_POLICY_BITS` attribute (Linux 6.19+): if not,
+    /// `KVM_GET_DEVICE_ATTR` answers `ENXIO` for it, as older kernels do
+    /// (`sev_dev_get_attr`), and only `snp_launch_start` knows `snp_policy_bits`.
+    pub snp_policy_bits_attr: bool,
     /// The `vmsa_features` bits KVM accepts (`KVM_X86_SEV_VMSA_FEATURES`).
     pub vmsa_features: u64,
     /// `KVM_CAP_MAX_VCPUS`.
     pub max_vcpus: usize,
     /// CPUID(1).EAX the model's host reports (the vCPU signature).
     pub vcpu_sig: u32,
+    /// The host CPUID the model's Secure Processor checks SNP CPUID pages against (the
+    /// part's own values; `None`: what the model's `KVM_GET_SUPPORTED_CPUID` reports).
+    pub firmware_cpuid: Option<Vec<kvm_cpuid_entry2>>,
     /// The SEV transport integrity key `LAUNCH_MEASURE` HMACs with, and the nonce it
     /// returns (the real firmware makes both; a model has to be told).
     pub tik: [u8; 16],
@@ -82,9 +96,11 @@ impl Default for ModelConfig {
             max_pages_per_call: None,
             eintr_every: None,
             snp_policy_bits: (1 << 21) - 1,
+            snp_policy_bits_attr: true,
             vmsa_features: 0x3FF,
             max_vcpus: 64,
             vcpu_sig: 0x00A0_0F11,
+            firmware_cpuid: None,
             tik: [0; 16],
             mnonce: [0; 16],
             extra_caps: Vec::new(),
@@ -200,6 +216,14 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = Some(m);
     }
 
+    /// The CPUID the Secure Processor checks CPUID pages against.
+    pub(crate) fn firmware_cpuid(&self) -> Vec<kvm_cpuid_entry2> {
+        match &self.cfg.firmware_cpuid {
+            Some(c) => c.clone(),
+            None => model_entries(self.cfg.vcpu_sig).to_vec(),
+        }
+    }
+
     pub(crate) fn cap(&self, cap: u32) -> Option<i32> {
         self.cfg
             .extra_caps
@@ -272,26 +296,46 @@ impl Model {
 
 /// The host CPUID the model reports (`KVM_GET_SUPPORTED_CPUID`): enough for a backend to
 /// find the vCPU signature, the APIC ID field, the physical address width (48 bits,
-/// CPUID 0x80000008.EAX[7:0]) and the SEV leaf (C-bit 51, CPUID 0x8000001F.EBX[5:0]).
-fn model_cpuid(sig: u32) -> Result<CpuId, Errno> {
-    let e = |function, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
+/// CPUID 0x80000008.EAX[7:0]) and the SEV leaf (C-bit 51, CPUID 0x8000001F.EBX[5:0]), plus
+/// the leaves an SNP CPUID page's check looks into: feature bits of an EPYC part in leaves
+/// 1 and 7.0 (AMD CPUID specification #25481), and XSAVE leaf 0xD subleaves 0 and 1 for
+/// x87 + SSE + AVX (sizes 0x340; significant index, as KVM reports subleaf leaves).
+pub(crate) fn model_entries(sig: u32) -> [kvm_cpuid_entry2; 9] {
+    let e = |function, index, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
         function,
+        index,
+        flags: if function == 7 || function == 0xD {
+            kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+        } else {
+            0
+        },
         eax,
         ebx,
         ecx,
         edx,
         ..Default::default()
     };
-    // "AuthenticAMD" in EBX, EDX, ECX.
-    let entries = [
-        e(0, 0xD, 0x6874_7541, 0x444D_4163, 0x6974_6E65),
-        e(1, sig, 0x0000_0800, 0, 0),
-        e(0xB, 0, 0, 0, 0),
-        e(0x8000_0000, 0x8000_001F, 0, 0, 0),
-        e(0x8000_0008, 0x3030, 0, 0, 0),
-        e(0x8000_001F, 0x1B, 51, 0, 0),
-    ];
-    CpuId::from_entries(&entries).map_err(|_| Errno::new(libc::ENOMEM))
+    [
+        // Max leaf 0xD; "AuthenticAMD" in EBX, EDX, ECX.
+        e(0, 0, 0xD, 0x6874_7541, 0x444D_4163, 0x6974_6E65),
+        // CLFLUSH 8 × 8 bytes; ECX SSE3, SSSE3, SSE4.1, SSE4.2, XSAVE, AVX; EDX FPU … SSE2,
+        // HTT.
+        e(1, 0, sig, 0x0000_0800, 0x1418_0201, 0x178B_FBFF),
+        // FSGSBASE, BMI1, AVX2, SMEP, BMI2.
+        e(7, 0, 0, 0x0000_01A9, 0, 0),
+        e(0xB, 0, 0, 0, 0, 0),
+        // XCR0 bits x87, SSE, AVX; 0x340 bytes with AVX.
+        e(0xD, 0, 0x7, 0x340, 0x340, 0),
+        // XSAVEOPT.
+        e(0xD, 1, 0x1, 0x340, 0, 0),
+        e(0x8000_0000, 0, 0x8000_001F, 0, 0, 0),
+        e(0x8000_0008, 0, 0x3030, 0, 0, 0),
+        e(0x8000_001F, 0, 0x1B, 51, 0, 0),
+    ]
+}
+
+fn model_cpuid(sig: u32) -> Result<CpuId, Errno> {
+    CpuId::from_entries(&model_entries(sig)).map_err(|_| Errno::new(libc::ENOMEM))
 }
 
 impl KvmIoctls for Model {
@@ -322,6 +366,26 @@ impl KvmIoctls for Model {
             fd: "kvm".into(),
             ioctl: "KVM_GET_SUPPORTED_CPUID",
             args: vec![("nent", Arg::Num(max_entries as u64))],
+            error: r.as_ref().err().map(|&e| e.into()),
+        });
+        r
+    }
+
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        let cfg = &self.shared.cfg;
+        // `kvm_x86_dev_get_attr` → `sev_dev_get_attr` (`arch/x86/kvm/svm/sev.c`): group
+        // `KVM_X86_GRP_SEV` only; an attribute the kernel does not have is ENXIO.
+        let r = match (group, attr) {
+            (KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES) => Ok(cfg.vmsa_features),
+            (KVM_X86_GRP_SEV, KVM_X86_SNP_POLICY_BITS) if cfg.snp_policy_bits_attr => {
+                Ok(cfg.snp_policy_bits)
+            }
+            _ => Err(Errno::new(libc::ENXIO)),
+        };
+        self.shared.call(CallRecord {
+            fd: "kvm".into(),
+            ioctl: "KVM_GET_DEVICE_ATTR",
+            args: vec![("group", Arg::Num(group.into())), ("attr", Arg::Num(attr))],
             error: r.as_ref().err().map(|&e| e.into()),
         });
         r

@@ -37,6 +37,7 @@ const SEV_RET_INVALID_GUEST_STATE: u32 = 0x02;
 const SEV_RET_INVALID_LEN: u32 = 0x04;
 const SEV_RET_POLICY_FAILURE: u32 = 0x07;
 const SEV_RET_BAD_MEASUREMENT: u32 = 0x0B;
+const SEV_RET_INVALID_PARAM: u32 = 0x16;
 
 // SNP guest policy bits KVM insists on (`../shared/spec/kvm-coco-abi.md` §1.3;
 // `arch/x86/kvm/svm/sev.c` `snp_launch_start`: SNP_POLICY_MASK_SMT, SNP_POLICY_MASK_RSVD_MBO).
@@ -162,6 +163,8 @@ pub(super) struct VmState {
     /// Where the firmware's private-page contents go when the guest really runs
     /// (`--platform emulated:<p>`, `sys::emu`); `None`: measure only.
     sink: Option<Arc<dyn PrivateSink>>,
+    /// TDX: the CPUID configuration `INIT_VM` took.
+    td_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 impl VmState {
@@ -296,6 +299,7 @@ impl ModelVm {
             acc: Acc::None,
             irqchip: false,
             sink,
+            td_cpuid: Vec::new(),
         };
         Ok(ModelVm {
             shared,
@@ -584,6 +588,32 @@ impl ModelVm {
                 break;
             }
             let gpa = gfn * PAGE;
+            if u.page_type == snp::PAGE_TYPE_CPUID {
+                // The Secure Processor checks the table (`super::cpuid`); a refused page is
+                // not assigned, and a corrected one is copied back to the source, as KVM
+                // does (`../shared/spec/kvm-coco-abi.md` §1.3).
+                let src = u.source.as_ref().ok_or(err(libc::EFAULT))?;
+                let mut page = [0u8; PAGE as usize];
+                page.copy_from_slice(&read(src, done * PAGE, PAGE as usize)?);
+                match super::cpuid::check_page(&page, &self.shared.firmware_cpuid()) {
+                    super::cpuid::Verdict::Ok => {}
+                    super::cpuid::Verdict::Refused => {
+                        result = Err(fw(SEV_RET_INVALID_PARAM));
+                        break;
+                    }
+                    super::cpuid::Verdict::Corrected(fixed) => {
+                        let at = src
+                            .offset
+                            .checked_add(done * PAGE)
+                            .ok_or(err(libc::EFAULT))?;
+                        src.mapping
+                            .write(at, &fixed[..])
+                            .map_err(|_| err(libc::EFAULT))?;
+                        result = Err(fw(SEV_RET_INVALID_PARAM));
+                        break;
+                    }
+                }
+            }
             // Every type but ZERO is copied in from the source (UNMEASURED / SECRETS / CPUID
             // too): the source must be readable.
             let bytes = match (u.source.as_ref(), u.page_type == snp::PAGE_TYPE_ZERO) {
@@ -684,6 +714,22 @@ fn sev_args(cmd: &SevCmd<'_>, sev_fd: i32) -> Vec<(&'static str, Arg)> {
             }
             v.push(("len", n(u.len)));
             v.push(("type", n(u.page_type.into())));
+            if u.page_type == snp::PAGE_TYPE_CPUID {
+                // What the CPUID page gives the firmware: its count and functions
+                // (`leaf:subleaf`, hex), read from the source as it came in.
+                if let Some(src) = &u.source {
+                    if let Ok(bytes) = read(src, 0, PAGE as usize) {
+                        let t = crate::backend::snp_cpuid::CpuidTable::from_page(&bytes);
+                        let list: Vec<String> = t
+                            .functions
+                            .iter()
+                            .map(|f| format!("{:x}:{:x}", f.eax_in, f.ecx_in))
+                            .collect();
+                        v.push(("cpuid_count", n(t.count.into())));
+                        v.push(("cpuid_functions", Arg::Text(list.join(" "))));
+                    }
+                }
+            }
             v
         }
         SevCmd::SnpLaunchFinish {
@@ -1014,6 +1060,7 @@ impl SafeVmIoctls for ModelVm {
                     } else {
                         st.launch = Launch::Started;
                         st.acc = Acc::Tdx(MrtdDigest::new());
+                        st.td_cpuid = cpuid.as_slice().to_vec();
                         Ok(())
                     }
                 }
@@ -1081,6 +1128,40 @@ fn tdx_capabilities() -> crate::sys::coco::TdxCapabilities {
             e(0x8000_0008, 0, 0, 0x00FF_00FF, 0, 0, 0),
         ],
     }
+}
+
+/// The CPUID the model's TDX module virtualizes for a TD (`KVM_TDX_GET_CPUID`): every leaf
+/// of the model host's CPUID, whose configurable bits (the masks `KVM_TDX_CAPABILITIES`
+/// reports) are those `INIT_VM` configured for that leaf (0 where it configured none) and
+/// whose other bits are the host's. A simplification: the real module also forces bits on
+/// or off by its own rules (fixed-1 / fixed-0 bits, XFAM- and attribute-dependent bits;
+/// Intel TDX module ABI, "CPUID virtualization"), which the model does not know.
+fn td_cpuid_of(
+    shared: &Shared,
+    config: &[kvm_bindings::kvm_cpuid_entry2],
+) -> Vec<kvm_bindings::kvm_cpuid_entry2> {
+    let caps = tdx_capabilities();
+    let same = |a: &kvm_bindings::kvm_cpuid_entry2, b: &kvm_bindings::kvm_cpuid_entry2| {
+        a.function == b.function && a.index == b.index
+    };
+    super::model_entries(shared.cfg.vcpu_sig)
+        .iter()
+        .map(|h| {
+            let mut e = *h;
+            if let Some(m) = caps.cpuid.iter().find(|m| same(m, h)) {
+                let c = config
+                    .iter()
+                    .find(|c| same(c, h))
+                    .copied()
+                    .unwrap_or_default();
+                e.eax = (h.eax & !m.eax) | (c.eax & m.eax);
+                e.ebx = (h.ebx & !m.ebx) | (c.ebx & m.ebx);
+                e.ecx = (h.ecx & !m.ecx) | (c.ecx & m.ecx);
+                e.edx = (h.edx & !m.edx) | (c.edx & m.edx);
+            }
+            e
+        })
+        .collect()
 }
 
 /// KVM's reset state of a new vCPU (`init_vmcb`, `kvm_vcpu_reset`): QEMU's reset state
@@ -1424,6 +1505,7 @@ impl VcpuIoctls for ModelVcpu {
                 ("nr_pages", Arg::Num(r.nr_pages)),
                 ("flags", Arg::Num(r.measure.into())),
             ],
+            TdxVcpuCmd::GetCpuid(c) => vec![("nent", Arg::Num(c.nent.into()))],
         };
         self.log(name, args, None);
         let res = match cmd {
@@ -1441,6 +1523,27 @@ impl VcpuIoctls for ModelVcpu {
                 }
             }
             TdxVcpuCmd::InitMemRegion(r) => self.init_mem_region(r),
+            TdxVcpuCmd::GetCpuid(c) => {
+                let st = lock(&self.vm);
+                if st.platform() != Platform::Tdx {
+                    Err(err(libc::ENOTTY))
+                } else if st.launch != Launch::Started {
+                    // `tdx_vcpu_ioctl`: the TD initialised (HKID assigned) and not finalized.
+                    Err(err(libc::EINVAL))
+                } else {
+                    let td = td_cpuid_of(&self.shared, &st.td_cpuid);
+                    let need = td.len() as u32;
+                    if c.nent < need {
+                        // `tdx_vcpu_get_cpuid`: E2BIG with the count it needs, no entries.
+                        c.nent = need;
+                        Err(err(libc::E2BIG))
+                    } else {
+                        c.nent = need;
+                        c.entries = td;
+                        Ok(())
+                    }
+                }
+            }
         };
         if let Err(e) = res {
             set_last_error(&self.shared, &self.name, e);

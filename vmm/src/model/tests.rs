@@ -374,28 +374,41 @@ fn refuses_commands_out_of_order() {
     );
 }
 
+/// SNP_LAUNCH_FINISH with an ID block (SEV-SNP firmware ABI, SNP_LAUNCH_FINISH): its LD
+/// must be the launch digest (else BAD_MEASUREMENT, 0x0B) and its POLICY (@0x58) the launch
+/// policy (else POLICY_FAILURE, 0x07); a refused finish leaves no measurement.
 #[test]
 fn refuses_id_block_whose_digest_does_not_match() {
-    for good in [true, false] {
+    for (case, fw) in [("good", None), ("ld", Some(0x0B)), ("policy", Some(0x07))] {
         let (m, kvm) = model(ModelConfig::default());
         let (vm, _v) = snp_vm(&kvm, MB, 1);
         let want = hand_digest(&[], 0, 7, 1);
         snp_update_all(&vm, 7, None, 1, PAGE_TYPE_ZERO);
         let mut block = [0u8; 96];
         block[..48].copy_from_slice(&want);
-        if !good {
+        if case == "ld" {
             block[0] ^= 1;
         }
-        block[88..96].copy_from_slice(&SNP_POLICY.to_le_bytes());
-        let r = snp_finish(&vm, Some(&block));
-        if good {
-            r.unwrap();
-            assert_eq!(m.measurement(), Some(Measurement::Snp(want)));
+        let policy = if case == "policy" {
+            SNP_POLICY | 1 << 19
         } else {
-            let e = r.unwrap_err();
-            assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x0B)));
-            assert!(e.to_string().contains("SEV_RET_BAD_MEASUREMENT"));
-            assert_eq!(m.measurement(), None);
+            SNP_POLICY
+        };
+        block[88..96].copy_from_slice(&policy.to_le_bytes());
+        let r = snp_finish(&vm, Some(&block));
+        match fw {
+            None => {
+                r.unwrap();
+                assert_eq!(m.measurement(), Some(Measurement::Snp(want)));
+            }
+            Some(code) => {
+                let e = r.unwrap_err();
+                assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(code)), "{case}");
+                if code == 0x0B {
+                    assert!(e.to_string().contains("SEV_RET_BAD_MEASUREMENT"));
+                }
+                assert_eq!(m.measurement(), None);
+            }
         }
     }
 }
@@ -575,6 +588,68 @@ fn tdx_mrtd_partial_progress_and_refusals() {
     // After FINALIZE every vCPU sub-command is refused.
     let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::InitMemRegion(region(0x30000, 1, false)));
     assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+    let e = v.tdx_vcpu_cmd(&mut TdxVcpuCmd::GetCpuid(crate::sys::coco::TdxCpuid {
+        nent: 256,
+        entries: Vec::new(),
+    }));
+    assert_eq!(e.map_err(errno_of), Err(libc::EINVAL));
+}
+
+/// `KVM_TDX_GET_CPUID` (`intel-tdx.rst`): a vCPU ioctl between INIT_VM and FINALIZE_VM;
+/// too little room is `E2BIG` with `nent` set to the entries needed and none written; the
+/// TD's configurable bits are those INIT_VM configured (here leaf 7.0 EBX without bit 0).
+#[test]
+fn tdx_get_cpuid_answers_the_configured_td_cpuid() {
+    use crate::sys::coco::TdxCpuid;
+    let (_m, kvm) = model(ModelConfig::default());
+    let vm = kvm.create_vm(KVM_X86_TDX_VM).unwrap();
+    let host = kvm.supported_cpuid(256).unwrap();
+    let mut config: Vec<_> = host
+        .as_slice()
+        .iter()
+        .filter(|e| e.function == 7)
+        .copied()
+        .collect();
+    config[0].ebx &= !1;
+    let cpuid = kvm_bindings::CpuId::from_entries(&config).unwrap();
+    vm.tdx_vm_cmd(&mut TdxVmCmd::InitVm {
+        attributes: 0,
+        xfam: 3,
+        mrconfigid: [0; 48],
+        mrowner: [0; 48],
+        mrownerconfig: [0; 48],
+        cpuid: &cpuid,
+    })
+    .unwrap();
+    let v = vm.create_vcpu(0).unwrap();
+    let mut cmd = TdxVcpuCmd::GetCpuid(TdxCpuid {
+        nent: 1,
+        entries: Vec::new(),
+    });
+    let e = v.tdx_vcpu_cmd(&mut cmd).unwrap_err();
+    assert_eq!(errno_of(e), libc::E2BIG);
+    let TdxVcpuCmd::GetCpuid(out) = cmd else {
+        unreachable!()
+    };
+    let need = out.nent;
+    assert_eq!(need as usize, host.as_slice().len());
+    assert!(out.entries.is_empty());
+    let mut cmd = TdxVcpuCmd::GetCpuid(TdxCpuid {
+        nent: need,
+        entries: Vec::new(),
+    });
+    v.tdx_vcpu_cmd(&mut cmd).unwrap();
+    let TdxVcpuCmd::GetCpuid(out) = cmd else {
+        unreachable!()
+    };
+    let leaf7 = out.entries.iter().find(|e| e.function == 7).unwrap();
+    assert_eq!(leaf7.ebx, config[0].ebx);
+    let leaf0 = out.entries.iter().find(|e| e.function == 0).unwrap();
+    assert_eq!(
+        leaf0.eax,
+        host.as_slice()[0].eax,
+        "not configurable: the host's"
+    );
 }
 
 /// A minimal SNP launcher written here from the ABI (not the backend): drives a plan's ops
@@ -890,5 +965,128 @@ fn sev_digests_and_script_equal_core_prediction_for_real_bundles() {
                 );
             }
         }
+    }
+}
+
+/// `KVM_GET_DEVICE_ATTR` on the system fd, group `KVM_X86_GRP_SEV` (1)
+/// (`amd-memory-encryption.rst`, "Device attribute API"): attribute 0 is the accepted
+/// `vmsa_features`, attribute 1 the accepted SNP policy bits (Linux 6.19+; `ENXIO` on older
+/// kernels); anything else `ENXIO`.
+#[test]
+fn device_attrs_answer_the_sev_group_only() {
+    let (_m, kvm) = model(ModelConfig {
+        vmsa_features: 0x20,
+        snp_policy_bits: 0xF_FFFF,
+        ..ModelConfig::default()
+    });
+    assert_eq!(kvm.device_attr(1, 0), Ok(0x20));
+    assert_eq!(kvm.device_attr(1, 1), Ok(0xF_FFFF));
+    assert_eq!(kvm.device_attr(1, 2).unwrap_err().errno(), libc::ENXIO);
+    assert_eq!(kvm.device_attr(0, 1).unwrap_err().errno(), libc::ENXIO);
+    let (_m, old) = model(ModelConfig {
+        snp_policy_bits_attr: false,
+        ..ModelConfig::default()
+    });
+    assert_eq!(old.device_attr(1, 1).unwrap_err().errno(), libc::ENXIO);
+    assert!(old.device_attr(1, 0).is_ok());
+}
+
+/// The SNP CPUID page (SEV-SNP firmware ABI, SNP_LAUNCH_UPDATE page type CPUID; what the
+/// firmware does: `amd/AMD-ASPFW` `sev_mcmd.c`, `cpuid_lookup.c`): the page QEMU builds from
+/// the host's CPUID is accepted and measured with empty contents; a page asking for a
+/// feature the firmware's host lacks fails with EIO / `INVALID_PARAM`, the corrected table
+/// comes back in the source (KVM copies it: `../shared/spec/kvm-coco-abi.md` §1.3), the
+/// page is not assigned, and the corrected page is then accepted.
+#[test]
+fn snp_cpuid_page_is_checked_against_the_host_cpuid() {
+    use crate::backend::snp_cpuid::CpuidTable;
+    use relaunch_core::measure::snp::PAGE_TYPE_CPUID;
+
+    let (m, kvm) = model(ModelConfig::default());
+    let host = kvm.supported_cpuid(256).unwrap();
+    let good = CpuidTable::from_kvm(&host).unwrap();
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    let src = GuestMapping::anonymous(4096).unwrap();
+    src.write(0, &good.to_page()).unwrap();
+    snp_update_all(&vm, 4, Some(&src), 1, PAGE_TYPE_CPUID);
+    assert_eq!(
+        m.measured(),
+        [Measured::Snp {
+            gpa: 0x4000,
+            page_type: PAGE_TYPE_CPUID,
+            sha384: None
+        }]
+    );
+
+    // The firmware's host has no leaf-1 EDX bit 28 (HTT) and a smaller max extended leaf.
+    let mut fw: Vec<_> = host.as_slice().to_vec();
+    for e in &mut fw {
+        match e.function {
+            1 => e.edx &= !(1 << 28),
+            0x8000_0000 => e.eax = 0x8000_0008,
+            _ => {}
+        }
+    }
+    let (m, kvm) = model(ModelConfig {
+        firmware_cpuid: Some(fw),
+        ..ModelConfig::default()
+    });
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    src.write(0, &good.to_page()).unwrap();
+    let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+        gfn_start: 4,
+        source: Some(Source {
+            mapping: &src,
+            offset: 0,
+        }),
+        len: 4096,
+        page_type: PAGE_TYPE_CPUID,
+    });
+    let e = vm.sev_cmd(&mut cmd, 3).unwrap_err();
+    assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x16)));
+    let SevCmd::SnpLaunchUpdate(u) = cmd else {
+        unreachable!()
+    };
+    assert_eq!((u.gfn_start, u.len), (4, 4096), "no progress");
+    assert!(m.measured().is_empty());
+    let mut back = [0u8; 4096];
+    src.read(0, &mut back).unwrap();
+    let fixed = CpuidTable::from_page(&back);
+    assert_eq!(
+        good.mismatches(&fixed),
+        [
+            "leaf 0x1 subleaf 0x0: edx 0x178bfbff expected 0x078bfbff",
+            "leaf 0x80000000 subleaf 0x0: eax 0x8000001f expected 0x80000008",
+        ]
+    );
+    // The page was not assigned: the corrected table is accepted.
+    snp_update_all(&vm, 4, Some(&src), 1, PAGE_TYPE_CPUID);
+    assert_eq!(m.measured().len(), 1);
+}
+
+/// A CPUID page whose header is malformed (reserved field set, more than 64 functions) is
+/// refused and left as it was (`sev_mcmd.c`: no write-back for these).
+#[test]
+fn snp_cpuid_page_with_a_bad_header_is_refused_untouched() {
+    use relaunch_core::measure::snp::PAGE_TYPE_CPUID;
+    let (_m, kvm) = model(ModelConfig::default());
+    let (vm, _v) = snp_vm(&kvm, MB, 1);
+    for header in [[65u8, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0, 0, 0]] {
+        let src = GuestMapping::anonymous(4096).unwrap();
+        src.write(0, &header).unwrap();
+        let mut cmd = SevCmd::SnpLaunchUpdate(SnpUpdate {
+            gfn_start: 5,
+            source: Some(Source {
+                mapping: &src,
+                offset: 0,
+            }),
+            len: 4096,
+            page_type: PAGE_TYPE_CPUID,
+        });
+        let e = vm.sev_cmd(&mut cmd, 3).unwrap_err();
+        assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x16)));
+        let mut back = [0u8; 8];
+        src.read(0, &mut back).unwrap();
+        assert_eq!(back, header);
     }
 }

@@ -200,6 +200,21 @@ pub enum TdxVcpuCmd<'a> {
     },
     /// `KVM_TDX_INIT_MEM_REGION` (3).
     InitMemRegion(TdxMemRegion<'a>),
+    /// `KVM_TDX_GET_CPUID` (5): the CPUID the TDX module virtualizes for the TD
+    /// (`Documentation/virt/kvm/x86/intel-tdx.rst`, KVM_TDX_GET_CPUID).
+    GetCpuid(TdxCpuid),
+}
+
+/// `KVM_TDX_GET_CPUID`'s `struct kvm_cpuid2`, in and out: `nent` is the room given (the
+/// kernel answers `E2BIG` with `nent` set to the entries it needs, and no entries: "the user
+/// space should allocate a larger buffer and retry"); on success `entries` holds `nent`
+/// entries.
+#[derive(Clone, Debug, Default)]
+pub struct TdxCpuid {
+    /// In: room for entries; out: entries written, or needed on `E2BIG`.
+    pub nent: u32,
+    /// Out: the TD's CPUID.
+    pub entries: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 impl TdxVcpuCmd<'_> {
@@ -208,6 +223,7 @@ impl TdxVcpuCmd<'_> {
         match self {
             TdxVcpuCmd::InitVcpu { .. } => "KVM_TDX_INIT_VCPU",
             TdxVcpuCmd::InitMemRegion(_) => "KVM_TDX_INIT_MEM_REGION",
+            TdxVcpuCmd::GetCpuid(_) => "KVM_TDX_GET_CPUID",
         }
     }
 }

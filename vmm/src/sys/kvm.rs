@@ -20,8 +20,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_debugregs, kvm_fpu, kvm_memory_attributes, kvm_mp_state, kvm_regs,
-    kvm_run, kvm_sregs, kvm_userspace_memory_region2, kvm_xcrs, CpuId, Msrs,
+    kvm_create_guest_memfd, kvm_debugregs, kvm_device_attr, kvm_fpu, kvm_memory_attributes,
+    kvm_mp_state, kvm_regs, kvm_run, kvm_sregs, kvm_userspace_memory_region2, kvm_xcrs, CpuId,
+    Msrs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
@@ -51,6 +52,37 @@ pub const KVM_MEM_GUEST_MEMFD: u32 = kvm_bindings::KVM_MEM_GUEST_MEMFD;
 pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64;
 /// `KVM_X86_DEFAULT_VM` (`arch/x86/include/uapi/asm/kvm.h`): an ordinary VM.
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
+/// `KVM_X86_GRP_SEV` (`arch/x86/include/uapi/asm/kvm.h`, "vendor-specific groups and
+/// attributes for system fd"): the SEV attributes `KVM_GET_DEVICE_ATTR` reads on `/dev/kvm`
+/// (`Documentation/virt/kvm/x86/amd-memory-encryption.rst`, "Device attribute API").
+pub const KVM_X86_GRP_SEV: u32 = 1;
+/// `KVM_X86_SEV_VMSA_FEATURES` (same header): the `vmsa_features` bits `KVM_SEV_INIT2`
+/// accepts. Linux 6.10, with INIT2 (commit ac5c48027bac "KVM: SEV: publish supported VMSA
+/// features").
+pub const KVM_X86_SEV_VMSA_FEATURES: u64 = 0;
+/// `KVM_X86_SNP_POLICY_BITS` (same header): the SNP guest-policy bits
+/// `KVM_SEV_SNP_LAUNCH_START` accepts. Linux 6.19 (tag `kvm-x86-svm-6.19`, "KVM: SEV:
+/// Publish supported SEV-SNP policy bits"); older kernels answer `ENXIO`.
+pub const KVM_X86_SNP_POLICY_BITS: u64 = 1;
+
+// The attribute numbers must agree with kvm-bindings' (generated from the same header; it
+// has no `KVM_X86_SNP_POLICY_BITS` yet).
+const _: () = {
+    assert!(KVM_X86_GRP_SEV == kvm_bindings::KVM_X86_GRP_SEV);
+    assert!(KVM_X86_SEV_VMSA_FEATURES == kvm_bindings::KVM_X86_SEV_VMSA_FEATURES as u64);
+};
+
+// `KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xe2, struct kvm_device_attr)` (`include/uapi/linux/
+// kvm.h`): on the system fd since Linux 5.17 (`kvm_arch_dev_ioctl`; before, `EINVAL`).
+mod nr {
+    #![allow(missing_docs)]
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_GET_DEVICE_ATTR,
+        kvm_bindings::KVMIO,
+        0xe2,
+        kvm_bindings::kvm_device_attr
+    );
+}
 
 // Layout of the structs passed by pointer through the door (`include/uapi/linux/kvm.h`;
 // `../shared/spec/kvm-coco-abi.md` §2).
@@ -75,6 +107,13 @@ const _: () = {
     assert!(offset_of!(kvm_memory_attributes, flags) == 24);
     // `immediate_exit` is byte 1 of `struct kvm_run` (`include/uapi/linux/kvm.h`).
     assert!(offset_of!(kvm_run, immediate_exit) == 1);
+    // `struct kvm_device_attr { __u32 flags; __u32 group; __u64 attr; __u64 addr; }`
+    // (`include/uapi/linux/kvm.h`; `addr` points at the u64 the kernel writes).
+    assert!(size_of::<kvm_device_attr>() == 24);
+    assert!(offset_of!(kvm_device_attr, flags) == 0);
+    assert!(offset_of!(kvm_device_attr, group) == 4);
+    assert!(offset_of!(kvm_device_attr, attr) == 8);
+    assert!(offset_of!(kvm_device_attr, addr) == 16);
 };
 
 /// The system fd's calls (`/dev/kvm`), as the door sees them.
@@ -101,6 +140,16 @@ pub trait KvmIoctls: Send + Sync + fmt::Debug {
     /// The `open` errno.
     fn open_sev(&self) -> Result<OwnedFd, Errno> {
         Ok(OwnedFd::from(super::record::memfd(0)?))
+    }
+    /// `KVM_GET_DEVICE_ATTR` on the system fd: the u64 attribute `attr` of `group` (e.g.
+    /// [`KVM_X86_GRP_SEV`] / [`KVM_X86_SNP_POLICY_BITS`]).
+    ///
+    /// # Errors
+    /// The ioctl's errno: `ENXIO` for a group or attribute this kernel does not have (and by
+    /// default: a door that models none), `EINVAL` before Linux 5.17.
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        let _ = (group, attr);
+        Err(Errno::new(libc::ENXIO))
     }
 }
 
@@ -369,6 +418,14 @@ impl Kvm {
     /// The ioctl's errno.
     pub fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno> {
         self.door.supported_cpuid(max_entries)
+    }
+
+    /// `KVM_GET_DEVICE_ATTR(group, attr)` on the system fd ([`KvmIoctls::device_attr`]).
+    ///
+    /// # Errors
+    /// The ioctl's errno (`ENXIO`: no such attribute on this kernel).
+    pub fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        self.door.device_attr(group, attr)
     }
 
     /// Opens the SEV device that SEV commands carry ([`KvmIoctls::open_sev`]).
@@ -820,6 +877,29 @@ impl KvmIoctls for RealKvm {
             .map_err(|e| Errno::new(e.raw_os_error().unwrap_or(libc::EIO)))?;
         Ok(OwnedFd::from(file))
     }
+
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        let mut val: u64 = 0;
+        let req = kvm_device_attr {
+            flags: 0,
+            group,
+            attr,
+            addr: std::ptr::from_mut(&mut val) as u64,
+        };
+        // SAFETY: ioctl_with_ref needs an fd whose ioctl `KVM_GET_DEVICE_ATTR()` reads one
+        // `struct kvm_device_attr` through the pointer: `self.0` is the open /dev/kvm fd, and
+        // `req` has the uapi layout (asserted above) and lives across the call. The kernel
+        // writes the attribute, one u64 (`put_user(val, u64 __user *)`, `arch/x86/kvm/x86.c`
+        // `kvm_x86_dev_get_attr`), to `req.addr`, which points at `val`: a live, exclusively
+        // borrowed, aligned u64 that nothing else touches during the call.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ref(&self.0, nr::KVM_GET_DEVICE_ATTR(), &req)
+        };
+        if ret < 0 {
+            return Err(Errno::last());
+        }
+        Ok(val)
+    }
 }
 
 #[derive(Debug)]
@@ -955,5 +1035,39 @@ impl VcpuIoctls for RealVcpu {
     fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {
         // SAFETY: vcpu_cmd needs a KVM vCPU fd: the VcpuFd's own, open for as long as `self`.
         unsafe { super::tdx::vcpu_cmd(self.0.as_raw_fd(), cmd) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real `KVM_GET_DEVICE_ATTR` on `/dev/kvm` reaches the kernel's attribute code: the
+    /// SEV group answers a value (a SEV host), `ENXIO` (no such group or attribute:
+    /// `kvm_x86_dev_get_attr`) or `EINVAL` (kernels before 5.17, no system attributes),
+    /// never `ENOTTY` (a wrong ioctl number) or `EFAULT` (a wrong struct layout); group 0
+    /// attribute 0 (`KVM_X86_XCOMP_GUEST_SUPP`, Linux 5.17+) holds at least x87 | SSE.
+    #[test]
+    fn real_device_attr_reaches_the_kernel() {
+        let kvm = match Kvm::open() {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("SKIPPED: no /dev/kvm ({e})");
+                return;
+            }
+        };
+        for attr in [KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS] {
+            match kvm.device_attr(KVM_X86_GRP_SEV, attr) {
+                Ok(_) => {}
+                Err(e) => assert!(
+                    matches!(e.errno(), libc::ENXIO | libc::EINVAL),
+                    "attr {attr}: {e}"
+                ),
+            }
+        }
+        match kvm.device_attr(0, 0) {
+            Ok(xcr0) => assert_eq!(xcr0 & 0b11, 0b11, "{xcr0:#x}"),
+            Err(e) => assert_eq!(e.errno(), libc::EINVAL, "{e}"),
+        }
     }
 }

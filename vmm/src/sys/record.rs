@@ -113,6 +113,8 @@ pub struct Recorder {
     max_vcpus: usize,
     /// Answers to `KVM_CHECK_EXTENSION`, `(cap, value)`; others answer 0.
     caps: Arc<Vec<(u32, i32)>>,
+    /// Answers to `KVM_GET_DEVICE_ATTR`, `(group, attr, value)`; others answer `ENXIO`.
+    attrs: Arc<Vec<(u32, u64, u64)>>,
 }
 
 impl Recorder {
@@ -122,7 +124,15 @@ impl Recorder {
             shared: Arc::default(),
             max_vcpus,
             caps: Arc::new(caps.to_vec()),
+            attrs: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same recorder whose system fd answers `KVM_GET_DEVICE_ATTR` with the `(group,
+    /// attr, value)` triples (any other attribute: `ENXIO`, as a kernel without it).
+    pub fn with_device_attrs(mut self, attrs: &[(u32, u64, u64)]) -> Recorder {
+        self.attrs = Arc::new(attrs.to_vec());
+        self
     }
 
     /// Makes the next `times` calls of `ioctl` fail with `errno` (after being recorded).
@@ -208,6 +218,19 @@ impl KvmIoctls for Recorder {
             },
         ];
         CpuId::from_entries(&entries).map_err(|_| Errno::new(libc::ENOMEM))
+    }
+
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        self.shared.record(
+            "kvm",
+            "KVM_GET_DEVICE_ATTR",
+            format!("group={group} attr={attr}"),
+        )?;
+        self.attrs
+            .iter()
+            .find(|&&(g, a, _)| g == group && a == attr)
+            .map(|&(_, _, v)| v)
+            .ok_or(Errno::new(libc::ENXIO))
     }
 
     fn create_vm(&self, vm_type: u64) -> Result<Box<dyn VmIoctls>, Errno> {
@@ -557,8 +580,24 @@ impl VcpuIoctls for RecVcpu {
                 r.nr_pages,
                 u8::from(r.measure)
             ),
+            TdxVcpuCmd::GetCpuid(c) => format!("nent={}", c.nent),
         };
         let res = self.record(cmd.name(), args);
+        if let TdxVcpuCmd::GetCpuid(c) = cmd {
+            res?;
+            // The TD's CPUID as this recorder's TDX module reports it: leaves 1 and 7.0 with
+            // the configurable bits of `tdx_capabilities` set; `E2BIG` with the count needed
+            // when `nent` is too small (`intel-tdx.rst`, KVM_TDX_GET_CPUID).
+            let entries = tdx_capabilities().cpuid;
+            let need = entries.len() as u32;
+            let room = c.nent;
+            c.nent = need;
+            if room < need {
+                return Err(CocoError::errno(libc::E2BIG));
+            }
+            c.entries = entries;
+            return Ok(());
+        }
         if let TdxVcpuCmd::InitMemRegion(r) = cmd {
             // The whole region on success; on an injected fault (`Recorder::fail`), one page
             // when more than one is left, then the errno: the kernel copies its progress

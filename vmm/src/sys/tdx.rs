@@ -16,6 +16,11 @@ use super::Errno;
 /// when `nent` is smaller).
 const CAPS_CPUID_ENTRIES: usize = 256;
 
+/// Most entries a `KVM_TDX_GET_CPUID` buffer is made for (the kernel builds its answer in a
+/// `KVM_MAX_CPUID_ENTRIES` = 256 buffer, `arch/x86/kvm/vmx/tdx.c` `tdx_vcpu_get_cpuid`; a
+/// larger `nent` asked for is refused here rather than allocated).
+pub const GET_CPUID_MAX_ENTRIES: u32 = 4096;
+
 /// `KVM_X86_TDX_VM` (`arch/x86/include/uapi/asm/kvm.h`: `#define KVM_X86_TDX_VM 5`).
 pub const KVM_X86_TDX_VM: u64 = 5;
 /// `KVM_EXIT_TDX` (`include/uapi/linux/kvm.h`: `#define KVM_EXIT_TDX 40`).
@@ -255,6 +260,15 @@ impl WithCpuid {
         }
     }
 
+    /// `kvm_cpuid2.nent` as the kernel left it.
+    pub fn head_nent(&mut self) -> u32 {
+        let header = self.header;
+        self.bytes_mut()
+            .get(header.saturating_sub(8)..header.saturating_sub(4))
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_ne_bytes)
+    }
+
     /// The entries the kernel wrote (`nent` from the head, capped at the capacity).
     pub fn entries(&mut self) -> Result<CpuId, Errno> {
         let header = self.header;
@@ -473,6 +487,31 @@ pub unsafe fn vcpu_cmd(fd: RawFd, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoEr
             r.source.offset = region.source_addr.saturating_sub(base);
             r.nr_pages = region.nr_pages;
             res.map_err(|e| coco_err(e, c.hw_error))
+        }
+        TdxVcpuCmd::GetCpuid(out) => {
+            if out.nent > GET_CPUID_MAX_ENTRIES {
+                return Err(CocoError::errno(libc::EINVAL));
+            }
+            let head = std::mem::size_of::<kvm_cpuid2_head>();
+            let mut buf = WithCpuid::new(head, out.nent as usize);
+            buf.set_nent(out.nent);
+            let mut c = kvm_tdx_cmd {
+                id: cmd_id::GET_CPUID,
+                data: buf.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            // SAFETY: encrypt_op needs a vCPU fd (the caller's promise) and `data` pointing
+            // to a `struct kvm_cpuid2` with room for `nent` entries, valid for reads and
+            // writes during the call: `buf` is an 8-byte aligned live buffer of the 8-byte
+            // head plus `nent` × 40 bytes, with the head's `nent` set to that room (the
+            // kernel writes at most `nent` entries, `tdx_vcpu_get_cpuid`).
+            let res = unsafe { encrypt_op(fd, &mut c) };
+            // The head (nent) is copied back on success and on E2BIG alike.
+            let nent = buf.head_nent();
+            out.nent = nent;
+            res.map_err(|e| coco_err(e, c.hw_error))?;
+            out.entries = buf.entries().map_err(CocoError::from)?.as_slice().to_vec();
+            Ok(())
         }
     }
 }
