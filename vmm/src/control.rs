@@ -372,7 +372,8 @@ fn parse_secret(v: &serde_json::Value) -> Result<LaunchSecret, String> {
         ));
     }
     let packet = unhex(field("packet")?).ok_or("\"packet\" is not hex")?;
-    if packet.is_empty() || packet.len() > MAX_PACKET || packet.len() % SECRET_ALIGN != 0 {
+    if packet.is_empty() || packet.len() > MAX_PACKET || !packet.len().is_multiple_of(SECRET_ALIGN)
+    {
         return Err(format!(
             "\"packet\" is {} bytes; the firmware takes {SECRET_ALIGN} to {MAX_PACKET} bytes \
              in {SECRET_ALIGN}-byte units",
@@ -397,7 +398,7 @@ fn parse_secret(v: &serde_json::Value) -> Result<LaunchSecret, String> {
 /// Bytes of an even-length hex string (either case), or `None`.
 fn unhex(s: &str) -> Option<Vec<u8>> {
     // `from_str_radix` alone would take a sign ("+f"): digits only.
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())

@@ -1081,9 +1081,12 @@ mod tests {
         digest: [u8; 32],
         secret: [u8; 32],
         gpa: u64,
-        /// Per turn: (launch id, mnonce, answers of the injections).
-        turns: Mutex<Vec<(u64, [u8; 16], Vec<Result<(), String>>)>>,
+        turns: Mutex<Vec<Turn>>,
     }
+
+    /// One owner's turn as the test owner saw it: launch id, MNONCE, the injections'
+    /// answers.
+    type Turn = (u64, [u8; 16], Vec<Result<(), String>>);
 
     impl OwnerGate for Owner {
         fn measured(

@@ -586,11 +586,16 @@ impl ModelVm {
         }
         // The firmware sees the host-physical address of the pinned page plus the offset:
         // its low bits are the host address's.
-        if guest.mapping.host_addr().wrapping_add(start) % 16 != 0 {
+        if !guest
+            .mapping
+            .host_addr()
+            .wrapping_add(start)
+            .is_multiple_of(16)
+        {
             return Err(fw(SEV_RET_INVALID_ADDRESS));
         }
         if header.len() != owner::HEADER_LEN
-            || guest_len % 16 != 0
+            || !guest_len.is_multiple_of(16)
             || guest_len > SEV_SCRATCH_BUF_LEN
             || guest_len as usize != trans.len()
         {

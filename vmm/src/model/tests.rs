@@ -1089,7 +1089,8 @@ fn launch_secret_refusals() {
     let (ho, po) = wrap(&OWNER, 0, &other.measure, 32);
     let (hc, pc) = wrap(&OWNER, FLAG_COMPRESSED, &got.measure, 32);
     let big = wrap(&OWNER, 0, &got.measure, 0x4000).1;
-    let cases: Vec<(&str, Result<(), CocoError>, (i32, Option<u32>))> = vec![
+    type Case<'a> = (&'a str, Result<(), CocoError>, (i32, Option<u32>));
+    let cases: Vec<Case<'_>> = vec![
         (
             "flipped packet",
             inject(&vm, &ram, &h, 0x3000, 32, &flipped),
