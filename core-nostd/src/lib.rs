@@ -10,7 +10,8 @@
 //! Layers, each depending only on those before it: [`limits`]; [`launch`], the shared
 //! vocabulary (platform, config, ops, page kinds, vCPU registers, RAM layout); [`arch`]
 //! (VMSA, CPU models); [`plan`] and [`measure`], which never import each other (the
-//! measurement folds a [`launch::OpStream`] a plan hands out); `fwmodel` on top.
+//! measurement folds a [`launch::OpStream`] a plan hands out); `fwmodel` and [`owner`] (the
+//! SEV guest owner's side: checking `LAUNCH_MEASURE`, wrapping launch secrets) on top.
 //!
 //! Every offset and size read from a file is an allegation until checked; every error says
 //! which header or structure, at which file offset, is wrong.
@@ -30,6 +31,9 @@ pub mod launch;
 pub mod limits;
 pub mod measure;
 pub mod ovmf;
+// Hosted targets only: its AES dependency has no soft-float build here (Cargo.toml).
+#[cfg(not(target_os = "none"))]
+pub mod owner;
 pub mod plan;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testutil;

@@ -3,10 +3,28 @@
 //!
 //! A request is one JSON object per line naming its command in `"cmd"`; every request gets
 //! one reply line, an object with `"ok": true|false` (and `"error"` when false). Commands:
-//! `status` (generation, state, platform, bundle, measurements), `measurement`, `reset`,
-//! `power-off`, `continue` (with `--wait-for-secret` the first launch waits before its
-//! first `KVM_RUN` until then). `inject-secret` is refused with its reason until a platform
-//! that takes launch secrets is running.
+//!
+//! - `status`, `measurement`: generation, state, platform, bundle, the predicted
+//!   measurement, and for SEV / SEV-ES the last `LAUNCH_MEASURE` result as
+//!   `launch_measurement` (the 32-byte MAC, hex) and `mnonce` (16 bytes, hex);
+//! - `reset`, `power-off`: end the running launch (or the one waiting, unrun);
+//! - `continue`: ends the owner's turn, or the wait before the first launch runs;
+//! - `inject-secret` `{"cmd":"inject-secret","header":"<hex>","packet":"<hex>","gpa":N}`:
+//!   one `KVM_SEV_LAUNCH_SECRET` (the layout: `relaunch_core::owner`), accepted only at the
+//!   owner's turn; the reply is the firmware's answer (`"ok":true`, or the error with the
+//!   firmware status). `gpa` is a number or a `"0x…"` string.
+//!
+//! **The owner's turn** (SEV and SEV-ES; [`Control`] is the backend's
+//! [`OwnerGate`]): with `--wait-for-secret` every SEV / SEV-ES launch stops after
+//! `LAUNCH_MEASURE`, in state `awaiting-secret`, before `LAUNCH_FINISH` (the firmware's
+//! LSECRET state: only `LAUNCH_SECRET` and `LAUNCH_FINISH` remain). The owner reads
+//! `launch_measurement` and `mnonce`, checks them against the launch it expects, injects
+//! any number of secrets and sends `continue`; `power-off` / `reset` instead end the launch
+//! before it runs. Every launch waits, a relaunch too: its MEASURE is new (fresh MNONCE),
+//! so a secret wrapped for the last launch no longer verifies — the guest needs a new one.
+//! On other platforms `--wait-for-secret` only holds the first launch before it runs, until
+//! `continue`. Without `--wait-for-secret` the turn does not wait (the measurement is still
+//! shown) and `inject-secret` is refused.
 //!
 //! Threat model: the socket is the owner's (mode 0600, created by us, never over an existing
 //! file, removed at exit), but a client may still be buggy: a line longer than
@@ -15,7 +33,11 @@
 //! that does not read its replies only blocks its own thread (writes time out after
 //! [`WRITE_TIMEOUT`]). vCPU threads never wait on a client: the session only publishes state
 //! under a short lock, and a `reset` / `power-off` is the same `RunControl::post` a device
-//! makes.
+//! makes. A secret is injected on the thread that builds the launch (the one waiting at the
+//! turn), never on a client's; a client that never sends `continue` holds only the launch
+//! that waits for it, by design. `inject-secret` arguments are checked (hex, a 52-byte
+//! header, a packet of 16 to 16384 bytes in 16-byte units) before anything reaches the
+//! kernel, and a client waits at most [`INJECT_TIMEOUT`] for the answer.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,8 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+use relaunch_core::owner::{HEADER_LEN, MAX_PACKET, SECRET_ALIGN};
 use serde::Serialize;
 
+use crate::backend::{LaunchSecret, OwnerGate};
 use crate::devices::ResetSource;
 use crate::launch::Launch;
 use crate::vcpu::{Outcome, RunControl};
@@ -36,6 +60,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_CLIENTS: usize = 8;
 /// How long a reply may wait for a client that does not read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an `inject-secret` waits for the launch to take and answer it.
+pub const INJECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the session publishes, and what clients ask of it.
 #[derive(Debug, Default)]
@@ -46,10 +72,30 @@ struct State {
     emulated: bool,
     launch: Option<Arc<Launch>>,
     run: Option<Arc<RunControl>>,
+    /// `--wait-for-secret`: every SEV / SEV-ES launch waits at the owner's turn.
+    wait: bool,
     /// `continue` was asked (or no wait was configured).
     continued: bool,
-    /// A `power-off` or `reset` asked while paused before the first run.
+    /// A `power-off` or `reset` asked while paused before the first run or at the owner's
+    /// turn: it ends that launch before it runs.
     pending: Option<Outcome>,
+    /// The last `LAUNCH_MEASURE` result (MAC ‖ MNONCE).
+    measure_blob: Option<[u8; 48]>,
+    /// The owner's turn under way: the launch id, and whether `continue` ended it.
+    turn: Option<(u64, bool)>,
+    /// The secret waiting for the turn's thread (request number, secret): one at a time.
+    request: Option<(u64, LaunchSecret)>,
+    /// Answers the turn's thread gave, by request number, until their clients take them.
+    answers: Vec<(u64, Result<(), String>)>,
+    /// The last request number handed out.
+    requests: u64,
+}
+
+impl State {
+    /// The owner's turn is under way and not ended.
+    fn at_turn(&self) -> bool {
+        matches!(self.turn, Some((_, false))) && self.pending.is_none()
+    }
 }
 
 /// The state shared by the session and the control socket.
@@ -65,6 +111,7 @@ impl Control {
         Control {
             state: Mutex::new(State {
                 state: "starting",
+                wait,
                 continued: !wait,
                 ..State::default()
             }),
@@ -120,10 +167,11 @@ impl Control {
         s.state = "stopped";
     }
 
-    /// Ends the running launch with `outcome` (or the paused one before it runs).
+    /// Ends the running launch with `outcome` (or the paused one before it runs, or the one
+    /// at the owner's turn).
     fn post(&self, outcome: Outcome) -> Result<(), String> {
         let mut s = self.lock();
-        if !s.continued {
+        if !s.continued || s.at_turn() {
             s.pending = Some(outcome);
             self.cv.notify_all();
             return Ok(());
@@ -143,7 +191,7 @@ impl Control {
             Err(e) => Err(format!("not a JSON object: {e}")),
             Ok(v) => match v.get("cmd").and_then(serde_json::Value::as_str) {
                 None => Err("a request names its command in \"cmd\"".into()),
-                Some(cmd) => self.command(cmd),
+                Some(cmd) => self.command(cmd, &v),
             },
         };
         match reply {
@@ -152,11 +200,12 @@ impl Control {
         }
     }
 
-    fn command(&self, cmd: &str) -> Result<String, String> {
+    fn command(&self, cmd: &str, v: &serde_json::Value) -> Result<String, String> {
         match cmd {
             "status" | "measurement" => {
                 let s = self.lock();
                 let l = s.launch.as_deref();
+                let blob = s.measure_blob;
                 let reply = Status {
                     ok: true,
                     generation: s.generation,
@@ -165,9 +214,11 @@ impl Control {
                     emulated: s.emulated,
                     bundle_sha256: l.map(Launch::bundle_sha256),
                     predicted_measurement: l.and_then(Launch::predicted_measurement),
-                    // What the platform reported at finish: none of today's backends reports
-                    // one (native has no measurement).
-                    launch_measurement: None,
+                    // What SEV / SEV-ES LAUNCH_MEASURE returned (the other platforms report
+                    // no such value to the host).
+                    launch_measurement: blob.map(|b| crate::json::hex(&b[..32])),
+                    mnonce: blob.map(|b| crate::json::hex(&b[32..])),
+                    awaiting_launch: s.turn.filter(|t| !t.1).map(|t| t.0),
                 };
                 Ok(crate::json::to_line(&reply))
             }
@@ -179,24 +230,181 @@ impl Control {
                 .map(|()| ok_line()),
             "continue" => {
                 let mut s = self.lock();
-                if s.continued {
+                if !s.at_turn() && s.continued {
                     return Err("the launch is not waiting for continue".into());
+                }
+                // One `continue` ends the owner's turn and the wait before the first run.
+                if let Some((_, done)) = &mut s.turn {
+                    *done = true;
                 }
                 s.continued = true;
                 self.cv.notify_all();
                 Ok(ok_line())
             }
-            "inject-secret" => Err(
-                "inject-secret needs a platform that takes launch secrets (SEV, SEV-ES); \
-                 none is running"
-                    .into(),
-            ),
+            "inject-secret" => self.inject(parse_secret(v)?),
             other => Err(format!(
                 "unknown command {other:?}: status, measurement, reset, power-off, continue, \
                  inject-secret"
             )),
         }
     }
+}
+
+impl Control {
+    /// Hands `secret` to the thread at the owner's turn and waits for its answer.
+    fn inject(&self, secret: LaunchSecret) -> Result<String, String> {
+        let deadline = std::time::Instant::now() + INJECT_TIMEOUT;
+        let mut s = self.lock();
+        let not_at_turn = |s: &State| {
+            format!(
+                "inject-secret is taken only at a SEV / SEV-ES launch's owner's turn \
+                 (run --wait-for-secret; state {})",
+                s.state
+            )
+        };
+        if !s.at_turn() {
+            return Err(not_at_turn(&s));
+        }
+        // One secret at a time: wait for the slot.
+        while s.request.is_some() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err("another secret is being injected; try again".into());
+            }
+            s = self
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            if !s.at_turn() {
+                return Err(not_at_turn(&s));
+            }
+        }
+        s.requests += 1;
+        let id = s.requests;
+        s.request = Some((id, secret));
+        self.cv.notify_all();
+        loop {
+            if let Some(i) = s.answers.iter().position(|(a, _)| *a == id) {
+                let (_, r) = s.answers.swap_remove(i);
+                return r.map(|()| ok_line());
+            }
+            let ours_waiting = matches!(&s.request, Some((r, _)) if *r == id);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if ours_waiting && (!s.at_turn() || left.is_zero()) {
+                // Never taken: withdraw it.
+                s.request = None;
+                self.cv.notify_all();
+                return Err(if left.is_zero() {
+                    "the launch did not take the secret in time".into()
+                } else {
+                    "the owner's turn ended before the secret was injected".into()
+                });
+            }
+            if left.is_zero() {
+                // Taken but unanswered: the build thread is stuck in the kernel.
+                return Err("no answer from the launch in time (the secret may still land)".into());
+            }
+            s = self
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The owner's turn (module doc), on the thread building the launch.
+impl OwnerGate for Control {
+    fn measured(
+        &self,
+        launch_id: u64,
+        blob: &[u8; 48],
+        inject: &mut dyn FnMut(&LaunchSecret) -> Result<(), String>,
+    ) {
+        let mut s = self.lock();
+        s.measure_blob = Some(*blob);
+        if !s.wait {
+            return;
+        }
+        s.turn = Some((launch_id, false));
+        s.answers.clear();
+        let before = s.state;
+        s.state = "awaiting-secret";
+        self.cv.notify_all();
+        loop {
+            // Secrets asked before `continue` go in first, in order.
+            if let Some((id, secret)) = s.request.take() {
+                drop(s);
+                let r = inject(&secret);
+                s = self.lock();
+                s.answers.push((id, r));
+                self.cv.notify_all();
+                continue;
+            }
+            if !s.at_turn() {
+                break;
+            }
+            s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        s.turn = None;
+        // The session may have moved on meanwhile (a prestaged build's turn): only undo our
+        // own state.
+        if s.state == "awaiting-secret" {
+            s.state = before;
+        }
+        self.cv.notify_all();
+    }
+}
+
+/// Parses and checks an `inject-secret` request (module doc).
+fn parse_secret(v: &serde_json::Value) -> Result<LaunchSecret, String> {
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| format!("inject-secret needs \"{k}\" as a hex string"))
+    };
+    let header = unhex(field("header")?).ok_or("\"header\" is not hex")?;
+    if header.len() != HEADER_LEN {
+        return Err(format!(
+            "\"header\" is {} bytes; a LAUNCH_SECRET packet header is {HEADER_LEN}",
+            header.len()
+        ));
+    }
+    let packet = unhex(field("packet")?).ok_or("\"packet\" is not hex")?;
+    if packet.is_empty() || packet.len() > MAX_PACKET || !packet.len().is_multiple_of(SECRET_ALIGN)
+    {
+        return Err(format!(
+            "\"packet\" is {} bytes; the firmware takes {SECRET_ALIGN} to {MAX_PACKET} bytes \
+             in {SECRET_ALIGN}-byte units",
+            packet.len()
+        ));
+    }
+    let gpa = match v.get("gpa") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(h)) => h
+            .strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok()),
+        _ => None,
+    }
+    .ok_or("inject-secret needs \"gpa\": a guest-physical address (a number or \"0x…\")")?;
+    Ok(LaunchSecret {
+        header,
+        packet,
+        gpa,
+    })
+}
+
+/// Bytes of an even-length hex string (either case), or `None`.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    // `from_str_radix` alone would take a sign ("+f"): digits only.
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -208,7 +416,11 @@ struct Status<'a> {
     emulated: bool,
     bundle_sha256: Option<&'a str>,
     predicted_measurement: Option<&'a str>,
-    launch_measurement: Option<&'a str>,
+    launch_measurement: Option<String>,
+    mnonce: Option<String>,
+    /// The launch id waiting at the owner's turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    awaiting_launch: Option<u64>,
 }
 
 fn ok_line() -> String {
@@ -437,5 +649,174 @@ mod tests {
         drop(server);
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A valid-looking `inject-secret` line: a 52-byte header, a `len`-byte packet, `gpa`.
+    fn inject_line(len: usize, gpa: &str) -> String {
+        format!(
+            r#"{{"cmd":"inject-secret","header":"{}","packet":"{}","gpa":{gpa}}}"#,
+            "ab".repeat(HEADER_LEN),
+            "cd".repeat(len)
+        )
+    }
+
+    fn status(c: &Control) -> serde_json::Value {
+        serde_json::from_str(&c.handle(r#"{"cmd":"status"}"#)).unwrap()
+    }
+
+    /// Waits (bounded) until `status` shows `state`.
+    fn wait_state(c: &Control, state: &str) {
+        for _ in 0..500 {
+            if status(c)["state"] == state {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("never reached state {state}: {}", status(c));
+    }
+
+    /// Malformed `inject-secret` requests get an error naming what is wrong, whatever the
+    /// state, and stop nothing: the header must be the 52-byte LAUNCH_SECRET header, the
+    /// packet 16..=16384 bytes in 16-byte units (KVM's `SEV_FW_BLOB_MAX_SIZE`, the
+    /// firmware's alignment), the GPA a number or "0x…" string.
+    #[test]
+    fn malformed_inject_secret_is_refused_with_its_reason() {
+        let c = Control::new(true);
+        let hdr = "ab".repeat(HEADER_LEN);
+        let cases = [
+            (
+                r#"{"cmd":"inject-secret","packet":"00","gpa":0}"#.to_string(),
+                "\"header\"",
+            ),
+            (
+                format!(r#"{{"cmd":"inject-secret","header":"{hdr}","gpa":0}}"#),
+                "\"packet\"",
+            ),
+            (
+                format!(r#"{{"cmd":"inject-secret","header":"{hdr}x","packet":"00","gpa":0}}"#),
+                "not hex",
+            ),
+            (
+                format!(r#"{{"cmd":"inject-secret","header":"+f{hdr}","packet":"00","gpa":0}}"#),
+                "not hex",
+            ),
+            (
+                r#"{"cmd":"inject-secret","header":"abcd","packet":"00","gpa":0}"#.into(),
+                "is 2 bytes",
+            ),
+            (inject_line(0, "0"), "is 0 bytes"),
+            (inject_line(15, "0"), "is 15 bytes"),
+            (inject_line(24, "0"), "is 24 bytes"),
+            (inject_line(MAX_PACKET + 16, "0"), "is 16400 bytes"),
+            (inject_line(16, "-1"), "\"gpa\""),
+            (inject_line(16, "1.5"), "\"gpa\""),
+            (inject_line(16, "\"4096\""), "\"gpa\""),
+            (
+                format!(
+                    r#"{{"cmd":"inject-secret","header":"{hdr}","packet":"{}"}}"#,
+                    "00".repeat(16)
+                ),
+                "\"gpa\"",
+            ),
+        ];
+        for (line, want) in cases {
+            let r = c.handle(&line);
+            assert!(r.starts_with("{\"ok\":false,\"error\":"), "{line}: {r}");
+            let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+            let e = v["error"].as_str().unwrap();
+            assert!(e.contains(want), "{want} in {e}");
+        }
+        // Well-formed but no launch is at the owner's turn.
+        let r = c.handle(&inject_line(16, "\"0x1000\""));
+        assert!(r.contains("owner's turn"), "{r}");
+        // Nothing was stopped: the first-run wait still waits for continue.
+        assert_eq!(status(&c)["state"], "starting");
+        assert_eq!(c.handle(r#"{"cmd":"continue"}"#), "{\"ok\":true}");
+    }
+
+    /// The owner's turn: the launch's thread waits in `measured` in state
+    /// `awaiting-secret`; `status` shows the LAUNCH_MEASURE MAC and MNONCE as hex; each
+    /// `inject-secret` runs on that thread and is answered with what `inject` returned (the
+    /// firmware's refusal too); `continue` ends the turn (and the first-run wait). A relaunch
+    /// waits again; without `--wait-for-secret` the turn does not wait and injects nothing.
+    #[test]
+    fn owner_turn_injects_on_the_launch_thread_until_continue() {
+        let c = Arc::new(Control::new(true));
+        let mut blob = [0u8; 48];
+        blob[..32].copy_from_slice(&[0x11; 32]);
+        blob[32..].copy_from_slice(&[0x22; 16]);
+        let turn = |c: &Arc<Control>, id: u64| {
+            let c2 = Arc::clone(c);
+            std::thread::spawn(move || {
+                let me = std::thread::current().id();
+                let mut got = Vec::new();
+                let mut inject = |s: &LaunchSecret| {
+                    got.push((
+                        s.gpa,
+                        s.header.len(),
+                        s.packet.len(),
+                        std::thread::current().id() == me,
+                    ));
+                    if s.gpa == 0x1000 {
+                        Ok(())
+                    } else {
+                        Err("KVM_SEV_LAUNCH_SECRET: EIO (firmware status 0xb: SEV_RET_BAD_MEASUREMENT)".into())
+                    }
+                };
+                c2.measured(id, &blob, &mut inject);
+                got
+            })
+        };
+        let t = turn(&c, 7);
+        wait_state(&c, "awaiting-secret");
+        let st = status(&c);
+        assert_eq!(st["launch_measurement"], "11".repeat(32));
+        assert_eq!(st["mnonce"], "22".repeat(16));
+        assert_eq!(st["awaiting_launch"], 7);
+        assert_eq!(c.handle(&inject_line(32, "4096")), "{\"ok\":true}");
+        let r = c.handle(&inject_line(16, "\"0x2000\""));
+        assert!(
+            r.contains("SEV_RET_BAD_MEASUREMENT") && r.contains("\"ok\":false"),
+            "{r}"
+        );
+        assert!(!t.is_finished(), "the turn lasts until continue");
+        assert_eq!(c.handle(r#"{"cmd":"continue"}"#), "{\"ok\":true}");
+        let got = t.join().unwrap();
+        assert_eq!(got, [(0x1000, 52, 32, true), (0x2000, 52, 16, true)]);
+        assert!(c.handle(&inject_line(16, "0")).contains("owner's turn"));
+        // The first-run wait is over too, and the measurement stays visible.
+        assert_eq!(c.wait_continue(), None);
+        assert_eq!(status(&c)["launch_measurement"], "11".repeat(32));
+        assert!(status(&c).get("awaiting_launch").is_none());
+        // A relaunch has its own turn.
+        c.ended();
+        let t = turn(&c, 8);
+        wait_state(&c, "awaiting-secret");
+        assert_eq!(status(&c)["awaiting_launch"], 8);
+        assert_eq!(c.handle(r#"{"cmd":"continue"}"#), "{\"ok\":true}");
+        assert!(t.join().unwrap().is_empty());
+        assert_eq!(status(&c)["state"], "relaunching");
+        // Without --wait-for-secret: the blob is shown, nothing waits.
+        let c = Arc::new(Control::new(false));
+        assert!(turn(&c, 9).join().unwrap().is_empty());
+        assert_eq!(status(&c)["mnonce"], "22".repeat(16));
+        assert!(c.handle(&inject_line(16, "0")).contains("owner's turn"));
+    }
+
+    /// `power-off` (or `reset`) at the owner's turn ends it and the launch, unrun: the
+    /// session's `wait_continue` hands the outcome back before the first `KVM_RUN`.
+    #[test]
+    fn power_off_at_the_owner_turn_ends_the_launch_unrun() {
+        let c = Arc::new(Control::new(true));
+        // A relaunch: the first launch already ran.
+        assert_eq!(c.handle(r#"{"cmd":"continue"}"#), "{\"ok\":true}");
+        assert_eq!(c.wait_continue(), None);
+        c.ended();
+        let c2 = Arc::clone(&c);
+        let t = std::thread::spawn(move || c2.measured(3, &[0; 48], &mut |_| Ok(())));
+        wait_state(&c, "awaiting-secret");
+        assert_eq!(c.handle(r#"{"cmd":"power-off"}"#), "{\"ok\":true}");
+        t.join().unwrap();
+        assert_eq!(c.wait_continue(), Some(Outcome::PowerOff("control-socket")));
     }
 }

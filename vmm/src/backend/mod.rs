@@ -330,6 +330,47 @@ pub fn run_phases<P: Phases>(mut phases: P, plan: &LaunchPlan) -> Result<BuiltVm
     })
 }
 
+/// One `LAUNCH_SECRET` the guest owner asks for (the packet layout:
+/// `relaunch_core::owner`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LaunchSecret {
+    /// The 52-byte packet header (FLAGS, IV, MAC).
+    pub header: Vec<u8>,
+    /// The encrypted packet; it decrypts to as many bytes at `gpa`.
+    pub packet: Vec<u8>,
+    /// Guest-physical address of the first byte (16-byte aligned for the firmware).
+    pub gpa: u64,
+}
+
+/// Sizes and address only: the header and packet are the owner's business.
+impl fmt::Debug for LaunchSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaunchSecret")
+            .field("header_len", &self.header.len())
+            .field("packet_len", &self.packet.len())
+            .field("gpa", &format_args!("{:#x}", self.gpa))
+            .finish()
+    }
+}
+
+/// The guest owner's turn in a SEV / SEV-ES launch, between `LAUNCH_MEASURE` and
+/// `LAUNCH_FINISH` (SEV API: the guest is in LSECRET, where only `LAUNCH_SECRET` and
+/// `LAUNCH_FINISH` are allowed; amd/AMD-ASPFW `sev_guest.h`). SNP and TDX have no such turn:
+/// their secrets reach the guest after launch, through guest-driven attestation.
+pub trait OwnerGate: Send + Sync + fmt::Debug {
+    /// Launch `launch_id` measured `blob` (the `LAUNCH_MEASURE` result: the 32-byte MAC then
+    /// the 16-byte mnonce). Blocks until the owner continues (or stops the launch); each
+    /// secret injected meanwhile goes to `inject`, whose answer goes back to the owner.
+    /// `inject` runs on the caller's thread (the one building the VM), so the gate calls it
+    /// from within `measured`, never from another thread.
+    fn measured(
+        &self,
+        launch_id: u64,
+        blob: &[u8; 48],
+        inject: &mut dyn FnMut(&LaunchSecret) -> Result<(), String>,
+    );
+}
+
 /// A launch backend (module doc).
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The platform it launches.
@@ -345,6 +386,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`ExecError`] for the op that failed.
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError>;
+    /// Hands every later build the guest owner's turn (`None` takes it away). Returns
+    /// whether this platform has one (SEV and SEV-ES); the others ignore the gate.
+    fn set_owner_gate(&self, gate: Option<Arc<dyn OwnerGate>>) -> bool {
+        let _ = gate;
+        false
+    }
     /// The handler of a built VM's vCPU exits, over the launch's devices; `vm` and `memory`
     /// are the built VM's (a confidential handler converts pages at run time).
     fn exit_handler(

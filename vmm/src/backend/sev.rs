@@ -8,7 +8,13 @@
 //! | `memory` | guest_memfd + shared mapping per slot, `SET_MEMORY_ATTRIBUTES(PRIVATE)` | anonymous memory per slot, `MEMORY_ENCRYPT_REG_REGION` |
 //! | `vcpus` | irqchip, vCPUs, CPUID, `ENABLE_CAP(EXIT_HYPERCALL)` | irqchip, vCPUs, CPUID |
 //! | `op` | stage + `SNP_LAUNCH_UPDATE` per run of same-type pages; registers | stage + `LAUNCH_UPDATE_DATA` per run; registers |
-//! | `finish` | `SNP_LAUNCH_FINISH` (ID block, host data) | (`LAUNCH_UPDATE_VMSA`), `LAUNCH_MEASURE`, `LAUNCH_FINISH` |
+//! | `finish` | `SNP_LAUNCH_FINISH` (ID block, host data) | (`LAUNCH_UPDATE_VMSA`), `LAUNCH_MEASURE`, the owner's turn, `LAUNCH_FINISH` |
+//!
+//! The owner's turn (SEV, SEV-ES, with an [`OwnerGate`]): the gate gets the
+//! `LAUNCH_MEASURE` blob and, until it returns, each `LAUNCH_SECRET` the guest owner asks
+//! for is issued through the door ([`inject_secret`]); then `LAUNCH_FINISH`. Every build
+//! (a relaunch too) has its own turn: a new launch has a new MEASURE, and a secret wrapped
+//! for the last one no longer verifies.
 //!
 //! Every build runs on a new VM fd with fresh memory: calling SNP launch commands again after
 //! FINISH on the old VM is a host RMP fault (spec §1.4), and private memory is re-measured.
@@ -34,7 +40,10 @@ use relaunch_core::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform};
 
 use super::native::{Prepared, PreparedCache};
 use super::snp_cpuid::CpuidTable;
-use super::{kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, Phases};
+use super::{
+    kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, LaunchSecret, OwnerGate,
+    Phases,
+};
 use crate::devices::Devices;
 use crate::launch::Launch;
 use crate::memory::{GuestMemory, Region};
@@ -197,6 +206,8 @@ pub struct SevBackend {
     prepared: PreparedCache,
     /// The last SEV/SEV-ES `LAUNCH_MEASURE` blob (48 bytes: measurement + mnonce).
     measure: Mutex<Option<[u8; 48]>>,
+    /// The guest owner's turn between `LAUNCH_MEASURE` and `LAUNCH_FINISH` (SEV, SEV-ES).
+    gate: Mutex<Option<Arc<dyn OwnerGate>>>,
 }
 
 impl SevBackend {
@@ -207,7 +218,16 @@ impl SevBackend {
             prepared: PreparedCache::new(Arc::clone(&host)),
             host,
             measure: Mutex::new(None),
+            gate: Mutex::new(None),
         }
+    }
+
+    /// The same with the guest owner's turn in every SEV / SEV-ES build
+    /// ([`Backend::set_owner_gate`]).
+    pub fn with_gate(platform: Platform, host: Arc<Host>, gate: Arc<dyn OwnerGate>) -> SevBackend {
+        let b = SevBackend::new(platform, host);
+        b.set_owner_gate(Some(gate));
+        b
     }
 
     /// The blob `LAUNCH_MEASURE` returned for the last SEV/SEV-ES build (for the audit).
@@ -229,9 +249,20 @@ impl Backend for SevBackend {
         }
     }
 
+    fn set_owner_gate(&self, gate: Option<Arc<dyn OwnerGate>>) -> bool {
+        *self.gate.lock().unwrap_or_else(PoisonError::into_inner) = gate;
+        matches!(self.platform, Platform::Sev | Platform::SevEs)
+    }
+
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
         let plan = launch.plan();
         let prep = self.prepared.get(launch)?;
+        // One gate for the whole build, even if it is swapped meanwhile.
+        let gate = self
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let phases = SevBuild {
             platform: self.platform,
             host: &self.host,
@@ -244,6 +275,7 @@ impl Backend for SevBackend {
             run: None,
             measure: &self.measure,
             cpuid: None,
+            gate,
             timings: ExecTimings::default(),
             t0: Instant::now(),
         };
@@ -292,6 +324,7 @@ struct SevBuild<'b> {
     measure: &'b Mutex<Option<[u8; 48]>>,
     /// The SNP CPUID table staged for this build's CPUID pages (built on the first).
     cpuid: Option<CpuidTable>,
+    gate: Option<Arc<dyn OwnerGate>>,
     timings: ExecTimings,
     t0: Instant,
 }
@@ -457,6 +490,41 @@ impl SevBuild<'_> {
         }
         Ok(())
     }
+}
+
+/// One `KVM_SEV_LAUNCH_SECRET` for the guest owner: the packet decrypts into
+/// `[gpa, gpa + packet.len())`, which must be shared-mapped guest RAM inside one region (the
+/// kernel pins that host range and, on real hardware, also wants it physically contiguous:
+/// `sev_launch_secret` answers EINVAL otherwise, which a range within one 4 KiB page always
+/// is). Lengths and alignment are the firmware's to check (`relaunch_core::owner`); the
+/// answer is a sentence with the firmware status.
+fn inject_secret(
+    vm: &Vm,
+    memory: &GuestMemory,
+    sev_fd: i32,
+    s: &LaunchSecret,
+) -> Result<(), String> {
+    let len = s.packet.len() as u64;
+    if len == 0 {
+        return Err("an empty secret packet".into());
+    }
+    let guest_len = u32::try_from(len).map_err(|_| format!("a {len}-byte packet"))?;
+    let (mapping, offset) = memory.shared_range(s.gpa, len).map_err(|e| {
+        format!(
+            "the secret's range {:#x}+{len:#x} is not guest RAM inside one region: {e}",
+            s.gpa
+        )
+    })?;
+    vm.sev_cmd(
+        &mut SevCmd::LaunchSecret {
+            header: &s.header,
+            guest: Source { mapping, offset },
+            guest_len,
+            trans: &s.packet,
+        },
+        sev_fd,
+    )
+    .map_err(|e| format!("KVM_SEV_LAUNCH_SECRET: {e}"))
 }
 
 /// `SNP_LAUNCH_UPDATE` calls in a row interrupted before doing a page before the build
@@ -744,6 +812,13 @@ impl Phases for SevBuild<'_> {
                 if let SevCmd::LaunchMeasure { blob } = measure {
                     *self.measure.lock().unwrap_or_else(PoisonError::into_inner) = Some(blob);
                     reported = Some(crate::json::hex(&blob[..32]));
+                    // The owner's turn: the guest is in LSECRET until LAUNCH_FINISH (spec
+                    // §1.4: "LAUNCH_MEASURE → optional LAUNCH_SECRET → LAUNCH_FINISH").
+                    if let Some(gate) = &self.gate {
+                        let memory = &self.memory;
+                        let mut inject = |s: &LaunchSecret| inject_secret(vm, memory, sev_fd, s);
+                        gate.measured(self.launch_id, &blob, &mut inject);
+                    }
                 }
                 vm.sev_cmd(&mut SevCmd::LaunchFinish, sev_fd)
                     .map_err(coco("KVM_SEV_LAUNCH_FINISH"))?;
@@ -794,9 +869,22 @@ mod tests {
         vmsa_features: u64,
         pages: &[(u64, PageKind)],
     ) -> LaunchPlan {
+        let regs = testing::real_mode_regs(testing::CODE_GPA, 0);
+        coco_plan_vcpus(platform, policy, vmsa_features, pages, 2, regs)
+    }
+
+    /// [`coco_plan`] with `vcpus` vCPUs, vCPU 0 (only) at `regs`.
+    fn coco_plan_vcpus(
+        platform: Platform,
+        policy: u64,
+        vmsa_features: u64,
+        pages: &[(u64, PageKind)],
+        vcpus: u32,
+        regs: relaunch_core::arch::regs::VpRegs,
+    ) -> LaunchPlan {
         let config = LaunchConfig {
             platform,
-            vcpus: 2,
+            vcpus,
             mem_bytes: MEM,
             vcpu_sig: 0,
             guest_features: vmsa_features,
@@ -809,7 +897,7 @@ mod tests {
             platform,
             policy,
             vmsa_features,
-            vcpus: 2,
+            vcpus,
         });
         for &(gpa, kind) in pages {
             let data = if kind == PageKind::Zero {
@@ -824,8 +912,7 @@ mod tests {
             };
             p.ops.push(LaunchOp::ImportPage { gpa, kind, data });
         }
-        p.vp_contexts
-            .push(testing::real_mode_regs(testing::CODE_GPA, 0));
+        p.vp_contexts.push(regs);
         p.ops.push(LaunchOp::SetVpContext {
             vp: 0,
             source: VpSource::Bundle,
@@ -1421,5 +1508,178 @@ mod tests {
         };
         assert_eq!(ecx(Platform::Snp, 0x3_0000), (1, 0));
         assert_eq!(ecx(Platform::SevEs, 0x5), (1, 1 << 24));
+    }
+
+    /// A guest owner for the owner's-turn tests: checks MEASURE against the digest it
+    /// predicts itself (`relaunch_core::measure::expected` over the plan), wraps its secret
+    /// for that MEASURE, and records what each injection answered.
+    #[derive(Debug)]
+    struct Owner {
+        keys: relaunch_core::owner::TransportKeys,
+        policy: u32,
+        digest: [u8; 32],
+        secret: [u8; 32],
+        gpa: u64,
+        turns: Mutex<Vec<Turn>>,
+    }
+
+    /// One owner's turn as the test owner saw it: launch id, MNONCE, the injections'
+    /// answers.
+    type Turn = (u64, [u8; 16], Vec<Result<(), String>>);
+
+    impl OwnerGate for Owner {
+        fn measured(
+            &self,
+            launch_id: u64,
+            blob: &[u8; 48],
+            inject: &mut dyn FnMut(&LaunchSecret) -> Result<(), String>,
+        ) {
+            use relaunch_core::owner::{verify_launch_measure, wrap_secret, LaunchMeasure};
+            let got = LaunchMeasure::from_bytes(blob);
+            let mut answers = Vec::new();
+            let fw = crate::model::MODEL_FW;
+            if verify_launch_measure(&self.keys.tik, fw, self.policy, &self.digest, &got).is_ok() {
+                let mut packet = self.secret;
+                let h = wrap_secret(&self.keys, &got.mnonce, 0, &got.measure, &mut packet)
+                    .expect("wrap");
+                let secret = |packet: &[u8], gpa| LaunchSecret {
+                    header: h.to_bytes().to_vec(),
+                    packet: packet.to_vec(),
+                    gpa,
+                };
+                let mut tampered = packet;
+                tampered[3] ^= 0x40;
+                answers.push(inject(&secret(&tampered, self.gpa)));
+                answers.push(inject(&secret(&packet, MEM + 0x1000)));
+                answers.push(inject(&secret(&packet, self.gpa)));
+            }
+            let mut t = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+            t.push((launch_id, got.mnonce, answers));
+        }
+    }
+
+    /// The owner's turn over the kernel model (SEV API flow, `amd-memory-encryption.rst`:
+    /// LAUNCH_MEASURE, then LAUNCH_SECRET "after the measurement has been validated by the
+    /// guest owner", then LAUNCH_FINISH), SEV and SEV-ES: the gate gets the blob between
+    /// MEASURE and FINISH; its MEASURE verifies with the owner's TIK over the digest the
+    /// owner predicts; a tampered packet comes back with the firmware's BAD_MEASUREMENT and
+    /// one outside guest RAM with a sentence (never issued); the good one leaves the
+    /// plaintext at its GPA. A relaunch has its own turn, with a fresh MNONCE. SNP has none.
+    #[test]
+    fn sev_owner_turn_injects_between_measure_and_finish() {
+        use crate::model::{Event, Model, ModelConfig};
+        const GPA: u64 = 0x9000;
+        let keys = relaunch_core::owner::TransportKeys {
+            tek: [0x3C; 16],
+            tik: [0xC3; 16],
+        };
+        for (platform, policy) in [(Platform::Sev, 0x1u32), (Platform::SevEs, 0x5)] {
+            let model = Model::new(ModelConfig {
+                tik: keys.tik,
+                tek: keys.tek,
+                ..ModelConfig::default()
+            });
+            let host = Arc::new(Host::with_kvm(Kvm::with(Arc::new(model.clone())), true).unwrap());
+            let pages = [(0x1000, PageKind::Normal), (0x2000, PageKind::Zero)];
+            // One vCPU with a context whose every VMSA field is set (KVM's reset XCR0, PAT,
+            // DR6, DR7 — `relaunch_core::arch::vmsa::reset_regs`), so the core predicts the
+            // digest from the plan alone.
+            let reset = relaunch_core::arch::vmsa::reset_regs(0, 0);
+            let regs = relaunch_core::arch::regs::VpRegs {
+                xcr0: reset.xcr0,
+                pat: reset.pat,
+                dr6: reset.dr6,
+                dr7: reset.dr7,
+                ..testing::real_mode_regs(testing::CODE_GPA, 0)
+            };
+            let plan = coco_plan_vcpus(platform, policy.into(), 0, &pages, 1, regs);
+            let digest = match relaunch_core::measure::expected(plan.stream()).unwrap() {
+                relaunch_core::measure::Measurement::Sev(d)
+                | relaunch_core::measure::Measurement::SevEs(d) => d,
+                m => panic!("{m:?}"),
+            };
+            let owner = Arc::new(Owner {
+                keys,
+                policy,
+                digest,
+                secret: *b"-----relaunch owner secret-----\n",
+                gpa: GPA,
+                turns: Mutex::new(Vec::new()),
+            });
+            let backend = SevBackend::with_gate(platform, host, owner.clone());
+            let l = Launch::from_plan(plan);
+            for round in 0..2 {
+                let vm = backend.build(&l).unwrap();
+                let mut got = [0u8; 32];
+                vm.memory.read(GPA, &mut got).unwrap();
+                assert_eq!(
+                    &got, b"-----relaunch owner secret-----\n",
+                    "{platform} {round}"
+                );
+                let turns = owner.turns.lock().unwrap().clone();
+                assert_eq!(turns.len(), round + 1, "{platform}: one turn per build");
+                let (id, _, answers) = &turns[round];
+                assert_eq!(*id, l.id());
+                assert_eq!(
+                    answers.len(),
+                    3,
+                    "{platform}: MEASURE verified: {answers:?}"
+                );
+                let bad = answers[0].as_ref().unwrap_err();
+                assert!(bad.contains("SEV_RET_BAD_MEASUREMENT"), "{bad}");
+                let outside = answers[1].as_ref().unwrap_err();
+                assert!(outside.contains("not guest RAM"), "{outside}");
+                assert_eq!(answers[2], Ok(()));
+                drop(vm);
+            }
+            let turns = owner.turns.lock().unwrap().clone();
+            assert_ne!(
+                turns[0].1, turns[1].1,
+                "a relaunch measures with a fresh MNONCE"
+            );
+            // Per build: MEASURE, the two secrets that reached the kernel, FINISH.
+            let calls: Vec<&'static str> = model
+                .events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Call(c) if c.ioctl.starts_with("KVM_SEV_LAUNCH_") => Some(c.ioctl),
+                    _ => None,
+                })
+                .filter(|n| *n != "KVM_SEV_LAUNCH_UPDATE_DATA" && *n != "KVM_SEV_LAUNCH_START")
+                .collect();
+            let mut one: Vec<&str> = Vec::new();
+            if platform == Platform::SevEs {
+                one.push("KVM_SEV_LAUNCH_UPDATE_VMSA");
+            }
+            one.extend([
+                "KVM_SEV_LAUNCH_MEASURE",
+                "KVM_SEV_LAUNCH_SECRET",
+                "KVM_SEV_LAUNCH_SECRET",
+                "KVM_SEV_LAUNCH_FINISH",
+            ]);
+            assert_eq!(calls, [one.clone(), one].concat(), "{platform}");
+        }
+        // SNP has no owner's turn: the gate is refused and never called.
+        let (_rec, host) = recorded();
+        let owner = Arc::new(Owner {
+            keys,
+            policy: 0,
+            digest: [0; 32],
+            secret: [0; 32],
+            gpa: GPA,
+            turns: Mutex::new(Vec::new()),
+        });
+        let snp = SevBackend::new(Platform::Snp, host);
+        assert!(!snp.set_owner_gate(Some(owner.clone())));
+        drop(
+            snp.build(&Launch::from_plan(coco_plan(
+                Platform::Snp,
+                0x3_0000,
+                0,
+                PAGES,
+            )))
+            .unwrap(),
+        );
+        assert!(owner.turns.lock().unwrap().is_empty());
     }
 }

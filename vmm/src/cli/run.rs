@@ -15,13 +15,15 @@ use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 use super::launch_flags::{self, LaunchFlags};
 use super::measure::one_line;
 use crate::args::{
-    one_positional, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG,
+    one_positional, parse_hex_bytes, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag,
+    Item, HELP_FLAG,
 };
 use crate::audit::{AuditLog, EventSink};
 use crate::control::{Control, ControlServer};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
 use crate::launch::Launch;
+use crate::model::ModelConfig;
 use crate::session::{
     run_session, ResetLimit, SessionConfig, SessionReport, EXIT_USAGE, EXIT_VMM_ERROR,
 };
@@ -89,16 +91,44 @@ pub const FLAGS: &[Flag] = &[
         value: Some("PATH"),
         help: "Serve the control socket at PATH: a new Unix socket (mode 0600; refused if \
                PATH exists; removed at exit) taking JSON lines like {\"cmd\":\"status\"} — \
-               status, measurement, reset, power-off, continue — each answered by one line \
-               with \"ok\". Default: none.",
+               status, measurement, reset, power-off, continue, inject-secret — each \
+               answered by one line with \"ok\". Default: none.",
     },
     Flag {
         long: "wait-for-secret",
         short: None,
         value: None,
-        help: "Needs --control: the first launch waits before its first instruction until a \
-               client sends {\"cmd\":\"continue\"} (after checking the measurement and \
-               injecting a secret); power-off or reset meanwhile end it unrun. Default: off.",
+        help: "Needs --control. SEV and SEV-ES: every launch (each relaunch too) waits after \
+               LAUNCH_MEASURE, in state awaiting-secret, while a client reads \
+               launch_measurement and mnonce from status, sends inject-secret requests and \
+               then {\"cmd\":\"continue\"}. Other platforms: the first launch waits before \
+               its first instruction until continue. Power-off or reset meanwhile end the \
+               launch unrun. Default: off.",
+    },
+    Flag {
+        long: "tik",
+        short: None,
+        value: Some("FILE"),
+        help: "Emulated SEV / SEV-ES only: the transport integrity key (a file of 16 raw \
+               bytes) the emulated firmware MACs LAUNCH_MEASURE and checks LAUNCH_SECRET \
+               packets with. Real firmware takes the owner's keys from the LAUNCH_START \
+               session instead. Default: 16 zero bytes (firmware without a session).",
+    },
+    Flag {
+        long: "tek",
+        short: None,
+        value: Some("FILE"),
+        help: "Emulated SEV / SEV-ES only: the transport encryption key (a file of 16 raw \
+               bytes) the emulated firmware decrypts LAUNCH_SECRET packets with. Default: 16 \
+               zero bytes.",
+    },
+    Flag {
+        long: "mnonce",
+        short: None,
+        value: Some("HEX"),
+        help: "Emulated SEV / SEV-ES only: the MNONCE LAUNCH_MEASURE returns (32 hex \
+               digits), for reproducible measurements. Default: fresh random bytes per \
+               launch, as the firmware does.",
     },
     Flag {
         long: "audit-log",
@@ -195,6 +225,8 @@ pub struct RunOptions {
     pub control: Option<PathBuf>,
     /// `--wait-for-secret`.
     pub wait_for_secret: bool,
+    /// `--tik`, `--tek`, `--mnonce` (emulated SEV / SEV-ES).
+    pub sev_model_keys: SevModelKeys,
     /// The launch flags shared with `measure` (same meaning).
     pub launch: LaunchFlags,
     /// `--audit-log`.
@@ -259,6 +291,7 @@ where
         reset_limit: None,
         control: None,
         wait_for_secret: false,
+        sev_model_keys: SevModelKeys::default(),
         launch: LaunchFlags::default(),
         audit_log: None,
         events: None,
@@ -321,6 +354,12 @@ where
             "no-guest-memfd" => o.no_guest_memfd = true,
             "control" => o.control = Some(a.path(f)?),
             "wait-for-secret" => o.wait_for_secret = true,
+            "tik" => o.sev_model_keys.tik = Some(read_key_file(f, &a.path(f)?)?),
+            "tek" => o.sev_model_keys.tek = Some(read_key_file(f, &a.path(f)?)?),
+            "mnonce" => {
+                o.sev_model_keys.mnonce =
+                    Some(a.parsed(f, "32 hex digits (16 bytes)", parse_hex_bytes)?);
+            }
             _ if o.launch.take(f, &mut a)? => {}
             other => return Err(ArgError::Unhandled(other)),
         }
@@ -331,8 +370,83 @@ where
             "--wait-for-secret needs --control (something must send continue)".into(),
         ));
     }
+    if !o.sev_model_keys.is_empty() && !matches!(o.platform, Some(Platform::Sev | Platform::SevEs))
+    {
+        return Err(ArgError::Other(
+            "--tik, --tek and --mnonce configure an emulated SEV or SEV-ES firmware; they \
+             need --platform sev or sev-es (on real hardware the keys come from the \
+             LAUNCH_START session)"
+                .into(),
+        ));
+    }
     o.bundle = bundle.ok_or_else(|| ArgError::Other("no BUNDLE given".into()))?;
     Ok(o)
+}
+
+/// The SEV transport keys and MNONCE an emulated SEV / SEV-ES firmware (the kernel model)
+/// uses, from `--tik`, `--tek` and `--mnonce`: what real firmware unwraps from the owner's
+/// `LAUNCH_START` session or draws from its TRNG (`relaunch_core::owner`). Unset ones keep
+/// the model's defaults ([`ModelConfig`]).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct SevModelKeys {
+    /// `--tik`: the transport integrity key.
+    pub tik: Option<[u8; 16]>,
+    /// `--tek`: the transport encryption key.
+    pub tek: Option<[u8; 16]>,
+    /// `--mnonce`: a fixed MNONCE for every `LAUNCH_MEASURE`.
+    pub mnonce: Option<[u8; 16]>,
+}
+
+impl SevModelKeys {
+    /// No flag was given.
+    pub fn is_empty(&self) -> bool {
+        *self == SevModelKeys::default()
+    }
+
+    /// Sets the given keys and nonce in `cfg`.
+    pub fn apply(&self, cfg: &mut ModelConfig) {
+        if let Some(k) = self.tik {
+            cfg.tik = k;
+        }
+        if let Some(k) = self.tek {
+            cfg.tek = k;
+        }
+        if self.mnonce.is_some() {
+            cfg.mnonce = self.mnonce;
+        }
+    }
+}
+
+/// Which flags are set, never the keys.
+impl std::fmt::Debug for SevModelKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SevModelKeys")
+            .field("tik", &self.tik.map(|_| ".."))
+            .field("tek", &self.tek.map(|_| ".."))
+            .field("mnonce", &self.mnonce)
+            .finish()
+    }
+}
+
+/// A 16-byte key from `path` (exactly 16 raw bytes; larger files are not read whole).
+fn read_key_file(flag: &Flag, path: &std::path::Path) -> Result<[u8; 16], ArgError> {
+    use std::io::Read;
+    let name = flag.name();
+    let mut buf = Vec::with_capacity(17);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(17).read_to_end(&mut buf))
+        .map_err(|e| ArgError::Other(format!("{name} {}: {e}", path.display())))?;
+    <[u8; 16]>::try_from(buf.as_slice()).map_err(|_| {
+        ArgError::Other(format!(
+            "{name} {}: a key file holds exactly 16 raw bytes, this one {}",
+            path.display(),
+            if buf.len() > 16 {
+                "more".to_string()
+            } else {
+                format!("{}", buf.len())
+            }
+        ))
+    })
 }
 
 /// Plans `bundle` for `cfg` with the core's planner.
@@ -702,5 +816,86 @@ mod tests {
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// `--tik FILE` / `--tek FILE` are 16 raw bytes, `--mnonce` 32 hex digits; they go into
+    /// the model's config only where given, and need a SEV / SEV-ES platform. Every bad value
+    /// is a usage error (exit 2) with a sentence naming the flag.
+    #[test]
+    fn sev_model_key_flags() {
+        let dir = std::env::temp_dir().join(format!("relaunch-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let (tik, tek) = (file("tik", &[1; 16]), file("tek", &[2; 16]));
+        let (short, long) = (file("short", &[3; 15]), file("long", &[4; 40]));
+        let nonce = "0f".repeat(16);
+        let o = p(&[
+            "b",
+            "--platform",
+            "sev-es",
+            "--tik",
+            &tik,
+            "--tek",
+            &tek,
+            "--mnonce",
+            &nonce,
+        ])
+        .unwrap();
+        let k = o.sev_model_keys;
+        assert_eq!(
+            (k.tik, k.tek, k.mnonce),
+            (Some([1; 16]), Some([2; 16]), Some([0xF; 16]))
+        );
+        assert!(
+            !format!("{k:?}").contains("[1,"),
+            "keys stay out of Debug: {k:?}"
+        );
+        let mut cfg = ModelConfig::default();
+        k.apply(&mut cfg);
+        assert_eq!(
+            (cfg.tik, cfg.tek, cfg.mnonce),
+            ([1; 16], [2; 16], Some([0xF; 16]))
+        );
+        // Only what is given changes.
+        let only_tek = p(&["b", "--platform", "sev", "--tek", &tek])
+            .unwrap()
+            .sev_model_keys;
+        let mut cfg = ModelConfig::default();
+        only_tek.apply(&mut cfg);
+        assert_eq!((cfg.tik, cfg.tek, cfg.mnonce), ([0; 16], [2; 16], None));
+        assert!(p(&["b"]).unwrap().sev_model_keys.is_empty());
+        let missing = dir.join("missing").to_string_lossy().into_owned();
+        for (args, want) in [
+            (
+                vec!["b", "--platform", "sev", "--tik", &short],
+                "exactly 16 raw bytes, this one 15",
+            ),
+            (
+                vec!["b", "--platform", "sev", "--tek", &long],
+                "this one more",
+            ),
+            (vec!["b", "--platform", "sev", "--tik", &missing], "--tik"),
+            (
+                vec!["b", "--platform", "sev", "--mnonce", "abcd"],
+                "--mnonce",
+            ),
+            (
+                vec!["b", "--platform", "sev", "--mnonce", &"zz".repeat(16)],
+                "--mnonce",
+            ),
+            (vec!["b", "--tik", &tik], "need --platform sev or sev-es"),
+            (
+                vec!["b", "--platform", "snp", "--mnonce", &nonce],
+                "need --platform sev",
+            ),
+        ] {
+            let e = p(&args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -43,7 +43,7 @@ use crate::sys::kvm::{
 use crate::sys::safe::SafeVm;
 use crate::sys::Errno;
 
-pub use state::errno_name;
+pub use state::{errno_name, MODEL_FW};
 
 /// `KVM_X86_SEV_VM` (`arch/x86/include/uapi/asm/kvm.h`).
 pub const KVM_X86_SEV_VM: u64 = 2;
@@ -81,11 +81,18 @@ pub struct ModelConfig {
     /// The host CPUID the model's Secure Processor checks SNP CPUID pages against (the
     /// part's own values; `None`: what the model's `KVM_GET_SUPPORTED_CPUID` reports).
     pub firmware_cpuid: Option<Vec<kvm_cpuid_entry2>>,
-    /// The SEV transport integrity key `LAUNCH_MEASURE` HMACs with, and the nonce it
-    /// returns (the real firmware makes both; a model has to be told).
+    /// The SEV transport integrity key: `LAUNCH_MEASURE` HMACs with it and `LAUNCH_SECRET`
+    /// checks packet MACs with it. The real firmware unwraps TIK and TEK from the owner's
+    /// `LAUNCH_START` session; without a session both are all zeros (amd/AMD-ASPFW
+    /// `sev_mcmd_launch_start` zeroes the guest context and opens a channel only for a DH
+    /// certificate), which is this default.
     pub tik: [u8; 16],
-    /// See `tik`.
-    pub mnonce: [u8; 16],
+    /// The SEV transport encryption key `LAUNCH_SECRET` decrypts packets with (see `tik`).
+    pub tek: [u8; 16],
+    /// The MNONCE `LAUNCH_MEASURE` returns: `None` draws a fresh one from /dev/urandom for
+    /// every call, as the firmware does from its TRNG (`sev_guest_measure`); a fixed value
+    /// makes the blob reproducible.
+    pub mnonce: Option<[u8; 16]>,
     /// Further `KVM_CHECK_EXTENSION` answers, `(cap, value)`, on both fds.
     pub extra_caps: Vec<(u32, i32)>,
 }
@@ -102,7 +109,8 @@ impl Default for ModelConfig {
             vcpu_sig: 0x00A0_0F11,
             firmware_cpuid: None,
             tik: [0; 16],
-            mnonce: [0; 16],
+            tek: [0; 16],
+            mnonce: None,
             extra_caps: Vec::new(),
         }
     }

@@ -16,6 +16,7 @@ use relaunch_core::measure::sev::{launch_measure, SevDigest};
 use relaunch_core::measure::snp::{self, SnpDigest};
 use relaunch_core::measure::tdx::MrtdDigest;
 use relaunch_core::measure::{id_block_matches, Measurement};
+use relaunch_core::owner;
 use sha2::{Digest, Sha384};
 
 use super::{Arg, CallRecord, Measured, Shared};
@@ -36,8 +37,18 @@ const PAGE: u64 = 4096;
 const SEV_RET_INVALID_GUEST_STATE: u32 = 0x02;
 const SEV_RET_INVALID_LEN: u32 = 0x04;
 const SEV_RET_POLICY_FAILURE: u32 = 0x07;
+const SEV_RET_INVALID_ADDRESS: u32 = 0x09;
 const SEV_RET_BAD_MEASUREMENT: u32 = 0x0B;
 const SEV_RET_INVALID_PARAM: u32 = 0x16;
+const SEV_RET_UNSUPPORTED: u32 = 0x15;
+
+/// `SEV_FW_BLOB_MAX_SIZE` (`include/linux/psp-sev.h`, 16 KiB): the most `psp_copy_user_blob`
+/// copies for the firmware (`sev_launch_secret` copies header and packet with it: `EINVAL`
+/// for an empty or longer blob).
+const SEV_FW_BLOB_MAX_SIZE: usize = 0x4000;
+/// The firmware's scratch buffer, the longest secret `LAUNCH_SECRET` takes (amd/AMD-ASPFW
+/// `sev_globals.h` `SEV_SCRATCH_BUF_LEN`); KVM's 16 KiB blob limit is met first.
+const SEV_SCRATCH_BUF_LEN: u32 = 0x5000;
 
 // SNP guest policy bits KVM insists on (`../shared/spec/kvm-coco-abi.md` §1.3;
 // `arch/x86/kvm/svm/sev.c` `snp_launch_start`: SNP_POLICY_MASK_SMT, SNP_POLICY_MASK_RSVD_MBO).
@@ -109,7 +120,8 @@ enum Launch {
     Started,
     /// SEV-ES `LAUNCH_UPDATE_VMSA` done (no more data, vCPU state sealed).
     VmsaSealed,
-    /// SEV `LAUNCH_MEASURE` done.
+    /// SEV `LAUNCH_MEASURE` done: the firmware's LSECRET state (amd/AMD-ASPFW
+    /// `sev_guest.h`: `LAUNCH_SECRET` and `LAUNCH_FINISH` allowed).
     Measured,
     /// `LAUNCH_FINISH` / `SNP_LAUNCH_FINISH` / `FINALIZE_VM` done.
     Finished,
@@ -165,6 +177,9 @@ pub(super) struct VmState {
     sink: Option<Arc<dyn PrivateSink>>,
     /// TDX: the CPUID configuration `INIT_VM` took.
     td_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// The MEASURE `LAUNCH_MEASURE` returned: `LAUNCH_SECRET` packet MACs cover it
+    /// (`sev_trusted_channel_t.measurement`).
+    measure: Option<[u8; 32]>,
 }
 
 impl VmState {
@@ -246,6 +261,22 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), Errno> {
         .map_err(|e| Errno::new(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
+/// The firmware identity the model's `LAUNCH_MEASURE` MACs: API 1.55 build 0 (any fixed
+/// value: a model has no firmware version of its own; a guest owner verifying the model's
+/// blob uses this one).
+pub const MODEL_FW: owner::FirmwareVersion = owner::FirmwareVersion {
+    api_major: 1,
+    api_minor: 55,
+    build: 0,
+};
+
+/// 16 fresh random bytes from /dev/urandom.
+fn fresh_nonce() -> std::io::Result<[u8; 16]> {
+    let mut n = [0u8; 16];
+    random_bytes(&mut n).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    Ok(n)
+}
+
 fn sha384(bytes: &[u8]) -> [u8; 48] {
     Sha384::digest(bytes).into()
 }
@@ -300,6 +331,7 @@ impl ModelVm {
             irqchip: false,
             sink,
             td_cpuid: Vec::new(),
+            measure: None,
         };
         Ok(ModelVm {
             shared,
@@ -430,20 +462,33 @@ impl ModelVm {
                     Measurement::Sev(digest)
                 };
                 let cfg = &self.shared.cfg;
-                // The model's firmware reports API 1.55 build 0 (any fixed value: a model
-                // has no firmware version of its own).
-                let mac =
-                    launch_measure(&cfg.tik, 1, 55, 0, st.policy as u32, &digest, &cfg.mnonce);
+                let mnonce = match cfg.mnonce {
+                    Some(n) => n,
+                    // The firmware draws MNONCE from its TRNG (`sev_guest_measure`).
+                    None => fresh_nonce().map_err(|_| err(libc::EIO))?,
+                };
+                let mac = launch_measure(
+                    &cfg.tik,
+                    MODEL_FW.api_major,
+                    MODEL_FW.api_minor,
+                    MODEL_FW.build,
+                    st.policy as u32,
+                    &digest,
+                    &mnonce,
+                );
                 blob[..32].copy_from_slice(&mac);
-                blob[32..].copy_from_slice(&cfg.mnonce);
+                blob[32..].copy_from_slice(&mnonce);
                 self.shared.finished(m);
+                st.measure = Some(mac);
                 st.launch = Launch::Measured;
                 Ok(())
             }
-            SevCmd::LaunchSecret { .. } => {
-                // Injecting a secret needs the guest owner's transport keys; not modelled.
-                Err(err(libc::ENOTTY))
-            }
+            SevCmd::LaunchSecret {
+                header,
+                guest,
+                guest_len,
+                trans,
+            } => self.launch_secret(st, header, guest, *guest_len, trans),
             SevCmd::LaunchFinish => {
                 if st.launch != Launch::Measured {
                     return Err(fw(SEV_RET_INVALID_GUEST_STATE));
@@ -536,6 +581,80 @@ impl ModelVm {
                 Ok(())
             }
         }
+    }
+
+    /// `KVM_SEV_LAUNCH_SECRET`: KVM's checks (`arch/x86/kvm/svm/sev.c` `sev_launch_secret`:
+    /// the guest range pinned, header and packet copied with `psp_copy_user_blob`), then the
+    /// firmware's, in its order (amd/AMD-ASPFW `sev_mcmd.c` `sev_mcmd_launch_secret`):
+    /// 16-byte aligned guest address (INVALID_ADDRESS); a 52-byte header and a guest length
+    /// that is a non-zero 16-byte multiple within the scratch buffer and equal to the packet
+    /// length (INVALID_LENGTH); the LSECRET state, after `LAUNCH_MEASURE` and before
+    /// `LAUNCH_FINISH` (INVALID_GUEST_STATE); the packet MAC with the TIK over the MEASURE
+    /// (BAD_MEASUREMENT); FLAGS.COMPRESSED (UNSUPPORTED, after the MAC). Then the decrypted
+    /// secret goes into the guest range. The model's guest sees that memory unencrypted, so
+    /// the plaintext is what it gets (the firmware writes it encrypted with the guest's key,
+    /// which the guest reads as the same plaintext).
+    fn launch_secret(
+        &self,
+        st: &VmState,
+        header: &[u8],
+        guest: &Source<'_>,
+        guest_len: u32,
+        trans: &[u8],
+    ) -> Result<(), CocoError> {
+        // `sev_pin_memory`: an empty or wrapping range is EINVAL, memory that is not there
+        // EFAULT (the model's door hands a mapping: the range must lie in it).
+        let start = guest.offset;
+        let in_mapping = start
+            .checked_add(u64::from(guest_len))
+            .is_some_and(|end| end <= guest.mapping.len() as u64);
+        if guest_len == 0 {
+            return Err(err(libc::EINVAL));
+        }
+        if !in_mapping {
+            return Err(err(libc::EFAULT));
+        }
+        // `psp_copy_user_blob`: an empty blob or one over SEV_FW_BLOB_MAX_SIZE is EINVAL.
+        for blob in [trans, header] {
+            if blob.is_empty() || blob.len() > SEV_FW_BLOB_MAX_SIZE {
+                return Err(err(libc::EINVAL));
+            }
+        }
+        // The firmware sees the host-physical address of the pinned page plus the offset:
+        // its low bits are the host address's.
+        if !guest
+            .mapping
+            .host_addr()
+            .wrapping_add(start)
+            .is_multiple_of(16)
+        {
+            return Err(fw(SEV_RET_INVALID_ADDRESS));
+        }
+        if header.len() != owner::HEADER_LEN
+            || !guest_len.is_multiple_of(16)
+            || guest_len > SEV_SCRATCH_BUF_LEN
+            || guest_len as usize != trans.len()
+        {
+            return Err(fw(SEV_RET_INVALID_LEN));
+        }
+        let (Launch::Measured, Some(measure)) = (st.launch, st.measure) else {
+            return Err(fw(SEV_RET_INVALID_GUEST_STATE));
+        };
+        let hdr = owner::PacketHeader::parse(header).map_err(|_| fw(SEV_RET_INVALID_LEN))?;
+        let keys = owner::TransportKeys {
+            tek: self.shared.cfg.tek,
+            tik: self.shared.cfg.tik,
+        };
+        let mut data = trans.to_vec();
+        match owner::unwrap_secret(&keys, &measure, &hdr, guest_len, &mut data) {
+            Ok(()) => {}
+            Err(owner::OwnerError::Compressed) => return Err(fw(SEV_RET_UNSUPPORTED)),
+            Err(_) => return Err(fw(SEV_RET_BAD_MEASUREMENT)),
+        }
+        guest
+            .mapping
+            .write(start, &data)
+            .map_err(|_| err(libc::EFAULT))
     }
 
     /// KVM's VMSA step over every vCPU: refuses a non-default DR7 (`sev_es_sync_vmsa`,
@@ -981,13 +1100,20 @@ impl SafeVmIoctls for ModelVm {
     }
 
     fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
-        let args = sev_args(cmd, sev_fd);
+        let mut args = sev_args(cmd, sev_fd);
         let name = cmd.name();
         let res = if sev_fd < 0 {
             // The PSP driver refuses anything but a /dev/sev fd (§1.2).
             Err(err(libc::EBADF))
         } else {
             let mut st = lock(&self.st);
+            if let SevCmd::LaunchSecret { guest, .. } = cmd {
+                // The guest address the secret lands at, where a memslot maps it.
+                let host = guest.mapping.host_addr().wrapping_add(guest.offset);
+                if let Some(gpa) = st.gpa_of_uaddr(host) {
+                    args.insert(2, ("gpa", Arg::Num(gpa)));
+                }
+            }
             // Log the call before the pages it measures.
             self.log(name, args.clone(), None);
             let r = self.sev_inner(&mut st, cmd);

@@ -417,7 +417,7 @@ fn refuses_id_block_whose_digest_does_not_match() {
 fn sev_es_digest_and_launch_measure_blob() {
     let (m, kvm) = model(ModelConfig {
         tik: [7; 16],
-        mnonce: [9; 16],
+        mnonce: Some([9; 16]),
         ..ModelConfig::default()
     });
     let mut vm = kvm.create_vm(KVM_X86_SEV_ES_VM).unwrap();
@@ -1089,4 +1089,283 @@ fn snp_cpuid_page_with_a_bad_header_is_refused_untouched() {
         src.read(0, &mut back).unwrap();
         assert_eq!(back, header);
     }
+}
+
+/// A SEV (type 2) VM of the model with `ram` at GPA 0, launched with policy 1 (NODBG) and
+/// one `LAUNCH_UPDATE_DATA` over its first page, not measured yet.
+fn sev_updated_vm(kvm: &Kvm, ram: &Arc<GuestMapping>) -> Vm {
+    let mut vm = kvm.create_vm(KVM_X86_SEV_VM).unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::Init2 {
+            vmsa_features: 0,
+            ghcb_version: 0,
+        },
+        3,
+    )
+    .unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::LaunchStart {
+            policy: 1,
+            handle: 0,
+        },
+        3,
+    )
+    .unwrap();
+    vm.add_memslot(0, ram.len() as u64, Some(ram), None)
+        .unwrap();
+    vm.sev_cmd(
+        &mut SevCmd::LaunchUpdateData {
+            source: Source {
+                mapping: ram,
+                offset: 0,
+            },
+            len: 4096,
+        },
+        3,
+    )
+    .unwrap();
+    vm
+}
+
+fn measure(vm: &Vm) -> relaunch_core::owner::LaunchMeasure {
+    let mut cmd = SevCmd::LaunchMeasure { blob: [0; 48] };
+    vm.sev_cmd(&mut cmd, 3).unwrap();
+    let SevCmd::LaunchMeasure { blob } = cmd else {
+        unreachable!()
+    };
+    relaunch_core::owner::LaunchMeasure::from_bytes(&blob)
+}
+
+fn inject(
+    vm: &Vm,
+    ram: &GuestMapping,
+    header: &[u8],
+    offset: u64,
+    guest_len: u32,
+    trans: &[u8],
+) -> Result<(), CocoError> {
+    vm.sev_cmd(
+        &mut SevCmd::LaunchSecret {
+            header,
+            guest: Source {
+                mapping: ram,
+                offset,
+            },
+            guest_len,
+            trans,
+        },
+        3,
+    )
+}
+
+const OWNER: relaunch_core::owner::TransportKeys = relaunch_core::owner::TransportKeys {
+    tek: [0x11; 16],
+    tik: [0x22; 16],
+};
+
+fn owner_model() -> (Model, Kvm) {
+    model(ModelConfig {
+        tik: OWNER.tik,
+        tek: OWNER.tek,
+        ..ModelConfig::default()
+    })
+}
+
+/// The owner's turn against the model, as the SEV firmware defines it (amd/AMD-ASPFW
+/// `sev_mcmd_launch_secret`, `sev_channel_extract`; `amd-memory-encryption.rst`
+/// KVM_SEV_LAUNCH_SECRET "after the measurement has been validated"): before
+/// `LAUNCH_MEASURE` the guest is not in LSECRET (INVALID_GUEST_STATE, 0x02); the blob's
+/// MEASURE verifies with the owner's TIK over the model's digest and firmware version, its
+/// MNONCE is fresh per call; a packet wrapped with the owner's keys lands decrypted at the
+/// named guest address, any number of times; after `LAUNCH_FINISH` the guest is RUNNING
+/// (0x02 again).
+#[test]
+fn launch_secret_lands_in_guest_memory_between_measure_and_finish() {
+    use relaunch_core::owner::{verify_launch_measure, wrap_secret};
+    let (m, kvm) = owner_model();
+    let ram = Arc::new(staging(8, |_| 0xEE));
+    let vm = sev_updated_vm(&kvm, &ram);
+    let secret = *b"the owner's disk key, 32 bytes!!";
+    let mut packet = secret;
+    let early = wrap_secret(&OWNER, &[1; 16], 0, &[0; 32], &mut packet).unwrap();
+    let e = inject(&vm, &ram, &early.to_bytes(), 0x3000, 32, &packet).unwrap_err();
+    assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x02)));
+
+    let got = measure(&vm);
+    let Some(Measurement::Sev(digest)) = m.measurement() else {
+        panic!("no SEV measurement")
+    };
+    let mut page = [0u8; 4096];
+    ram.read(0, &mut page).unwrap();
+    assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(page)));
+    verify_launch_measure(&OWNER.tik, MODEL_FW, 1, &digest, &got).unwrap();
+    // A second launch gets another nonce (the firmware's TRNG), hence another MEASURE.
+    let vm2 = sev_updated_vm(&kvm, &Arc::new(staging(8, |_| 0xEE)));
+    let got2 = measure(&vm2);
+    assert_ne!(got.mnonce, got2.mnonce);
+    verify_launch_measure(&OWNER.tik, MODEL_FW, 1, &digest, &got2).unwrap();
+
+    let mut packet = secret;
+    let h = wrap_secret(&OWNER, &[2; 16], 0, &got.measure, &mut packet).unwrap();
+    assert_ne!(packet, secret);
+    inject(&vm, &ram, &h.to_bytes(), 0x3000, 32, &packet).unwrap();
+    let mut back = [0u8; 32];
+    ram.read(0x3000, &mut back).unwrap();
+    assert_eq!(back, secret);
+    let mut around = [0u8; 2];
+    ram.read(0x2FFF, &mut around[..1]).unwrap();
+    ram.read(0x3020, &mut around[1..]).unwrap();
+    assert_eq!(around, [0xEE, 0xEE], "nothing outside the range is written");
+    // Any number of secrets before FINISH.
+    let mut p2 = [0x5A; 16];
+    let h2 = wrap_secret(&OWNER, &[3; 16], 0, &got.measure, &mut p2).unwrap();
+    inject(&vm, &ram, &h2.to_bytes(), 0x4010, 16, &p2).unwrap();
+    let mut b2 = [0u8; 16];
+    ram.read(0x4010, &mut b2).unwrap();
+    assert_eq!(b2, [0x5A; 16]);
+    // The trace names the uapi fields and the GPA.
+    let call = m
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Call(c) if c.ioctl == "KVM_SEV_LAUNCH_SECRET" => Some(c),
+            _ => None,
+        })
+        .nth(1)
+        .unwrap();
+    assert_eq!(call.error, None);
+    for (k, v) in [
+        ("hdr_len", 52),
+        ("gpa", 0x3000),
+        ("guest_len", 32),
+        ("trans_len", 32),
+    ] {
+        assert!(
+            call.args.contains(&(k, Arg::Num(v))),
+            "{k}: {:?}",
+            call.args
+        );
+    }
+    vm.sev_cmd(&mut SevCmd::LaunchFinish, 3).unwrap();
+    let e = inject(&vm, &ram, &h.to_bytes(), 0x3000, 32, &packet).unwrap_err();
+    assert_eq!((errno_of(e), sev_fw(e)), (libc::EIO, Some(0x02)));
+}
+
+/// What the firmware and KVM refuse, each with guest memory untouched: a packet whose MAC
+/// does not verify — a flipped byte, the wrong TIK, or a packet wrapped for another launch's
+/// MEASURE — is BAD_MEASUREMENT (0x0B, `hmac_sha256_verify`); FLAGS.COMPRESSED with a good
+/// MAC is UNSUPPORTED (0x15); a header that is not 52 bytes, a guest length that is not a
+/// non-zero multiple of 16 or differs from the packet's is INVALID_LENGTH (0x04); a guest
+/// address not 16-byte aligned INVALID_ADDRESS (0x09) (`sev_mcmd_launch_secret`); a range
+/// outside the memory is EFAULT, an empty range or a packet over 16 KiB EINVAL
+/// (`sev_launch_secret`: `sev_pin_memory`, `psp_copy_user_blob`).
+#[test]
+fn launch_secret_refusals() {
+    use relaunch_core::owner::{wrap_secret, TransportKeys, FLAG_COMPRESSED};
+    let (_m, kvm) = owner_model();
+    let ram = Arc::new(staging(8, |_| 0xEE));
+    let vm = sev_updated_vm(&kvm, &ram);
+    let got = measure(&vm);
+    let other = measure(&sev_updated_vm(&kvm, &Arc::new(staging(8, |_| 0xEE))));
+    let wrap = |keys: &TransportKeys, flags: u32, measure: &[u8; 32], len: usize| {
+        let mut p = vec![0x77u8; len];
+        let h = wrap_secret(keys, &[9; 16], flags, measure, &mut p).unwrap();
+        (h.to_bytes(), p)
+    };
+    let fw_err = |r: Result<(), CocoError>| {
+        let e = r.unwrap_err();
+        (errno_of(e), sev_fw(e))
+    };
+    let (h, p) = wrap(&OWNER, 0, &got.measure, 32);
+    let mut flipped = p.clone();
+    flipped[7] ^= 1;
+    let wrong_tik = TransportKeys {
+        tik: [0x23; 16],
+        ..OWNER
+    };
+    let (hw, pw) = wrap(&wrong_tik, 0, &got.measure, 32);
+    let (ho, po) = wrap(&OWNER, 0, &other.measure, 32);
+    let (hc, pc) = wrap(&OWNER, FLAG_COMPRESSED, &got.measure, 32);
+    let big = wrap(&OWNER, 0, &got.measure, 0x4000).1;
+    type Case<'a> = (&'a str, Result<(), CocoError>, (i32, Option<u32>));
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "flipped packet",
+            inject(&vm, &ram, &h, 0x3000, 32, &flipped),
+            (libc::EIO, Some(0x0B)),
+        ),
+        (
+            "wrong TIK",
+            inject(&vm, &ram, &hw, 0x3000, 32, &pw),
+            (libc::EIO, Some(0x0B)),
+        ),
+        (
+            "another launch's MEASURE",
+            inject(&vm, &ram, &ho, 0x3000, 32, &po),
+            (libc::EIO, Some(0x0B)),
+        ),
+        (
+            "compressed",
+            inject(&vm, &ram, &hc, 0x3000, 32, &pc),
+            (libc::EIO, Some(0x15)),
+        ),
+        (
+            "51-byte header",
+            inject(&vm, &ram, &h[..51], 0x3000, 32, &p),
+            (libc::EIO, Some(0x04)),
+        ),
+        (
+            "guest_len != trans_len",
+            inject(&vm, &ram, &h, 0x3000, 48, &p),
+            (libc::EIO, Some(0x04)),
+        ),
+        (
+            "guest_len not a 16 multiple",
+            inject(&vm, &ram, &h, 0x3000, 24, &p[..24]),
+            (libc::EIO, Some(0x04)),
+        ),
+        (
+            "misaligned guest address",
+            inject(&vm, &ram, &h, 0x3008, 32, &p),
+            (libc::EIO, Some(0x09)),
+        ),
+        (
+            "past the memory",
+            inject(&vm, &ram, &h, 8 * 4096 - 16, 32, &p),
+            (libc::EFAULT, None),
+        ),
+        (
+            "empty range",
+            inject(&vm, &ram, &h, 0x3000, 0, &p),
+            (libc::EINVAL, None),
+        ),
+        (
+            "empty packet",
+            inject(&vm, &ram, &h, 0x3000, 32, &[]),
+            (libc::EINVAL, None),
+        ),
+        (
+            "packet over 16 KiB",
+            inject(
+                &vm,
+                &ram,
+                &h,
+                0,
+                0x4010,
+                &[big.as_slice(), &[0; 16]].concat(),
+            ),
+            (libc::EINVAL, None),
+        ),
+    ];
+    for (what, r, want) in cases {
+        assert_eq!(fw_err(r), want, "{what}");
+    }
+    let mut page = [0u8; 4096];
+    ram.read(0x3000, &mut page).unwrap();
+    assert!(page.iter().all(|&b| b == 0xEE), "guest memory untouched");
+    // The good packet still goes in afterwards (refusals change no state).
+    inject(&vm, &ram, &h, 0x3000, 32, &p).unwrap();
+    let mut back = [0u8; 32];
+    ram.read(0x3000, &mut back).unwrap();
+    assert_eq!(back, [0x77; 32]);
 }
