@@ -11,6 +11,7 @@ pub mod io;
 pub mod layout;
 pub mod power;
 pub mod serial;
+pub mod sha256;
 
 use core::arch::global_asm;
 
