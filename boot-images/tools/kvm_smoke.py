@@ -225,6 +225,7 @@ class Launch:
         self.done = threading.Event()
         self.first_marker = None
         self.exits = {"io": 0, "mmio": 0}
+        self.lcr = 0
         mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE)
         cpuid = self.supported_cpuid(kvm)
         self.vcpus = []
@@ -354,7 +355,9 @@ class Launch:
         self.exits["io"] += 1
         if out and port == 0x80 and self.first_marker is None:
             self.first_marker = time.monotonic() - self.start
-        if port == 0x3F8 and out:
+        if port == 0x3FB and out:
+            self.lcr = value  # bit 7 (DLAB): 0x3F8 is the divisor latch, not THR
+        elif port == 0x3F8 and out and not self.lcr & 0x80:
             sys.stdout.buffer.write(bytes(data[:1]))
             sys.stdout.flush()
         elif port == 0x3FD and not out:
