@@ -5,15 +5,20 @@
 //! addresses. [`pack`] turns one into an IGVM v1 file with [`relaunch_core::writer`]:
 //!
 //! - platforms NATIVE (mask [`MASK_NATIVE`]), SEV-SNP (mask [`MASK_SNP`], guest policy
-//!   [`SNP_POLICY`]) and, when the ELF has a TDX reset page, TDX (mask [`MASK_TDX`]);
+//!   [`SNP_POLICY`]), SEV (mask [`MASK_SEV`], policy [`SEV_POLICY`]), SEV-ES (mask
+//!   [`MASK_SEV_ES`], policy [`SEV_ES_POLICY`]) and, when the ELF has a TDX reset page, TDX
+//!   (mask [`MASK_TDX`]);
 //! - PAGE_DATA shared by all views, in ascending GPA order: the GDT, the page tables
 //!   (identity map of 0..4 GiB with 2 MiB pages), the ELF's PT_LOAD segments
-//!   (page-granular; `.bss` and the BSP stack as zero pages); the TDX reset page (the ELF
-//!   segment at [`layout::TDX_RESET_PAGE`]) under the TDX mask only;
+//!   (page-granular; `.bss` and the BSP stack as zero pages); the SEV launch-secret page
+//!   ([`layout::SEV_SECRET_GPA`], a zero page) under the SEV and SEV-ES masks only; the TDX
+//!   reset page (the ELF segment at [`layout::TDX_RESET_PAGE`]) under the TDX mask only;
 //! - REQUIRED_MEMORY for the scratch RAM the guests use uninitialised;
-//! - a VP context for NATIVE and SNP, both starting the BSP directly in 64-bit long mode at
-//!   the ELF entry: an `IgvmNativeVpContextX64` for NATIVE, a VMSA at 0xFFFFFFFFF000 for
-//!   SNP. TDX has no VP context: TD vCPUs start at 0xFFFFFFF0 in the TDX reset page.
+//! - a VP context for NATIVE, SNP, SEV and SEV-ES, all starting the BSP directly in 64-bit
+//!   long mode at the ELF entry with the same registers: an `IgvmNativeVpContextX64` for
+//!   NATIVE and SEV, a VMSA at 0xFFFFFFFFF000 for SNP (SEV_FEATURES [`SEV_FEATURES`]) and
+//!   SEV-ES ([`SEV_ES_FEATURES`]). TDX has no VP context: TD vCPUs start at 0xFFFFFFF0 in
+//!   the TDX reset page.
 //!
 //! The layout is [`layout`] (the same file the guests compile) and docs/boot-images.md.
 //! The packer is deterministic: the same ELF always gives the same bytes.
@@ -29,14 +34,23 @@ use relaunch_core::writer::{IgvmBuilder, WriteError};
 #[path = "../guests/src/layout.rs"]
 pub mod layout;
 
+/// The guests' own SHA-256 (sevinfo's), tested here on the host.
+#[cfg(test)]
+#[path = "../guests/src/sha256.rs"]
+mod guest_sha256;
+
 const PAGE: u64 = 4096;
 
 /// Compatibility mask of the NATIVE view.
 pub const MASK_NATIVE: u32 = 1;
 /// Compatibility mask of the SEV-SNP view.
 pub const MASK_SNP: u32 = 2;
+/// Compatibility mask of the SEV view.
+pub const MASK_SEV: u32 = 4;
+/// Compatibility mask of the SEV-ES view.
+pub const MASK_SEV_ES: u32 = 8;
 /// Compatibility mask of the TDX view (present when the ELF has a TDX reset page).
-pub const MASK_TDX: u32 = 4;
+pub const MASK_TDX: u32 = 16;
 /// The TDX view's shared-GPA boundary: the shared bit of a TD with GPAW 48 (bit 47).
 pub const TDX_SHARED_GPA_BOUNDARY: u64 = 1 << 47;
 /// SNP guest policy: SMT allowed (bit 16), bit 17 must be one; no debug, no migration
@@ -44,6 +58,17 @@ pub const TDX_SHARED_GPA_BOUNDARY: u64 = 1 << 47;
 pub const SNP_POLICY: u64 = 0x3_0000;
 /// Where KVM measures (and an IGVM file must place) the SNP VMSA.
 pub const SNP_VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
+/// SEV guest policy: NODBG (0x1) (SEV policy bits: `../shared/spec/igvm-snp.md` §3.1);
+/// QEMU's `sev-guest` default and the planner's (`core-nostd/src/plan/igvm.rs`
+/// `DEFAULT_SEV_POLICY`).
+pub const SEV_POLICY: u64 = 0x1;
+/// SEV-ES guest policy: NODBG (0x1) | ES (0x4) (spec notes §3.1; an SEV-ES launch needs ES:
+/// `core-nostd/src/plan/igvm.rs` `DEFAULT_SEV_ES_POLICY`).
+pub const SEV_ES_POLICY: u64 = 0x5;
+/// Where the SEV-ES VMSA must sit: the same GPA as the SNP one (QEMU
+/// `check_vmsa_supported` requires 0xFFFFFFFFF000 for SEV-ES too; `../shared/spec/
+/// kvm-vmsa-synthesis.md` §4(b)).
+pub const SEV_ES_VMSA_GPA: u64 = SNP_VMSA_GPA;
 
 /// Initial CR0: PG | NE | ET | PE.
 pub const CR0: u64 = 0x8000_0031;
@@ -55,8 +80,13 @@ pub const EFER: u64 = 0x500;
 pub const EFER_SVME: u64 = 0x1000;
 /// The architectural reset value of IA32_PAT.
 pub const PAT: u64 = 0x0007_0406_0007_0406;
-/// SEV features of the VMSA: SNP active (bit 0) only.
+/// SEV features of the SNP VMSA: SNP active (bit 0) only.
 pub const SEV_FEATURES: u64 = 1;
+/// SEV features of the SEV-ES VMSA: none. Bit 0 (SNP active) must be clear on SEV-ES
+/// (QEMU `check_vmsa_supported`), and VP 0's features become the VM's INIT2
+/// `vmsa_features`, which KVM accepts only within `KVM_X86_SEV_VMSA_FEATURES`: zero fits
+/// every host (`../shared/spec/kvm-vmsa-synthesis.md` §3, §4(b)).
+pub const SEV_ES_FEATURES: u64 = 0;
 
 /// Why an ELF could not be packed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,6 +352,16 @@ fn put_segment(page: &mut [u8], at: usize, selector: u16, attrib: u16, limit: u3
 /// the reset PAT, XCR0 = 1, x87/SSE reset values, sev_features = SNP. Only fields QEMU's
 /// `check_vmsa_supported` accepts are non-zero.
 pub fn snp_vmsa(entry: u64) -> Vec<u8> {
+    vmsa(entry, SEV_FEATURES)
+}
+
+/// The SEV-ES view's BSP VMSA: [`snp_vmsa`] with SEV_FEATURES [`SEV_ES_FEATURES`] (the
+/// registers are the same; SEV-ES differs only in not being SNP).
+pub fn sev_es_vmsa(entry: u64) -> Vec<u8> {
+    vmsa(entry, SEV_ES_FEATURES)
+}
+
+fn vmsa(entry: u64, sev_features: u64) -> Vec<u8> {
     let mut v = vec![0u8; PAGE as usize];
     for at in [0x00, 0x20, 0x30, 0x40, 0x50] {
         // es, ss, ds, fs, gs
@@ -350,7 +390,7 @@ pub fn snp_vmsa(entry: u64) -> Vec<u8> {
         (0x178, entry),       // rip
         (0x1D8, layout::STACK_TOP),
         (0x268, PAT),
-        (0x3B0, SEV_FEATURES),
+        (0x3B0, sev_features),
         (0x3E8, 1), // xcr0
     ] {
         put(&mut v, at, &u64::to_le_bytes(value));
@@ -378,7 +418,8 @@ pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
         .segments
         .iter()
         .any(|s| in_tdx_reset_page(s.gpa, s.mem_size));
-    let shared = MASK_NATIVE | MASK_SNP | if has_tdx { MASK_TDX } else { 0 };
+    let shared =
+        MASK_NATIVE | MASK_SNP | MASK_SEV | MASK_SEV_ES | if has_tdx { MASK_TDX } else { 0 };
 
     // Page-granular image: GPA → (compatibility mask, contents; None = a page of zeros).
     let mut pages: BTreeMap<u64, (u32, Option<Vec<u8>>)> = BTreeMap::new();
@@ -416,16 +457,27 @@ pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
         pages.insert(gpa, (shared, None));
         gpa += PAGE;
     }
+    // The launch-secret page: a measured zero page where LAUNCH_SECRET exists (SEV,
+    // SEV-ES), so a launch without a secret leaves "no secret" (length 0) there. Outside
+    // the image window and the AP page, so no ELF segment can claim it.
+    pages.insert(layout::SEV_SECRET_GPA, (MASK_SEV | MASK_SEV_ES, None));
 
     let mut b = IgvmBuilder::new();
     let native = b.platform(IgvmPlatformType::NATIVE, 0)?;
     let snp = b.platform(IgvmPlatformType::SEV_SNP, 0)?;
-    debug_assert_eq!((native, snp), (MASK_NATIVE, MASK_SNP));
+    let sev = b.platform(IgvmPlatformType::SEV, 0)?;
+    let sev_es = b.platform(IgvmPlatformType::SEV_ES, 0)?;
+    debug_assert_eq!(
+        (native, snp, sev, sev_es),
+        (MASK_NATIVE, MASK_SNP, MASK_SEV, MASK_SEV_ES)
+    );
     if has_tdx {
         let tdx = b.platform(IgvmPlatformType::TDX, TDX_SHARED_GPA_BOUNDARY)?;
         debug_assert_eq!(tdx, MASK_TDX);
     }
     b.guest_policy(SNP_POLICY, snp);
+    b.guest_policy(SEV_POLICY, sev);
+    b.guest_policy(SEV_ES_POLICY, sev_es);
     for (gpa, (mask, data)) in &pages {
         let data = data.as_deref().unwrap_or(&[]);
         b.page_data(
@@ -437,15 +489,22 @@ pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
         )?;
     }
     b.required_memory(layout::SCRATCH, shared, layout::SCRATCH_SIZE as u32, 0);
+    // One VP context per view: the igvm crate maps a VP_CONTEXT's mask to exactly one
+    // platform (igvm 0.5 `InvalidVpContextPlatformType`). The SEV context is the native one
+    // (the writer stores the identical bytes once).
     b.native_vp_context(native, 0, &native_context(elf.entry))?;
     b.vp_context(SNP_VMSA_GPA, snp, 0, &snp_vmsa(elf.entry))?;
+    b.native_vp_context(sev, 0, &native_context(elf.entry))?;
+    b.vp_context(SEV_ES_VMSA_GPA, sev_es, 0, &sev_es_vmsa(elf.entry))?;
     Ok(b.finish()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmPlatformHeader, IsolationType};
+    use igvm::{
+        IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IsolationType,
+    };
 
     /// A minimal ELF64 executable: a header, `phdrs` program headers right after it, then
     /// the segment bytes. Each segment is (vaddr, bytes, memsz).
@@ -522,6 +581,9 @@ mod tests {
             .collect()
     }
 
+    /// Every view of the sample ELF (no TDX reset page).
+    const SAMPLE_VIEWS: u32 = MASK_NATIVE | MASK_SNP | MASK_SEV | MASK_SEV_ES;
+
     #[test]
     fn packed_sample_parses_with_the_igvm_crate() {
         let bytes = pack(&sample_elf()).unwrap();
@@ -530,25 +592,54 @@ mod tests {
             .platforms()
             .iter()
             .map(|p| match p {
-                IgvmPlatformHeader::SupportedPlatform(s) => (s.compatibility_mask, s.platform_type),
+                IgvmPlatformHeader::SupportedPlatform(s) => {
+                    (s.compatibility_mask, s.platform_type, s.shared_gpa_boundary)
+                }
             })
             .collect();
         assert_eq!(
             platforms,
             vec![
-                (MASK_NATIVE, IgvmPlatformType::NATIVE),
-                (MASK_SNP, IgvmPlatformType::SEV_SNP)
+                (MASK_NATIVE, IgvmPlatformType::NATIVE, 0),
+                (MASK_SNP, IgvmPlatformType::SEV_SNP, 0),
+                (MASK_SEV, IgvmPlatformType::SEV, 0),
+                (MASK_SEV_ES, IgvmPlatformType::SEV_ES, 0),
             ]
+        );
+        let policies: Vec<_> = file
+            .initializations()
+            .iter()
+            .map(|h| match h {
+                IgvmInitializationHeader::GuestPolicy {
+                    policy,
+                    compatibility_mask,
+                } => (*compatibility_mask, *policy),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // SNP: SMT | MBO; SEV: NODBG; SEV-ES: NODBG | ES (spec notes §3.1, §4.1).
+        assert_eq!(
+            policies,
+            vec![(MASK_SNP, 0x3_0000), (MASK_SEV, 0x1), (MASK_SEV_ES, 0x5)]
         );
         let pages = page_data(&file);
         let gpas: Vec<u64> = pages.iter().map(|p| p.0).collect();
         let mut want = vec![layout::GDT, layout::PML4, layout::PDPT];
         want.extend((0..4).map(|i| layout::PD + i * PAGE));
         want.push(layout::AP_TRAMPOLINE);
+        want.push(layout::SEV_SECRET_GPA);
         want.extend((0..16).map(|i| layout::STACK_BOTTOM + i * PAGE));
         want.extend([0x10_0000, 0x10_2000, 0x10_3000, 0x10_4000]);
         assert_eq!(gpas, want);
-        assert!(pages.iter().all(|p| p.1 == MASK_NATIVE | MASK_SNP));
+        // Every page is in every view, except the secret page: SEV and SEV-ES only, zeros.
+        for (gpa, mask, data) in &pages {
+            if *gpa == layout::SEV_SECRET_GPA {
+                assert_eq!(*mask, MASK_SEV | MASK_SEV_ES);
+                assert!(data.is_empty());
+            } else {
+                assert_eq!(*mask, SAMPLE_VIEWS, "{gpa:#x}");
+            }
+        }
         // .text bytes, .data bytes, then .bss pages without data.
         let text = &pages.iter().find(|p| p.0 == 0x10_0000).unwrap().2;
         assert_eq!(&text[..5], &[0xB0, 0x01, 0xE6, 0x80, 0xF4]);
@@ -568,8 +659,8 @@ mod tests {
             .2
             .is_empty());
 
-        let mut native = None;
-        let mut vmsa = None;
+        let mut native = Vec::new();
+        let mut vmsas = Vec::new();
         let mut required = None;
         for d in file.directives() {
             match d {
@@ -577,13 +668,20 @@ mod tests {
                     compatibility_mask,
                     vp_index,
                     context,
-                } => native = Some((*compatibility_mask, *vp_index, **context)),
+                } => native.push((*compatibility_mask, *vp_index, **context)),
                 IgvmDirectiveHeader::SnpVpContext {
                     gpa,
                     compatibility_mask,
                     vp_index,
                     vmsa: v,
-                } => vmsa = Some((*gpa, *compatibility_mask, *vp_index, v.rip, v.cr3)),
+                } => vmsas.push((
+                    *gpa,
+                    *compatibility_mask,
+                    *vp_index,
+                    v.rip,
+                    v.cr3,
+                    v.sev_features.into_bits(),
+                )),
                 IgvmDirectiveHeader::RequiredMemory {
                     gpa,
                     compatibility_mask,
@@ -593,31 +691,46 @@ mod tests {
                 _ => {}
             }
         }
-        let (mask, vp, ctx) = native.unwrap();
-        assert_eq!((mask, vp), (MASK_NATIVE, 0));
-        assert_eq!(ctx, native_context(0x10_0000));
+        let ctx = native_context(0x10_0000);
+        assert_eq!(native, vec![(MASK_NATIVE, 0, ctx), (MASK_SEV, 0, ctx)]);
+        // Both VMSAs at 0xFFFFFFFFF000; SEV_FEATURES: SNP active on SNP, none on SEV-ES.
         assert_eq!(
-            vmsa,
-            Some((SNP_VMSA_GPA, MASK_SNP, 0, 0x10_0000, layout::PML4))
+            vmsas,
+            vec![
+                (0xFFFF_FFFF_F000, MASK_SNP, 0, 0x10_0000, layout::PML4, 1),
+                (0xFFFF_FFFF_F000, MASK_SEV_ES, 0, 0x10_0000, layout::PML4, 0),
+            ]
         );
         assert_eq!(
             required,
-            Some((
-                layout::SCRATCH,
-                MASK_NATIVE | MASK_SNP,
-                layout::SCRATCH_SIZE as u32
-            ))
+            Some((layout::SCRATCH, SAMPLE_VIEWS, layout::SCRATCH_SIZE as u32))
         );
-        // The SNP-only view parses too (the crate's isolation filter).
-        let snp = IgvmFile::new_from_binary(&bytes, Some(IsolationType::Snp)).unwrap();
-        assert!(snp
-            .directives()
-            .iter()
-            .any(|d| matches!(d, IgvmDirectiveHeader::SnpVpContext { .. })));
-        assert!(!snp
-            .directives()
-            .iter()
-            .any(|d| matches!(d, IgvmDirectiveHeader::X64NativeVpContext { .. })));
+        // Each single view parses too (the crate's isolation filter) and has exactly its
+        // own VP context.
+        for (isolation, vmsa_features) in [
+            (IsolationType::Snp, Some(1)),
+            (IsolationType::SevEs, Some(0)),
+            (IsolationType::Sev, None),
+        ] {
+            let name = format!("{isolation:?}");
+            let one = IgvmFile::new_from_binary(&bytes, Some(isolation)).unwrap();
+            let mut contexts = 0;
+            for d in one.directives() {
+                match d {
+                    IgvmDirectiveHeader::SnpVpContext { vmsa, .. } => {
+                        assert_eq!(Some(vmsa.sev_features.into_bits()), vmsa_features);
+                        contexts += 1;
+                    }
+                    IgvmDirectiveHeader::X64NativeVpContext { context, .. } => {
+                        assert_eq!(vmsa_features, None, "{name}");
+                        assert_eq!(**context, ctx);
+                        contexts += 1;
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(contexts, 1, "{name}");
+        }
     }
 
     #[test]
@@ -634,18 +747,20 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            tdx[2],
+            tdx[4],
             (MASK_TDX, IgvmPlatformType::TDX, TDX_SHARED_GPA_BOUNDARY)
         );
         let pages = page_data(&file);
-        let all = MASK_NATIVE | MASK_SNP | MASK_TDX;
+        let all = SAMPLE_VIEWS | MASK_TDX;
         let (last, rest) = pages.split_last().unwrap();
         assert_eq!((last.0, last.1), (layout::TDX_RESET_PAGE, MASK_TDX));
         assert_eq!(last.2[0xFF0], 0xE9);
-        assert!(rest.iter().all(|p| p.1 == all));
+        assert!(rest
+            .iter()
+            .all(|p| p.1 == all || (p.0 == layout::SEV_SECRET_GPA && p.1 & MASK_TDX == 0)));
         // Without a reset page, no TDX view.
         let plain = IgvmFile::new_from_binary(&pack(&sample_elf()).unwrap(), None).unwrap();
-        assert_eq!(plain.platforms().len(), 2);
+        assert_eq!(plain.platforms().len(), 4);
         check_with_core(&bytes, 0x10_0000);
     }
 
@@ -677,6 +792,14 @@ mod tests {
         assert_eq!(u64_at(0x148), c.cr4);
         assert_eq!(u64_at(0xD0), c.efer | EFER_SVME);
         assert_eq!(u64_at(0x3B0), 1);
+        // The SEV-ES VMSA: the same page but SEV_FEATURES 0 (not SNP).
+        let es = sev_es_vmsa(entry);
+        for (at, (a, b)) in v.iter().zip(&es).enumerate() {
+            if !(0x3B0..0x3B8).contains(&at) {
+                assert_eq!(a, b, "byte {at:#x}");
+            }
+        }
+        assert_eq!(&es[0x3B0..0x3B8], &[0; 8]);
         // The 64-bit code descriptor in the GDT agrees with the context's attributes.
         let gdt = gdt_page();
         let code = u64::from_le_bytes(gdt[8..16].try_into().unwrap());
@@ -794,40 +917,68 @@ mod tests {
         }
     }
 
-    /// The core's own parser and planner accept both views, and the registers the planner
-    /// derives from each VP context are the ones the packer meant.
+    /// The core's own parser and planner accept every view, and the registers the planner
+    /// derives from each VP context are the ones the packer meant: the same 64-bit start
+    /// state in NATIVE, SNP, SEV and SEV-ES.
     fn check_with_core(bytes: &[u8], entry: u64) {
         use relaunch_core::plan::{LaunchOp, Platform};
         let file = relaunch_core::igvm::IgvmFile::parse(bytes).expect("core parser");
         assert_eq!(file.mask_for(IgvmPlatformType::NATIVE), Some(MASK_NATIVE));
         assert_eq!(file.mask_for(IgvmPlatformType::SEV_SNP), Some(MASK_SNP));
+        assert_eq!(file.mask_for(IgvmPlatformType::SEV), Some(MASK_SEV));
+        assert_eq!(file.mask_for(IgvmPlatformType::SEV_ES), Some(MASK_SEV_ES));
         let tdx = file.mask_for(IgvmPlatformType::TDX);
         assert!(tdx.is_none() || tdx == Some(MASK_TDX));
-        let mut platforms = vec![Platform::Native, Platform::Snp];
+        let mut platforms = vec![
+            Platform::Native,
+            Platform::Snp,
+            Platform::Sev,
+            Platform::SevEs,
+        ];
         if tdx.is_some() {
             platforms.push(Platform::Tdx);
         }
+        let mut start_regs = Vec::new();
         for platform in platforms {
             let plan = relaunch_core::plan::plan(bytes, &config(platform))
                 .unwrap_or_else(|e| panic!("{platform}: {e}"));
             let mut ctx = None;
             let mut imports = 0;
             let mut reset_page = false;
+            let mut secret_page = false;
             for op in plan.ops() {
                 match *op {
                     LaunchOp::SetVpContext { vp: 0, ctx: c, .. } => ctx = Some(c),
                     LaunchOp::ImportPage { gpa, .. } => {
                         imports += 1;
                         reset_page |= gpa == layout::TDX_RESET_PAGE;
+                        secret_page |= gpa == layout::SEV_SECRET_GPA;
                     }
-                    LaunchOp::CreateVm { policy, .. } if platform == Platform::Snp => {
-                        assert_eq!(policy, SNP_POLICY)
+                    LaunchOp::CreateVm {
+                        policy,
+                        vmsa_features,
+                        ..
+                    } => {
+                        let want = match platform {
+                            Platform::Snp => SNP_POLICY,
+                            Platform::Sev => SEV_POLICY,
+                            Platform::SevEs => SEV_ES_POLICY,
+                            _ => policy,
+                        };
+                        assert_eq!(policy, want, "{platform}");
+                        // KVM's INIT2 vmsa_features: VP 0's SEV_FEATURES without SNP_ACTIVE.
+                        assert_eq!(vmsa_features, 0, "{platform}");
                     }
                     _ => {}
                 }
             }
             assert!(imports > 7 + 16, "{platform}: {imports} pages");
             assert_eq!(reset_page, platform == Platform::Tdx, "{platform}");
+            assert_eq!(
+                secret_page,
+                matches!(platform, Platform::Sev | Platform::SevEs),
+                "{platform}"
+            );
             let regs = plan.vp_contexts()[ctx.expect("VP 0 context") as usize];
             if platform == Platform::Tdx {
                 // The TDX module's initial state: the reset page takes it from there.
@@ -847,17 +998,153 @@ mod tests {
             assert_eq!(regs.cr3, layout::PML4, "{platform}");
             assert_eq!(regs.cr0, CR0, "{platform}");
             assert_eq!(regs.efer & EFER, EFER, "{platform}");
+            // Apart from EFER.SVME (which KVM forces on a VMSA), one start state for all.
+            let mut same = regs;
+            same.efer &= !EFER_SVME;
+            start_regs.push(same);
             let m = relaunch_core::measure::expected(plan.stream()).expect("measure");
+            use relaunch_core::measure::Measurement as M;
             match platform {
-                Platform::Snp => assert!(matches!(m, relaunch_core::measure::Measurement::Snp(_))),
-                _ => assert_eq!(m, relaunch_core::measure::Measurement::None),
+                Platform::Snp => assert!(matches!(m, M::Snp(_))),
+                Platform::Sev => assert!(matches!(m, M::Sev(_))),
+                Platform::SevEs => assert!(matches!(m, M::SevEs(_))),
+                _ => assert_eq!(m, M::None),
             }
         }
+        assert_eq!(start_regs.len(), 4);
+        assert!(start_regs.iter().all(|r| *r == start_regs[0]));
     }
 
     #[test]
     fn packed_sample_parses_and_plans_with_the_core() {
         check_with_core(&pack(&sample_elf()).unwrap(), 0x10_0000);
+    }
+
+    /// The guests' SHA-256 against the FIPS 180-2 examples (Appendix B.1, B.2, B.3) and
+    /// the sha2 crate at every length around the padding boundaries.
+    #[test]
+    fn guest_sha256_matches_fips_vectors() {
+        let hex = |d: [u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(guest_sha256::digest(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(guest_sha256::digest(
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+            )),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        assert_eq!(
+            hex(guest_sha256::digest(&vec![b'a'; 1_000_000])),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        );
+        assert_eq!(
+            hex(guest_sha256::digest(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        use sha2::Digest;
+        let data: Vec<u8> = (0..4200u32).map(|i| (i * 7 + 3) as u8).collect();
+        for len in (0..=200).chain([4091, 4092, 4096, 4200]) {
+            let want: [u8; 32] = sha2::Sha256::digest(&data[..len]).into();
+            assert_eq!(guest_sha256::digest(&data[..len]), want, "length {len}");
+        }
+    }
+
+    /// The SEV secret page and sevinfo's scratch pages fit the layout: RAM below
+    /// RAM_NEEDED, clear of every page the packer imports and of the fw_cfg DMA area.
+    #[test]
+    fn secret_page_and_sevinfo_scratch_fit_the_layout() {
+        let secret = layout::SEV_SECRET_GPA;
+        assert_eq!(secret % PAGE, 0);
+        assert_eq!(u64::from(layout::SEV_SECRET_MAX), PAGE - 4);
+        let imported = pack(&sample_elf_tdx()).unwrap();
+        let file = IgvmFile::new_from_binary(&imported, None).unwrap();
+        let others: Vec<u64> = page_data(&file)
+            .into_iter()
+            .filter(|p| p.1 & (MASK_NATIVE | MASK_SNP | MASK_TDX) != 0)
+            .map(|p| p.0)
+            .collect();
+        assert!(!others.contains(&secret));
+        assert!(secret + PAGE <= layout::RAM_NEEDED);
+        assert!(
+            !in_layout(secret, PAGE),
+            "an ELF segment could claim the secret page"
+        );
+        assert!(secret + PAGE <= layout::STACK_BOTTOM);
+        let scratch = layout::SCRATCH..layout::SCRATCH + layout::SCRATCH_SIZE;
+        let pages = [
+            layout::SEVINFO_IDT,
+            layout::SEVINFO_PML4,
+            layout::SEVINFO_PDPT,
+            layout::SEVINFO_PD,
+        ];
+        for (i, &p) in pages.iter().enumerate() {
+            assert_eq!(p % PAGE, 0);
+            assert!(scratch.contains(&p) && scratch.contains(&(p + PAGE - 1)));
+            // fw_cfg's DMA descriptor (0x200000) and buffer page (0x201000).
+            assert!(p >= layout::SCRATCH + 2 * PAGE);
+            assert!(pages[i + 1..].iter().all(|&q| q != p));
+        }
+        // sevinfo's C-bit map covers 0 .. 1 GiB: everything it touches.
+        const { assert!(layout::RAM_NEEDED <= 1 << 30) };
+    }
+
+    /// The views that existed before SEV and SEV-ES were added measure as they did (the
+    /// digests `relaunch measure boot-images/prebuilt/hello.igvm --vcpu-sig 0x800f12` gave
+    /// for the previous prebuilt image), and the new views' digests are the ones
+    /// `boot-images/tools/sev_measure.py` computes independently (sev-snp-measure's SEV-ES
+    /// rules over our own IGVM reader).
+    #[test]
+    fn prebuilt_hello_measurements() {
+        use relaunch_core::plan::Platform;
+        let measure = |platform, vcpus| {
+            let mut cfg = config(platform);
+            cfg.vcpus = vcpus;
+            cfg.vcpu_sig = 0x80_0F12;
+            cfg.guest_features = 0;
+            let plan = relaunch_core::plan::plan(PREBUILT_IGVM, &cfg).unwrap();
+            relaunch_core::measure::expected(plan.stream())
+                .unwrap()
+                .to_string()
+        };
+        for (platform, vcpus, want) in [
+            (
+                Platform::Snp,
+                1,
+                "76c5e0e301a0a9a9d1d47275bf98f6a676fa2bfc683c0c2307dc7ed398508d95\
+                 74fb45919ab291b018d12eec3acad77f",
+            ),
+            (
+                Platform::Snp,
+                4,
+                "dd2aba3f4ff7b37d5bcbef10f4743f0d8c94078998150ed6b0a3362452fee889\
+                 4e8fe72096ecc26a313749f54b1bfc50",
+            ),
+            (
+                Platform::Tdx,
+                1,
+                "001efdcd5af29a62fa8ec3fab2a1ca2afedb82b66a78ff7458d33ce38945ef13\
+                 4170175784563cf468e7936acadeb80d",
+            ),
+            (
+                Platform::Sev,
+                1,
+                "e195435443b07726ead4a506a05cc6aa1b860b073b75b6e19286ca97c6d480f9",
+            ),
+            (
+                Platform::SevEs,
+                1,
+                "6bdc3bf7e99e6a277c156336564b39dd4b889fb27bb82357a3f3b02c26a19628",
+            ),
+            (
+                Platform::SevEs,
+                4,
+                "51dd0da5cd9eb537c1d9b30f99a8a72675ff3559533dcf98a772c2cdc62dfc9e",
+            ),
+        ] {
+            assert_eq!(measure(platform, vcpus), want, "{platform} {vcpus}");
+        }
     }
 
     const PREBUILT_IGVM: &[u8] = include_bytes!("../prebuilt/hello.igvm");

@@ -14,7 +14,20 @@ in-kernel LAPIC for SMP). Each reset starts a new KVM VM with generation + 1.
 
 `--view tdx` loads the TDX view instead and starts every vCPU in the TDX module's initial
 state (flat 32-bit protected mode at 0xFFFFFFF0, paging off, EFER 0x901, RSI = vCPU index),
-as relaunch's emulated:tdx backend would; it proves nothing about real TDX.
+as relaunch's emulated:tdx backend would; it proves nothing about real TDX. `--view sev`
+loads the SEV view (its pages, including the launch-secret page, and its native context).
+
+`--sev-status N` gives the guest a SEV view on this ordinary KVM VM, as relaunch's emulated
+SEV platforms plan to (../shared/DESIGN.md "This host"): CPUID 0x8000001F EAX = SEV (bit 1),
+plus SEV-ES (bit 3) if N bit 1, plus SNP (bit 4) if N bit 2; EBX = C-bit 47 | reduction 1
+<< 6; CPUID 0x80000008 EAX[7:0] = 48; RDMSR of SEV_STATUS (0xC0010131) answered N from
+here (KVM_CAP_X86_USER_SPACE_MSR + KVM_X86_SET_MSR_FILTER); guest RAM aliased at GPA 1 << 47
+(a second memslot), so page tables with the C-bit set reach the same memory.
+`--sev-cpuid-only` sets only that CPUID (SEV_STATUS then is KVM's: #GP on these hosts).
+`--secret HEX` writes the launch-secret page (u32 LE length, then the bytes) before the run.
+
+    python3 boot-images/tools/kvm_smoke.py boot-images/out/sevinfo.igvm --view sev \
+        --sev-status 1 --secret 68656c6c6f
 
 Exit status: 0 after a power-off, 1 on pvpanic / error / timeout.
 """
@@ -64,6 +77,18 @@ KVM_GET_SREGS = _ior(0x83, 312)
 KVM_SET_SREGS = _iow(0x84, 312)
 KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_SET_MP_STATE = _iow(0x99, 4)
+KVM_ENABLE_CAP = _iow(0xA3, 104)          # struct kvm_enable_cap
+KVM_X86_SET_MSR_FILTER = _iow(0xC6, 392)  # struct kvm_msr_filter
+KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+KVM_MSR_FILTER_READ = 1
+EXIT_X86_RDMSR = 29
+MSR_SEV_STATUS = 0xC0010131
+# The guest-visible SEV view: C-bit 47 (CPUID 0x8000001F EBX[5:0]), 48 physical bits.
+SEV_CBIT = 47
+SEV_PHYS_BITS = 48
+# boot-images/guests/src/layout.rs SEV_SECRET_GPA
+SEV_SECRET_GPA = 0x9000
 
 EXIT_IO, EXIT_HLT, EXIT_MMIO, EXIT_SHUTDOWN = 2, 5, 6, 8
 EXIT_NAMES = {0: "unknown", 9: "fail_entry", 17: "internal_error", 24: "system_event"}
@@ -171,6 +196,8 @@ class Launch:
         region = struct.pack("<IIQQQ", 0, 0, 0, size, self.ram_ptr)
         buf = ctypes.create_string_buffer(region, 32)
         ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, buf)
+        if args.sev_status is not None:
+            self.sev_view()
         if args.vcpus > 1:
             ioctl(self.vm, KVM_CREATE_IRQCHIP)
         # Pages above RAM (the TDX reset page) get one extra memslot each.
@@ -184,6 +211,10 @@ class Launch:
                 ctypes.memmove(ptr, page, len(page))
             region = struct.pack("<IIQQQ", slot, 0, gpa, 4096, ptr)
             ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, ctypes.create_string_buffer(region, 32))
+        if args.secret is not None:
+            secret = bytes.fromhex(args.secret)
+            page = struct.pack("<I", len(secret)) + secret
+            self.ram[SEV_SECRET_GPA:SEV_SECRET_GPA + len(page)] = page
         files = {"etc/relaunch/generation": struct.pack("<Q", generation)}
         if args.reboot_until is not None:
             files["opt/relaunch/reboot-until"] = struct.pack("<Q", args.reboot_until)
@@ -194,6 +225,7 @@ class Launch:
         self.done = threading.Event()
         self.first_marker = None
         self.exits = {"io": 0, "mmio": 0}
+        self.lcr = 0
         mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE)
         cpuid = self.supported_cpuid(kvm)
         self.vcpus = []
@@ -230,13 +262,52 @@ class Launch:
         mp_state = ctypes.create_string_buffer(struct.pack("<I", 0), 4)  # RUNNABLE
         ioctl(fd, KVM_SET_MP_STATE, mp_state)
 
-    @staticmethod
-    def supported_cpuid(kvm):
+    def sev_view(self):
+        """SEV_STATUS reads exit to user space; RAM aliased at 1 << SEV_CBIT (slot 100)."""
+        cap = struct.pack("<II4Q", KVM_CAP_X86_USER_SPACE_MSR, 0, KVM_MSR_EXIT_REASON_FILTER,
+                          0, 0, 0) + bytes(64)
+        ioctl(self.vm, KVM_ENABLE_CAP, ctypes.create_string_buffer(cap, 104))
+        self.msr_bitmap = ctypes.create_string_buffer(1)  # bit clear = denied = exit
+        filt = struct.pack("<I4x", 0)  # KVM_MSR_FILTER_DEFAULT_ALLOW
+        filt += struct.pack("<IIIxxxxQ", KVM_MSR_FILTER_READ, 1, MSR_SEV_STATUS,
+                            ctypes.addressof(self.msr_bitmap))
+        filt += bytes(392 - len(filt))
+        ioctl(self.vm, KVM_X86_SET_MSR_FILTER, ctypes.create_string_buffer(filt, 392))
+        size = self.args.mem << 20
+        region = struct.pack("<IIQQQ", 100, 0, 1 << SEV_CBIT, size, self.ram_ptr)
+        ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, ctypes.create_string_buffer(region, 32))
+
+    def supported_cpuid(self, kvm):
         n = 256
         buf = ctypes.create_string_buffer(8 + 40 * n)
         struct.pack_into("<I", buf, 0, n)
         ioctl(kvm, KVM_GET_SUPPORTED_CPUID, buf)
-        return buf
+        if self.args.sev_status is None and not self.args.sev_cpuid_only:
+            return buf
+        status = self.args.sev_status or 0
+        sev_eax = (1 << 1) | ((status & 2) << 2) | ((status & 4) << 2)
+        entries = {}
+        count = struct.unpack_from("<I", buf, 0)[0]
+        for i in range(count):
+            # kvm_cpuid_entry2: function, index, flags, eax, ebx, ecx, edx, padding[3]
+            entries[i] = list(struct.unpack_from("<7I", buf, 8 + 40 * i))
+        def put(function, eax, ebx):
+            for e in entries.values():
+                if e[0] == function:
+                    e[3], e[4] = eax, ebx
+                    return
+            entries[len(entries)] = [function, 0, 0, eax, ebx, 0, 0]
+        put(0x8000001F, sev_eax, SEV_CBIT | (1 << 6))
+        for e in entries.values():
+            if e[0] == 0x80000008:
+                e[3] = (e[3] & ~0xFF) | SEV_PHYS_BITS
+            if e[0] == 0x80000000:
+                e[3] = max(e[3], 0x8000001F)
+        out = ctypes.create_string_buffer(8 + 40 * len(entries))
+        struct.pack_into("<I", out, 0, len(entries))
+        for i, e in sorted(entries.items()):
+            struct.pack_into("<7I", out, 8 + 40 * i, *e)
+        return out
 
     @staticmethod
     def set_context(fd, c):
@@ -284,7 +355,9 @@ class Launch:
         self.exits["io"] += 1
         if out and port == 0x80 and self.first_marker is None:
             self.first_marker = time.monotonic() - self.start
-        if port == 0x3F8 and out:
+        if port == 0x3FB and out:
+            self.lcr = value  # bit 7 (DLAB): 0x3F8 is the divisor latch, not THR
+        elif port == 0x3F8 and out and not self.lcr & 0x80:
             sys.stdout.buffer.write(bytes(data[:1]))
             sys.stdout.flush()
         elif port == 0x3FD and not out:
@@ -328,6 +401,14 @@ class Launch:
                 _addr, _data, length, is_write = struct.unpack_from("<Q8sIB", run, 32)
                 if not is_write:
                     run[40:40 + length] = b"\xff" * length
+            elif reason == EXIT_X86_RDMSR:
+                # kvm_run.msr: error u8 @32, reason u32 @40, index u32 @44, data u64 @48
+                index = struct.unpack_from("<I", run, 44)[0]
+                if index == MSR_SEV_STATUS:
+                    struct.pack_into("<BQ", run, 32, 0, 0)
+                    struct.pack_into("<Q", run, 48, self.args.sev_status)
+                else:
+                    struct.pack_into("<B", run, 32, 1)  # error: #GP
             elif reason == EXIT_HLT:
                 self.finish(f"hlt:vcpu{index}")
             elif reason == EXIT_SHUTDOWN:
@@ -363,9 +444,14 @@ def main():
     p.add_argument("--max-launches", type=int, default=20)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--verbose", action="store_true", help="registers at a triple fault")
-    p.add_argument("--view", choices=["native", "tdx"], default="native")
+    p.add_argument("--view", choices=["native", "tdx", "sev"], default="native")
+    p.add_argument("--sev-status", type=lambda v: int(v, 0),
+                   help="emulate a SEV view whose SEV_STATUS MSR reads this value")
+    p.add_argument("--sev-cpuid-only", action="store_true",
+                   help="CPUID 0x8000001F reports SEV, SEV_STATUS is left to KVM")
+    p.add_argument("--secret", help="launch secret bytes (hex) for the secret page")
     args = p.parse_args()
-    igvm = Igvm(open(args.igvm, "rb").read(), {"native": 0, "tdx": 3}[args.view])
+    igvm = Igvm(open(args.igvm, "rb").read(), {"native": 0, "tdx": 3, "sev": 4}[args.view])
     kvm = os.open("/dev/kvm", os.O_RDWR)
     for generation in range(1, args.max_launches + 1):
         launch = Launch(kvm, igvm, args, generation)

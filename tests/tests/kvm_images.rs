@@ -192,6 +192,164 @@ fn kvm_image_junk_is_survived() {
     assert!(output(&cfg).contains("survived"));
 }
 
+/// The `sevinfo: ` lines of a run (docs/boot-images.md "sevinfo's output contract").
+fn sevinfo_lines(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("sevinfo: "))
+        .collect()
+}
+
+fn hex_field(line: &str, name: &str) -> u32 {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix("=0x"))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    u32::from_str_radix(v, 16).unwrap()
+}
+
+/// sevinfo on the native view of this host: it reports the CPUID the VMM gave it (the host's
+/// `KVM_GET_SUPPORTED_CPUID`), reads SEV_STATUS only where CPUID 0x8000001F EAX bit 1 (SEV)
+/// says the MSR exists (AMD APM Vol. 2 §15.34.10), never builds C-bit tables on a guest
+/// that is not SEV, finds no launch secret in zeroed RAM, and powers off.
+#[test]
+fn kvm_image_sevinfo_reports_the_native_view() {
+    let Some(host) = host(true) else { return };
+    let Some((_, bundle)) = image("sevinfo") else {
+        return;
+    };
+    let plan = plan_native(&host, &bundle, 1);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    let out = output(&cfg);
+    let lines = sevinfo_lines(&out);
+    assert_eq!(lines.len(), 7, "{out:?}");
+    assert_eq!(lines[0], "start");
+    assert_eq!(lines[6], "done");
+    let entry = |function: u32| {
+        host.cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == 0)
+            .map(|e| (e.eax, e.ebx))
+    };
+    let max_ext = entry(0x8000_0000).map(|e| e.0).unwrap_or(0);
+    // CPUID 0x8000001F: the host's values, or "absent" where the largest extended leaf is
+    // below it.
+    let sev_eax = if max_ext >= 0x8000_001F {
+        let l = lines[1];
+        assert!(l.starts_with("cpuid 8000001f eax=0x"), "{l:?}");
+        let (eax, ebx) = (hex_field(l, "eax"), hex_field(l, "ebx"));
+        if let Some(want) = entry(0x8000_001F) {
+            assert_eq!((eax, ebx), want, "{l:?}");
+        }
+        eax
+    } else {
+        assert_eq!(lines[1], "cpuid 8000001f absent");
+        0
+    };
+    if max_ext >= 0x8000_0008 {
+        let eax = hex_field(lines[2], "eax");
+        if let Some(want) = entry(0x8000_0008) {
+            assert_eq!(eax, want.0, "{:?}", lines[2]);
+        }
+    } else {
+        assert_eq!(lines[2], "cpuid 80000008 absent");
+    }
+    if sev_eax & 2 == 0 {
+        assert_eq!(
+            lines[3],
+            "sev_status not read (cpuid 8000001f eax bit 1 clear)"
+        );
+    } else {
+        // A host that reports SEV to ordinary guests: KVM answers the MSR or raises #GP,
+        // which sevinfo catches.
+        assert!(
+            lines[3] == "sev_status #GP" || lines[3].starts_with("sev_status=0x"),
+            "{:?}",
+            lines[3]
+        );
+        println!("sevinfo on a host with SEV in CPUID: {}", lines[3]);
+    }
+    // Not a SEV guest: no C-bit tables (SEV_STATUS bit 0 is clear or was never read).
+    assert_eq!(lines[4], "c-bit paging skipped (sev_status bit 0 clear)");
+    assert_eq!(lines[5], "secret none");
+    assert!(!out.contains("exception"), "{out:?}");
+}
+
+/// sevinfo under a guest-visible SEV view, run by `boot-images/tools/kvm_smoke.py` (its own
+/// KVM runner, not relaunch): CPUID 0x8000001F with SEV (and SEV-ES / SNP per SEV_STATUS),
+/// C-bit 47, SEV_STATUS from user space, RAM aliased at 1 << 47. sevinfo must print that
+/// view, run on page tables with the C-bit set, and hash the launch secret written at
+/// layout::SEV_SECRET_GPA (u32 LE length, then the bytes); with CPUID alone (no MSR) its
+/// RDMSR #GP is caught.
+#[test]
+fn kvm_image_sevinfo_under_an_emulated_sev_view() {
+    let Some(_host) = host(true) else { return };
+    let Some((path, _)) = image("sevinfo") else {
+        return;
+    };
+    let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../boot-images/tools/kvm_smoke.py");
+    let smoke = |args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(&tool)
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("python3 (boot-images/tools/kvm_smoke.py)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let secret = b"relaunch launch secret";
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let want = relaunch::json::hex(&Sha256::digest(secret));
+    // SEV_STATUS 0x3: SEV and SEV-ES. CPUID EAX: SEV (bit 1) | SEV-ES (bit 3); EBX: C-bit 47
+    // | reduction 1 << 6 (AMD APM Vol. 3 §E.4.17).
+    let out = smoke(&["--view", "sev", "--sev-status", "3", "--secret", &hex]);
+    assert_eq!(
+        sevinfo_lines(&out),
+        vec![
+            "start",
+            "cpuid 8000001f eax=0x0000000a ebx=0x0000006f",
+            "cpuid 80000008 eax=0x00003030",
+            "sev_status=0x3",
+            "c-bit paging ok (c-bit 47, cr3=0x8000002fd000)",
+            &format!("secret sha256={want}"),
+            "done",
+        ],
+        "{out}"
+    );
+    // The largest secret, and one byte too many (then "none").
+    let big = vec![0xA5u8; 4092];
+    let big_hex: String = big.iter().map(|b| format!("{b:02x}")).collect();
+    let out = smoke(&["--view", "sev", "--sev-status", "1", "--secret", &big_hex]);
+    let want = relaunch::json::hex(&Sha256::digest(&big));
+    assert!(
+        out.contains(&format!("sevinfo: secret sha256={want}\n")),
+        "{out}"
+    );
+    let out = smoke(&[
+        "--view",
+        "sev",
+        "--sev-status",
+        "1",
+        "--secret",
+        &(big_hex + "a5"),
+    ]);
+    assert!(out.contains("sevinfo: secret none\n"), "{out}");
+    // CPUID says SEV, but nothing answers SEV_STATUS: KVM's #GP is caught and reported.
+    let out = smoke(&["--sev-cpuid-only"]);
+    let lines = sevinfo_lines(&out);
+    assert_eq!(lines[3], "sev_status #GP", "{out}");
+    assert_eq!(lines[4], "c-bit paging skipped (sev_status bit 0 clear)");
+    assert_eq!(lines.last(), Some(&"done"));
+}
+
 fn cli(args: &[&str]) -> u8 {
     let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     relaunch::cli::main(&v)

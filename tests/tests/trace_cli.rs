@@ -280,6 +280,20 @@ fn trace_hello_igvm_snp_and_tdx() {
     }
 }
 
+/// The boot images' SEV and SEV-ES views (`boot-images/src/lib.rs`) through the SEV
+/// backend and the model: LAUNCH_UPDATE_DATA of every page, LAUNCH_UPDATE_VMSA for SEV-ES,
+/// and the digest `relaunch measure` predicts.
+#[test]
+fn trace_hello_igvm_sev_and_sev_es() {
+    let Some(f) = bundle("boot-images/out/hello.igvm") else {
+        return;
+    };
+    for vcpus in [1, 4] {
+        check(&f, "sev-es", Platform::SevEs, vcpus);
+        check(&f, "sev", Platform::Sev, vcpus);
+    }
+}
+
 #[test]
 fn trace_ovmf_snp_sev_es_sev() {
     let Some(f) = bundle(".oracles/ovmf/usr/share/ovmf/OVMF.fd") else {

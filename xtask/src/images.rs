@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use crate::workspace_root;
 
 /// The guests, in build order.
-pub const GUESTS: [&str; 4] = ["hello", "reboot-loop", "smp", "junk"];
+pub const GUESTS: [&str; 5] = ["hello", "reboot-loop", "smp", "junk", "sevinfo"];
 
 /// `cargo xtask build-images [--check] [--update-prebuilt]`.
 pub fn build_images(args: &[String]) -> anyhow::Result<()> {

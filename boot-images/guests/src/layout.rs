@@ -51,5 +51,24 @@ pub const SCRATCH_SIZE: u64 = 0x10_0000;
 /// The lowest RAM size the guests run with (everything above ends below this).
 pub const RAM_NEEDED: u64 = SCRATCH + SCRATCH_SIZE;
 
+/// The SEV launch-secret page: where a VMM's `LAUNCH_SECRET` puts the secret (one 4 KiB
+/// page, RAM in every view). Contents: a u32 LE length, then that many secret bytes; a
+/// length of 0 or above [`SEV_SECRET_MAX`] means "no secret". The SEV and SEV-ES views
+/// import it as a zero page (so "no secret" is what a launch without one leaves there);
+/// in the other views it is plain RAM, zero at start.
+pub const SEV_SECRET_GPA: u64 = 0x9000;
+/// Most secret bytes the page holds (4096 minus the length field).
+pub const SEV_SECRET_MAX: u32 = 4096 - 4;
+
+/// `sevinfo`'s exception table (IDT, 32 gates), built at run time in [`SCRATCH`].
+pub const SEVINFO_IDT: u64 = SCRATCH + SCRATCH_SIZE - 4 * 0x1000;
+/// `sevinfo`'s C-bit page tables, built at run time in [`SCRATCH`]: PML4, PDPT and one
+/// page directory of 2 MiB pages (identity map of 0 .. 1 GiB with the C-bit set).
+pub const SEVINFO_PML4: u64 = SCRATCH + SCRATCH_SIZE - 3 * 0x1000;
+/// PDPT of [`SEVINFO_PML4`].
+pub const SEVINFO_PDPT: u64 = SCRATCH + SCRATCH_SIZE - 2 * 0x1000;
+/// The page directory of [`SEVINFO_PML4`].
+pub const SEVINFO_PD: u64 = SCRATCH + SCRATCH_SIZE - 0x1000;
+
 /// The byte every guest writes to port 0x80 first thing at entry.
 pub const BOOT_MARKER: u8 = 0x01;

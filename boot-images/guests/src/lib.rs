@@ -12,6 +12,7 @@ pub mod layout;
 pub mod platform;
 pub mod power;
 pub mod serial;
+pub mod sha256;
 
 use core::arch::global_asm;
 
