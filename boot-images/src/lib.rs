@@ -1112,35 +1112,35 @@ mod tests {
             (
                 Platform::Snp,
                 1,
-                "76c5e0e301a0a9a9d1d47275bf98f6a676fa2bfc683c0c2307dc7ed398508d95\
-                 74fb45919ab291b018d12eec3acad77f",
+                "d08b79ffae5644f252c9304d485de78e395bc90cbf2e5adb6ed53b8562281b49\
+                 91640c806ba00bd59edfe268acd1d333",
             ),
             (
                 Platform::Snp,
                 4,
-                "dd2aba3f4ff7b37d5bcbef10f4743f0d8c94078998150ed6b0a3362452fee889\
-                 4e8fe72096ecc26a313749f54b1bfc50",
+                "b2902d601cddf91c2dbc4f65e814efed54f107da7b2bca8ef1b8775a02801793\
+                 fd3897b495e304b8e212c3e8508c2978",
             ),
             (
                 Platform::Tdx,
                 1,
-                "001efdcd5af29a62fa8ec3fab2a1ca2afedb82b66a78ff7458d33ce38945ef13\
-                 4170175784563cf468e7936acadeb80d",
+                "49ba07cd6ae25f7c91ab5db949a18c404c5625f6a7cfea80e3f47867dc018e10\
+                 cb65b8e58ab3a93fc92ba564d4bbc116",
             ),
             (
                 Platform::Sev,
                 1,
-                "e195435443b07726ead4a506a05cc6aa1b860b073b75b6e19286ca97c6d480f9",
+                "5a64380bf85675b271158ad30db65114816b7b30026e990c8dc49199e164fb87",
             ),
             (
                 Platform::SevEs,
                 1,
-                "6bdc3bf7e99e6a277c156336564b39dd4b889fb27bb82357a3f3b02c26a19628",
+                "d9fd7f10e10589b5c4876f4ee72491e0d121ad1d2e82de81504f0c76252ecff0",
             ),
             (
                 Platform::SevEs,
                 4,
-                "51dd0da5cd9eb537c1d9b30f99a8a72675ff3559533dcf98a772c2cdc62dfc9e",
+                "2fb09a8d33a14834fc6c87a9994a4b51b98673f15e45c0d059bc49c10cf4b794",
             ),
         ] {
             assert_eq!(measure(platform, vcpus), want, "{platform} {vcpus}");

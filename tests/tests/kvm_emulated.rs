@@ -123,7 +123,7 @@ fn run_emulated(name: &str, platform: Platform, vcpus: u32, want: &[(&str, u64)]
     let _ = std::fs::remove_file(&audit);
 }
 
-const PLATFORMS: [Platform; 2] = [Platform::Snp, Platform::Tdx];
+const PLATFORMS: [Platform; 4] = [Platform::Snp, Platform::SevEs, Platform::Sev, Platform::Tdx];
 
 #[test]
 fn emulated_hello_on_every_platform() {
@@ -158,6 +158,58 @@ fn emulated_smp_on_every_platform() {
 fn emulated_junk_on_every_platform() {
     for p in PLATFORMS {
         run_emulated("junk", p, 1, &[("junk: survived", LAUNCHES)]);
+    }
+}
+
+/// The SEV guest view: CPUID 0x8000001F.EAX has SEV (bit 1), SEV-ES (bit 3), SNP (bit 4) as
+/// the platform has them, EBX the C-bit 47 and a physical-address reduction of 1 (bits 11:6),
+/// and `SEV_STATUS` (MSR 0xC0010131) bit 0 SEV, bit 1 SEV-ES, bit 2 SNP (AMD APM vol. 2
+/// §15.34.10, vol. 3 CPUID Fn8000_001F); page tables with the C-bit set reach RAM. A TD
+/// sees no SEV leaf.
+#[test]
+fn emulated_sevinfo_sees_its_platform() {
+    for (p, lines) in [
+        (
+            Platform::Sev,
+            &[
+                "sevinfo: cpuid 8000001f eax=0x00000002 ebx=0x0000006f",
+                "sevinfo: sev_status=0x1",
+                "sevinfo: c-bit paging ok (c-bit 47,",
+            ][..],
+        ),
+        (
+            Platform::SevEs,
+            &[
+                "sevinfo: cpuid 8000001f eax=0x0000000a ebx=0x0000006f",
+                "sevinfo: sev_status=0x3",
+                "sevinfo: c-bit paging ok (c-bit 47,",
+            ][..],
+        ),
+        (
+            Platform::Snp,
+            &[
+                "sevinfo: cpuid 8000001f eax=0x0000001a ebx=0x0000006f",
+                "sevinfo: sev_status=0x7",
+                "sevinfo: c-bit paging ok (c-bit 47,",
+            ][..],
+        ),
+        (
+            Platform::Tdx,
+            &[
+                "sevinfo: cpuid 8000001f eax=0x00000000",
+                "sevinfo: sev_status not read",
+            ][..],
+        ),
+    ] {
+        let want: Vec<(&str, u64)> = lines
+            .iter()
+            .map(|l| (*l, LAUNCHES))
+            .chain([
+                ("sevinfo: done", LAUNCHES),
+                ("sevinfo: secret none", LAUNCHES),
+            ])
+            .collect();
+        run_emulated("sevinfo", p, 1, &want);
     }
 }
 
