@@ -4,10 +4,7 @@
 
 mod kvm_common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use kvm_common::*;
 use relaunch::control::{Control, ControlServer};
@@ -24,45 +21,6 @@ const MEM: u64 = 16 << 20;
 /// mov $1, %al ; out %al, $0x80 ; cli ; 1: hlt ; jmp 1b
 /// ```
 const IDLE: &[u8] = &[0xB0, 0x01, 0xE6, 0x80, 0xFA, 0xF4, 0xEB, 0xFD];
-
-struct Client {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl Client {
-    fn connect(path: &std::path::Path) -> Client {
-        let w = UnixStream::connect(path).unwrap();
-        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client {
-            r: BufReader::new(w.try_clone().unwrap()),
-            w,
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        writeln!(self.w, "{line}").unwrap();
-        let mut reply = String::new();
-        self.r.read_line(&mut reply).unwrap();
-        reply
-    }
-
-    /// Polls `status` until it contains every one of `want` (10 s at most).
-    fn wait_status(&mut self, want: &[&str]) -> String {
-        let t = Instant::now();
-        loop {
-            let s = self.ask(r#"{"cmd":"status"}"#);
-            if want.iter().all(|w| s.contains(w)) {
-                return s;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "{want:?} never in {s}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
 
 #[test]
 fn kvm_control_socket_drives_a_session() {

@@ -5,8 +5,11 @@
 //! one reply line, an object with `"ok": true|false` (and `"error"` when false). Commands:
 //!
 //! - `status`, `measurement`: generation, state, platform, bundle, the predicted
-//!   measurement, and for SEV / SEV-ES the last `LAUNCH_MEASURE` result as
-//!   `launch_measurement` (the 32-byte MAC, hex) and `mnonce` (16 bytes, hex);
+//!   measurement, `launch_measurement` (what the platform reported for the running launch,
+//!   as in its audit record: the model's measurement on an emulated platform, the
+//!   `LAUNCH_MEASURE` MAC on real SEV / SEV-ES, `null` otherwise), and for SEV / SEV-ES the
+//!   last `LAUNCH_MEASURE` result as `launch_measure_mac` (the 32-byte MAC, hex) and `mnonce`
+//!   (16 bytes, hex) — what a guest owner verifies with its TIK;
 //! - `reset`, `power-off`: end the running launch (or the one waiting, unrun);
 //! - `continue`: ends the owner's turn, or the wait before the first launch runs;
 //! - `inject-secret` `{"cmd":"inject-secret","header":"<hex>","packet":"<hex>","gpa":N}`:
@@ -18,7 +21,7 @@
 //! [`OwnerGate`]): with `--wait-for-secret` every SEV / SEV-ES launch stops after
 //! `LAUNCH_MEASURE`, in state `awaiting-secret`, before `LAUNCH_FINISH` (the firmware's
 //! LSECRET state: only `LAUNCH_SECRET` and `LAUNCH_FINISH` remain). The owner reads
-//! `launch_measurement` and `mnonce`, checks them against the launch it expects, injects
+//! `launch_measure_mac` and `mnonce`, checks them against the launch it expects, injects
 //! any number of secrets and sends `continue`; `power-off` / `reset` instead end the launch
 //! before it runs. Every launch waits, a relaunch too: its MEASURE is new (fresh MNONCE),
 //! so a secret wrapped for the last launch no longer verifies — the guest needs a new one.
@@ -81,6 +84,8 @@ struct State {
     pending: Option<Outcome>,
     /// The last `LAUNCH_MEASURE` result (MAC ‖ MNONCE).
     measure_blob: Option<[u8; 48]>,
+    /// What the platform reported for the running launch ([`crate::backend::BuiltVm`]).
+    reported: Option<String>,
     /// The owner's turn under way: the launch id, and whether `continue` ended it.
     turn: Option<(u64, bool)>,
     /// The secret waiting for the turn's thread (request number, secret): one at a time.
@@ -123,16 +128,18 @@ impl Control {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The session starts launch `generation` of `launch` on `platform`, stopped by `run`.
+    /// The session starts launch `generation` of `launch` on `platform`, stopped by `run`;
+    /// the platform reported `reported` about its measurement.
     pub fn launching(
         &self,
         generation: u64,
         launch: &Arc<Launch>,
-        platform: &'static str,
-        emulated: bool,
+        (platform, emulated): (&'static str, bool),
+        reported: Option<&str>,
         run: &Arc<RunControl>,
     ) {
         let mut s = self.lock();
+        s.reported = reported.map(str::to_owned);
         s.generation = generation;
         s.launch = Some(Arc::clone(launch));
         s.platform = platform;
@@ -214,9 +221,10 @@ impl Control {
                     emulated: s.emulated,
                     bundle_sha256: l.map(Launch::bundle_sha256),
                     predicted_measurement: l.and_then(Launch::predicted_measurement),
+                    launch_measurement: s.reported.as_deref(),
                     // What SEV / SEV-ES LAUNCH_MEASURE returned (the other platforms report
                     // no such value to the host).
-                    launch_measurement: blob.map(|b| crate::json::hex(&b[..32])),
+                    launch_measure_mac: blob.map(|b| crate::json::hex(&b[..32])),
                     mnonce: blob.map(|b| crate::json::hex(&b[32..])),
                     awaiting_launch: s.turn.filter(|t| !t.1).map(|t| t.0),
                 };
@@ -416,7 +424,8 @@ struct Status<'a> {
     emulated: bool,
     bundle_sha256: Option<&'a str>,
     predicted_measurement: Option<&'a str>,
-    launch_measurement: Option<String>,
+    launch_measurement: Option<&'a str>,
+    launch_measure_mac: Option<String>,
     mnonce: Option<String>,
     /// The launch id waiting at the owner's turn.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -598,7 +607,7 @@ mod tests {
             1 << 20,
             0,
         )));
-        c.launching(3, &l, "native", false, &run);
+        c.launching(3, &l, ("native", false), None, &run);
         let s = c.handle(r#"{"cmd":"measurement"}"#);
         assert!(
             s.contains("\"generation\":3") && s.contains("\"state\":\"running\""),
@@ -770,7 +779,7 @@ mod tests {
         let t = turn(&c, 7);
         wait_state(&c, "awaiting-secret");
         let st = status(&c);
-        assert_eq!(st["launch_measurement"], "11".repeat(32));
+        assert_eq!(st["launch_measure_mac"], "11".repeat(32));
         assert_eq!(st["mnonce"], "22".repeat(16));
         assert_eq!(st["awaiting_launch"], 7);
         assert_eq!(c.handle(&inject_line(32, "4096")), "{\"ok\":true}");
@@ -786,7 +795,7 @@ mod tests {
         assert!(c.handle(&inject_line(16, "0")).contains("owner's turn"));
         // The first-run wait is over too, and the measurement stays visible.
         assert_eq!(c.wait_continue(), None);
-        assert_eq!(status(&c)["launch_measurement"], "11".repeat(32));
+        assert_eq!(status(&c)["launch_measure_mac"], "11".repeat(32));
         assert!(status(&c).get("awaiting_launch").is_none());
         // A relaunch has its own turn.
         c.ended();

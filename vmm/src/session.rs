@@ -650,8 +650,8 @@ pub fn run_session(
                 c.launching(
                     generation,
                     &current,
-                    backend.platform().name(),
-                    backend.emulated(),
+                    (backend.platform().name(), backend.emulated()),
+                    launch_measurement.as_deref(),
                     &ctl,
                 );
                 // `--wait-for-secret`: nothing of the guest runs before `continue` (or a

@@ -1,8 +1,10 @@
 //! Shared helpers of the KVM integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use relaunch::audit::{AuditLog, EventSink};
 use relaunch::backend::native::NativeBackend;
@@ -102,4 +104,46 @@ pub fn pct_us(v: &[Duration], p: f64) -> u128 {
     }
     let i = ((s.len() - 1) as f64 * p).round() as usize;
     s[i].as_micros()
+}
+
+/// A control-socket client (`--control`): one request line, one reply line.
+pub struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects to the socket at `path` (10 s read timeout).
+    pub fn connect(path: &std::path::Path) -> Client {
+        let w = UnixStream::connect(path).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            r: BufReader::new(w.try_clone().unwrap()),
+            w,
+        }
+    }
+
+    /// Sends `line`, returns the reply line.
+    pub fn ask(&mut self, line: &str) -> String {
+        writeln!(self.w, "{line}").unwrap();
+        let mut reply = String::new();
+        self.r.read_line(&mut reply).unwrap();
+        reply
+    }
+
+    /// Polls `status` until it contains every one of `want` (10 s at most).
+    pub fn wait_status(&mut self, want: &[&str]) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.ask(r#"{"cmd":"status"}"#);
+            if want.iter().all(|w| s.contains(w)) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{want:?} never in {s}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }

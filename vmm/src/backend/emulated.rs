@@ -150,6 +150,10 @@ impl Backend for EmulatedBackend {
         Ok(built)
     }
 
+    fn set_owner_gate(&self, gate: Option<Arc<dyn super::OwnerGate>>) -> bool {
+        self.inner.set_owner_gate(gate)
+    }
+
     fn exit_handler(
         &self,
         devices: Arc<Mutex<Devices>>,

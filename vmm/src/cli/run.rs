@@ -370,12 +370,20 @@ where
             "--wait-for-secret needs --control (something must send continue)".into(),
         ));
     }
-    if !o.sev_model_keys.is_empty() && !matches!(o.platform, Some(Platform::Sev | Platform::SevEs))
+    if !o.sev_model_keys.is_empty()
+        && !(o.emulated && matches!(o.platform, Some(Platform::Sev | Platform::SevEs)))
     {
         return Err(ArgError::Other(
             "--tik, --tek and --mnonce configure an emulated SEV or SEV-ES firmware; they \
-             need --platform sev or sev-es (on real hardware the keys come from the \
-             LAUNCH_START session)"
+             need --platform emulated:sev or emulated:sev-es (on real hardware the keys come \
+             from the LAUNCH_START session)"
+                .into(),
+        ));
+    }
+    if o.wait_for_secret && o.prestage {
+        return Err(ArgError::Other(
+            "--prestage cannot be combined with --wait-for-secret: a prestaged launch would \
+             wait for its owner while the previous one runs"
                 .into(),
         ));
     }
@@ -508,10 +516,11 @@ pub fn main(args: &[OsString]) -> u8 {
     };
     // Before anything is created: a platform this host cannot run is a usage error.
     let selected = if opts.emulated {
-        let model = crate::model::ModelConfig {
+        let mut model = crate::model::ModelConfig {
             vcpu_sig: host_signature(),
             ..crate::model::ModelConfig::default()
         };
+        opts.sev_model_keys.apply(&mut model);
         crate::backend::emulated::EmulatedBackend::new(platform, &host.kvm, model)
             .map(|b| Box::new(b) as Box<dyn crate::backend::Backend>)
     } else {
@@ -560,10 +569,15 @@ pub fn main(args: &[OsString]) -> u8 {
         },
         _ => None,
     };
+    // SEV / SEV-ES launches give the owner their turn through the control socket (between
+    // LAUNCH_MEASURE and LAUNCH_FINISH; it waits only with --wait-for-secret).
+    if let Some(c) = &control {
+        backend.set_owner_gate(Some(Arc::clone(c) as Arc<dyn crate::backend::OwnerGate>));
+    }
     crate::elog!(
         "relaunch: guest RAM {} MiB via {} ({} vCPU{})",
         opts.mem >> 20,
-        host.backing.name(),
+        backend.memory_backing(),
         opts.vcpus,
         if opts.vcpus == 1 { "" } else { "s" }
     );
@@ -818,8 +832,43 @@ mod tests {
         }
     }
 
+    /// `--platform emulated:<p>` names a confidential platform to emulate; `emulated:native`
+    /// and unknown names are usage errors, as is prestaging a launch that waits for its owner.
+    #[test]
+    fn emulated_platform_flag() {
+        for (name, platform) in [
+            ("emulated:snp", Platform::Snp),
+            ("emulated:sev-es", Platform::SevEs),
+            ("emulated:sev", Platform::Sev),
+            ("emulated:tdx", Platform::Tdx),
+        ] {
+            let o = p(&["b", "--platform", name]).unwrap();
+            assert_eq!((o.platform, o.emulated), (Some(platform), true), "{name}");
+        }
+        let o = p(&["b", "--platform", "snp"]).unwrap();
+        assert_eq!((o.platform, o.emulated), (Some(Platform::Snp), false));
+        for bad in [
+            "emulated:native",
+            "emulated:",
+            "emulated:sev-snp",
+            "emulated",
+        ] {
+            assert!(p(&["b", "--platform", bad]).is_err(), "{bad}");
+        }
+        let e = p(&[
+            "b",
+            "--control",
+            "/tmp/x.sock",
+            "--wait-for-secret",
+            "--prestage",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--prestage cannot be combined"), "{e}");
+    }
+
     /// `--tik FILE` / `--tek FILE` are 16 raw bytes, `--mnonce` 32 hex digits; they go into
-    /// the model's config only where given, and need a SEV / SEV-ES platform. Every bad value
+    /// the model's config only where given, and need an emulated SEV / SEV-ES platform. Every bad value
     /// is a usage error (exit 2) with a sentence naming the flag.
     #[test]
     fn sev_model_key_flags() {
@@ -836,7 +885,7 @@ mod tests {
         let o = p(&[
             "b",
             "--platform",
-            "sev-es",
+            "emulated:sev-es",
             "--tik",
             &tik,
             "--tek",
@@ -861,7 +910,7 @@ mod tests {
             ([1; 16], [2; 16], Some([0xF; 16]))
         );
         // Only what is given changes.
-        let only_tek = p(&["b", "--platform", "sev", "--tek", &tek])
+        let only_tek = p(&["b", "--platform", "emulated:sev", "--tek", &tek])
             .unwrap()
             .sev_model_keys;
         let mut cfg = ModelConfig::default();
@@ -871,26 +920,43 @@ mod tests {
         let missing = dir.join("missing").to_string_lossy().into_owned();
         for (args, want) in [
             (
-                vec!["b", "--platform", "sev", "--tik", &short],
+                vec!["b", "--platform", "emulated:sev", "--tik", &short],
                 "exactly 16 raw bytes, this one 15",
             ),
             (
-                vec!["b", "--platform", "sev", "--tek", &long],
+                vec!["b", "--platform", "emulated:sev", "--tek", &long],
                 "this one more",
             ),
-            (vec!["b", "--platform", "sev", "--tik", &missing], "--tik"),
             (
-                vec!["b", "--platform", "sev", "--mnonce", "abcd"],
+                vec!["b", "--platform", "emulated:sev", "--tik", &missing],
+                "--tik",
+            ),
+            (
+                vec!["b", "--platform", "emulated:sev", "--mnonce", "abcd"],
                 "--mnonce",
             ),
             (
-                vec!["b", "--platform", "sev", "--mnonce", &"zz".repeat(16)],
+                vec![
+                    "b",
+                    "--platform",
+                    "emulated:sev",
+                    "--mnonce",
+                    &"zz".repeat(16),
+                ],
                 "--mnonce",
             ),
-            (vec!["b", "--tik", &tik], "need --platform sev or sev-es"),
             (
-                vec!["b", "--platform", "snp", "--mnonce", &nonce],
-                "need --platform sev",
+                vec!["b", "--tik", &tik],
+                "need --platform emulated:sev or emulated:sev-es",
+            ),
+            (
+                vec!["b", "--platform", "emulated:snp", "--mnonce", &nonce],
+                "need --platform emulated:sev",
+            ),
+            // Real hardware takes its keys from the LAUNCH_START session, never a flag.
+            (
+                vec!["b", "--platform", "sev", "--tik", &tik],
+                "need --platform emulated:sev",
             ),
         ] {
             let e = p(&args).unwrap_err().to_string();
