@@ -370,9 +370,8 @@ where
             "--wait-for-secret needs --control (something must send continue)".into(),
         ));
     }
-    if !o.sev_model_keys.is_empty()
-        && !(o.emulated && matches!(o.platform, Some(Platform::Sev | Platform::SevEs)))
-    {
+    let emulated_sev = o.emulated && matches!(o.platform, Some(Platform::Sev | Platform::SevEs));
+    if !o.sev_model_keys.is_empty() && !emulated_sev {
         return Err(ArgError::Other(
             "--tik, --tek and --mnonce configure an emulated SEV or SEV-ES firmware; they \
              need --platform emulated:sev or emulated:sev-es (on real hardware the keys come \
