@@ -35,7 +35,7 @@ use crate::bench::{self, floor, guest, ms, qemu, Reaped, Summary};
 
 const USAGE: &str = "usage: cargo xtask bench relaunch [--cycles N (>= 200)] [--mem-mib N] \
                      [--cold-runs N (>= 20)] [--qemu-seconds S] [--relaunch-bin PATH] \
-                     [--baseline-bin PATH]";
+                     [--baseline-bin PATH] [--platform emulated:<snp|sev-es|sev|tdx>]";
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -50,6 +50,9 @@ struct Opts {
     /// Another `relaunch` (e.g. the previous commit's) run in the same rounds as the main
     /// variant, interleaved with it: the before/after ratio of one run.
     baseline_bin: Option<PathBuf>,
+    /// `--platform emulated:<p>`: instead of the native comparisons, the emulated platform's
+    /// relaunch latency against native relaunch of the same image ([`emulated_part`]).
+    platform: Option<String>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -60,6 +63,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         qemu_seconds: 3,
         relaunch_bin: None,
         baseline_bin: None,
+        platform: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -87,6 +91,18 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                     .with_context(|| format!("--baseline-bin needs a value; {USAGE}"))?;
                 o.baseline_bin =
                     Some(std::fs::canonicalize(p).with_context(|| format!("--baseline-bin {p}"))?);
+            }
+            "--platform" => {
+                let p = it
+                    .next()
+                    .with_context(|| format!("--platform needs a value; {USAGE}"))?;
+                let ok = p
+                    .strip_prefix("emulated:")
+                    .is_some_and(|q| ["snp", "sev-es", "sev", "tdx"].contains(&q));
+                if !ok {
+                    bail!("--platform {p}: only emulated:<snp|sev-es|sev|tdx>; {USAGE}");
+                }
+                o.platform = Some(p.clone());
             }
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}; {USAGE}"),
@@ -196,7 +212,6 @@ fn run(o: Opts) -> anyhow::Result<()> {
         guest::PAGE_GPA,
         o.mem_mib
     );
-    let mut r = Results::default();
     let bin = match &o.relaunch_bin {
         Some(b) => Some((b.clone(), "given with --relaunch-bin")),
         None => match bench::build_relaunch_for_bench() {
@@ -211,6 +226,11 @@ fn run(o: Opts) -> anyhow::Result<()> {
         println!("relaunch binary: {} ({what})", b.display());
     }
     let bin = bin.map(|(b, _)| b);
+    if let Some(p) = &o.platform {
+        let bin = bin.context("no relaunch binary to run")?;
+        return emulated_part(&o, &bin, p, &dir);
+    }
+    let mut r = Results::default();
 
     // (a) main variant and (b) the floor, interleaved.
     println!(
@@ -600,6 +620,19 @@ fn relaunch_events(
     prestage: bool,
     events: &Path,
 ) -> anyhow::Result<BTreeMap<String, Vec<Duration>>> {
+    relaunch_events_with(bin, igvm, mem_mib, launches, prestage, events, &[])
+}
+
+/// [`relaunch_events`] with `more` flags for `relaunch run`.
+fn relaunch_events_with(
+    bin: &Path,
+    igvm: &Path,
+    mem_mib: u64,
+    launches: usize,
+    prestage: bool,
+    events: &Path,
+    more: &[String],
+) -> anyhow::Result<BTreeMap<String, Vec<Duration>>> {
     let _ = std::fs::remove_file(events);
     let reboots = launches + WARMUP;
     let mut extra = vec![
@@ -612,6 +645,7 @@ fn relaunch_events(
     if prestage {
         extra.push("--prestage".into());
     }
+    extra.extend_from_slice(more);
     let mut cmd = relaunch_command(bin, igvm, mem_mib, &extra);
     println!("command: {}", command_text(&cmd));
     cmd.stdin(Stdio::null())
@@ -650,6 +684,80 @@ fn relaunch_events(
         v.drain(..skip);
     }
     Ok(t)
+}
+
+/// Rounds of the emulated comparison: native, emulated, alternating (first side flips).
+const EMU_ROUNDS: usize = 6;
+/// Guest sizes of the emulated comparison (issue 8: 64 MiB and 1 GiB).
+const EMU_MEM_MIB: [u64; 2] = [64, 1024];
+
+/// `--platform emulated:<p>`: relaunch latency of `reboot-loop.igvm` (a boot image with
+/// every platform's view; it resets at once on every launch while fw_cfg
+/// `opt/relaunch/reboot-until` is above its generation) on the emulated platform — the whole
+/// launch replayed and measured by the model on every relaunch — against native relaunch of
+/// the same image, in alternating runs, for each size in [`EMU_MEM_MIB`]. The measured share
+/// of RAM is what the bundle imports (its pages), whatever the RAM size.
+fn emulated_part(o: &Opts, bin: &Path, platform: &str, dir: &Path) -> anyhow::Result<()> {
+    let image = crate::workspace_root().join("boot-images/out/reboot-loop.igvm");
+    if !image.exists() {
+        crate::images::build_images(&[])?;
+    }
+    println!(
+        "\n-- relaunch latency, {platform} vs native, {} ({} bytes), {EMU_ROUNDS} alternating \
+         rounds per size --",
+        image.display(),
+        std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0)
+    );
+    let until = [
+        "--fw-cfg".to_string(),
+        format!("opt/relaunch/reboot-until=u64:{}", u64::MAX),
+    ];
+    let per_run = (o.cycles / EMU_ROUNDS).max(40);
+    let mut rows = Vec::new();
+    for mem in EMU_MEM_MIB {
+        let mut samples: [Vec<Duration>; 2] = Default::default();
+        for round in 0..EMU_ROUNDS {
+            let mut sides = [(0usize, None), (1usize, Some(platform))];
+            if round % 2 == 1 {
+                sides.reverse();
+            }
+            for (side, p) in sides {
+                let mut more = until.to_vec();
+                if let Some(p) = p {
+                    more.extend(["--platform".to_string(), p.to_string()]);
+                }
+                let events = dir.join(format!("events-emu-{mem}-{side}-{round}.jsonl"));
+                let t = relaunch_events_with(bin, &image, mem, per_run, false, &events, &more)
+                    .with_context(|| format!("{mem} MiB, {}", p.unwrap_or("native")))?;
+                samples[side].extend(t.get("relaunch_latency").cloned().unwrap_or_default());
+            }
+            println!("{mem} MiB round {round} done, load {}", load());
+        }
+        let (Some(native), Some(emu)) = (Summary::of(&samples[0]), Summary::of(&samples[1])) else {
+            bail!("{mem} MiB: no relaunch latency samples");
+        };
+        println!(
+            "{mem} MiB: native p50 {} ms p99 {} ms (n={}), {platform} p50 {} ms p99 {} ms (n={})",
+            ms(native.p50),
+            ms(native.p99),
+            samples[0].len(),
+            ms(emu.p50),
+            ms(emu.p99),
+            samples[1].len()
+        );
+        rows.push((mem, native, emu));
+    }
+    println!("\n| guest RAM | native relaunch p50 | {platform} relaunch p50 | ratio |");
+    println!("|---|---|---|---|");
+    for (mem, native, emu) in rows {
+        println!(
+            "| {mem} MiB | {} ms | {} ms | {} |",
+            ms(native.p50),
+            ms(emu.p50),
+            ratio(emu.p50, native.p50)
+        );
+    }
+    Ok(())
 }
 
 fn tail(s: &str) -> String {
