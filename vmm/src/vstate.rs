@@ -13,7 +13,7 @@ use crate::sys::Errno;
 /// 4 KiB.
 pub const PAGE_SIZE: u64 = 4096;
 /// Maximum entries asked of `KVM_GET_SUPPORTED_CPUID`.
-const MAX_CPUID_ENTRIES: usize = 256;
+pub const MAX_CPUID_ENTRIES: usize = 256;
 
 /// How guest RAM is backed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -98,6 +98,19 @@ impl EmulatedBackend {
                     .into(),
             });
         };
+        let mut cfg = cfg;
+        // A long relaunch loop must not grow the model's trace log.
+        cfg.record_events = false;
+        // The Secure Processor checks the SNP CPUID page against the CPU the guest runs on.
+        if cfg.firmware_cpuid.is_none() {
+            let host = real
+                .supported_cpuid(crate::vstate::MAX_CPUID_ENTRIES)
+                .map_err(|e| BackendError::Unavailable {
+                    platform,
+                    missing: format!("KVM_GET_SUPPORTED_CPUID: {e}"),
+                })?;
+            cfg.firmware_cpuid = Some(host.as_slice().to_vec());
+        }
         let model = Model::new(cfg);
         let door = EmuKvm::new(real.door(), Arc::new(model.clone()), view);
         let host = Host::with_kvm(Kvm::with(Arc::new(door)), false).map_err(|e| {

@@ -93,6 +93,10 @@ pub struct ModelConfig {
     /// every call, as the firmware does from its TRNG (`sev_guest_measure`); a fixed value
     /// makes the blob reproducible.
     pub mnonce: Option<[u8; 16]>,
+    /// Whether every call and measured page is kept for [`Model::events`] (`relaunch
+    /// trace`, tests). An emulated platform that relaunches for hours turns it off: the log
+    /// would grow with every launch. The hook and the measurement work either way.
+    pub record_events: bool,
     /// Further `KVM_CHECK_EXTENSION` answers, `(cap, value)`, on both fds.
     pub extra_caps: Vec<(u32, i32)>,
 }
@@ -112,6 +116,7 @@ impl Default for ModelConfig {
             tek: [0; 16],
             mnonce: None,
             extra_caps: Vec::new(),
+            record_events: true,
         }
     }
 }
@@ -196,6 +201,9 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub(crate) fn call(&self, rec: CallRecord) {
+        if !self.cfg.record_events {
+            return;
+        }
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -210,6 +218,9 @@ impl Shared {
             .as_ref()
         {
             h(&m);
+        }
+        if !self.cfg.record_events {
+            return;
         }
         self.log
             .lock()
