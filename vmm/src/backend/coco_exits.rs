@@ -33,6 +33,29 @@ const KVM_MEMORY_EXIT_FLAG_PRIVATE: u64 = 1 << 3;
 /// `KVM_SYSTEM_EVENT_SEV_TERM` (`include/uapi/linux/kvm.h`).
 pub const KVM_SYSTEM_EVENT_SEV_TERM: u32 = 6;
 
+/// Converts `[gpa, gpa + len)` of `memory` to private or shared: checked against guest
+/// memory first (whole pages in one region with a private backing), then KVM
+/// (`KVM_SET_MEMORY_ATTRIBUTES` through `attrs`), then the page map. Returns an errno.
+pub(crate) fn convert_pages(
+    attrs: &MemAttrs,
+    memory: &GuestMemory,
+    gpa: u64,
+    len: u64,
+    private: bool,
+) -> Result<(), i32> {
+    let ok = len > 0
+        && gpa.is_multiple_of(PAGE_SIZE)
+        && len.is_multiple_of(PAGE_SIZE)
+        && memory
+            .locate(gpa, len)
+            .is_ok_and(|(r, _)| r.states.is_some());
+    if !ok {
+        return Err(libc::EINVAL);
+    }
+    attrs.set(gpa, len, private).map_err(|e| e.errno())?;
+    memory.convert(gpa, len, private).map_err(|_| libc::EINVAL)
+}
+
 /// The exits of SEV-ES / SNP guests (module doc).
 pub struct CocoExits {
     native: NativeExits,
@@ -50,23 +73,9 @@ impl CocoExits {
         }
     }
 
-    /// Converts `[gpa, gpa + len)`: checked against guest memory first (whole pages in one
-    /// region with a private backing), then KVM, then the page map. Returns an errno.
+    /// Converts `[gpa, gpa + len)` ([`convert_pages`]).
     fn convert(&self, gpa: u64, len: u64, private: bool) -> Result<(), i32> {
-        let ok = len > 0
-            && gpa.is_multiple_of(PAGE_SIZE)
-            && len.is_multiple_of(PAGE_SIZE)
-            && self
-                .memory
-                .locate(gpa, len)
-                .is_ok_and(|(r, _)| r.states.is_some());
-        if !ok {
-            return Err(libc::EINVAL);
-        }
-        self.attrs.set(gpa, len, private).map_err(|e| e.errno())?;
-        self.memory
-            .convert(gpa, len, private)
-            .map_err(|_| libc::EINVAL)
+        convert_pages(&self.attrs, &self.memory, gpa, len, private)
     }
 
     fn map_gpa_range(&self, exit: HypercallExit<'_>) -> ExitAction {

@@ -30,7 +30,7 @@ use crate::launch::Launch;
 use crate::memory::GuestMemory;
 use crate::model::{Model, ModelConfig};
 use crate::sys::emu::{EmuKvm, GuestView, C_BIT, MSR_GHCB, MSR_SEV_STATUS};
-use crate::sys::kvm::{Kvm, PortIo, Vm};
+use crate::sys::kvm::{Kvm, MemAttrs, PortIo, Vm};
 use crate::vcpu::{ExitAction, ExitHandler, Outcome};
 use crate::vstate::Host;
 
@@ -175,7 +175,14 @@ impl Backend for EmulatedBackend {
     ) -> Arc<dyn ExitHandler> {
         let inner = self.inner.exit_handler(devices, vm, memory);
         match self.sev_status {
-            Some(status) => Arc::new(SevViewExits::new(inner, status, Arc::clone(&self.cpuid))),
+            Some(status) => {
+                let view = SevViewExits::new(inner, status, Arc::clone(&self.cpuid));
+                Arc::new(if self.inner.platform() == Platform::Snp {
+                    view.with_page_states(vm.mem_attrs(), Arc::clone(memory))
+                } else {
+                    view
+                })
+            }
             None => inner,
         }
     }
@@ -210,6 +217,8 @@ pub struct SevViewExits {
     ghcb: Mutex<Vec<u64>>,
     /// The CPUID table the vCPUs run with, for GHCB CPUID requests.
     cpuid: Arc<[kvm_cpuid_entry2]>,
+    /// SNP: the VM's attribute handle and memory, for page-state change requests.
+    psc: Option<(MemAttrs, Arc<GuestMemory>)>,
 }
 
 impl SevViewExits {
@@ -224,7 +233,15 @@ impl SevViewExits {
             status,
             ghcb: Mutex::new(Vec::new()),
             cpuid,
+            psc: None,
         }
+    }
+
+    /// Page-state change requests convert pages of `memory` (SNP: a guest's shared pages are
+    /// what devices may use).
+    pub fn with_page_states(mut self, attrs: MemAttrs, memory: Arc<GuestMemory>) -> SevViewExits {
+        self.psc = Some((attrs, memory));
+        self
     }
 
     fn ghcb_get(&self, id: u32) -> u64 {
@@ -262,9 +279,22 @@ impl SevViewExits {
             // No optional hypervisor features (bit 0 "SEV-SNP" would promise AP creation
             // and the GHCB page protocol, which this emulation does not give).
             ghcb::HV_FEATURES_REQ => ghcb::HV_FEATURES_RESP,
-            // Page-state changes: private and shared are the same memory here; success
-            // ([63:32] error code 0).
-            ghcb::PSC_REQ => ghcb::PSC_RESP,
+            // Page-state change ([55:52] operation: 1 private, 2 shared; [51:12] GFN): the
+            // page map follows, as for KVM_HC_MAP_GPA_RANGE on real SNP (the memory itself is
+            // one here). Response [63:32] error code, 0 = success.
+            ghcb::PSC_REQ => {
+                let gpa = req & 0x000F_FFFF_FFFF_F000;
+                let op = (req >> 52) & 0xF;
+                let result = match (op, &self.psc) {
+                    (1 | 2, Some((attrs, memory))) => {
+                        super::coco_exits::convert_pages(attrs, memory, gpa, 4096, op == 1)
+                    }
+                    (1 | 2, None) => Err(libc::ENOTTY),
+                    _ => Err(libc::EINVAL),
+                };
+                let code = u64::from(result.is_err());
+                (code << 32) | ghcb::PSC_RESP
+            }
             ghcb::TERM_REQ => {
                 // [15:12] reason code set, [23:16] reason code.
                 let set = (req >> 12) & 0xF;
@@ -327,5 +357,164 @@ impl ExitHandler for SevViewExits {
 
     fn tdx_exit(&self, id: u32, exit: crate::sys::tdx::TdxExit<'_>) -> ExitAction {
         self.inner.tdx_exit(id, exit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_ioctls::{MsrExitReason, ReadMsrExit, WriteMsrExit};
+
+    /// Counts what reaches the platform's own handler.
+    #[derive(Default)]
+    struct Inner(Mutex<u32>);
+
+    impl ExitHandler for Inner {
+        fn handle(&self, _id: u32, _exit: VcpuExit<'_>) -> ExitAction {
+            *self.0.lock().unwrap() += 1;
+            ExitAction::Continue
+        }
+    }
+
+    fn view() -> (Arc<Inner>, SevViewExits) {
+        let inner = Arc::new(Inner::default());
+        let cpuid: Arc<[kvm_cpuid_entry2]> = vec![kvm_cpuid_entry2 {
+            function: 0x8000_001F,
+            eax: 0x1A,
+            ebx: 0x6F,
+            ..Default::default()
+        }]
+        .into();
+        let v = SevViewExits::new(Arc::clone(&inner) as _, 0b111, cpuid);
+        (inner, v)
+    }
+
+    fn rdmsr(v: &SevViewExits, id: u32, index: u32) -> (u64, u8) {
+        let (mut data, mut error) = (0xdead, 0xff);
+        let exit = VcpuExit::X86Rdmsr(ReadMsrExit {
+            error: &mut error,
+            reason: MsrExitReason::Filter,
+            index,
+            data: &mut data,
+        });
+        assert!(matches!(v.handle(id, exit), ExitAction::Continue));
+        (data, error)
+    }
+
+    fn wrmsr(v: &SevViewExits, id: u32, index: u32, data: u64) -> (ExitAction, u8) {
+        let mut error = 0xff;
+        let exit = VcpuExit::X86Wrmsr(WriteMsrExit {
+            error: &mut error,
+            reason: MsrExitReason::Filter,
+            index,
+            data,
+        });
+        let a = v.handle(id, exit);
+        (a, error)
+    }
+
+    /// SEV_STATUS reads the platform's bits; writing it faults (#GP: `error` = 1, `api.rst`
+    /// KVM_EXIT_X86_WRMSR).
+    #[test]
+    fn sev_status_is_read_only() {
+        let (inner, v) = view();
+        assert_eq!(rdmsr(&v, 0, MSR_SEV_STATUS), (0b111, 0));
+        let (a, err) = wrmsr(&v, 0, MSR_SEV_STATUS, 0);
+        assert!(matches!(a, ExitAction::Continue));
+        assert_eq!(err, 1);
+        assert_eq!(*inner.0.lock().unwrap(), 0);
+    }
+
+    /// The GHCB MSR protocol (GHCB spec v2 §2.3.1): the response to the request the guest
+    /// wrote is what it reads back, per vCPU.
+    #[test]
+    fn ghcb_msr_protocol_requests_are_answered() {
+        let (_, v) = view();
+        let ask = |id, req| {
+            let (a, err) = wrmsr(&v, id, MSR_GHCB, req);
+            assert!(matches!(a, ExitAction::Continue));
+            assert_eq!(err, 0);
+            rdmsr(&v, id, MSR_GHCB)
+        };
+        // SEV information: [63:48] max, [47:32] min protocol, [31:24] C-bit, 0x001.
+        assert_eq!(
+            ask(0, 0x002),
+            ((2 << 48) | (1 << 32) | (47 << 24) | 0x001, 0)
+        );
+        // CPUID 0x8000001F, EBX (register 1 in bits 31:30): value in 63:32, 0x005.
+        assert_eq!(
+            ask(1, (0x8000_001F << 32) | (1 << 30) | 0x004),
+            ((0x6F << 32) | (1 << 30) | 0x005, 0)
+        );
+        // A leaf the table lacks reads as zero.
+        assert_eq!(ask(1, (0x4000_0000 << 32) | 0x004), (0x005, 0));
+        // vCPU 0's response is its own.
+        assert_eq!(rdmsr(&v, 0, MSR_GHCB).0 & 0xFFF, 0x001);
+        // Page-state change without SNP page states (SEV-ES): error code 1; hypervisor
+        // features: none; unknown: GHCBInfo 0.
+        assert_eq!(
+            ask(0, (1 << 52) | (0x123 << 12) | 0x014),
+            ((1 << 32) | 0x015, 0)
+        );
+        assert_eq!(ask(0, 0x080), (0x081, 0));
+        assert_eq!(ask(0, 0xFFE), (0, 0));
+    }
+
+    /// A termination request (0x100, reason set in 15:12, code in 23:16) ends the launch
+    /// guest-fatal with the reason; other exits go to the platform's handler.
+    #[test]
+    fn termination_request_ends_the_launch() {
+        let (inner, v) = view();
+        let (a, _) = wrmsr(&v, 2, MSR_GHCB, (0x03 << 16) | (1 << 12) | 0x100);
+        match a {
+            ExitAction::End(Outcome::GuestFatal(m)) => {
+                assert!(
+                    m.contains("vCPU 2") && m.contains("reason set 1, code 0x3"),
+                    "{m}"
+                )
+            }
+            _ => panic!("not ended"),
+        }
+        assert!(matches!(v.handle(0, VcpuExit::Hlt), ExitAction::Continue));
+        assert_eq!(*inner.0.lock().unwrap(), 1);
+    }
+
+    /// SNP page-state change through the GHCB MSR (op 2 = shared, GFN in 51:12) converts the
+    /// page as `KVM_HC_MAP_GPA_RANGE` does on real SNP: `KVM_SET_MEMORY_ATTRIBUTES` and the
+    /// page map; a page outside RAM answers a non-zero error code and changes nothing.
+    #[test]
+    fn snp_page_state_change_converts_the_page() {
+        use crate::memory::Region;
+        use crate::sys::mem::GuestMapping;
+        use crate::sys::record::Recorder;
+        let rec = Recorder::new(4, &[]);
+        let vm = Kvm::with(Arc::new(rec.clone())).create_vm(4).unwrap();
+        let gmem = Arc::new(vm.create_guest_memfd(0x10000, 0).unwrap());
+        let shared = Arc::new(GuestMapping::anonymous(0x10000).unwrap());
+        let mut memory = GuestMemory::default();
+        memory.push(Region::private(0, 0x10000, gmem, Some(shared)));
+        memory.convert(0, 0x10000, true).unwrap();
+        let memory = Arc::new(memory);
+        let (_, v) = view();
+        let v = v.with_page_states(vm.mem_attrs(), Arc::clone(&memory));
+        let ask = |req| {
+            let (a, _) = wrmsr(&v, 0, MSR_GHCB, req);
+            assert!(matches!(a, ExitAction::Continue));
+            rdmsr(&v, 0, MSR_GHCB).0
+        };
+        assert_eq!(ask((2 << 52) | (3 << 12) | 0x014), 0x015);
+        assert!(!memory.is_private(0x3000));
+        assert!(memory.is_private(0x2000) && memory.is_private(0x4000));
+        assert!(rec
+            .lines()
+            .iter()
+            .any(|l| l
+                .contains("KVM_SET_MEMORY_ATTRIBUTES address=0x3000 size=0x1000 attributes=0x0")));
+        // Outside RAM, and an operation that is neither private nor shared.
+        assert_eq!(ask((2 << 52) | (0x100 << 12) | 0x014), (1 << 32) | 0x015);
+        assert_eq!(ask((7 << 52) | (3 << 12) | 0x014), (1 << 32) | 0x015);
+        // Back to private.
+        assert_eq!(ask((1 << 52) | (3 << 12) | 0x014), 0x015);
+        assert!(memory.is_private(0x3000));
     }
 }

@@ -477,3 +477,116 @@ impl VcpuIoctls for EmuVcpu {
 
 /// EFER.SVME (AMD APM vol. 2 §3.1.7).
 const EFER_SVME: u64 = 1 << 12;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Model, ModelConfig};
+    use crate::sys::kvm::{Kvm, KVM_CAP_GUEST_MEMFD_FLAGS};
+    use crate::sys::mem::GuestMapping;
+    use crate::sys::record::Recorder;
+
+    /// The real kernel is the recorder (it sees exactly what an ordinary VM would get), the
+    /// firmware the model.
+    fn door(view: GuestView) -> (Recorder, Model, Kvm) {
+        let rec = Recorder::new(8, &[(KVM_CAP_NR_MEMSLOTS, 32)]);
+        let model = Model::new(ModelConfig::default());
+        let emu = EmuKvm::new(Arc::new(rec.clone()), Arc::new(model.clone()), view);
+        (rec, model, Kvm::with(Arc::new(emu)))
+    }
+
+    const SNP: GuestView = GuestView::Sev {
+        features: (1 << 1) | (1 << 3) | (1 << 4),
+    };
+
+    /// Real KVM gets a type-0 VM, the SEV MSRs filtered to user space, the shared mapping
+    /// only (no guest_memfd) and its alias at the C-bit (`api.rst`: KVM_X86_SET_MSR_FILTER,
+    /// KVM_SET_USER_MEMORY_REGION2); guest_memfd, attributes and launch commands never reach
+    /// it.
+    #[test]
+    fn an_ordinary_vm_gets_shared_memory_and_the_sev_view() {
+        let (rec, model, kvm) = door(SNP);
+        // The memslot budget halves (one alias per slot) and the platform's caps are the
+        // model's (the real kernel here has no guest_memfd).
+        assert_eq!(kvm.check_extension(KVM_CAP_NR_MEMSLOTS), 16);
+        assert_eq!(
+            kvm.check_extension(KVM_CAP_GUEST_MEMFD_FLAGS),
+            model.check_extension(KVM_CAP_GUEST_MEMFD_FLAGS)
+        );
+        let mut vm = kvm.create_vm(4).unwrap();
+        let shared = Arc::new(GuestMapping::anonymous(0x10000).unwrap());
+        let gmem = Arc::new(vm.create_guest_memfd(0x10000, 0).unwrap());
+        vm.add_memslot(0, 0x10000, Some(&shared), Some(&gmem))
+            .unwrap();
+        vm.set_memory_attributes(0, 0x10000, true).unwrap();
+        let real: Vec<String> = rec.lines();
+        assert_eq!(
+            real,
+            [
+                // The budget asked above (KVM_CAP_NR_MEMSLOTS = 10, `include/uapi/linux/kvm.h`).
+                "kvm KVM_CHECK_EXTENSION cap=10",
+                "kvm KVM_CREATE_VM type=0",
+                "vm0 KVM_ENABLE_CAP cap=188 args0=0x4 args1=0x0 args2=0x0 args3=0x0",
+                "vm0 KVM_X86_SET_MSR_FILTER flags=allow base=0xc0010130 nmsrs=2 bitmap=deny",
+                // Where the alias slots start.
+                "kvm KVM_CHECK_EXTENSION cap=10",
+                "vm0 KVM_SET_USER_MEMORY_REGION2 slot=0 flags=0x0 guest_phys_addr=0x0 memory_size=0x10000 userspace_addr=mapped guest_memfd_offset=0 guest_memfd=none",
+                "vm0 KVM_SET_USER_MEMORY_REGION2 slot=16 flags=0x0 guest_phys_addr=0x800000000000 memory_size=0x10000 userspace_addr=mapped guest_memfd_offset=0 guest_memfd=none",
+            ]
+        );
+    }
+
+    /// What the firmware puts into private pages lands in the memory the guest runs on; a
+    /// write outside every slot is refused.
+    #[test]
+    fn the_sink_writes_into_the_slot_mapping() {
+        let t = SlotTable::default();
+        let m = GuestMapping::anonymous(0x2000).unwrap();
+        t.slots
+            .lock()
+            .unwrap()
+            .push((0, 0x10_0000, 0x2000, m.host_addr()));
+        t.write(0x10_1000, &[7; 16]).unwrap();
+        let mut b = [0u8; 16];
+        m.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [7; 16]);
+        t.zero(0x10_1000, 8).unwrap();
+        m.read(0x1000, &mut b).unwrap();
+        assert_eq!(b[..8], [0; 8]);
+        assert_eq!(b[8..], [7; 8]);
+        for (gpa, len) in [(0x10_1ff8, 16), (0xF_F000, 8), (u64::MAX - 4, 8)] {
+            assert_eq!(
+                t.write(gpa, &vec![1; len]).unwrap_err().errno(),
+                libc::EFAULT,
+                "{gpa:#x}"
+            );
+        }
+    }
+
+    /// The SEV view's CPUID: leaf 0x8000001F (C-bit 47, reduction 1) and a max extended leaf
+    /// that reaches it; the TDX view's leaf 0x21 "IntelTDX    " (AMD APM vol. 3 Fn8000_001F;
+    /// Intel TDX module spec, CPUID virtualization).
+    #[test]
+    fn views_add_their_cpuid_leaves() {
+        let e = |function, eax| kvm_cpuid_entry2 {
+            function,
+            eax,
+            ..Default::default()
+        };
+        let host = CpuId::from_entries(&[e(0, 0xD), e(0x8000_0000, 0x8000_0008)]).unwrap();
+        let sev = SNP.cpuid(&host).unwrap();
+        let leaf = |c: &CpuId, f| c.as_slice().iter().find(|x| x.function == f).copied();
+        let l = leaf(&sev, 0x8000_001F).unwrap();
+        assert_eq!((l.eax, l.ebx), (0x1A, 47 | (1 << 6)));
+        assert_eq!(leaf(&sev, 0x8000_0000).unwrap().eax, 0x8000_001F);
+        let tdx = GuestView::Tdx.cpuid(&host).unwrap();
+        let l = leaf(&tdx, 0x21).unwrap();
+        let name: Vec<u8> = [l.ebx, l.edx, l.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        assert_eq!(&name, b"IntelTDX    ");
+        assert_eq!(leaf(&tdx, 0).unwrap().eax, 0x21);
+        assert!(leaf(&tdx, 0x8000_001F).is_none());
+    }
+}

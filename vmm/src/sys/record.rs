@@ -319,6 +319,13 @@ impl VmIoctls for RecVm {
         self.record("KVM_MEMORY_ENCRYPT_REG_REGION", format!("size={size:#x}"))
     }
 
+    fn deny_msrs(&self, base: u32, count: u32) -> Result<(), Errno> {
+        self.record(
+            "KVM_X86_SET_MSR_FILTER",
+            format!("flags=allow base={base:#x} nmsrs={count} bitmap=deny"),
+        )
+    }
+
     fn sev_cmd(&self, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoError> {
         let name = cmd.name();
         let sev = if sev_fd >= 0 { "sev" } else { "none" };
