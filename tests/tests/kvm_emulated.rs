@@ -19,6 +19,7 @@ use relaunch::launch::Launch;
 use relaunch::model::ModelConfig;
 use relaunch::session::{run_session, EXIT_POWER_OFF, EXIT_USAGE};
 use relaunch::vcpu::Outcome;
+use relaunch_core::launch::SnpIdBlock;
 use relaunch_core::plan::{LaunchConfig, Platform};
 use serde_json::Value;
 
@@ -215,26 +216,45 @@ fn emulated_sevinfo_sees_its_platform() {
     }
 }
 
-/// A launch the model refuses is never run and ends with exit 2: an SNP policy the core
-/// plans (bit 24 is not one the core rejects) but the emulated host's KVM does not accept
-/// (the model's `KVM_X86_SNP_POLICY_BITS`: bits 0–20).
+/// A launch the platform refuses is never run and ends with exit 2, with the reason: an SNP
+/// policy the core plans (bit 24 is not one the core rejects) but the emulated host's KVM does
+/// not accept (the model's `KVM_X86_SNP_POLICY_BITS`: bits 0–20, refused before the VM is
+/// created, as the real backend does), and an ID block whose launch digest is not the
+/// launch's (the firmware's BAD_MEASUREMENT at `SNP_LAUNCH_FINISH`, SEV-SNP ABI).
 #[test]
 fn emulated_refused_launch_never_runs() {
     let Some(host) = host(false) else { return };
     let Some(bundle) = image("hello") else { return };
-    let mut cfg_l = launch_config(Platform::Snp, 1, host.vcpu_signature());
-    cfg_l.policy = Some(0x3_0000 | (1 << 24));
-    let launch = Launch::new(bundle, &cfg_l).expect("the core plans this policy");
-    let backend =
-        EmulatedBackend::new(Platform::Snp, &host.kvm, ModelConfig::default()).expect("backend");
-    let cfg = config(MEM, None, false);
-    let r = run_session(&backend, Arc::new(launch), &cfg);
-    assert_eq!(r.exit_code, EXIT_USAGE, "{:?}", r.outcome);
-    assert!(
-        matches!(&r.outcome, Outcome::LaunchRefused(m) if m.contains("SNP_LAUNCH_START")),
-        "{:?}",
-        r.outcome
-    );
-    assert_eq!(r.launches, 0, "{:?}", r.outcome);
-    assert!(output(&cfg).is_empty(), "the guest ran: {}", output(&cfg));
+    let sig = host.vcpu_signature();
+    let mut bad_policy = launch_config(Platform::Snp, 1, sig);
+    bad_policy.policy = Some(0x3_0000 | (1 << 24));
+    let policy = Launch::new(bundle.clone(), &bad_policy).expect("the core plans this policy");
+    let good = launch_config(Platform::Snp, 1, sig);
+    let mut block = [0u8; 96];
+    block[..48].copy_from_slice(&[0xAB; 48]); // not this launch's digest
+    block[80..84].copy_from_slice(&1u32.to_le_bytes());
+    block[88..96].copy_from_slice(&0x3_0000u64.to_le_bytes());
+    let id = SnpIdBlock {
+        id_block: block,
+        id_auth: [0; 4096],
+        author_key_enabled: false,
+    };
+    let id_block = Launch::with_id_block(bundle, &good, Some(id)).expect("plan with an ID block");
+    for (launch, why) in [
+        (policy, "KVM_X86_SNP_POLICY_BITS"),
+        (id_block, "BAD_MEASUREMENT"),
+    ] {
+        let backend = EmulatedBackend::new(Platform::Snp, &host.kvm, ModelConfig::default())
+            .expect("backend");
+        let cfg = config(MEM, None, false);
+        let r = run_session(&backend, Arc::new(launch), &cfg);
+        assert_eq!(r.exit_code, EXIT_USAGE, "{:?}", r.outcome);
+        assert!(
+            matches!(&r.outcome, Outcome::LaunchRefused(m) if m.contains(why)),
+            "{why}: {:?}",
+            r.outcome
+        );
+        assert_eq!(r.launches, 0, "{:?}", r.outcome);
+        assert!(output(&cfg).is_empty(), "the guest ran: {}", output(&cfg));
+    }
 }

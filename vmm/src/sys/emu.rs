@@ -199,6 +199,11 @@ impl KvmIoctls for EmuKvm {
         self.real.max_vcpus().min(self.fw.max_vcpus())
     }
 
+    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, Errno> {
+        // The platform's attributes (accepted SNP policy bits, VMSA features) are the model's.
+        self.fw.device_attr(group, attr)
+    }
+
     fn supported_cpuid(&self, max_entries: usize) -> Result<CpuId, Errno> {
         // The guest runs on this host's CPU: its CPUID, plus the platform's view.
         self.view.cpuid(&self.real.supported_cpuid(max_entries)?)
