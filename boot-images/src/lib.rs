@@ -408,8 +408,29 @@ fn in_tdx_reset_page(gpa: u64, size: u64) -> bool {
             .is_some_and(|end| end <= layout::TDX_RESET_PAGE + PAGE)
 }
 
+/// What a guest needs from its bundle beyond the common layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackOptions {
+    /// A window `(gpa, size)` of RAM the host may read in every view: declared with
+    /// REQUIRED_MEMORY, and imported as shared zero pages in the TDX view (a TD's memory is
+    /// private unless the launch says otherwise; `fuki` hands its next bundle over there).
+    pub host_window: Option<(u64, u64)>,
+}
+
+/// The options a guest of this crate is packed with: `fuki` gets its hand-over window.
+pub fn options_for(name: &str) -> PackOptions {
+    PackOptions {
+        host_window: (name == "fuki").then_some((layout::FUKI_WINDOW, layout::FUKI_WINDOW_SIZE)),
+    }
+}
+
 /// Packs a guest ELF into an IGVM bundle (see the crate documentation).
 pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
+    pack_with(elf_bytes, PackOptions::default())
+}
+
+/// [`pack`] with `opts`.
+pub fn pack_with(elf_bytes: &[u8], opts: PackOptions) -> Result<Vec<u8>, PackError> {
     let elf = parse_elf(elf_bytes)?;
     if !(layout::IMAGE_BASE..layout::IMAGE_END).contains(&elf.entry) {
         return Err(PackError::EntryOutsideImage { entry: elf.entry });
@@ -489,6 +510,22 @@ pub fn pack(elf_bytes: &[u8]) -> Result<Vec<u8>, PackError> {
         )?;
     }
     b.required_memory(layout::SCRATCH, shared, layout::SCRATCH_SIZE as u32, 0);
+    if let Some((gpa, size)) = opts.host_window {
+        b.required_memory(gpa, shared, size as u32, 0);
+        if has_tdx {
+            let mut page = gpa;
+            while page < gpa + size {
+                b.page_data(
+                    page,
+                    MASK_TDX,
+                    IgvmPageDataFlags::new().with_shared(true),
+                    IgvmPageDataType::NORMAL,
+                    &[],
+                )?;
+                page += PAGE;
+            }
+        }
+    }
     // One VP context per view: the igvm crate maps a VP_CONTEXT's mask to exactly one
     // platform (igvm 0.5 `InvalidVpContextPlatformType`). The SEV context is the native one
     // (the writer stores the identical bytes once).

@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use crate::workspace_root;
 
 /// The guests, in build order.
-pub const GUESTS: [&str; 5] = ["hello", "reboot-loop", "smp", "junk", "sevinfo"];
+pub const GUESTS: [&str; 6] = ["hello", "reboot-loop", "smp", "junk", "sevinfo", "fuki"];
 
 /// `cargo xtask build-images [--check] [--update-prebuilt]`.
 pub fn build_images(args: &[String]) -> anyhow::Result<()> {
@@ -114,7 +114,7 @@ pub fn build_and_pack(root: &Path, out: &Path) -> anyhow::Result<Vec<(String, Pa
         let elf_path = elf_path(&target_dir, name);
         let elf = std::fs::read(&elf_path)
             .with_context(|| format!("cannot read {}", elf_path.display()))?;
-        let igvm = relaunch_boot_images::pack(&elf)
+        let igvm = relaunch_boot_images::pack_with(&elf, relaunch_boot_images::options_for(name))
             .with_context(|| format!("packing {}", elf_path.display()))?;
         let path = out.join(format!("{name}.igvm"));
         std::fs::write(&path, &igvm).with_context(|| format!("cannot write {}", path.display()))?;

@@ -160,6 +160,40 @@ pub fn write_desc(desc: u64, control: u32, length: u32, address: u64) {
     }
 }
 
+/// One DMA transfer with its descriptor at `desc`, which must be 16 bytes of RAM this guest
+/// owns and the host may read (scratch RAM, or `fuki`'s window): writes the descriptor,
+/// starts it and waits (bounded) for the device to clear the control word. Returns the
+/// final control word, or `None` for a descriptor outside those two areas.
+pub fn dma_transfer(desc: u64, control: u32, length: u32, address: u64) -> Option<u32> {
+    let in_area = |base: u64, size: u64| (base..=base + size - 16).contains(&desc);
+    if !in_area(layout::SCRATCH, layout::SCRATCH_SIZE)
+        && !in_area(layout::FUKI_WINDOW, layout::FUKI_WINDOW_SIZE)
+    {
+        return None;
+    }
+    let p = desc as *mut u8;
+    let mut bytes = [0u8; 16];
+    bytes[0..4].copy_from_slice(&control.to_be_bytes());
+    bytes[4..8].copy_from_slice(&length.to_be_bytes());
+    bytes[8..16].copy_from_slice(&address.to_be_bytes());
+    for (i, b) in bytes.into_iter().enumerate() {
+        // SAFETY: inside identity-mapped RAM this guest owns (checked above).
+        unsafe { core::ptr::write_volatile(p.wrapping_add(i), b) }
+    }
+    dma_start(desc);
+    let ctl = desc as *const u32;
+    for _ in 0..1_000_000u32 {
+        // SAFETY: as above; 4-byte aligned when `desc` is (callers use 16-byte alignment).
+        let c = u32::from_be(unsafe { core::ptr::read_volatile(ctl) });
+        if c & !DMA_ERROR == 0 {
+            return Some(c);
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: as above.
+    Some(u32::from_be(unsafe { core::ptr::read_volatile(ctl) }))
+}
+
 /// Reads the u64 little-endian file `name` by DMA (select + read in one descriptor).
 /// `None` if the file is missing, too short, or the device reports an error.
 pub fn dma_read_u64_file(name: &str) -> Option<u64> {

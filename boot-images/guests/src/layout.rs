@@ -70,5 +70,14 @@ pub const SEVINFO_PDPT: u64 = SCRATCH + SCRATCH_SIZE - 2 * 0x1000;
 /// The page directory of [`SEVINFO_PML4`].
 pub const SEVINFO_PD: u64 = SCRATCH + SCRATCH_SIZE - 0x1000;
 
+/// `fuki`'s hand-over window: where stage 1 puts the next bundle (and the DMA descriptor and
+/// the `etc/vmlaunchupdate` structure it writes) — memory the host may read. SNP: stage 1
+/// makes it shared at run time (GHCB MSR page-state change); TDX: the TDX view imports it as
+/// shared pages; native, SEV, SEV-ES: ordinary RAM. Page 0 holds the descriptor and the
+/// structure, the bundle starts at page 1.
+pub const FUKI_WINDOW: u64 = 0x40_0000;
+/// Size of [`FUKI_WINDOW`] (the largest bundle stage 1 hands over is this minus one page).
+pub const FUKI_WINDOW_SIZE: u64 = 0x10_0000;
+
 /// The byte every guest writes to port 0x80 first thing at entry.
 pub const BOOT_MARKER: u8 = 0x01;
