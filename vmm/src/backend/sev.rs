@@ -1280,6 +1280,7 @@ mod tests {
         let attrs = SevAttrs {
             vmsa_features: Some(0x20),
             snp_policy_bits: Some(0x3_0000 | 0xFFFF),
+            snp_req_certs_attr: None,
         };
         assert_eq!(check_host(Platform::Snp, 0x3_0000, 0x20, &attrs), Ok(()));
         let e = check_host(Platform::Snp, 0x3_0000 | 1 << 19 | 1 << 20, 0, &attrs).unwrap_err();
@@ -1322,8 +1323,10 @@ mod tests {
         (rec, Arc::new(host))
     }
 
-    /// `Host` asks `KVM_GET_DEVICE_ATTR` for both attributes once, on the system fd, when
-    /// KVM offers a SEV-family VM type; an attribute the kernel lacks (`ENXIO`) is `None`.
+    /// `Host` asks `KVM_GET_DEVICE_ATTR` for each attribute once (0
+    /// `KVM_X86_SEV_VMSA_FEATURES`, 1 `KVM_X86_SNP_POLICY_BITS`, 2 `KVM_X86_SEV_SNP_REQ_CERTS`),
+    /// on the system fd, when KVM offers a SEV-family VM type; an attribute the kernel lacks
+    /// (`ENXIO`) is `None`.
     #[test]
     fn host_probes_the_sev_attributes_once() {
         let (rec, host) = recorded_with_attrs(0x20, None);
@@ -1331,7 +1334,8 @@ mod tests {
             host.sev_attrs,
             SevAttrs {
                 vmsa_features: Some(0x20),
-                snp_policy_bits: None
+                snp_policy_bits: None,
+                snp_req_certs_attr: None,
             }
         );
         assert!(rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
@@ -1346,7 +1350,8 @@ mod tests {
             attr,
             [
                 "kvm KVM_GET_DEVICE_ATTR group=1 attr=0",
-                "kvm KVM_GET_DEVICE_ATTR group=1 attr=1"
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=1",
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=2"
             ]
         );
         // No SEV-family VM type: not asked.
