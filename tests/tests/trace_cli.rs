@@ -150,7 +150,8 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
     assert_eq!(vcpu_count, vcpus as usize);
     // Before the first VM, the host probe reads the SEV attributes of /dev/kvm once
     // (`KVM_GET_DEVICE_ATTR`, group `KVM_X86_GRP_SEV` 1: attribute 0 VMSA features,
-    // attribute 1 SNP policy bits; `amd-memory-encryption.rst` "Device attribute API"):
+    // attribute 1 SNP policy bits, attribute 2 SNP certificate requests (Linux 7.0);
+    // `amd-memory-encryption.rst` "Device attribute API"):
     // the model offers SEV-family VM types whatever the platform traced.
     let attrs: Vec<(u64, u64)> = calls
         .iter()
@@ -165,7 +166,7 @@ fn check(file: &Path, name: &str, platform: Platform, vcpus: u32) {
             )
         })
         .collect();
-    assert_eq!(attrs, [(1, 0), (1, 1)]);
+    assert_eq!(attrs, [(1, 0), (1, 1), (1, 2)]);
     match platform {
         Platform::Snp => {
             assert!(ty(4));

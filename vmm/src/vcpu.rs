@@ -150,6 +150,26 @@ pub trait ExitHandler: Send + Sync {
             exit.nr
         )))
     }
+
+    /// Handles a `KVM_EXIT_SNP_REQ_CERTS` of vCPU `id` (an SNP guest's report request whose
+    /// certificates the VMM supplies; the handler writes `exit.ret`). Returns the action and,
+    /// when it supplied certificates, the lock on their file: held until KVM has sent the
+    /// request to the firmware, which the vCPU loop makes happen before the lock goes
+    /// ([`snp_req_certs`]). By default the launch ends: only an SNP VM with certificate
+    /// requests enabled exits so.
+    fn snp_req_certs(
+        &self,
+        id: u32,
+        exit: crate::sys::sev::SnpReqCerts<'_>,
+    ) -> (ExitAction, Option<crate::sys::sev::OfdLock>) {
+        let _ = exit;
+        (
+            ExitAction::End(Outcome::GuestFatal(format!(
+                "vCPU {id}: KVM_EXIT_SNP_REQ_CERTS without certificate requests enabled"
+            ))),
+            None,
+        )
+    }
 }
 
 /// The native exits: port and MMIO accesses go to the devices; triple fault and the
@@ -288,6 +308,11 @@ fn vcpu_loop(
                     "vCPU {id}: KVM_EXIT_TDX without its kvm_run data"
                 ))),
             },
+            // An SNP guest's certificate request (exit 42, Linux 7.0: Unsupported in
+            // kvm-ioctls).
+            Ok(VcpuExit::Unsupported(crate::sys::sev::KVM_EXIT_SNP_REQ_CERTS)) => {
+                snp_req_certs(vcpu, id, exits)
+            }
             Ok(exit) => exits.handle(id, exit),
             // Kicked (EINTR); a waiting AP that received INIT (EAGAIN): re-enter.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
@@ -297,6 +322,40 @@ fn vcpu_loop(
             ctl.post(outcome);
             return;
         }
+    }
+}
+
+/// Answers a `KVM_EXIT_SNP_REQ_CERTS` through `exits`. When the handler supplied
+/// certificates it returns the shared lock on their file, which must be held "until the
+/// attestation request is actually sent to firmware": the next `KVM_RUN` runs with
+/// `immediate_exit` set, so KVM completes the request (the firmware call) and returns
+/// `EINTR` without entering the guest, and only then is the lock dropped
+/// (`Documentation/virt/kvm/x86/amd-memory-encryption.rst`, KVM_SEV_SNP_ENABLE_REQ_CERTS;
+/// x86 `kvm_arch_vcpu_ioctl_run` runs `complete_userspace_io` before it checks
+/// `immediate_exit`).
+fn snp_req_certs(vcpu: &mut Vcpu, id: u32, exits: &dyn ExitHandler) -> ExitAction {
+    let Some(exit) = vcpu.snp_req_certs() else {
+        return ExitAction::End(Outcome::VmmError(format!(
+            "vCPU {id}: KVM_EXIT_SNP_REQ_CERTS without its kvm_run data"
+        )));
+    };
+    let (action, lock) = exits.snp_req_certs(id, exit);
+    let Some(lock) = lock else {
+        return action;
+    };
+    vcpu.set_immediate_exit(1);
+    let completed = vcpu.run().map(|exit| format!("{exit:?}"));
+    drop(lock);
+    match completed {
+        // The request reached the firmware; the guest has its answer.
+        Err(e) if e.errno() == libc::EINTR => action,
+        Ok(exit) => ExitAction::End(Outcome::VmmError(format!(
+            "vCPU {id}: KVM_RUN with immediate_exit after a certificate request exited with \
+             {exit} instead of EINTR"
+        ))),
+        Err(e) => ExitAction::End(Outcome::VmmError(format!(
+            "vCPU {id}: KVM_RUN completing a certificate request: {e}"
+        ))),
     }
 }
 

@@ -4,8 +4,8 @@ use kvm_bindings::CpuId;
 
 use crate::sys::kvm::{
     Kvm, Vm, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
-    KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES, KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES,
-    KVM_X86_SNP_POLICY_BITS,
+    KVM_CAP_NR_MEMSLOTS, KVM_CAP_VM_TYPES, KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS,
+    KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS,
 };
 use crate::sys::mem::GuestMapping;
 use crate::sys::Errno;
@@ -48,10 +48,14 @@ pub struct SevAttrs {
     /// `KVM_X86_SNP_POLICY_BITS`: the SNP policy bits `KVM_SEV_SNP_LAUNCH_START` accepts
     /// (Linux 6.19+).
     pub snp_policy_bits: Option<u64>,
+    /// `KVM_X86_SEV_SNP_REQ_CERTS`: 1 when `KVM_SEV_SNP_ENABLE_REQ_CERTS` and
+    /// `KVM_EXIT_SNP_REQ_CERTS` are there (Linux 7.0+), 0 when the kernel has them but SNP is
+    /// off ([`SevAttrs::snp_req_certs`]).
+    pub snp_req_certs_attr: Option<u64>,
 }
 
 impl SevAttrs {
-    /// Reads both attributes from `kvm`; an attribute the kernel does not answer is `None`
+    /// Reads the attributes from `kvm`; an attribute the kernel does not answer is `None`
     /// (whatever the errno: a launch then falls back to the checks that need no attribute).
     pub fn probe(kvm: &Kvm) -> SevAttrs {
         SevAttrs {
@@ -61,7 +65,17 @@ impl SevAttrs {
             snp_policy_bits: kvm
                 .device_attr(KVM_X86_GRP_SEV, KVM_X86_SNP_POLICY_BITS)
                 .ok(),
+            snp_req_certs_attr: kvm
+                .device_attr(KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS)
+                .ok(),
         }
+    }
+
+    /// Whether the kernel lets the VMM answer SNP guests' certificate requests: the attribute
+    /// reads 1 ("return a value of 1 if the kernel supports the `KVM_EXIT_SNP_REQ_CERTS`
+    /// exit", `amd-memory-encryption.rst`, "Device attribute API").
+    pub fn snp_req_certs(&self) -> bool {
+        self.snp_req_certs_attr == Some(1)
     }
 }
 

@@ -8,16 +8,22 @@
 //!   attributes (an implicit conversion): we convert and re-enter.
 //! - `KVM_SYSTEM_EVENT_SEV_TERM` (6): the guest asked to terminate through the GHCB MSR
 //!   protocol: a guest-fatal outcome naming the reason.
+//! - `KVM_EXIT_SNP_REQ_CERTS` (42, Linux 7.0, only with `run --snp-certs`): the guest's
+//!   report request wants certificates: the file's table goes into the guest's buffer
+//!   ([`super::snp_certs`]).
 //!
 //! Everything else goes to [`NativeExits`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_ioctls::{HypercallExit, VcpuExit};
 use relaunch_core::limits::PAGE_SIZE;
 
+use super::snp_certs::{self, FetchError, SnpCerts};
 use crate::memory::GuestMemory;
 use crate::sys::kvm::{MemAttrs, PortIo};
+use crate::sys::sev::{OfdLock, SnpReqCerts};
 use crate::vcpu::{ExitAction, ExitHandler, NativeExits, Outcome};
 
 /// `KVM_HC_MAP_GPA_RANGE` (`include/uapi/linux/kvm_para.h`).
@@ -61,6 +67,11 @@ pub struct CocoExits {
     native: NativeExits,
     attrs: MemAttrs,
     memory: Arc<GuestMemory>,
+    /// The certificate file SNP report requests get (`KVM_SEV_SNP_ENABLE_REQ_CERTS` was
+    /// issued for this VM).
+    certs: Option<Arc<SnpCerts>>,
+    /// A certificate request failed with `EIO` (logged once per launch).
+    certs_failed: AtomicBool,
 }
 
 impl CocoExits {
@@ -70,6 +81,53 @@ impl CocoExits {
             native,
             attrs,
             memory,
+            certs: None,
+            certs_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The same, answering SNP certificate requests from `certs`.
+    pub fn with_certs(mut self, certs: Arc<SnpCerts>) -> CocoExits {
+        self.certs = Some(certs);
+        self
+    }
+
+    /// `ret` for a certificate request, and the file's lock when the table was written
+    /// (module doc of [`snp_certs`]).
+    fn certs_answer(&self, id: u32, exit: &mut SnpReqCerts<'_>) -> (u64, Option<OfdLock>) {
+        // Without a file this VM never enabled the exit: a kernel that exits anyway gets
+        // the generic error, and the guest goes on without certificates.
+        let Some(certs) = &self.certs else {
+            return (snp_certs::ret::EIO, None);
+        };
+        let failed = |why: &str| {
+            if !self.certs_failed.swap(true, Ordering::Relaxed) {
+                crate::elog!(
+                    "relaunch: vCPU {id}: SNP certificate request answered EIO: {why} \
+                     (further failures of this launch not logged)"
+                );
+            }
+        };
+        match certs.fetch() {
+            Err(FetchError::Busy) => (snp_certs::ret::EAGAIN, None),
+            Err(FetchError::Failed(why)) => {
+                failed(&why);
+                (snp_certs::ret::EIO, None)
+            }
+            Ok((table, lock)) => {
+                match snp_certs::answer(&self.memory, exit.gpa, exit.npages, &table) {
+                    snp_certs::ret::OK => (snp_certs::ret::OK, Some(lock)),
+                    snp_certs::ret::EIO => {
+                        failed(&format!(
+                            "the guest's buffer {:#x} (+{} bytes) is not shared guest RAM",
+                            exit.gpa,
+                            table.len()
+                        ));
+                        (snp_certs::ret::EIO, None)
+                    }
+                    other => (other, None),
+                }
+            }
         }
     }
 
@@ -122,6 +180,13 @@ impl ExitHandler for CocoExits {
         self.native.port_io(id, io)
     }
 
+    fn snp_req_certs(&self, id: u32, mut exit: SnpReqCerts<'_>) -> (ExitAction, Option<OfdLock>) {
+        let (ret, lock) = self.certs_answer(id, &mut exit);
+        // Always written: KVM reads it on the next KVM_RUN.
+        *exit.ret = ret;
+        (ExitAction::Continue, lock)
+    }
+
     fn handle(&self, id: u32, exit: VcpuExit<'_>) -> ExitAction {
         match exit {
             VcpuExit::Hypercall(h) if h.nr == KVM_HC_MAP_GPA_RANGE => self.map_gpa_range(h),
@@ -159,6 +224,7 @@ mod tests {
 
     use super::*;
     use crate::backend::sev::SevBackend;
+    use crate::backend::snp_certs::SnpCerts;
     use crate::backend::Backend;
     use crate::devices::console::Console;
     use crate::devices::fw_cfg::FwCfg;
@@ -171,7 +237,14 @@ mod tests {
 
     /// An SNP VM built on the recorder (64 MiB, every page private) and its exit handler.
     fn snp_vm() -> (Recorder, crate::backend::BuiltVm, Arc<dyn ExitHandler>) {
-        let rec = Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b10001)]);
+        snp_vm_on(Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b10001)]), None)
+    }
+
+    /// The same on `rec`, serving certificate requests from `certs` if given.
+    fn snp_vm_on(
+        rec: Recorder,
+        certs: Option<Arc<SnpCerts>>,
+    ) -> (Recorder, crate::backend::BuiltVm, Arc<dyn ExitHandler>) {
         let host = Arc::new(Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap());
         let plan = crate::testing::plan(crate::testing::HELLO, &[], 1, 64 << 20, 0);
         // The native test plan, re-targeted: same ops, platform SNP.
@@ -187,6 +260,7 @@ mod tests {
         }
         let plan = relaunch_core::plan::LaunchPlan::from_parts(parts).unwrap();
         let backend = SevBackend::new(Platform::Snp, host);
+        assert!(backend.set_snp_certs(certs));
         let built = backend.build(&Launch::from_plan(plan)).unwrap();
         let devices = Arc::new(Mutex::new(Devices::new(
             Arc::new(Console::capture(64)),
@@ -293,5 +367,173 @@ mod tests {
             }
             _ => panic!("not fatal"),
         }
+    }
+
+    /// A host that offers certificate requests (`KVM_X86_SEV_SNP_REQ_CERTS`, group 1
+    /// attribute 2, reads 1) and an SNP VM on it serving a table of one 5000-byte VCEK
+    /// (5048 bytes: two pages) from a file; its path.
+    fn snp_vm_with_certs(
+        name: &str,
+    ) -> (
+        Recorder,
+        crate::backend::BuiltVm,
+        Arc<dyn ExitHandler>,
+        std::path::PathBuf,
+        Vec<u8>,
+    ) {
+        let vcek = [
+            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
+            0xac, 0xcd,
+        ];
+        let blob = crate::backend::snp_certs::tests::table(&[(vcek, &[0x5A; 5000])]);
+        let path =
+            std::env::temp_dir().join(format!("relaunch-coco-certs-{}-{name}", std::process::id()));
+        std::fs::write(&path, &blob).unwrap();
+        let certs = Arc::new(SnpCerts::open(&path).unwrap());
+        let rec = Recorder::new(8, &[(KVM_CAP_VM_TYPES, 0b10001)]).with_device_attrs(&[(1, 2, 1)]);
+        let (rec, built, exits) = snp_vm_on(rec, Some(certs));
+        (rec, built, exits, path, blob)
+    }
+
+    /// Asks `exits` for certificates as KVM does (`api.rst` KVM_EXIT_SNP_REQ_CERTS: `ret` is
+    /// 0 on exit): the action, `ret`, `npages` and the lock it hands back.
+    fn request(
+        exits: &dyn ExitHandler,
+        gpa: u64,
+        npages: u64,
+    ) -> (ExitAction, u64, u64, Option<OfdLock>) {
+        let (mut n, mut ret) = (npages, 0);
+        let (a, lock) = exits.snp_req_certs(
+            0,
+            SnpReqCerts {
+                gpa,
+                npages: &mut n,
+                ret: &mut ret,
+            },
+        );
+        (a, ret, n, lock)
+    }
+
+    fn exclusive(path: &std::path::Path) -> Result<OfdLock, crate::sys::Errno> {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        crate::sys::sev::ofd_lock(rw, true)
+    }
+
+    /// GHCB spec §4.1.8.1 and `api.rst`: the table goes into the guest's (shared) buffer as
+    /// the file holds it, `ret` 0, and the handler hands back the file's shared lock, which
+    /// keeps an updater's exclusive lock out until it is dropped
+    /// (`amd-memory-encryption.rst`, KVM_SEV_SNP_ENABLE_REQ_CERTS).
+    #[test]
+    fn certificate_request_writes_the_table_and_holds_the_lock() {
+        let (_rec, built, exits, path, blob) = snp_vm_with_certs("fits");
+        // The guest made its buffer shared (two pages at 0x10000).
+        built.memory.convert(0x10000, 0x2000, false).unwrap();
+        let (a, ret, npages, lock) = request(&*exits, 0x10000, 2);
+        assert!(matches!(a, ExitAction::Continue));
+        assert_eq!((ret, npages), (0, 2));
+        let mut back = vec![0; blob.len()];
+        built.memory.read(0x10000, &mut back).unwrap();
+        assert_eq!(back, blob);
+        let lock = lock.expect("the lock is handed back with ret 0");
+        let busy = exclusive(&path).unwrap_err().errno();
+        assert!(matches!(busy, libc::EAGAIN | libc::EACCES), "{busy}");
+        drop(lock);
+        assert!(exclusive(&path).is_ok());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// `api.rst` KVM_EXIT_SNP_REQ_CERTS `ret` values: `ENOSPC` (28) with `npages` = the pages
+    /// needed (GHCB: returned in RBX) for a buffer too small; `EIO` (5) for a buffer in
+    /// private memory or outside RAM; `EAGAIN` (11, "the host is busy and the guest should
+    /// retry") while an updater holds the file exclusively. No lock is held for any of them.
+    /// A handler without a file answers `EIO`; a non-SNP handler ends the launch.
+    #[test]
+    fn certificate_request_refusals() {
+        let (_rec, built, exits, path, _blob) = snp_vm_with_certs("refusals");
+        built.memory.convert(0x10000, 0x2000, false).unwrap();
+        for given in [0, 1] {
+            let (a, ret, npages, lock) = request(&*exits, 0x10000, given);
+            assert!(matches!(a, ExitAction::Continue));
+            assert_eq!((ret, npages), (28, 2), "given {given}");
+            assert!(lock.is_none());
+        }
+        // 0x20000 is still private; 1 TiB is outside the 64 MiB of RAM.
+        for gpa in [0x20000, 1 << 40] {
+            let (_, ret, npages, lock) = request(&*exits, gpa, 2);
+            assert_eq!((ret, npages), (5, 2), "{gpa:#x}");
+            assert!(lock.is_none());
+        }
+        let updater = exclusive(&path).unwrap();
+        let (_, ret, _, lock) = request(&*exits, 0x10000, 2);
+        assert_eq!(ret, 11);
+        assert!(lock.is_none());
+        drop(updater);
+        assert_eq!(request(&*exits, 0x10000, 2).1, 0);
+        let _ = std::fs::remove_file(&path);
+
+        let (_rec, _built, plain) = snp_vm();
+        let (a, ret, _, lock) = request(&*plain, 0x10000, 2);
+        assert!(matches!(a, ExitAction::Continue));
+        assert_eq!(ret, 5);
+        assert!(lock.is_none());
+        let native = NativeExits::new(Arc::new(Mutex::new(Devices::new(
+            Arc::new(Console::capture(64)),
+            Arc::clone(&built.memory),
+            Arc::new(LaunchClock::start()),
+            FwCfg::new(1, 1, &[]),
+            Arc::new(UnknownLog::new()),
+        ))));
+        let (a, _, _, _) = request(&native, 0x10000, 2);
+        assert!(matches!(a, ExitAction::End(Outcome::GuestFatal(_))));
+    }
+
+    /// The vCPU loop, against the recorder's kernel: after the handler wrote the table, the
+    /// next `KVM_RUN` carries `ret` 0 and `immediate_exit` (KVM sends the request to the
+    /// firmware, then returns EINTR without entering the guest:
+    /// `amd-memory-encryption.rst`), and the loop goes on without it; an `ENOSPC` answer
+    /// re-enters the guest directly, with the pages needed in `npages`.
+    #[test]
+    fn vcpu_loop_completes_the_request_before_dropping_the_lock() {
+        use crate::vcpu::{run_vcpu, RunControl};
+        let (rec, mut built, exits, path, blob) = snp_vm_with_certs("loop");
+        built.memory.convert(0x10000, 0x2000, false).unwrap();
+        // KVM_EXIT_SNP_REQ_CERTS (42): gpa 0x10000, npages 2, ret 0; then ENOSPC's turn.
+        rec.queue_exit(42, &[0x10000, 2, 0]);
+        rec.queue_exit(42, &[0x10000, 1, 0]);
+        rec.clear();
+        let vcpu = built.vcpus.remove(0);
+        let ctl = Arc::new(RunControl::new());
+        let _vcpu = run_vcpu(
+            vcpu,
+            0,
+            Arc::clone(&ctl),
+            Arc::clone(&exits),
+            Arc::new(LaunchClock::start()),
+        );
+        assert_eq!(
+            rec.lines(),
+            [
+                "vm0.vcpu0 KVM_RUN",
+                "vm0.vcpu0 KVM_RUN immediate_exit=1 snp_req_certs.ret=0 npages=2",
+                "vm0.vcpu0 KVM_RUN",
+                "vm0.vcpu0 KVM_RUN snp_req_certs.ret=28 npages=2",
+            ]
+        );
+        // The recorder's kernel has nothing more to run: ENOSYS ends the launch.
+        let (outcome, _) = ctl.wait();
+        assert!(
+            matches!(outcome, Outcome::VmmError(ref e) if e.contains("KVM_RUN")),
+            "{outcome:?}"
+        );
+        let mut back = vec![0; blob.len()];
+        built.memory.read(0x10000, &mut back).unwrap();
+        assert_eq!(back, blob);
+        // The lock went with the completed request.
+        assert!(exclusive(&path).is_ok());
+        let _ = std::fs::remove_file(&path);
     }
 }

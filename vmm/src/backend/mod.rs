@@ -27,6 +27,7 @@ pub mod coco_exits;
 pub mod emulated;
 pub mod native;
 pub mod sev;
+pub mod snp_certs;
 pub mod snp_cpuid;
 pub mod tdx;
 
@@ -390,6 +391,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// whether this platform has one (SEV and SEV-ES); the others ignore the gate.
     fn set_owner_gate(&self, gate: Option<Arc<dyn OwnerGate>>) -> bool {
         let _ = gate;
+        false
+    }
+    /// Serves SNP guests' certificate requests from `certs` in every later build (`None`:
+    /// the kernel answers them, with no certificates). Returns whether this backend can
+    /// (real SNP); the others ignore it.
+    fn set_snp_certs(&self, certs: Option<Arc<snp_certs::SnpCerts>>) -> bool {
+        let _ = certs;
         false
     }
     /// The handler of a built VM's vCPU exits, over the launch's devices; `vm` and `memory`

@@ -23,6 +23,16 @@
 //! ([`check_host`]: `KVM_X86_SNP_POLICY_BITS` and `KVM_X86_SEV_VMSA_FEATURES`, read once per
 //! process into [`Host::sev_attrs`]).
 //!
+//! SNP certificate requests ([`Backend::set_snp_certs`], `run --snp-certs`): right after
+//! `SNP_LAUNCH_START`, before any vCPU, `KVM_SEV_SNP_ENABLE_REQ_CERTS`, and the exit handler
+//! answers `KVM_EXIT_SNP_REQ_CERTS` from the file ([`super::snp_certs`]). Only with a file:
+//! without one KVM answers report requests itself with an empty certificate table
+//! (`snp_handle_ext_guest_req`; `amd-memory-encryption.rst` presents the command as the way
+//! "to allow userspace to provide a certificate"), which is what enabling the exit and
+//! answering an empty table would do, one exit per request later. A kernel without
+//! `KVM_X86_SEV_SNP_REQ_CERTS` (before Linux 7.0) cannot serve a file: refused before
+//! `KVM_CREATE_VM`.
+//!
 //! The SNP CPUID page is built as QEMU builds it ([`super::snp_cpuid`]: vCPU 0's CPUID, the
 //! one `KVM_SET_CPUID2` gave it), whatever the bundle's page holds; one page per
 //! `SNP_LAUNCH_UPDATE`, and a page the firmware refuses ends the build with the leaves it
@@ -39,6 +49,7 @@ use relaunch_core::limits::PAGE_SIZE;
 use relaunch_core::plan::{LaunchOp, LaunchPlan, PageData, PageKind, Platform};
 
 use super::native::{Prepared, PreparedCache};
+use super::snp_certs::SnpCerts;
 use super::snp_cpuid::CpuidTable;
 use super::{
     kvm_err, Backend, BackendError, BuiltVm, ExecError, ExecTimings, LaunchSecret, OwnerGate,
@@ -208,6 +219,8 @@ pub struct SevBackend {
     measure: Mutex<Option<[u8; 48]>>,
     /// The guest owner's turn between `LAUNCH_MEASURE` and `LAUNCH_FINISH` (SEV, SEV-ES).
     gate: Mutex<Option<Arc<dyn OwnerGate>>>,
+    /// The certificate file SNP report requests get (module doc).
+    certs: Mutex<Option<Arc<SnpCerts>>>,
 }
 
 impl SevBackend {
@@ -219,7 +232,15 @@ impl SevBackend {
             host,
             measure: Mutex::new(None),
             gate: Mutex::new(None),
+            certs: Mutex::new(None),
         }
+    }
+
+    fn certs(&self) -> Option<Arc<SnpCerts>> {
+        self.certs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The same with the guest owner's turn in every SEV / SEV-ES build
@@ -254,6 +275,12 @@ impl Backend for SevBackend {
         matches!(self.platform, Platform::Sev | Platform::SevEs)
     }
 
+    fn set_snp_certs(&self, certs: Option<Arc<SnpCerts>>) -> bool {
+        let snp = self.platform == Platform::Snp;
+        *self.certs.lock().unwrap_or_else(PoisonError::into_inner) = certs.filter(|_| snp);
+        snp
+    }
+
     fn build(&self, launch: &Launch) -> Result<BuiltVm, ExecError> {
         let plan = launch.plan();
         let prep = self.prepared.get(launch)?;
@@ -276,6 +303,7 @@ impl Backend for SevBackend {
             measure: &self.measure,
             cpuid: None,
             gate,
+            req_certs: self.certs().is_some(),
             timings: ExecTimings::default(),
             t0: Instant::now(),
         };
@@ -293,11 +321,12 @@ impl Backend for SevBackend {
             // Plain SEV guests have no GHCB protocol and no private/shared memslots.
             Arc::new(native)
         } else {
-            Arc::new(super::coco_exits::CocoExits::new(
-                native,
-                vm.mem_attrs(),
-                Arc::clone(memory),
-            ))
+            let exits =
+                super::coco_exits::CocoExits::new(native, vm.mem_attrs(), Arc::clone(memory));
+            Arc::new(match self.certs() {
+                Some(certs) => exits.with_certs(certs),
+                None => exits,
+            })
         }
     }
 }
@@ -325,6 +354,8 @@ struct SevBuild<'b> {
     /// The SNP CPUID table staged for this build's CPUID pages (built on the first).
     cpuid: Option<CpuidTable>,
     gate: Option<Arc<dyn OwnerGate>>,
+    /// `KVM_SEV_SNP_ENABLE_REQ_CERTS` for this build (SNP with a certificate file).
+    req_certs: bool,
     timings: ExecTimings,
     t0: Instant,
 }
@@ -584,6 +615,17 @@ impl Phases for SevBuild<'_> {
         // Checked before anything is created.
         check_host(self.platform, policy, vmsa_features, &self.host.sev_attrs)
             .map_err(BackendError::Unsupported)?;
+        if self.req_certs && !self.host.sev_attrs.snp_req_certs() {
+            return Err(BackendError::Unsupported(format!(
+                "--snp-certs needs KVM_X86_SEV_SNP_REQ_CERTS (Linux 7.0+), which this host's \
+                 KVM does not offer ({}): it answers guests' report requests itself, with no \
+                 certificates",
+                self.host
+                    .sev_attrs
+                    .snp_req_certs_attr
+                    .map_or("ENXIO".to_string(), |v| format!("it reads {v}"))
+            )));
+        }
         let sev_policy = if self.platform == Platform::Snp {
             0
         } else {
@@ -618,6 +660,11 @@ impl Phases for SevBuild<'_> {
         if self.platform == Platform::Snp {
             vm.sev_cmd(&mut SevCmd::SnpLaunchStart { policy }, sev_fd)
                 .map_err(coco("KVM_SEV_SNP_LAUNCH_START"))?;
+            if self.req_certs {
+                // Before any vCPU (`snp_enable_certs`: EINVAL once one exists; spec §1.6).
+                vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, sev_fd)
+                    .map_err(coco("KVM_SEV_SNP_ENABLE_REQ_CERTS"))?;
+            }
         } else {
             vm.sev_cmd(
                 &mut SevCmd::LaunchStart {
@@ -1280,6 +1327,7 @@ mod tests {
         let attrs = SevAttrs {
             vmsa_features: Some(0x20),
             snp_policy_bits: Some(0x3_0000 | 0xFFFF),
+            snp_req_certs_attr: None,
         };
         assert_eq!(check_host(Platform::Snp, 0x3_0000, 0x20, &attrs), Ok(()));
         let e = check_host(Platform::Snp, 0x3_0000 | 1 << 19 | 1 << 20, 0, &attrs).unwrap_err();
@@ -1322,8 +1370,10 @@ mod tests {
         (rec, Arc::new(host))
     }
 
-    /// `Host` asks `KVM_GET_DEVICE_ATTR` for both attributes once, on the system fd, when
-    /// KVM offers a SEV-family VM type; an attribute the kernel lacks (`ENXIO`) is `None`.
+    /// `Host` asks `KVM_GET_DEVICE_ATTR` for each attribute once (0
+    /// `KVM_X86_SEV_VMSA_FEATURES`, 1 `KVM_X86_SNP_POLICY_BITS`, 2 `KVM_X86_SEV_SNP_REQ_CERTS`),
+    /// on the system fd, when KVM offers a SEV-family VM type; an attribute the kernel lacks
+    /// (`ENXIO`) is `None`.
     #[test]
     fn host_probes_the_sev_attributes_once() {
         let (rec, host) = recorded_with_attrs(0x20, None);
@@ -1331,7 +1381,8 @@ mod tests {
             host.sev_attrs,
             SevAttrs {
                 vmsa_features: Some(0x20),
-                snp_policy_bits: None
+                snp_policy_bits: None,
+                snp_req_certs_attr: None,
             }
         );
         assert!(rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
@@ -1346,7 +1397,8 @@ mod tests {
             attr,
             [
                 "kvm KVM_GET_DEVICE_ATTR group=1 attr=0",
-                "kvm KVM_GET_DEVICE_ATTR group=1 attr=1"
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=1",
+                "kvm KVM_GET_DEVICE_ATTR group=1 attr=2"
             ]
         );
         // No SEV-family VM type: not asked.
@@ -1354,6 +1406,117 @@ mod tests {
         let h = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
         assert!(!rec.lines().iter().any(|l| l.contains("DEVICE_ATTR")));
         assert_eq!(h.sev_attrs, SevAttrs::default());
+    }
+
+    /// A host (recorder) whose `/dev/kvm` reads `KVM_X86_SEV_SNP_REQ_CERTS` (group 1,
+    /// attribute 2) as `value` (`None`: ENXIO, a kernel before 7.0), and a certificate file.
+    fn recorded_with_certs(value: Option<u64>, name: &str) -> (Recorder, Arc<Host>, Arc<SnpCerts>) {
+        let attrs: Vec<(u32, u64, u64)> = value.map(|v| (1, 2, v)).into_iter().collect();
+        let rec = Recorder::new(
+            8,
+            &[(KVM_CAP_NR_MEMSLOTS, 509), (KVM_CAP_VM_TYPES, 0b11101)],
+        )
+        .with_device_attrs(&attrs);
+        let host = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
+        rec.clear();
+        let vcek = [
+            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
+            0xac, 0xcd,
+        ];
+        let path =
+            std::env::temp_dir().join(format!("relaunch-sev-certs-{}-{name}", std::process::id()));
+        std::fs::write(
+            &path,
+            super::super::snp_certs::tests::table(&[(vcek, &[1; 64])]),
+        )
+        .unwrap();
+        let certs = Arc::new(SnpCerts::open(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        (rec, Arc::new(host), certs)
+    }
+
+    /// `amd-memory-encryption.rst` 21 (KVM_SEV_SNP_ENABLE_REQ_CERTS: no data) and
+    /// `snp_enable_certs` (EINVAL once a vCPU exists): with a certificate file, on a host
+    /// whose `KVM_X86_SEV_SNP_REQ_CERTS` reads 1, the command comes right after
+    /// `SNP_LAUNCH_START` and before the first `KVM_CREATE_VCPU`, once per build (a
+    /// relaunch's new VM too). Without a file it never comes (KVM then answers report
+    /// requests itself with an empty table).
+    #[test]
+    fn snp_enables_certificate_requests_with_a_file_before_any_vcpu() {
+        let (rec, host, certs) = recorded_with_certs(Some(1), "enable");
+        let backend = SevBackend::new(Platform::Snp, host);
+        assert!(backend.set_snp_certs(Some(certs)));
+        let l = Launch::from_plan(coco_plan(Platform::Snp, 0x3_0000, 0, PAGES));
+        for vm in ["vm0", "vm1"] {
+            rec.clear();
+            drop(backend.build(&l).unwrap());
+            let lines = rec.lines();
+            assert_eq!(
+                lines.get(..4).unwrap_or(&[]),
+                [
+                    "kvm KVM_CREATE_VM type=4".to_string(),
+                    format!(
+                        "{vm} KVM_SEV_INIT2 vmsa_features=0x0 flags=0 ghcb_version=0 sev_fd=sev"
+                    ),
+                    format!("{vm} KVM_SEV_SNP_LAUNCH_START policy=0x30000 flags=0 sev_fd=sev"),
+                    format!("{vm} KVM_SEV_SNP_ENABLE_REQ_CERTS sev_fd=sev"),
+                ]
+            );
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.contains("ENABLE_REQ_CERTS"))
+                    .count(),
+                1
+            );
+            assert!(lines.iter().any(|l| l.contains("KVM_CREATE_VCPU")));
+        }
+        // The file taken away: no command.
+        assert!(backend.set_snp_certs(None));
+        rec.clear();
+        drop(backend.build(&l).unwrap());
+        assert!(!rec.lines().iter().any(|l| l.contains("ENABLE_REQ_CERTS")));
+    }
+
+    /// A certificate file on a kernel that cannot serve it (`KVM_X86_SEV_SNP_REQ_CERTS`
+    /// ENXIO: before Linux 7.0; or 0: SNP off, `sev_dev_get_attr`) is refused before
+    /// `KVM_CREATE_VM`, naming the attribute; SEV and SEV-ES backends take no file and issue
+    /// no command.
+    #[test]
+    fn certificate_files_need_the_attribute_and_snp() {
+        for (value, reads) in [(None, "ENXIO"), (Some(0), "it reads 0")] {
+            let (rec, host, certs) = recorded_with_certs(value, "refused");
+            let backend = SevBackend::new(Platform::Snp, host);
+            assert!(backend.set_snp_certs(Some(certs)));
+            let err = backend
+                .build(&Launch::from_plan(coco_plan(
+                    Platform::Snp,
+                    0x3_0000,
+                    0,
+                    PAGES,
+                )))
+                .unwrap_err();
+            assert!(err.refused_by_platform());
+            let err = err.to_string();
+            assert!(
+                err.contains("KVM_X86_SEV_SNP_REQ_CERTS")
+                    && err.contains("Linux 7.0")
+                    && err.contains(reads),
+                "{err}"
+            );
+            assert!(rec.lines().is_empty(), "{:?}", rec.lines());
+        }
+        for platform in [Platform::SevEs, Platform::Sev] {
+            let (rec, host, certs) = recorded_with_certs(Some(1), "sev");
+            let backend = SevBackend::new(platform, host);
+            assert!(!backend.set_snp_certs(Some(certs)));
+            drop(
+                backend
+                    .build(&Launch::from_plan(coco_plan(platform, 0x5, 0, &[])))
+                    .unwrap(),
+            );
+            assert!(!rec.lines().iter().any(|l| l.contains("ENABLE_REQ_CERTS")));
+        }
     }
 
     /// A policy or SEV_FEATURES the host's KVM does not accept is refused before

@@ -19,6 +19,7 @@ use crate::args::{
     Item, HELP_FLAG,
 };
 use crate::audit::{AuditLog, EventSink};
+use crate::backend::snp_certs::SnpCerts;
 use crate::control::{Control, ControlServer};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
@@ -76,6 +77,20 @@ pub const FLAGS: &[Flag] = &[
     launch_flags::APPEND,
     launch_flags::ID_BLOCK,
     launch_flags::ID_AUTH,
+    Flag {
+        long: "snp-certs",
+        short: None,
+        value: Some("FILE"),
+        help: "SNP only: answer the guest's extended report requests with the certificates \
+               in FILE, a certificate table as the guest receives it (GHCB spec \
+               \"SNP Extended Guest Request\": 24-byte entries GUID, offset, length, little \
+               endian; an all-zero entry; then the certificates; at most 16 KiB). Checked at \
+               start; read again under a shared fcntl lock for every request, so a tool \
+               updating it under an exclusive lock makes the guest retry. Needs Linux 7.0+ \
+               (KVM_X86_SEV_SNP_REQ_CERTS). With emulated:snp the file is checked, but no \
+               request ever reaches relaunch. Default: none (KVM gives the guest an empty \
+               table).",
+    },
     Flag {
         long: "reset-limit",
         short: None,
@@ -241,6 +256,8 @@ pub struct RunOptions {
     pub fw_cfg: Vec<(String, Vec<u8>)>,
     /// `--no-guest-memfd`: force anonymous RAM.
     pub no_guest_memfd: bool,
+    /// `--snp-certs`: the certificate file, checked.
+    pub snp_certs: Option<SnpCerts>,
 }
 
 fn bad(flag: &str, value: &str, expected: &'static str) -> ArgError {
@@ -299,6 +316,7 @@ where
         prestage: false,
         fw_cfg: Vec::new(),
         no_guest_memfd: false,
+        snp_certs: None,
     };
     let mut bundle = None;
     while let Some(arg) = a.next()? {
@@ -356,6 +374,13 @@ where
             "wait-for-secret" => o.wait_for_secret = true,
             "tik" => o.sev_model_keys.tik = Some(read_key_file(f, &a.path(f)?)?),
             "tek" => o.sev_model_keys.tek = Some(read_key_file(f, &a.path(f)?)?),
+            "snp-certs" => {
+                let path = a.path(f)?;
+                o.snp_certs = Some(
+                    SnpCerts::open(&path)
+                        .map_err(|e| ArgError::Other(format!("--snp-certs {e}")))?,
+                );
+            }
             "mnonce" => {
                 o.sev_model_keys.mnonce =
                     Some(a.parsed(f, "32 hex digits (16 bytes)", parse_hex_bytes)?);
@@ -376,6 +401,13 @@ where
             "--tik, --tek and --mnonce configure an emulated SEV or SEV-ES firmware; they \
              need --platform emulated:sev or emulated:sev-es (on real hardware the keys come \
              from the LAUNCH_START session)"
+                .into(),
+        ));
+    }
+    if o.snp_certs.is_some() && o.platform != Some(Platform::Snp) {
+        return Err(ArgError::Other(
+            "--snp-certs serves SNP guests' certificate requests; it needs --platform snp \
+             (or emulated:snp, which checks the file only)"
                 .into(),
         ));
     }
@@ -572,6 +604,24 @@ pub fn main(args: &[OsString]) -> u8 {
     // LAUNCH_MEASURE and LAUNCH_FINISH; it waits only with --wait-for-secret).
     if let Some(c) = &control {
         backend.set_owner_gate(Some(Arc::clone(c) as Arc<dyn crate::backend::OwnerGate>));
+    }
+    if let Some(certs) = &opts.snp_certs {
+        if backend.set_snp_certs(Some(Arc::new(certs.clone()))) {
+            crate::elog!(
+                "relaunch: SNP certificate requests answered from {} ({})",
+                certs.path().display(),
+                certs.table()
+            );
+        } else {
+            // emulated:snp: the guest runs on an ordinary KVM VM, whose kernel never sees an
+            // SNP guest request, so KVM_EXIT_SNP_REQ_CERTS never comes.
+            crate::elog!(
+                "relaunch: --snp-certs {} checked ({}), but emulated:snp never receives \
+                 certificate requests: the guest gets none",
+                certs.path().display(),
+                certs.table()
+            );
+        }
     }
     crate::elog!(
         "relaunch: guest RAM {} MiB via {} ({} vCPU{})",
@@ -960,6 +1010,90 @@ mod tests {
         ] {
             let e = p(&args).unwrap_err().to_string();
             assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `--snp-certs FILE`: a GHCB certificate table (GHCB spec §4.1.8.1: 24-byte entries
+    /// GUID, offset, length; an all-zero entry; the certificates), checked while parsing, for
+    /// `--platform snp` or `emulated:snp` only. A missing, malformed or oversized file, or
+    /// another platform, is a usage error: exit 2 before anything is opened.
+    #[test]
+    fn snp_certs_flag() {
+        use crate::backend::snp_certs::tests::table;
+        let dir = std::env::temp_dir().join(format!("relaunch-snp-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let vcek = [
+            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
+            0xac, 0xcd,
+        ];
+        let good = file("good", &table(&[(vcek, &[1; 1000])]));
+        for platform in ["snp", "emulated:snp"] {
+            let o = p(&["b", "--platform", platform, "--snp-certs", &good]).unwrap();
+            let certs = o.snp_certs.unwrap();
+            assert_eq!(certs.path(), std::path::Path::new(&good));
+            assert_eq!(
+                certs.table().to_string(),
+                "1 certificate: VCEK (1000 bytes)"
+            );
+        }
+        assert!(p(&["b"]).unwrap().snp_certs.is_none());
+        let mut cut = table(&[(vcek, &[1; 8])]);
+        cut.truncate(40);
+        let mut past_end = table(&[(vcek, &[1; 8])]);
+        past_end.truncate(50);
+        let mut big = table(&[(vcek, &[1; 8])]);
+        big.resize(16 * 1024 + 1, 0);
+        let (cut, past_end, big, empty) = (
+            file("cut", &cut),
+            file("past-end", &past_end),
+            file("big", &big),
+            file("empty", b""),
+        );
+        let missing = dir.join("missing").to_string_lossy().into_owned();
+        for (args, want) in [
+            (
+                vec!["b", "--platform", "snp", "--snp-certs", &missing],
+                "missing",
+            ),
+            (
+                vec!["b", "--platform", "snp", "--snp-certs", &empty],
+                "no terminating entry",
+            ),
+            (
+                vec!["b", "--platform", "snp", "--snp-certs", &cut],
+                "no terminating entry",
+            ),
+            (
+                vec!["b", "--platform", "snp", "--snp-certs", &past_end],
+                "entry 0 (VCEK",
+            ),
+            (
+                vec!["b", "--platform", "snp", "--snp-certs", &big],
+                "larger than 16384",
+            ),
+            (vec!["b", "--snp-certs", &good], "needs --platform snp"),
+            (
+                vec!["b", "--platform", "sev-es", "--snp-certs", &good],
+                "needs --platform snp",
+            ),
+            (
+                vec!["b", "--platform", "emulated:tdx", "--snp-certs", &good],
+                "needs --platform snp",
+            ),
+        ] {
+            let e = p(&args).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains("--snp-certs"),
+                "{args:?}: {e}"
+            );
+            let os: Vec<OsString> = args.iter().map(OsString::from).collect();
+            assert_eq!(main(&os), EXIT_USAGE, "{args:?}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

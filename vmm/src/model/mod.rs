@@ -38,7 +38,8 @@ use relaunch_core::measure::Measurement;
 
 use crate::sys::emu::{Firmware, PrivateSink};
 use crate::sys::kvm::{
-    KvmIoctls, VmIoctls, KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS,
+    KvmIoctls, VmIoctls, KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS, KVM_X86_SEV_VMSA_FEATURES,
+    KVM_X86_SNP_POLICY_BITS,
 };
 use crate::sys::safe::SafeVm;
 use crate::sys::Errno;
@@ -72,6 +73,11 @@ pub struct ModelConfig {
     /// `KVM_GET_DEVICE_ATTR` answers `ENXIO` for it, as older kernels do
     /// (`sev_dev_get_attr`), and only `snp_launch_start` knows `snp_policy_bits`.
     pub snp_policy_bits_attr: bool,
+    /// Whether the kernel has SNP certificate requests (Linux 7.0+):
+    /// `KVM_X86_SEV_SNP_REQ_CERTS` reads 1 and `KVM_SEV_SNP_ENABLE_REQ_CERTS` is a command;
+    /// if not, the attribute is `ENXIO` and the command id unknown (`EINVAL`,
+    /// `sev_mem_enc_ioctl`'s default).
+    pub snp_req_certs: bool,
     /// The `vmsa_features` bits KVM accepts (`KVM_X86_SEV_VMSA_FEATURES`).
     pub vmsa_features: u64,
     /// `KVM_CAP_MAX_VCPUS`.
@@ -108,6 +114,7 @@ impl Default for ModelConfig {
             eintr_every: None,
             snp_policy_bits: (1 << 21) - 1,
             snp_policy_bits_attr: true,
+            snp_req_certs: true,
             vmsa_features: 0x3FF,
             max_vcpus: 64,
             vcpu_sig: 0x00A0_0F11,
@@ -399,6 +406,8 @@ impl KvmIoctls for Model {
             (KVM_X86_GRP_SEV, KVM_X86_SNP_POLICY_BITS) if cfg.snp_policy_bits_attr => {
                 Ok(cfg.snp_policy_bits)
             }
+            // `sev_snp_enabled ? 1 : 0`: the model's SNP is always on.
+            (KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS) if cfg.snp_req_certs => Ok(1),
             _ => Err(Errno::new(libc::ENXIO)),
         };
         self.shared.call(CallRecord {

@@ -368,8 +368,10 @@ impl ModelVm {
         );
         // SNP commands on a non-SNP VM are refused (`snp_launch_*`: `!sev_snp_guest` →
         // ENOTTY). The model answers the legacy launch commands on an SNP VM the same way
-        // (a simplification: not checked against sev.c per command).
-        if snp_cmd != (platform == Platform::Snp) && !is_init {
+        // (a simplification: not checked against sev.c per command). The certificate
+        // switch answers for itself (below).
+        let enable_certs = matches!(cmd, SevCmd::SnpEnableReqCerts);
+        if snp_cmd != (platform == Platform::Snp) && !is_init && !enable_certs {
             return Err(err(libc::ENOTTY));
         }
         match cmd {
@@ -494,6 +496,20 @@ impl ModelVm {
                     return Err(fw(SEV_RET_INVALID_GUEST_STATE));
                 }
                 st.launch = Launch::Finished;
+                Ok(())
+            }
+            SevCmd::SnpEnableReqCerts => {
+                // `snp_enable_certs` (Linux 7.0 `arch/x86/kvm/svm/sev.c`, kvm-x86
+                // 20c3c4108d58): `kvm->created_vcpus || !sev_snp_guest(kvm)` → EINVAL;
+                // nothing else is checked and nothing reaches the firmware. The model never
+                // runs a guest, so it has no extended guest request to exit for. Before 7.0
+                // the id is unknown: EINVAL.
+                if !self.shared.cfg.snp_req_certs
+                    || platform != Platform::Snp
+                    || !st.vcpus.is_empty()
+                {
+                    return Err(err(libc::EINVAL));
+                }
                 Ok(())
             }
             SevCmd::SnpLaunchStart { policy } => {
@@ -812,7 +828,7 @@ fn sev_args(cmd: &SevCmd<'_>, sev_fd: i32) -> Vec<(&'static str, Arg)> {
                 ("len", n((*len).into())),
             ]
         }
-        SevCmd::LaunchUpdateVmsa | SevCmd::LaunchFinish => Vec::new(),
+        SevCmd::LaunchUpdateVmsa | SevCmd::LaunchFinish | SevCmd::SnpEnableReqCerts => Vec::new(),
         SevCmd::LaunchMeasure { .. } => vec![("len", n(48))],
         SevCmd::LaunchSecret {
             header,

@@ -971,7 +971,8 @@ fn sev_digests_and_script_equal_core_prediction_for_real_bundles() {
 /// `KVM_GET_DEVICE_ATTR` on the system fd, group `KVM_X86_GRP_SEV` (1)
 /// (`amd-memory-encryption.rst`, "Device attribute API"): attribute 0 is the accepted
 /// `vmsa_features`, attribute 1 the accepted SNP policy bits (Linux 6.19+; `ENXIO` on older
-/// kernels); anything else `ENXIO`.
+/// kernels), attribute 2 `KVM_X86_SEV_SNP_REQ_CERTS` (1 on Linux 7.0+ with SNP on; `ENXIO`
+/// before); anything else `ENXIO`.
 #[test]
 fn device_attrs_answer_the_sev_group_only() {
     let (_m, kvm) = model(ModelConfig {
@@ -981,13 +982,16 @@ fn device_attrs_answer_the_sev_group_only() {
     });
     assert_eq!(kvm.device_attr(1, 0), Ok(0x20));
     assert_eq!(kvm.device_attr(1, 1), Ok(0xF_FFFF));
-    assert_eq!(kvm.device_attr(1, 2).unwrap_err().errno(), libc::ENXIO);
+    assert_eq!(kvm.device_attr(1, 2), Ok(1));
+    assert_eq!(kvm.device_attr(1, 3).unwrap_err().errno(), libc::ENXIO);
     assert_eq!(kvm.device_attr(0, 1).unwrap_err().errno(), libc::ENXIO);
     let (_m, old) = model(ModelConfig {
         snp_policy_bits_attr: false,
+        snp_req_certs: false,
         ..ModelConfig::default()
     });
     assert_eq!(old.device_attr(1, 1).unwrap_err().errno(), libc::ENXIO);
+    assert_eq!(old.device_attr(1, 2).unwrap_err().errno(), libc::ENXIO);
     assert!(old.device_attr(1, 0).is_ok());
 }
 
@@ -1368,4 +1372,46 @@ fn launch_secret_refusals() {
     let mut back = [0u8; 32];
     ram.read(0x3000, &mut back).unwrap();
     assert_eq!(back, [0x77; 32]);
+}
+
+/// `KVM_SEV_SNP_ENABLE_REQ_CERTS` (Linux 7.0 `snp_enable_certs`, kvm-x86 20c3c4108d58):
+/// `kvm->created_vcpus || !sev_snp_guest(kvm)` → EINVAL, so it works on an initialised SNP
+/// VM before any vCPU (SNP_LAUNCH_START or not) and nowhere else; like every command but
+/// the INITs it needs INIT2 first (`sev_mem_enc_ioctl`: ENOTTY).
+#[test]
+fn enable_req_certs_only_on_snp_before_vcpus() {
+    let (_m, kvm) = model(ModelConfig::default());
+    let init2 = |vm: &Vm| {
+        vm.sev_cmd(
+            &mut SevCmd::Init2 {
+                vmsa_features: 0,
+                ghcb_version: 0,
+            },
+            3,
+        )
+    };
+    let vm = kvm.create_vm(KVM_X86_SNP_VM).unwrap();
+    let early = vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3);
+    assert_eq!(early.map_err(errno_of), Err(libc::ENOTTY));
+    init2(&vm).unwrap();
+    vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3).unwrap();
+    vm.sev_cmd(&mut SevCmd::SnpLaunchStart { policy: SNP_POLICY }, 3)
+        .unwrap();
+    vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3).unwrap();
+    let _v = vm.create_vcpu(0).unwrap();
+    let late = vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3);
+    assert_eq!(late.map_err(errno_of), Err(libc::EINVAL));
+    let es = kvm.create_vm(KVM_X86_SEV_ES_VM).unwrap();
+    init2(&es).unwrap();
+    let not_snp = es.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3);
+    assert_eq!(not_snp.map_err(errno_of), Err(libc::EINVAL));
+    // A kernel before 7.0 does not know the command id (`sev_mem_enc_ioctl`: EINVAL).
+    let (_m, old) = model(ModelConfig {
+        snp_req_certs: false,
+        ..ModelConfig::default()
+    });
+    let vm = old.create_vm(KVM_X86_SNP_VM).unwrap();
+    init2(&vm).unwrap();
+    let unknown = vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3);
+    assert_eq!(unknown.map_err(errno_of), Err(libc::EINVAL));
 }

@@ -92,6 +92,11 @@ pub enum SevCmd<'a> {
     },
     /// `KVM_SEV_SNP_LAUNCH_UPDATE` (101).
     SnpLaunchUpdate(SnpUpdate<'a>),
+    /// `KVM_SEV_SNP_ENABLE_REQ_CERTS` (103, Linux 7.0): no data; from now on an Extended
+    /// Guest Request for a report exits with `KVM_EXIT_SNP_REQ_CERTS` for the VMM to supply
+    /// the certificates. Before any vCPU exists (`EINVAL` after;
+    /// `../shared/spec/kvm-coco-abi.md` §1.6).
+    SnpEnableReqCerts,
     /// `KVM_SEV_SNP_LAUNCH_FINISH` (102): VMSAs first (KVM), then the firmware's finish.
     SnpLaunchFinish {
         /// The 96-byte ID block, if any.
@@ -118,6 +123,7 @@ impl SevCmd<'_> {
             SevCmd::LaunchFinish => "KVM_SEV_LAUNCH_FINISH",
             SevCmd::SnpLaunchStart { .. } => "KVM_SEV_SNP_LAUNCH_START",
             SevCmd::SnpLaunchUpdate(_) => "KVM_SEV_SNP_LAUNCH_UPDATE",
+            SevCmd::SnpEnableReqCerts => "KVM_SEV_SNP_ENABLE_REQ_CERTS",
             SevCmd::SnpLaunchFinish { .. } => "KVM_SEV_SNP_LAUNCH_FINISH",
         }
     }

@@ -64,6 +64,11 @@ pub const KVM_X86_SEV_VMSA_FEATURES: u64 = 0;
 /// `KVM_SEV_SNP_LAUNCH_START` accepts. Linux 6.19 (tag `kvm-x86-svm-6.19`, "KVM: SEV:
 /// Publish supported SEV-SNP policy bits"); older kernels answer `ENXIO`.
 pub const KVM_X86_SNP_POLICY_BITS: u64 = 1;
+/// `KVM_X86_SEV_SNP_REQ_CERTS` (same header, Linux 7.0, kvm-x86 commit 20c3c4108d58): 1 when
+/// the kernel has `KVM_SEV_SNP_ENABLE_REQ_CERTS` and `KVM_EXIT_SNP_REQ_CERTS` (and SNP is
+/// enabled: `sev_dev_get_attr` answers `sev_snp_enabled ? 1 : 0`); older kernels answer
+/// `ENXIO` (`amd-memory-encryption.rst`, "Device attribute API").
+pub const KVM_X86_SEV_SNP_REQ_CERTS: u64 = 2;
 
 // The attribute numbers must agree with kvm-bindings' (generated from the same header; it
 // has no `KVM_X86_SNP_POLICY_BITS` yet).
@@ -307,6 +312,11 @@ pub trait VcpuIoctls: Send + fmt::Debug {
     /// exit, or a double without a `kvm_run` page).
     fn tdx_exit(&mut self) -> Option<super::tdx::TdxExit<'_>> {
         self.kvm_run().and_then(super::tdx::decode_tdx_exit)
+    }
+    /// The `KVM_EXIT_SNP_REQ_CERTS` of the last `KVM_RUN`, with its writable `npages` and
+    /// `ret` (`None` for another exit, or a double without a `kvm_run` page).
+    fn snp_req_certs(&mut self) -> Option<super::sev::SnpReqCerts<'_>> {
+        self.kvm_run().and_then(super::sev::decode_snp_req_certs)
     }
     /// The port access of the last `KVM_RUN` if it exited with `KVM_EXIT_IO`, with the
     /// access width that `VcpuExit::IoIn`/`IoOut` drop. `None` by default (a double that
@@ -817,6 +827,11 @@ impl Vcpu {
         self.door.tdx_exit()
     }
 
+    /// The `KVM_EXIT_SNP_REQ_CERTS` of the last `KVM_RUN` (`None` unless it exited with it).
+    pub fn snp_req_certs(&mut self) -> Option<super::sev::SnpReqCerts<'_>> {
+        self.door.snp_req_certs()
+    }
+
     /// `kvm_run.internal` after a `KVM_EXIT_INTERNAL_ERROR`: the suberror and up to 16 data
     /// words (`include/uapi/linux/kvm.h`, `struct kvm_run` union member `internal`).
     pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
@@ -1056,7 +1071,11 @@ mod tests {
                 return;
             }
         };
-        for attr in [KVM_X86_SEV_VMSA_FEATURES, KVM_X86_SNP_POLICY_BITS] {
+        for attr in [
+            KVM_X86_SEV_VMSA_FEATURES,
+            KVM_X86_SNP_POLICY_BITS,
+            KVM_X86_SEV_SNP_REQ_CERTS,
+        ] {
             match kvm.device_attr(KVM_X86_GRP_SEV, attr) {
                 Ok(_) => {}
                 Err(e) => assert!(

@@ -85,6 +85,9 @@ struct Shared {
     vms: AtomicU32,
     /// Pages one `SNP_LAUNCH_UPDATE` does at most (0: all): partial progress.
     snp_update_pages: AtomicU64,
+    /// Exits the next `KVM_RUN`s report, in order: `(exit_reason, first words of the exit
+    /// union)`.
+    exits: Mutex<std::collections::VecDeque<(u32, Vec<u64>)>>,
 }
 
 impl Shared {
@@ -153,6 +156,18 @@ impl Recorder {
     /// progress (`../shared/spec/kvm-coco-abi.md` §1.3).
     pub fn partial_snp_update(&self, pages: u64) {
         self.shared.snp_update_pages.store(pages, Ordering::Relaxed);
+    }
+
+    /// Makes the next `KVM_RUN` (of any vCPU) without `immediate_exit` return the exit
+    /// `reason` as kvm-ioctls reports exits it does not decode (`VcpuExit::Unsupported`),
+    /// with `words` as the first u64s of `kvm_run`'s exit union (at byte 32,
+    /// `include/uapi/linux/kvm.h`). At most 32 words (the union is 256 bytes).
+    pub fn queue_exit(&self, reason: u32, words: &[u64]) {
+        self.shared
+            .exits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((reason, words.iter().copied().take(32).collect()));
     }
 
     /// Every call so far, in order.
@@ -338,7 +353,9 @@ impl VmIoctls for RecVm {
             SevCmd::LaunchUpdateData { source, len } => {
                 format!("uaddr_offset={:#x} len={len:#x}", source.offset)
             }
-            SevCmd::LaunchUpdateVmsa | SevCmd::LaunchFinish => String::new(),
+            SevCmd::LaunchUpdateVmsa | SevCmd::LaunchFinish | SevCmd::SnpEnableReqCerts => {
+                String::new()
+            }
             SevCmd::LaunchMeasure { .. } => "len=48".into(),
             SevCmd::LaunchSecret {
                 header,
@@ -429,6 +446,7 @@ impl VmIoctls for RecVm {
         Ok(Box::new(RecVcpu {
             name: format!("{}.vcpu{n}", self.name),
             rec: self.rec.clone(),
+            run: Box::default(),
         }))
     }
 }
@@ -482,6 +500,8 @@ pub fn memfd(size: u64) -> Result<File, Errno> {
 struct RecVcpu {
     name: String,
     rec: Recorder,
+    /// A `kvm_run` page of its own: `immediate_exit` and queued exits go through it.
+    run: Box<kvm_run>,
 }
 
 impl RecVcpu {
@@ -569,12 +589,47 @@ impl VcpuIoctls for RecVcpu {
         self.record("KVM_SET_MP_STATE", format!("mp_state={}", s.mp_state))
     }
     fn run(&mut self) -> Result<VcpuExit<'_>, Errno> {
-        self.record("KVM_RUN", String::new())?;
-        // Nothing runs behind a recorder.
-        Err(Errno::new(libc::ENOSYS))
+        // What the VMM left for the kernel: `immediate_exit`, and the answer to a
+        // certificate request (`ret`, and `npages` for ENOSPC) that KVM reads now.
+        let mut args = Vec::new();
+        if self.run.immediate_exit != 0 {
+            args.push(format!("immediate_exit={}", self.run.immediate_exit));
+        }
+        if let Some(e) = super::sev::decode_snp_req_certs(&mut self.run) {
+            args.push(format!("snp_req_certs.ret={} npages={}", e.ret, e.npages));
+        }
+        self.record("KVM_RUN", args.join(" "))?;
+        // KVM completes the pending exit, then `immediate_exit` returns EINTR before the
+        // guest is entered (x86 `kvm_arch_vcpu_ioctl_run`).
+        self.run.exit_reason = kvm_bindings::KVM_EXIT_UNKNOWN;
+        if self.run.immediate_exit != 0 {
+            return Err(Errno::new(libc::EINTR));
+        }
+        let next = self
+            .rec
+            .shared
+            .exits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        match next {
+            Some((reason, words)) => {
+                self.run.exit_reason = reason;
+                // The union as its 256-byte `padding` member (a whole-field write: safe).
+                let mut pad = [0 as libc::c_char; 256];
+                let bytes = words.iter().flat_map(|w| w.to_ne_bytes());
+                for (p, b) in pad.iter_mut().zip(bytes) {
+                    *p = b as libc::c_char;
+                }
+                self.run.__bindgen_anon_1.padding = pad;
+                Ok(VcpuExit::Unsupported(reason))
+            }
+            // Nothing runs behind a recorder.
+            None => Err(Errno::new(libc::ENOSYS)),
+        }
     }
     fn kvm_run(&mut self) -> Option<&mut kvm_run> {
-        None
+        Some(&mut self.run)
     }
 
     fn tdx_vcpu_cmd(&self, cmd: &mut TdxVcpuCmd<'_>) -> Result<(), CocoError> {

@@ -101,6 +101,11 @@ pub const KVM_SEV_SNP_LAUNCH_START: u32 = 100;
 pub const KVM_SEV_SNP_LAUNCH_UPDATE: u32 = 101;
 /// `KVM_SEV_SNP_LAUNCH_FINISH`.
 pub const KVM_SEV_SNP_LAUNCH_FINISH: u32 = 102;
+/// `KVM_SEV_SNP_ENABLE_REQ_CERTS`: the enum entry after `KVM_SEV_SNP_LAUNCH_FINISH` (Linux 7.0,
+/// kvm-x86 commit 20c3c4108d58 "KVM: SEV: Add KVM_SEV_SNP_ENABLE_REQ_CERTS command"; not in
+/// kvm-bindings 0.14). No data; `snp_enable_certs` in `arch/x86/kvm/svm/sev.c` answers
+/// `EINVAL` once a vCPU exists or on a VM that is not SNP.
+pub const KVM_SEV_SNP_ENABLE_REQ_CERTS: u32 = KVM_SEV_SNP_LAUNCH_FINISH + 1;
 
 // The ids must agree with kvm-bindings' generated enum (same header).
 const _: () = {
@@ -248,6 +253,18 @@ pub fn sev_cmd(vm: &VmFd, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoE
                 fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
             })
         }
+        SevCmd::SnpEnableReqCerts => {
+            // No data (`amd-memory-encryption.rst` 21, KVM_SEV_SNP_ENABLE_REQ_CERTS).
+            let mut cmd = kvm_sev_cmd {
+                id: KVM_SEV_SNP_ENABLE_REQ_CERTS,
+                sev_fd: sev_fd as u32,
+                ..Default::default()
+            };
+            vm.encrypt_op_sev(&mut cmd).map_err(|errno| CocoError {
+                errno,
+                fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
+            })
+        }
         SevCmd::SnpLaunchStart { policy } => {
             let mut data = kvm_sev_snp_launch_start {
                 policy: *policy,
@@ -305,6 +322,123 @@ pub fn sev_cmd(vm: &VmFd, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoE
     }
 }
 
+/// `KVM_EXIT_SNP_REQ_CERTS` (`include/uapi/linux/kvm.h`, Linux 7.0: `#define
+/// KVM_EXIT_SNP_REQ_CERTS 42`; kvm-x86 commit fa9893fadbc2 "KVM: Introduce
+/// KVM_EXIT_SNP_REQ_CERTS for SNP certificate-fetching"). kvm-ioctls reports it as
+/// `VcpuExit::Unsupported(42)`.
+pub const KVM_EXIT_SNP_REQ_CERTS: u32 = 42;
+
+/// `struct kvm_exit_snp_req_certs { __u64 gpa; __u64 npages; __u64 ret; }`
+/// (`include/uapi/linux/kvm.h`, Linux 7.0), the `snp_req_certs` member of `kvm_run`'s exit
+/// union (not in kvm-bindings 0.14).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct KvmExitSnpReqCerts {
+    gpa: u64,
+    npages: u64,
+    ret: u64,
+}
+
+/// Byte offset of `kvm_run`'s exit union (`include/uapi/linux/kvm.h`).
+const KVM_RUN_EXIT_UNION: usize = 32;
+
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<KvmExitSnpReqCerts>() == 24);
+    assert!(offset_of!(KvmExitSnpReqCerts, gpa) == 0);
+    assert!(offset_of!(KvmExitSnpReqCerts, npages) == 8);
+    assert!(offset_of!(KvmExitSnpReqCerts, ret) == 16);
+    // The member sits at the start of the 256-byte, 8-byte aligned union at byte 32:
+    // gpa@32, npages@40, ret@48 of `struct kvm_run`.
+    assert!(offset_of!(kvm_bindings::kvm_run, __bindgen_anon_1) == KVM_RUN_EXIT_UNION);
+    assert!(size_of::<kvm_bindings::kvm_run__bindgen_ty_1>() == 256);
+    assert!(align_of::<kvm_bindings::kvm_run__bindgen_ty_1>() >= align_of::<KvmExitSnpReqCerts>());
+};
+
+/// A `KVM_EXIT_SNP_REQ_CERTS` exit (`Documentation/virt/kvm/api.rst`, "KVM_EXIT_SNP_REQ_CERTS";
+/// `../shared/spec/kvm-coco-abi.md` §1.6): an SNP guest with certificate fetching enabled
+/// sent an Extended Guest Request of type MSG_REPORT_REQ. `gpa` and `npages` are the guest's
+/// RAX and RBX, forwarded verbatim (KVM checked only that `gpa` is 4 KiB aligned).
+#[derive(Debug)]
+pub struct SnpReqCerts<'a> {
+    /// Where the guest wants the certificate table (guest-physical).
+    pub gpa: u64,
+    /// In: the pages the guest gave; out, with `ret = ENOSPC`: the pages the table needs
+    /// (KVM copies it to the guest's RBX).
+    pub npages: &'a mut u64,
+    /// The VMM's answer, read by KVM on the next `KVM_RUN`: 0, `ENOSPC`, `EAGAIN` or `EIO`
+    /// (positive errno values); anything else makes that `KVM_RUN` fail with `EINVAL`.
+    pub ret: &'a mut u64,
+}
+
+/// The `KVM_EXIT_SNP_REQ_CERTS` view of `run`, or `None` for another exit.
+pub fn decode_snp_req_certs(run: &mut kvm_bindings::kvm_run) -> Option<SnpReqCerts<'_>> {
+    if run.exit_reason != KVM_EXIT_SNP_REQ_CERTS {
+        return None;
+    }
+    let base = std::ptr::addr_of_mut!(run.__bindgen_anon_1).cast::<KvmExitSnpReqCerts>();
+    // SAFETY: dereferencing `base` needs it in bounds, aligned, and not aliased for the
+    // returned lifetime: it points at the start of `run`'s exit union, which `&mut` borrows
+    // exclusively for that lifetime; the union is 256 bytes and at least 8-byte aligned, the
+    // struct 24 bytes of u64s (both asserted above); every bit pattern is a valid u64; the
+    // kernel wrote `snp_req_certs` for exit_reason KVM_EXIT_SNP_REQ_CERTS, checked above.
+    let exit = unsafe { &mut *base };
+    Some(SnpReqCerts {
+        gpa: exit.gpa,
+        npages: &mut exit.npages,
+        ret: &mut exit.ret,
+    })
+}
+
+/// An open file holding an open file description (OFD) lock: dropping it closes the file,
+/// which releases the lock (`fcntl(2)`, "Open file description locks": released when the last
+/// fd of the description is closed). One description per holder: OFD locks taken through
+/// the same description never conflict with each other, and one unlock would drop all.
+#[derive(Debug)]
+pub struct OfdLock(std::fs::File);
+
+impl OfdLock {
+    /// The locked file.
+    pub fn file(&mut self) -> &mut std::fs::File {
+        &mut self.0
+    }
+}
+
+/// Takes an OFD lock on the whole of `file`, shared (`F_RDLCK`) or exclusive (`F_WRLCK`),
+/// without waiting (`F_OFD_SETLK`): what `Documentation/virt/kvm/x86/
+/// amd-memory-encryption.rst` (KVM_SEV_SNP_ENABLE_REQ_CERTS) recommends around the SNP
+/// certificate blob, so that tools updating it and the endorsement keys (with an exclusive
+/// lock) and VMMs serving it (with a shared one) never see each other's halves.
+///
+/// # Errors
+/// `EAGAIN` or `EACCES` while a conflicting lock is held (`fcntl(2)`), else the errno.
+pub fn ofd_lock(file: std::fs::File, exclusive: bool) -> Result<OfdLock, crate::sys::Errno> {
+    use std::os::fd::AsRawFd;
+    let lock_type = if exclusive {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    };
+    let fl = libc::flock {
+        // F_RDLCK / F_WRLCK fit the `short` field (0 and 1, `<asm-generic/fcntl.h>`).
+        l_type: lock_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        // Start 0, length 0: the whole file, however it grows.
+        l_start: 0,
+        l_len: 0,
+        // Must be 0 for OFD locks (`fcntl(2)`: EINVAL otherwise).
+        l_pid: 0,
+    };
+    // SAFETY: fcntl(F_OFD_SETLK) needs an open fd and a pointer to a readable `struct flock`
+    // that lives across the call: `file` is open (owned here) and `fl` is a local borrowed
+    // for the call; the kernel only reads it for F_OFD_SETLK.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl) };
+    if r < 0 {
+        return Err(crate::sys::Errno::last());
+    }
+    Ok(OfdLock(file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +458,79 @@ mod tests {
             offset: u64::MAX,
         };
         assert_eq!(uaddr(&far, 1).unwrap_err().errno.errno(), libc::EFAULT);
+    }
+
+    /// `enum sev_cmd_id` in Linux 7.0 `arch/x86/include/uapi/asm/kvm.h`:
+    /// `KVM_SEV_SNP_LAUNCH_START = 100, ..._UPDATE, ..._FINISH, KVM_SEV_SNP_ENABLE_REQ_CERTS`.
+    #[test]
+    fn enable_req_certs_is_command_103() {
+        assert_eq!(KVM_SEV_SNP_ENABLE_REQ_CERTS, 103);
+    }
+
+    /// `struct kvm_run` (`include/uapi/linux/kvm.h`, Linux 7.0): `exit_reason` 42 and, in the
+    /// exit union at byte 32, `snp_req_certs { gpa@32, npages@40, ret@48 }`; the VMM's
+    /// `npages` and `ret` land back at bytes 40 and 48.
+    #[test]
+    fn snp_req_certs_fields_are_where_the_uapi_puts_them() {
+        let mut run = kvm_bindings::kvm_run {
+            exit_reason: 42,
+            ..Default::default()
+        };
+        let at = |run: &mut kvm_bindings::kvm_run, off: usize| {
+            std::ptr::from_mut(run)
+                .cast::<u8>()
+                .wrapping_add(off)
+                .cast::<u64>()
+        };
+        // SAFETY: test-only unaligned writes of 8 bytes inside `*run` (off + 8 ≤ 32 + 256).
+        unsafe { at(&mut run, 32).write_unaligned(0x7000) };
+        // SAFETY: as above.
+        unsafe { at(&mut run, 40).write_unaligned(2) };
+        // SAFETY: as above.
+        unsafe { at(&mut run, 48).write_unaligned(0) };
+        let e = decode_snp_req_certs(&mut run).unwrap();
+        assert_eq!((e.gpa, *e.npages, *e.ret), (0x7000, 2, 0));
+        *e.npages = 5;
+        *e.ret = libc::ENOSPC as u64;
+        // SAFETY: test-only unaligned read of 8 bytes inside `*run`.
+        let npages = unsafe { at(&mut run, 40).read_unaligned() };
+        // SAFETY: as above.
+        let ret = unsafe { at(&mut run, 48).read_unaligned() };
+        assert_eq!((npages, ret), (5, 28));
+        // Another exit (KVM_EXIT_TDX 40): not this view.
+        run.exit_reason = 40;
+        assert!(decode_snp_req_certs(&mut run).is_none());
+    }
+
+    /// OFD locks (`fcntl(2)`): two descriptions of one file may both hold shared locks; an
+    /// exclusive lock conflicts with a shared one held through another description (also in
+    /// the same process: that is what OFD locks add over POSIX record locks), and closing
+    /// the holder releases it.
+    #[test]
+    fn ofd_locks_conflict_across_descriptions_and_close_releases() {
+        let path = std::env::temp_dir().join(format!("relaunch-ofd-{}", std::process::id()));
+        std::fs::write(&path, b"blob").unwrap();
+        let open = || std::fs::File::open(&path).unwrap();
+        let writer = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        let a = ofd_lock(open(), false).unwrap();
+        let b = ofd_lock(open(), false).unwrap();
+        let busy = ofd_lock(writer(), true).unwrap_err().errno();
+        assert!(matches!(busy, libc::EAGAIN | libc::EACCES), "{busy}");
+        drop((a, b));
+        let mut w = ofd_lock(writer(), true).unwrap();
+        let busy = ofd_lock(open(), false).unwrap_err().errno();
+        assert!(matches!(busy, libc::EAGAIN | libc::EACCES), "{busy}");
+        let mut s = String::new();
+        std::io::Read::read_to_string(w.file(), &mut s).unwrap();
+        assert_eq!(s, "blob");
+        drop(w);
+        assert!(ofd_lock(open(), false).is_ok());
+        let _ = std::fs::remove_file(&path);
     }
 }
