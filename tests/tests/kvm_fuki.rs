@@ -41,7 +41,10 @@ fn image(name: &str) -> Option<Vec<u8>> {
                 "CI=true but {} is missing",
                 path.display()
             );
-            println!("SKIPPED: {} missing (cargo xtask build-images)", path.display());
+            println!(
+                "SKIPPED: {} missing (cargo xtask build-images)",
+                path.display()
+            );
             None
         }
     }
@@ -135,7 +138,10 @@ fn fuki_stage1_hands_over_stage2() {
         assert_eq!(launches, 2, "{what}\n{out}");
         assert!(out.contains("fuki: generation 1"), "{what}\n{out}");
         assert!(out.contains("hand-over status 0"), "{what}\n{out}");
-        assert!(out.contains("hello from relaunch guest\ngeneration 2"), "{what}\n{out}");
+        assert!(
+            out.contains("hello from relaunch guest\ngeneration 2"),
+            "{what}\n{out}"
+        );
         let launch: Vec<&Value> = records.iter().filter(|v| v["event"] == "launch").collect();
         assert_eq!(launch.len(), 2, "{what}: {records:?}");
         let cfg_l = launch_config(platform, host.vcpu_signature());
@@ -172,7 +178,9 @@ fn fuki_hostile_stage1_keeps_the_old_bundle() {
             assert_eq!(code, EXIT_POWER_OFF, "{what}\n{out}");
             assert_eq!(launches, 2, "{what}\n{out}");
             assert!(
-                out.contains(&format!("fuki: mode {mode}, dma Some(0), hand-over status 1")),
+                out.contains(&format!(
+                    "fuki: mode {mode}, dma Some(0), hand-over status 1"
+                )),
                 "{what}\n{out}"
             );
             assert!(out.contains("fuki: stage 1 again"), "{what}\n{out}");

@@ -1,4 +1,4 @@
-//! The SEV attestation round trip on `emulated:sev`, end to end on real KVM: this test plays
+//! The SEV attestation round trip on `emulated:sev` and `emulated:sev-es`, end to end on real KVM: this test plays
 //! the guest owner over the control socket. For each of two launches (a relaunch gets its
 //! own turn and a fresh MNONCE) it waits for the owner's turn, checks `LAUNCH_MEASURE`'s MAC
 //! with its TIK against the digest it computes itself (`measure_bundle`, the CLI's own
@@ -65,6 +65,16 @@ fn inject_line(mac: &[u8; 32], secret: &[u8], iv: [u8; 16]) -> String {
 
 #[test]
 fn emulated_sev_attestation_round_trip() {
+    round_trip(Platform::Sev, 0x1);
+}
+
+#[test]
+fn emulated_sev_es_attestation_round_trip() {
+    round_trip(Platform::SevEs, 0x3);
+}
+
+/// The round trip (module doc) on `platform`, whose guest reports `sev_status`.
+fn round_trip(platform: Platform, sev_status: u64) {
     let Some(host) = host(false) else { return };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../boot-images/out/sevinfo.igvm");
     let Ok(bundle) = std::fs::read(&path) else {
@@ -80,7 +90,7 @@ fn emulated_sev_attestation_round_trip() {
         return;
     };
     let cfg_l = LaunchConfig {
-        platform: Platform::Sev,
+        platform,
         vcpus: 1,
         mem_bytes: MEM,
         vcpu_sig: host.vcpu_signature(),
@@ -91,13 +101,14 @@ fn emulated_sev_attestation_round_trip() {
     };
     // The owner's own expectation: the digest and policy `relaunch measure` computes.
     let m = relaunch::cli::measure::measure_bundle(&bundle, &cfg_l, 1).unwrap();
-    let Measurement::Sev(digest) = m.measurement else {
-        panic!("not a SEV digest: {:?}", m.measurement)
+    let digest = match m.measurement {
+        Measurement::Sev(d) | Measurement::SevEs(d) => d,
+        other => panic!("not a SEV digest: {other:?}"),
     };
     let policy = u32::try_from(m.policy).unwrap();
     let launch = Arc::new(Launch::new(bundle, &cfg_l).unwrap());
     let backend = EmulatedBackend::new(
-        Platform::Sev,
+        platform,
         &host.kvm,
         ModelConfig {
             vcpu_sig: host.vcpu_signature(),
@@ -108,7 +119,10 @@ fn emulated_sev_attestation_round_trip() {
         },
     )
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("relaunch-sev-attest-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "relaunch-sev-attest-{platform}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("ctl.sock");
     let _ = std::fs::remove_file(&sock);
@@ -168,7 +182,8 @@ fn emulated_sev_attestation_round_trip() {
         let want = format!("sevinfo: secret sha256={}", hex(&Sha256::digest(secret)));
         assert_eq!(out.matches(&want).count(), 1, "{want} in\n{out}");
     }
-    assert_eq!(out.matches("sevinfo: sev_status=0x1").count(), 2, "{out}");
+    let status = format!("sevinfo: sev_status={sev_status:#x}");
+    assert_eq!(out.matches(&status).count(), 2, "{out}");
     drop(c);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
