@@ -9,7 +9,6 @@
 
 mod kvm_common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvm_common::*;
@@ -20,53 +19,21 @@ use relaunch::model::ModelConfig;
 use relaunch::session::{run_session, EXIT_POWER_OFF, EXIT_USAGE};
 use relaunch::vcpu::Outcome;
 use relaunch_core::launch::SnpIdBlock;
-use relaunch_core::plan::{LaunchConfig, Platform};
+use relaunch_core::plan::Platform;
 use serde_json::Value;
 
 const MEM: u64 = 64 << 20;
 const LAUNCHES: u64 = 4;
 
-fn image(name: &str) -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../boot-images/out")
-        .join(format!("{name}.igvm"));
-    match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but {} is missing",
-                path.display()
-            );
-            println!(
-                "SKIPPED: {} missing (run cargo xtask build-images)",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
-fn launch_config(platform: Platform, vcpus: u32, sig: u32) -> LaunchConfig {
-    LaunchConfig {
-        platform,
-        vcpus,
-        mem_bytes: MEM,
-        vcpu_sig: sig,
-        guest_features: 0,
-        policy: None,
-        host_data: [0; 32],
-        kernel_hashes: None,
-    }
-}
-
 /// Runs `name` on emulated `platform` through `LAUNCHES` launches and checks the output and
 /// the audit records.
 fn run_emulated(name: &str, platform: Platform, vcpus: u32, want: &[(&str, u64)]) {
     let Some(host) = host(false) else { return };
-    let Some(bundle) = image(name) else { return };
+    let Some(bundle) = image(name).map(|(_, b)| b) else {
+        return;
+    };
     let sig = host.vcpu_signature();
-    let cfg_l = launch_config(platform, vcpus, sig);
+    let cfg_l = launch_config(platform, vcpus, MEM, sig);
     let measured = relaunch::cli::measure::measure_bundle(&bundle, &cfg_l, 1)
         .unwrap_or_else(|e| panic!("{name} {platform}: measure: {e:?}"))
         .measurement
@@ -224,12 +191,14 @@ fn emulated_sevinfo_sees_its_platform() {
 #[test]
 fn emulated_refused_launch_never_runs() {
     let Some(host) = host(false) else { return };
-    let Some(bundle) = image("hello") else { return };
+    let Some((_, bundle)) = image("hello") else {
+        return;
+    };
     let sig = host.vcpu_signature();
-    let mut bad_policy = launch_config(Platform::Snp, 1, sig);
+    let mut bad_policy = launch_config(Platform::Snp, 1, MEM, sig);
     bad_policy.policy = Some(0x3_0000 | (1 << 24));
     let policy = Launch::new(bundle.clone(), &bad_policy).expect("the core plans this policy");
-    let good = launch_config(Platform::Snp, 1, sig);
+    let good = launch_config(Platform::Snp, 1, MEM, sig);
     let mut block = [0u8; 96];
     block[..48].copy_from_slice(&[0xAB; 48]); // not this launch's digest
     block[80..84].copy_from_slice(&1u32.to_le_bytes());

@@ -12,7 +12,6 @@
 
 mod kvm_common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvm_common::*;
@@ -23,45 +22,11 @@ use relaunch::launch::Launch;
 use relaunch::model::ModelConfig;
 use relaunch::session::{run_session, EXIT_POWER_OFF};
 use relaunch::vstate::Host;
-use relaunch_core::plan::{LaunchConfig, Platform};
+use relaunch_core::plan::Platform;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const MEM: u64 = 64 << 20;
-
-fn image(name: &str) -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../boot-images/out")
-        .join(format!("{name}.igvm"));
-    match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but {} is missing",
-                path.display()
-            );
-            println!(
-                "SKIPPED: {} missing (cargo xtask build-images)",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
-fn launch_config(platform: Platform, sig: u32) -> LaunchConfig {
-    LaunchConfig {
-        platform,
-        vcpus: 1,
-        mem_bytes: MEM,
-        vcpu_sig: sig,
-        guest_features: 0,
-        policy: None,
-        host_data: [0; 32],
-        kernel_hashes: None,
-    }
-}
 
 fn backend(platform: Platform, emulated: bool, host: &Arc<Host>) -> Box<dyn Backend> {
     if emulated {
@@ -95,7 +60,7 @@ fn run_stage1(
     stage1: &[u8],
     stage2: &[u8],
 ) -> (u8, u64, String, Vec<Value>) {
-    let cfg_l = launch_config(platform, host.vcpu_signature());
+    let cfg_l = launch_config(platform, 1, MEM, host.vcpu_signature());
     let launch = Arc::new(Launch::new(stage1.to_vec(), &cfg_l).unwrap());
     let b = backend(platform, emulated, host);
     let audit = std::env::temp_dir().join(format!(
@@ -127,7 +92,10 @@ const PLATFORMS: [(Platform, bool); 3] = [
 #[test]
 fn fuki_stage1_hands_over_stage2() {
     let Some(host) = host(false) else { return };
-    let (Some(stage1), Some(stage2)) = (image("fuki"), image("hello")) else {
+    let (Some(stage1), Some(stage2)) = (
+        image("fuki").map(|(_, b)| b),
+        image("hello").map(|(_, b)| b),
+    ) else {
         return;
     };
     for (platform, emulated) in PLATFORMS {
@@ -144,7 +112,7 @@ fn fuki_stage1_hands_over_stage2() {
         );
         let launch: Vec<&Value> = records.iter().filter(|v| v["event"] == "launch").collect();
         assert_eq!(launch.len(), 2, "{what}: {records:?}");
-        let cfg_l = launch_config(platform, host.vcpu_signature());
+        let cfg_l = launch_config(platform, 1, MEM, host.vcpu_signature());
         for (rec, bundle) in launch.iter().zip([&stage1, &stage2]) {
             assert_eq!(rec["bundle_sha256"], sha(bundle), "{what}: {rec}");
             if platform != Platform::Native {
@@ -167,7 +135,10 @@ fn fuki_stage1_hands_over_stage2() {
 #[test]
 fn fuki_hostile_stage1_keeps_the_old_bundle() {
     let Some(host) = host(false) else { return };
-    let (Some(stage1), Some(stage2)) = (image("fuki"), image("hello")) else {
+    let (Some(stage1), Some(stage2)) = (
+        image("fuki").map(|(_, b)| b),
+        image("hello").map(|(_, b)| b),
+    ) else {
         return;
     };
     for (platform, emulated) in PLATFORMS {

@@ -13,44 +13,14 @@ use kvm_common::*;
 use relaunch::launch::Launch;
 use relaunch::session::{EXIT_POWER_OFF, EXIT_REBOOT_LIMIT, EXIT_USAGE};
 use relaunch::vstate::Host;
-use relaunch_core::plan::{LaunchConfig, Platform};
+use relaunch_core::plan::Platform;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 const MEM: u64 = 256 << 20;
 
-fn image(name: &str) -> Option<(PathBuf, Vec<u8>)> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../boot-images/out")
-        .join(format!("{name}.igvm"));
-    match std::fs::read(&path) {
-        Ok(b) => Some((path, b)),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but {} is missing",
-                path.display()
-            );
-            println!(
-                "SKIPPED: {} missing (run cargo xtask build-images)",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
 fn plan_native(host: &Host, bundle: &[u8], vcpus: u32) -> Arc<Launch> {
-    let cfg = LaunchConfig {
-        platform: Platform::Native,
-        vcpus,
-        mem_bytes: MEM,
-        vcpu_sig: host.vcpu_signature(),
-        guest_features: 0,
-        policy: None,
-        host_data: [0; 32],
-        kernel_hashes: None,
-    };
+    let cfg = launch_config(Platform::Native, vcpus, MEM, host.vcpu_signature());
     Arc::new(Launch::new(bundle.to_vec(), &cfg).expect("plan the native view"))
 }
 

@@ -126,16 +126,17 @@ pub fn dma_start(desc: u64) {
 
 /// Starts a DMA transfer with the descriptor at `desc` and waits (bounded) for the
 /// device to clear the control word. Returns the final control word (host order), or
-/// `None` if the descriptor address is not in the scratch area (then nothing is polled).
+/// `None` if the descriptor is not in scratch RAM or `fuki`'s window (then nothing is
+/// polled).
 pub fn dma_at(desc: u64) -> Option<u32> {
     dma_start(desc);
-    if !(layout::SCRATCH..layout::SCRATCH + layout::SCRATCH_SIZE - 16).contains(&desc) {
+    if !desc_ok(desc) {
         return None;
     }
     let ctl = desc as *const u32;
     let mut n = 0u32;
     loop {
-        // SAFETY: `desc` is inside the identity-mapped scratch RAM (checked above).
+        // SAFETY: `desc` is inside identity-mapped RAM this guest owns (checked above).
         let c = u32::from_be(unsafe { core::ptr::read_volatile(ctl) });
         if c & !DMA_ERROR == 0 || n >= 1_000_000 {
             return Some(c);
@@ -149,49 +150,40 @@ pub fn dma_at(desc: u64) -> Option<u32> {
 /// lie in the scratch area (16 bytes).
 pub fn write_desc(desc: u64, control: u32, length: u32, address: u64) {
     assert!((layout::SCRATCH..=layout::SCRATCH + layout::SCRATCH_SIZE - 16).contains(&desc));
+    put_desc(desc, control, length, address);
+}
+
+/// Whether 16 bytes at `desc` lie in RAM this guest owns and the host may read: scratch
+/// RAM, or `fuki`'s window.
+fn desc_ok(desc: u64) -> bool {
+    let in_area = |base: u64, size: u64| (base..=base + size - 16).contains(&desc);
+    in_area(layout::SCRATCH, layout::SCRATCH_SIZE)
+        || in_area(layout::FUKI_WINDOW, layout::FUKI_WINDOW_SIZE)
+}
+
+/// Writes the descriptor bytes; `desc` must satisfy [`desc_ok`].
+fn put_desc(desc: u64, control: u32, length: u32, address: u64) {
     let p = desc as *mut u8;
     let mut bytes = [0u8; 16];
     bytes[0..4].copy_from_slice(&control.to_be_bytes());
     bytes[4..8].copy_from_slice(&length.to_be_bytes());
     bytes[8..16].copy_from_slice(&address.to_be_bytes());
     for (i, b) in bytes.into_iter().enumerate() {
-        // SAFETY: inside the scratch RAM (asserted above), byte writes need no alignment.
+        // SAFETY: inside identity-mapped RAM this guest owns (the caller checked desc_ok);
+        // byte writes need no alignment.
         unsafe { core::ptr::write_volatile(p.wrapping_add(i), b) }
     }
 }
 
-/// One DMA transfer with its descriptor at `desc`, which must be 16 bytes of RAM this guest
-/// owns and the host may read (scratch RAM, or `fuki`'s window): writes the descriptor,
-/// starts it and waits (bounded) for the device to clear the control word. Returns the
-/// final control word, or `None` for a descriptor outside those two areas.
+/// One DMA transfer with its descriptor at `desc` (scratch RAM or `fuki`'s window): writes
+/// the descriptor, starts it and waits (bounded) for the device to clear the control word.
+/// Returns the final control word, or `None` for a descriptor outside those areas.
 pub fn dma_transfer(desc: u64, control: u32, length: u32, address: u64) -> Option<u32> {
-    let in_area = |base: u64, size: u64| (base..=base + size - 16).contains(&desc);
-    if !in_area(layout::SCRATCH, layout::SCRATCH_SIZE)
-        && !in_area(layout::FUKI_WINDOW, layout::FUKI_WINDOW_SIZE)
-    {
+    if !desc_ok(desc) {
         return None;
     }
-    let p = desc as *mut u8;
-    let mut bytes = [0u8; 16];
-    bytes[0..4].copy_from_slice(&control.to_be_bytes());
-    bytes[4..8].copy_from_slice(&length.to_be_bytes());
-    bytes[8..16].copy_from_slice(&address.to_be_bytes());
-    for (i, b) in bytes.into_iter().enumerate() {
-        // SAFETY: inside identity-mapped RAM this guest owns (checked above).
-        unsafe { core::ptr::write_volatile(p.wrapping_add(i), b) }
-    }
-    dma_start(desc);
-    let ctl = desc as *const u32;
-    for _ in 0..1_000_000u32 {
-        // SAFETY: as above; 4-byte aligned when `desc` is (callers use 16-byte alignment).
-        let c = u32::from_be(unsafe { core::ptr::read_volatile(ctl) });
-        if c & !DMA_ERROR == 0 {
-            return Some(c);
-        }
-        core::hint::spin_loop();
-    }
-    // SAFETY: as above.
-    Some(u32::from_be(unsafe { core::ptr::read_volatile(ctl) }))
+    put_desc(desc, control, length, address);
+    dma_at(desc)
 }
 
 /// Reads the u64 little-endian file `name` by DMA (select + read in one descriptor).

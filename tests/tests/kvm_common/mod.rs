@@ -12,7 +12,7 @@ use relaunch::devices::console::Console;
 use relaunch::launch::Launch;
 use relaunch::session::{run_session, SessionConfig, SessionReport};
 use relaunch::vstate::Host;
-use relaunch_core::plan::LaunchPlan;
+use relaunch_core::plan::{LaunchConfig, LaunchPlan, Platform};
 
 /// Opens /dev/kvm, or reports the skip: `None` means "skip this test" (prints
 /// `SKIPPED: no /dev/kvm`); under `CI=true` a missing /dev/kvm fails the test instead.
@@ -145,5 +145,43 @@ impl Client {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// `boot-images/out/NAME.igvm` (built by `cargo xtask build-images`), or the skip: `None`
+/// prints `SKIPPED: …`; under `CI=true` a missing image fails the test instead.
+pub fn image(name: &str) -> Option<(std::path::PathBuf, Vec<u8>)> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../boot-images/out")
+        .join(format!("{name}.igvm"));
+    match std::fs::read(&path) {
+        Ok(b) => Some((path, b)),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {} is missing",
+                path.display()
+            );
+            println!(
+                "SKIPPED: {} missing (run cargo xtask build-images)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// The launch config of `vcpus` vCPUs with `mem` bytes of RAM on `platform`, the vCPU
+/// signature `sig`, no policy override, no host data, no kernel.
+pub fn launch_config(platform: Platform, vcpus: u32, mem: u64, sig: u32) -> LaunchConfig {
+    LaunchConfig {
+        platform,
+        vcpus,
+        mem_bytes: mem,
+        vcpu_sig: sig,
+        guest_features: 0,
+        policy: None,
+        host_data: [0; 32],
+        kernel_hashes: None,
     }
 }
