@@ -60,15 +60,20 @@ extern "C" fn guest_main() {
         println!("fuki: stage 1 again");
         return;
     }
-    let (Some(next), Some(lu)) = (fw_cfg::find(FILE_NEXT_BUNDLE), fw_cfg::find(FILE_LAUNCH_UPDATE))
-    else {
+    let (Some(next), Some(lu)) = (
+        fw_cfg::find(FILE_NEXT_BUNDLE),
+        fw_cfg::find(FILE_LAUNCH_UPDATE),
+    ) else {
         println!("fuki: no {FILE_NEXT_BUNDLE} or no {FILE_LAUNCH_UPDATE}");
         return;
     };
     let mode = fw_cfg::read_u64_file(FILE_MODE).unwrap_or(0);
     let size = u64::from(next.size);
     if size > IMAGE_MAX || usize::try_from(lu.size).ok() != Some(STRUCT_SIZE) {
-        println!("fuki: bundle of {size} bytes or interface of {} bytes unusable", lu.size);
+        println!(
+            "fuki: bundle of {size} bytes or interface of {} bytes unusable",
+            lu.size
+        );
         return;
     }
     let plat = platform::detect();

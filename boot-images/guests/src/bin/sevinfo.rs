@@ -30,7 +30,7 @@
 
 use core::arch::{asm, global_asm};
 
-use relaunch_guests::{layout, power, print, println, serial, sha256};
+use relaunch_guests::{layout, platform, power, print, println, serial, sha256};
 
 /// CPUID: the largest extended function (EAX of Fn8000_0000).
 const CPUID_EXT_MAX: u32 = 0x8000_0000;
@@ -40,8 +40,7 @@ const CPUID_ADDR_SIZES: u32 = 0x8000_0008;
 const CPUID_SEV: u32 = 0x8000_001F;
 /// CPUID Fn8000_001F EAX bit 1: SEV supported.
 const CPUID_SEV_EAX_SEV: u32 = 1 << 1;
-/// MSR SEV_STATUS.
-const MSR_SEV_STATUS: u32 = 0xC001_0131;
+use platform::MSR_SEV_STATUS;
 /// SEV_STATUS bit 0: SEV is enabled for this guest.
 const SEV_STATUS_SEV: u64 = 1;
 
@@ -61,22 +60,7 @@ struct Cpuid {
 }
 
 fn cpuid(leaf: u32) -> Cpuid {
-    // `cpuid` writes EBX, which LLVM reserves: move it through a scratch register.
-    let (eax, ebx): (u32, u32);
-    // SAFETY: CPUID only writes EAX, EBX, ECX and EDX (EBX is saved and restored around it);
-    // it touches neither memory nor the stack, and every x86-64 CPU has it.
-    unsafe {
-        asm!(
-            "mov {tmp:r}, rbx",
-            "cpuid",
-            "xchg {tmp:r}, rbx",
-            tmp = out(reg) ebx,
-            inout("eax") leaf => eax,
-            inout("ecx") 0u32 => _,
-            out("edx") _,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
+    let [eax, ebx, ..] = platform::cpuid(leaf, 0);
     Cpuid { eax, ebx }
 }
 
