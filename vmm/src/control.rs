@@ -245,6 +245,11 @@ impl Control {
                 if let Some((_, done)) = &mut s.turn {
                     *done = true;
                 }
+                // From this reply on, `status` never shows the finished turn as waiting (a
+                // client polling for the next launch's turn must not see this one).
+                if s.state == "awaiting-secret" {
+                    s.state = "launching";
+                }
                 s.continued = true;
                 self.cv.notify_all();
                 Ok(ok_line())
@@ -358,7 +363,7 @@ impl OwnerGate for Control {
         s.turn = None;
         // The session may have moved on meanwhile (a prestaged build's turn): only undo our
         // own state.
-        if s.state == "awaiting-secret" {
+        if matches!(s.state, "awaiting-secret" | "launching") {
             s.state = before;
         }
         self.cv.notify_all();
@@ -790,6 +795,9 @@ mod tests {
         );
         assert!(!t.is_finished(), "the turn lasts until continue");
         assert_eq!(c.handle(r#"{"cmd":"continue"}"#), "{\"ok\":true}");
+        // Once continue is answered no status shows this turn as waiting any more (a client
+        // polling for the next launch's turn must not see it).
+        assert_ne!(status(&c)["state"], "awaiting-secret");
         let got = t.join().unwrap();
         assert_eq!(got, [(0x1000, 52, 32, true), (0x2000, 52, 16, true)]);
         assert!(c.handle(&inject_line(16, "0")).contains("owner's turn"));
