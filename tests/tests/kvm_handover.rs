@@ -333,3 +333,130 @@ fn kvm_not_started_from_igvm() {
     assert_eq!(output(&run.cfg), "s2\n");
     assert_eq!(run.records("swap")[0]["status"], 2);
 }
+
+/// `relaunch run BUNDLE --next NEXT --bundle-store DIR`: NEXT runs at the first relaunch
+/// only, then BUNDLE again; both are kept in the store under their SHA-256 and the audit
+/// log has the host's one-shot `swap` before the first launch. A bad `--next` is a usage
+/// error (exit 2) that creates nothing.
+#[test]
+fn kvm_run_next_is_one_shot_and_stored() {
+    let Some(_host) = host(true) else { return };
+    let dir = std::env::temp_dir().join(format!("relaunch-kvm-next-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = native_igvm(&[(0x1000, testing::RESET.to_vec())]);
+    let next = stage2(true);
+    let (fp, np) = (dir.join("first.igvm"), dir.join("next.igvm"));
+    std::fs::write(&fp, &first).unwrap();
+    std::fs::write(&np, &next).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let store = dir.join("store");
+    let arg = |p: &std::path::Path| p.display().to_string();
+    let args = |next: &std::path::Path| -> Vec<std::ffi::OsString> {
+        [
+            arg(&fp),
+            "--quiet".into(),
+            "--mem".into(),
+            "16M".into(),
+            "--max-reboots".into(),
+            "2".into(),
+            "--next".into(),
+            arg(next),
+            "--audit-log".into(),
+            arg(&audit),
+            "--bundle-store".into(),
+            arg(&store),
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect()
+    };
+    // Bad --next: nothing started, nothing created.
+    let bad = dir.join("bad.igvm");
+    std::fs::write(&bad, b"IGVM? no").unwrap();
+    for b in [&bad, &dir.join("missing.igvm")] {
+        assert_eq!(relaunch::cli::run::main(&args(b)), 2);
+        assert!(!audit.exists() && !store.exists(), "{}", b.display());
+    }
+    assert_eq!(relaunch::cli::run::main(&args(&np)), EXIT_REBOOT_LIMIT);
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs[0]["event"], "swap", "{text}");
+    assert_eq!(recs[0]["by"], "host");
+    assert_eq!(recs[0]["one_shot"], true);
+    assert_eq!(recs[0]["generation"], 0, "before the first launch");
+    assert_eq!(recs[0]["new_bundle_sha256"], sha(&next).as_str());
+    let launched: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "launch")
+        .map(|r| r["bundle_sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(launched, [sha(&first), sha(&next), sha(&first)]);
+    for b in [&first, &next] {
+        assert_eq!(&std::fs::read(store.join(sha(b))).unwrap(), b);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The control socket's `switch-bundle` against a running guest: the bundle runs from the
+/// next reset on; a bad one is an error reply and the guest keeps its bundle.
+#[test]
+fn kvm_control_switch_bundle() {
+    use relaunch::control::{Control, ControlServer};
+    let Some(host) = host(true) else { return };
+    let dir = std::env::temp_dir().join(format!("relaunch-kvm-switch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ctl.sock");
+    // Idle: boot marker, then halt forever (`kvm_control.rs`).
+    let idle = native_igvm(&[(0x1000, vec![0xB0, 0x01, 0xE6, 0x80, 0xFA, 0xF4, 0xEB, 0xFD])]);
+    let hello = native_igvm(&[(0x1000, testing::HELLO.to_vec())]);
+    std::fs::write(dir.join("hello.igvm"), &hello).unwrap();
+    std::fs::write(dir.join("junk.igvm"), b"junk").unwrap();
+    let mut run = session("switch", Some(5), false);
+    let mut cfg = std::mem::replace(&mut run.cfg, config_for(None, false));
+    let control = Arc::new(Control::new(false));
+    control.set_handover(Arc::new(Handover::new(
+        Arc::clone(&cfg.next),
+        config(),
+        None,
+        cfg.audit.clone(),
+    )));
+    cfg.control = Some(Arc::clone(&control));
+    let server = ControlServer::start(&path, control).unwrap();
+    let first = Arc::new(Launch::new(idle.clone(), &config()).unwrap());
+    let session = std::thread::spawn(move || {
+        let r = kvm_common::run(&host, &first, &cfg);
+        (r, output(&cfg))
+    });
+    let mut c = Client::connect(&path);
+    c.wait_status(&["\"generation\":1", "\"state\":\"running\""]);
+    let line = |p: &str| {
+        format!(
+            r#"{{"cmd":"switch-bundle","path":{}}}"#,
+            serde_json::to_string(&dir.join(p).display().to_string()).unwrap()
+        )
+    };
+    let r = c.ask(&line("junk.igvm"));
+    assert!(r.starts_with("{\"ok\":false"), "{r}");
+    let r: serde_json::Value = serde_json::from_str(&c.ask(&line("hello.igvm"))).unwrap();
+    assert_eq!(r["bundle_sha256"], sha(&hello).as_str(), "{r}");
+    c.wait_status(&[&format!("\"next_bundle_sha256\":\"{}\"", sha(&hello))]);
+    assert_eq!(c.ask(r#"{"cmd":"reset"}"#).trim(), "{\"ok\":true}");
+    let (r, out) = session.join().unwrap();
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    assert_eq!(out, "hello from a hand-built plan\n");
+    drop(server);
+    let audit = std::fs::read_to_string(&run.audit).unwrap();
+    let shas: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "launch")
+        .map(|v| v["bundle_sha256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shas, [sha(&idle), sha(&hello)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -205,10 +205,13 @@ impl Handover {
     /// [`Handover::prepare`]s it.
     ///
     /// # Errors
-    /// [`PrepareError`].
+    /// [`PrepareError`], naming `path`.
     pub fn prepare_file(&self, path: &std::path::Path) -> Result<Ready, PrepareError> {
         let bundle = crate::cli::run::read_bundle(path).map_err(PrepareError::Read)?;
-        self.prepare(bundle)
+        self.prepare(bundle).map_err(|e| match e {
+            PrepareError::Plan(m) => PrepareError::Plan(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 
     /// Hands `ready` over for the next relaunch on the host's behalf (`one_shot`: for that
@@ -255,7 +258,7 @@ impl Handover {
                 Ok(ready)
             }
             Err(e) => {
-                let reason = format!("{}: {e}", path.display());
+                let reason = e.to_string();
                 let _ = self.record(&Swap {
                     by: Some(By::Host),
                     request: "bundle",

@@ -558,7 +558,7 @@ pub fn main(args: &[OsString]) -> u8 {
     let next = match &opts.next {
         Some(p) => match handover_cfg.prepare_file(p) {
             Ok(r) => Some(r.launch),
-            Err(e) => return usage_error(format_args!("--next {}: {e}", p.display())),
+            Err(e) => return usage_error(format_args!("--next {e}")),
         },
         None => None,
     };
@@ -793,6 +793,30 @@ mod tests {
         assert_eq!(o.fw_cfg[0].1, 5u64.to_le_bytes());
         assert_eq!(o.fw_cfg[1], ("opt/x".to_string(), b"hi".to_vec()));
         assert_eq!(p(&["x"]).unwrap().mem, DEFAULT_MEM);
+    }
+
+    #[test]
+    fn hand_over_flags() {
+        let o = p(&[
+            "b.igvm",
+            "--vm-launch-update",
+            "--next",
+            "stage2.igvm",
+            "--bundle-store=/var/lib/x",
+        ])
+        .unwrap();
+        assert!(o.vm_launch_update);
+        assert_eq!(o.next, Some(PathBuf::from("stage2.igvm")));
+        assert_eq!(o.bundle_store, Some(PathBuf::from("/var/lib/x")));
+        let o = p(&["b.igvm"]).unwrap();
+        assert!(!o.vm_launch_update && o.next.is_none() && o.bundle_store.is_none());
+        for bad in [
+            &["b", "--next"][..],
+            &["b", "--bundle-store"],
+            &["b", "--vm-launch-update=1"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
