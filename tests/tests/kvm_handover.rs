@@ -460,3 +460,111 @@ fn kvm_control_switch_bundle() {
     assert_eq!(shas, [sha(&idle), sha(&hello)]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A boot image from `boot-images/out`, or a reported skip.
+fn image(name: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../boot-images/out")
+        .join(format!("{name}.igvm"));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing",
+        path.display()
+    );
+    println!(
+        "SKIPPED: {} missing (run cargo xtask build-images)",
+        path.display()
+    );
+    None
+}
+
+/// On every emulated confidential platform, a host one-shot hand-over (`run --next`) runs
+/// the new bundle at the first relaunch with the measurement its `swap` record predicted —
+/// the platform (model) reports exactly that, and `relaunch measure` of the stored copy
+/// gives it too — then the original again, measured as before.
+#[test]
+fn kvm_emulated_hand_over_measures_as_predicted() {
+    let Some(_host) = host(true) else { return };
+    let (Some(first), Some(next)) = (image("reboot-loop"), image("hello")) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("relaunch-kvm-emu-next-{}", std::process::id()));
+    for platform in ["snp", "sev-es", "tdx"] {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (audit, store) = (dir.join("audit.jsonl"), dir.join("store"));
+        let args: Vec<std::ffi::OsString> = [
+            first.display().to_string(),
+            "--platform".into(),
+            format!("emulated:{platform}"),
+            "--mem".into(),
+            "64M".into(),
+            "--quiet".into(),
+            "--next".into(),
+            next.display().to_string(),
+            "--max-reboots".into(),
+            "2".into(),
+            // The boot images' runtime resets until this generation.
+            "--fw-cfg".into(),
+            "opt/relaunch/reboot-until=u64:7".into(),
+            "--audit-log".into(),
+            audit.display().to_string(),
+            "--bundle-store".into(),
+            store.display().to_string(),
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        assert_eq!(
+            relaunch::cli::run::main(&args),
+            EXIT_REBOOT_LIMIT,
+            "{platform}"
+        );
+        let recs: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let swap = recs.iter().find(|r| r["event"] == "swap").unwrap();
+        let launches: Vec<&serde_json::Value> =
+            recs.iter().filter(|r| r["event"] == "launch").collect();
+        assert_eq!(launches.len(), 3, "{platform}");
+        for l in &launches {
+            assert_eq!(
+                l["launch_measurement"], l["predicted_measurement"],
+                "{platform}: {l}"
+            );
+        }
+        let next_sha = sha(&std::fs::read(&next).unwrap());
+        assert_eq!(launches[1]["bundle_sha256"], next_sha.as_str());
+        assert_eq!(
+            launches[1]["launch_measurement"],
+            swap["predicted_measurement"]
+        );
+        assert_eq!(launches[2]["bundle_sha256"], launches[0]["bundle_sha256"]);
+        assert_eq!(
+            launches[2]["launch_measurement"],
+            launches[0]["launch_measurement"]
+        );
+        // What `relaunch measure STORE/<sha> --platform P --mem 64M` computes.
+        let stored = std::fs::read(store.join(&next_sha)).unwrap();
+        let cfg = LaunchConfig {
+            platform: Platform::from_name(platform).unwrap(),
+            mem_bytes: 64 << 20,
+            ..config()
+        };
+        let plan = relaunch_core::plan::plan(&stored[..], &cfg).unwrap();
+        let m = relaunch_core::measure::expected(plan.stream())
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            m,
+            swap["predicted_measurement"].as_str().unwrap(),
+            "{platform}: relaunch measure of the stored bundle"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
