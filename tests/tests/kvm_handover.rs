@@ -200,7 +200,10 @@ fn kvm_guest_hands_over_stage2_permanently() {
         &s2,
     ));
     let first = Arc::new(Launch::new(s1.clone(), &config()).unwrap());
-    let run = session("permanent", Some(5), false);
+    let mut run = session("permanent", Some(5), false);
+    // The session's own device (`SessionConfig::vm_launch_update`).
+    run.cfg.launch_update = None;
+    run.cfg.vm_launch_update = true;
     let r = kvm_common::run(&host, &first, &run.cfg);
     assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
     assert_eq!(output(&run.cfg), "s0\n2:opaque-1\n");

@@ -137,6 +137,11 @@ pub struct SessionConfig {
     /// The vm-launch-update device (`etc/vmlaunchupdate`), session-wide (`run
     /// --vm-launch-update`); its hand-overs go to `next`.
     pub launch_update: Option<Arc<LaunchUpdate>>,
+    /// Give the guest the vm-launch-update device even though `launch_update` is `None`:
+    /// the session makes one, its hand-overs planned for the first launch's config and
+    /// audited in `audit`, no bundle store (`run` builds its own, with `--bundle-store`).
+    /// Off by default: the file shifts the selectors of `opt/` files by one.
+    pub vm_launch_update: bool,
     /// Build the next VM while the guest runs.
     pub prestage: bool,
     /// Guest console.
@@ -161,6 +166,7 @@ impl SessionConfig {
             backlog: BacklogLimit::default(),
             next: Arc::new(LaunchSlot::new()),
             launch_update: None,
+            vm_launch_update: false,
             prestage: false,
             console,
             audit: None,
@@ -550,6 +556,17 @@ pub fn run_session(
         let mut current = launch;
         let mut generation: u64 = 1;
         cfg.next.start(&current, generation);
+        let launch_update = cfg.launch_update.clone().or_else(|| {
+            cfg.vm_launch_update.then(|| {
+                let h = crate::handover::Handover::new(
+                    Arc::clone(&cfg.next),
+                    *current.config(),
+                    None,
+                    cfg.audit.clone(),
+                );
+                Arc::new(LaunchUpdate::new(Arc::new(h)))
+            })
+        });
         // What changed at this relaunch, and the opaque region the last launch left.
         let mut change = Change::Same;
         let mut carry: Option<Result<Opaque, String>> = None;
@@ -566,7 +583,7 @@ pub fn run_session(
                     current = r.launch;
                     change = r.change;
                 }
-                if let Some(lu) = &cfg.launch_update {
+                if let Some(lu) = &launch_update {
                     lu.relaunched(change);
                 }
             }
@@ -674,7 +691,7 @@ pub fn run_session(
                     generation,
                     nb_cpus,
                     &cfg.fw_cfg_files,
-                    cfg.launch_update.clone(),
+                    launch_update.clone(),
                 ),
                 Arc::clone(&unknown_log),
             )));
@@ -795,8 +812,7 @@ pub fn run_session(
             // Every vCPU is stopped (a vmlaunchupdate write in flight finished first): the
             // opaque region is what the guest left.
             if final_code.is_none() {
-                carry = cfg
-                    .launch_update
+                carry = launch_update
                     .as_ref()
                     .and_then(|lu| lu.save_opaque(&memory).transpose());
             }
@@ -826,7 +842,7 @@ pub fn run_session(
                 times,
                 unknown,
                 fw_errors,
-                launch_update: cfg.launch_update.as_ref().map(|lu| lu.counts()),
+                launch_update: launch_update.as_ref().map(|lu| lu.counts()),
                 // Off the relaunch path: only the last launch reports the VMM's footprint.
                 footprint: final_code.map(|_| own_footprint()),
             };
