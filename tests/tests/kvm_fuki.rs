@@ -69,6 +69,7 @@ fn run_stage1(
     ));
     let _ = std::fs::remove_file(&audit);
     let mut cfg = with_audit(config(MEM, Some(3), false), &audit);
+    cfg.vm_launch_update = true;
     cfg.fw_cfg_files = vec![
         ("opt/relaunch/next-bundle".into(), stage2.to_vec()),
         ("opt/relaunch/fuki-mode".into(), mode.to_le_bytes().to_vec()),

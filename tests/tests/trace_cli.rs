@@ -6,6 +6,8 @@
 //! (computed here from the core, not read from the trace), and `scripts/trace_digest.py`
 //! recomputes the same digest from the `measured` lines alone.
 
+mod igvm_gen;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -606,4 +608,48 @@ fn id_block_files_are_checked() {
     for p in [b95, b97, b96, a4095, a4096] {
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// `--next FILE2`: the hand-over's launch on a new VM after the first VM is closed —
+/// FILE's measured pages, then FILE2's exactly as its own trace has them, and the last line
+/// is FILE2's measurement as `relaunch measure` predicts it (`docs/fuki.md`). A bad FILE2
+/// is a usage error before anything is traced.
+#[test]
+fn trace_next_runs_the_handed_over_bundle_on_a_new_vm() {
+    let Some(f) = bundle("boot-images/out/hello.igvm") else {
+        return;
+    };
+    let next = temp("next.igvm", &igvm_gen::spec_file(1));
+    let first = trace(&f, "snp", 1, &[]);
+    let second = trace(&next, "snp", 1, &[]);
+    let lines = trace(&f, "snp", 1, &["--next", next.to_str().unwrap()]);
+    let names: Vec<String> = ioctls(&lines).into_iter().map(|(n, _)| n).collect();
+    let creates: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| *n == "KVM_CREATE_VM")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(creates.len(), 2);
+    assert!(names[creates[0]..creates[1]].iter().any(|n| n == "close"));
+    let mut want = measured(&first);
+    want.extend(measured(&second));
+    assert_eq!(measured(&lines), want);
+    assert_eq!(measurement(&lines), measurement(&second));
+    assert_eq!(measurement(&lines), predicted(&next, Platform::Snp, 1));
+    assert_ne!(measurement(&first), measurement(&second));
+    let bad = temp("bad-next.igvm", b"not a bundle");
+    let args: Vec<OsString> = vec![
+        f.into(),
+        "--platform".into(),
+        "snp".into(),
+        "--next".into(),
+        bad.clone().into(),
+    ];
+    let e = relaunch::cli::trace::run(&args).unwrap_err();
+    assert_eq!(e.code, 2, "{}", e.message);
+    assert!(e.message.contains("--next"), "{}", e.message);
+    assert!(e.partial.is_empty());
+    let _ = std::fs::remove_file(next);
+    let _ = std::fs::remove_file(bad);
 }

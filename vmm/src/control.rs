@@ -16,6 +16,14 @@
 //!   one `KVM_SEV_LAUNCH_SECRET` (the layout: `relaunch_core::owner`), accepted only at the
 //!   owner's turn; the reply is the firmware's answer (`"ok":true`, or the error with the
 //!   firmware status). `gpa` is a number or a `"0x…"` string.
+//! - `switch-bundle` `{"cmd":"switch-bundle","path":"/path/to/bundle"}`: the host's
+//!   hand-over (`docs/fuki.md`): the bundle is read (at most 1 GiB), planned for the
+//!   session's platform and launch config, kept in the bundle store (`--bundle-store`) and
+//!   audited (`swap` record), then runs from the next relaunch on and becomes the host's
+//!   bundle (what a guest's one-shot hand-over returns to). `"one_shot":true` runs it for the
+//!   next relaunch only, as `run --next`. The reply names its SHA-256 and predicted
+//!   measurement; an invalid bundle is an error reply and changes nothing. It is read and
+//!   planned on the client's thread: a large bundle holds only that client.
 //!
 //! **The owner's turn** (SEV and SEV-ES; [`Control`] is the backend's
 //! [`OwnerGate`]): with `--wait-for-secret` every SEV / SEV-ES launch stops after
@@ -54,6 +62,7 @@ use serde::Serialize;
 
 use crate::backend::{LaunchSecret, OwnerGate};
 use crate::devices::ResetSource;
+use crate::handover::Handover;
 use crate::launch::Launch;
 use crate::vcpu::{Outcome, RunControl};
 
@@ -108,6 +117,8 @@ impl State {
 pub struct Control {
     state: Mutex<State>,
     cv: Condvar,
+    /// Where `switch-bundle` hands bundles over ([`Control::set_handover`]).
+    handover: std::sync::OnceLock<Arc<Handover>>,
 }
 
 impl Control {
@@ -121,7 +132,14 @@ impl Control {
                 ..State::default()
             }),
             cv: Condvar::new(),
+            handover: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `switch-bundle` hands bundles over through `handover` (set once; later calls are
+    /// ignored).
+    pub fn set_handover(&self, handover: Arc<Handover>) {
+        let _ = self.handover.set(handover);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -227,6 +245,7 @@ impl Control {
                     launch_measure_mac: blob.map(|b| crate::json::hex(&b[..32])),
                     mnonce: blob.map(|b| crate::json::hex(&b[32..])),
                     awaiting_launch: s.turn.filter(|t| !t.1).map(|t| t.0),
+                    next_bundle_sha256: self.handover.get().and_then(|h| h.slot().pending_sha256()),
                 };
                 Ok(crate::json::to_line(&reply))
             }
@@ -255,15 +274,52 @@ impl Control {
                 Ok(ok_line())
             }
             "inject-secret" => self.inject(parse_secret(v)?),
+            "switch-bundle" => self.switch_bundle(v),
             other => Err(format!(
                 "unknown command {other:?}: status, measurement, reset, power-off, continue, \
-                 inject-secret"
+                 inject-secret, switch-bundle"
             )),
         }
     }
 }
 
 impl Control {
+    /// `switch-bundle` (module doc).
+    fn switch_bundle(&self, v: &serde_json::Value) -> Result<String, String> {
+        let path = v
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .filter(|p| !p.is_empty())
+            .ok_or("switch-bundle needs \"path\": the bundle file to run next")?;
+        let one_shot = match v.get("one_shot") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err("\"one_shot\" is true or false".into()),
+        };
+        let h = self
+            .handover
+            .get()
+            .ok_or("this session takes no bundle hand-overs")?;
+        let ready = h.host_switch(Path::new(path), one_shot)?;
+        #[derive(Serialize)]
+        struct Switched<'a> {
+            ok: bool,
+            bundle_sha256: &'a str,
+            predicted_measurement: Option<&'a str>,
+            one_shot: bool,
+            stored: Option<String>,
+            plan_cached: bool,
+        }
+        Ok(crate::json::to_line(&Switched {
+            ok: true,
+            bundle_sha256: ready.launch.bundle_sha256(),
+            predicted_measurement: ready.launch.predicted_measurement(),
+            one_shot,
+            stored: ready.stored.as_ref().map(|p| p.display().to_string()),
+            plan_cached: ready.cached,
+        }))
+    }
+
     /// Hands `secret` to the thread at the owner's turn and waits for its answer.
     fn inject(&self, secret: LaunchSecret) -> Result<String, String> {
         let deadline = std::time::Instant::now() + INJECT_TIMEOUT;
@@ -435,6 +491,8 @@ struct Status<'a> {
     /// The launch id waiting at the owner's turn.
     #[serde(skip_serializing_if = "Option::is_none")]
     awaiting_launch: Option<u64>,
+    /// The bundle handed over for the next relaunch, not taken yet.
+    next_bundle_sha256: Option<String>,
 }
 
 fn ok_line() -> String {
@@ -662,6 +720,89 @@ mod tests {
         drop((s, r));
         drop(server);
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `switch-bundle`: a valid bundle is handed over permanently (or once with
+    /// `one_shot`), audited, and shown in `status`; a missing file, garbage, a bad argument
+    /// or a session without hand-overs is an error reply that changes nothing.
+    #[test]
+    fn switch_bundle_hands_over_or_explains_why_not() {
+        use crate::handover::tests::{igvm, native_config};
+        use crate::launch::LaunchSlot;
+        let dir = std::env::temp_dir().join(format!("relaunch-ctl-sw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Control::new(false);
+        let good = dir.join("stage2.igvm");
+        let bundle = igvm(crate::testing::HELLO, &[]);
+        std::fs::write(&good, &bundle).unwrap();
+        let line = |p: &std::path::Path, extra: &str| {
+            format!(
+                r#"{{"cmd":"switch-bundle","path":{}{extra}}}"#,
+                serde_json::to_string(&p.display().to_string()).unwrap()
+            )
+        };
+        let r = c.handle(&line(&good, ""));
+        assert!(r.contains("takes no bundle hand-overs"), "{r}");
+        let slot = Arc::new(LaunchSlot::new());
+        let first = Arc::new(
+            Launch::new(igvm(crate::testing::RESET, &[]), &native_config(16 << 20)).unwrap(),
+        );
+        slot.start(&first, 1);
+        let audit = Arc::new(crate::audit::AuditLog::open(&dir.join("audit.jsonl")).unwrap());
+        c.set_handover(Arc::new(Handover::new(
+            Arc::clone(&slot),
+            native_config(16 << 20),
+            None,
+            Some(audit),
+        )));
+        let garbage = dir.join("garbage");
+        std::fs::write(&garbage, b"\x7fELF not a bundle").unwrap();
+        for bad in [
+            r#"{"cmd":"switch-bundle"}"#.to_string(),
+            r#"{"cmd":"switch-bundle","path":""}"#.to_string(),
+            r#"{"cmd":"switch-bundle","path":7}"#.to_string(),
+            line(&good, r#","one_shot":"yes""#),
+            line(&dir.join("missing"), ""),
+            line(&garbage, ""),
+        ] {
+            let r: serde_json::Value = serde_json::from_str(&c.handle(&bad)).unwrap();
+            assert_eq!(r["ok"], false, "{bad}: {r}");
+            assert!(slot.pending_sha256().is_none(), "{bad}");
+        }
+        assert_eq!(status(&c)["next_bundle_sha256"], serde_json::Value::Null);
+        let r: serde_json::Value = serde_json::from_str(&c.handle(&line(&good, ""))).unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        let sha = crate::json::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bundle));
+        assert_eq!(r["bundle_sha256"], sha.as_str());
+        assert_eq!(r["one_shot"], false);
+        assert_eq!(status(&c)["next_bundle_sha256"], sha.as_str());
+        assert_eq!(
+            slot.base().unwrap().bundle_sha256(),
+            sha,
+            "permanent: the new original"
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&c.handle(&line(&good, r#","one_shot":true"#))).unwrap();
+        assert_eq!(
+            (r["one_shot"].clone(), r["plan_cached"].clone()),
+            (true.into(), true.into())
+        );
+        let g2 = slot.relaunch(2).unwrap();
+        assert_eq!(g2.launch.bundle_sha256(), sha);
+        // Audited: the two refusals of readable paths that reached the planner or the file
+        // system, and the two hand-overs.
+        let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+        let statuses: Vec<u64> = log
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["status"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(statuses, [1, 1, 0, 0], "{log}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cli;
 pub mod control;
 pub mod devices;
+pub mod handover;
 pub mod json;
 pub mod launch;
 pub mod log;

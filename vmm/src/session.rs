@@ -4,10 +4,12 @@
 //! session was handed for its next relaunch ([`LaunchSlot`]). With `prestage`, the next VM is
 //! built while the guest runs, so a reset only swaps VMs.
 //!
-//! Recipe per launch: take the next launch if one was handed over → build (or take the
-//! prestaged VM) → audit `launch` record (written before the guest runs) → devices, AP
-//! threads, vCPU 0 on the session thread itself → outcome → stop APs → event line + audit
-//! `exit` record → decide (relaunch / exit code; the reset rate limit).
+//! Recipe per launch: ask the [`LaunchSlot`] what runs (the same launch, one handed over, or
+//! the host's again: `docs/fuki.md`) → build (or take the prestaged VM) → carry the guest's
+//! vmlaunchupdate opaque region into the new memory → audit `launch` record (written before
+//! the guest runs) → devices, AP threads, vCPU 0 on the session thread itself → outcome →
+//! stop APs → copy the opaque region out → event line + audit `exit` record → decide
+//! (relaunch / exit code; the reset rate limit).
 //!
 //! Dead VMs wait for their teardown in a bounded backlog ([`Backlog`]): at most
 //! [`BacklogLimit::vms`] VMs and [`BacklogLimit::bytes`] bytes of their guest memory, counted
@@ -30,8 +32,9 @@ use crate::audit::{unix_ms, AuditLog, EventSink};
 use crate::backend::{Backend, BuiltVm, ExecError, ExecTimings};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::FwCfg;
+use crate::devices::launch_update::{LaunchUpdate, Opaque, OpaqueReport, RequestCounts};
 use crate::devices::{Devices, LaunchClock, UnknownLog};
-use crate::launch::{Launch, LaunchSlot};
+use crate::launch::{Change, Launch, LaunchSlot};
 use crate::sys::kvm::Vcpu;
 use crate::vcpu::{run_vcpu, stop_all, Outcome, RunControl};
 
@@ -128,8 +131,17 @@ pub struct SessionConfig {
     pub reset_limit: Option<ResetLimit>,
     /// The dead-VM backlog bound.
     pub backlog: BacklogLimit,
-    /// The launch to run from the next relaunch on, when someone hands one over.
+    /// What runs at each relaunch: hand-overs go here (the session starts it with its first
+    /// launch). A [`crate::handover::Handover`] must hand over into this same slot.
     pub next: Arc<LaunchSlot>,
+    /// The vm-launch-update device (`etc/vmlaunchupdate`), session-wide (`run
+    /// --vm-launch-update`); its hand-overs go to `next`.
+    pub launch_update: Option<Arc<LaunchUpdate>>,
+    /// Give the guest the vm-launch-update device even though `launch_update` is `None`:
+    /// the session makes one, its hand-overs planned for the first launch's config and
+    /// audited in `audit`, no bundle store (`run` builds its own, with `--bundle-store`).
+    /// Off by default: the file shifts the selectors of `opt/` files by one.
+    pub vm_launch_update: bool,
     /// Build the next VM while the guest runs.
     pub prestage: bool,
     /// Guest console.
@@ -153,6 +165,8 @@ impl SessionConfig {
             reset_limit: None,
             backlog: BacklogLimit::default(),
             next: Arc::new(LaunchSlot::new()),
+            launch_update: None,
+            vm_launch_update: false,
             prestage: false,
             console,
             audit: None,
@@ -541,6 +555,21 @@ pub fn run_session(
         let mut report = empty_report(Outcome::VmmError("no launch".into()));
         let mut current = launch;
         let mut generation: u64 = 1;
+        cfg.next.start(&current, generation);
+        let launch_update = cfg.launch_update.clone().or_else(|| {
+            cfg.vm_launch_update.then(|| {
+                let h = crate::handover::Handover::new(
+                    Arc::clone(&cfg.next),
+                    *current.config(),
+                    None,
+                    cfg.audit.clone(),
+                );
+                Arc::new(LaunchUpdate::new(Arc::new(h)))
+            })
+        });
+        // What changed at this relaunch, and the opaque region the last launch left.
+        let mut change = Change::Same;
+        let mut carry: Option<Result<Opaque, String>> = None;
         let mut reboots: u64 = 0;
         let mut reset_at: Option<Instant> = None;
         let mut resets: VecDeque<Instant> = VecDeque::new();
@@ -550,8 +579,12 @@ pub fn run_session(
         loop {
             report.generation = generation;
             if generation > 1 {
-                if let Some(next) = cfg.next.take() {
-                    current = next;
+                if let Some(r) = cfg.next.relaunch(generation) {
+                    current = r.launch;
+                    change = r.change;
+                }
+                if let Some(lu) = &launch_update {
+                    lu.relaunched(change);
                 }
             }
             let t_build = Instant::now();
@@ -611,9 +644,22 @@ pub fn run_session(
                 }
             };
             report.launches = generation;
+            // The guest's opaque region, into the new memory before anything of it runs.
+            let opaque = carry.take().map(|c| match c {
+                Ok(o) => OpaqueRecord::from(o.restore(&built.memory, &current)),
+                Err(why) => OpaqueRecord::failed(why),
+            });
             if let Some(a) = &cfg.audit {
-                let record =
-                    launch_record(cfg, backend, &current, generation, &built, swap, prestaged);
+                let record = launch_record(
+                    cfg,
+                    backend,
+                    &current,
+                    generation,
+                    &built,
+                    swap,
+                    prestaged,
+                    (change, opaque.as_ref()),
+                );
                 if let Err(e) = a.append(&record) {
                     // Never run a guest whose launch is not on record.
                     report.outcome = Outcome::VmmError(format!("writing the audit log: {e}"));
@@ -641,7 +687,12 @@ pub fn run_session(
                 Arc::clone(&cfg.console),
                 Arc::clone(&memory),
                 Arc::clone(&clock),
-                FwCfg::new(generation, nb_cpus, &cfg.fw_cfg_files),
+                FwCfg::with_launch_update(
+                    generation,
+                    nb_cpus,
+                    &cfg.fw_cfg_files,
+                    launch_update.clone(),
+                ),
                 Arc::clone(&unknown_log),
             )));
             let exits = backend.exit_handler(Arc::clone(&devices), &vm, &memory);
@@ -758,6 +809,13 @@ pub fn run_session(
             } else {
                 Some(exit_code(&outcome))
             };
+            // Every vCPU is stopped (a vmlaunchupdate write in flight finished first): the
+            // opaque region is what the guest left.
+            if final_code.is_none() {
+                carry = launch_update
+                    .as_ref()
+                    .and_then(|lu| lu.save_opaque(&memory).transpose());
+            }
             let times = LaunchTimes {
                 reset_to_start: reset_at.map(|r| clock.started.duration_since(r)),
                 first_exit: clock
@@ -784,6 +842,7 @@ pub fn run_session(
                 times,
                 unknown,
                 fw_errors,
+                launch_update: launch_update.as_ref().map(|lu| lu.counts()),
                 // Off the relaunch path: only the last launch reports the VMM's footprint.
                 footprint: final_code.map(|_| own_footprint()),
             };
@@ -870,6 +929,7 @@ struct ExitLine {
     times: LaunchTimes,
     unknown: u64,
     fw_errors: u64,
+    launch_update: Option<RequestCounts>,
     footprint: Option<(Option<u64>, Option<u64>)>,
 }
 
@@ -886,6 +946,7 @@ impl ExitLine {
             timings: self.times.record(),
             unknown_io: self.unknown,
             fw_cfg_dma_errors: self.fw_errors,
+            vmlaunchupdate: self.launch_update,
             vmm_rss_kib: self.footprint.map(|f| f.0),
             open_fds: self.footprint.map(|f| f.1),
         })
@@ -907,6 +968,9 @@ struct ExitRecord<'a> {
     timings: TimingsRecord,
     unknown_io: u64,
     fw_cfg_dma_errors: u64,
+    /// The vm-launch-update requests of this launch (with `--vm-launch-update` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmlaunchupdate: Option<RequestCounts>,
     /// Only on the launch that ends the process (`null` inside when unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     vmm_rss_kib: Option<Option<u64>>,
@@ -1011,6 +1075,7 @@ pub fn own_footprint() -> (Option<u64>, Option<u64>) {
     (rss, fds)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch_record(
     cfg: &SessionConfig,
     backend: &dyn Backend,
@@ -1019,6 +1084,7 @@ fn launch_record(
     built: &BuiltVm,
     swap: Duration,
     prestaged: bool,
+    (change, opaque): (Change, Option<&OpaqueRecord>),
 ) -> String {
     let t = &built.timings;
     crate::json::to_line(&LaunchRecord {
@@ -1038,6 +1104,8 @@ fn launch_record(
         },
         predicted_measurement: launch.predicted_measurement(),
         launch_measurement: built.launch_measurement.as_deref(),
+        switch: SwitchRecord::of(change),
+        opaque,
         timings: LaunchTimings {
             plan_us: us(launch.plan_time()),
             plan_cached: generation > 1,
@@ -1067,7 +1135,66 @@ struct LaunchRecord<'a> {
     /// What the platform reported at finish ([`BuiltVm::launch_measurement`]; `null` where
     /// it reports nothing at launch).
     launch_measurement: Option<&'a str>,
+    /// Why this launch runs another bundle than the one before (`null`: the same one).
+    switch: Option<SwitchRecord>,
+    /// The vmlaunchupdate opaque region carried into this launch (`null`: none).
+    opaque: Option<&'a OpaqueRecord>,
     timings: LaunchTimings,
+}
+
+/// `switch` of the `launch` record (`docs/fuki.md`).
+#[derive(serde::Serialize)]
+struct SwitchRecord {
+    /// `handed-over` or `original` (the host's bundle again).
+    to: &'static str,
+    /// Who asked (`null`: a one-shot launch ran its one launch).
+    by: Option<&'static str>,
+    one_shot: bool,
+}
+
+impl SwitchRecord {
+    fn of(change: Change) -> Option<SwitchRecord> {
+        match change {
+            Change::Same => None,
+            Change::HandedOver { by, one_shot } => Some(SwitchRecord {
+                to: "handed-over",
+                by: Some(by.name()),
+                one_shot,
+            }),
+            Change::Original(by) => Some(SwitchRecord {
+                to: "original",
+                by: by.map(crate::launch::By::name),
+                one_shot: false,
+            }),
+        }
+    }
+}
+
+/// `opaque` of the `launch` record: what was carried, or why nothing was.
+#[derive(Debug, serde::Serialize)]
+struct OpaqueRecord {
+    #[serde(flatten)]
+    report: Option<OpaqueReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<OpaqueReport> for OpaqueRecord {
+    fn from(report: OpaqueReport) -> OpaqueRecord {
+        OpaqueRecord {
+            report: Some(report),
+            error: None,
+        }
+    }
+}
+
+impl OpaqueRecord {
+    fn failed(why: String) -> OpaqueRecord {
+        OpaqueRecord {
+            report: None,
+            error: Some(why),
+        }
+    }
 }
 
 /// `params` of the `launch` record.

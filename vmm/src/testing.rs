@@ -265,6 +265,99 @@ pub const SMP_BSP: &[u8] = &[
 pub const SMP_AP: &[u8] = &[
     0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xf0, 0xfe, 0x06, 0x00, 0x30, 0xfa, 0xf4, 0xeb, 0xfc,
 ];
+/// vm-launch-update stage 1 (`docs/fuki.md`): kicks the fw_cfg DMA request at 0x4000 (the
+/// test places a SELECT|WRITE of the 56-byte `etc/vmlaunchupdate` structure there), then the
+/// one at 0x4010 (SELECT|READ of it to 0x6000), prints "s" and the status digit (the byte at
+/// 0x6002), resets through 0xCF9.
+///
+/// ```text
+/// .code16
+/// start:
+///   mov $1, %al
+///   out %al, $0x80
+///   mov $0x514, %dx
+///   xor %eax, %eax
+///   out %eax, %dx          # DMA address, high half: 0
+///   mov $0x518, %dx
+///   mov $0x00400000, %eax  # low half, big-endian 0x4000: start
+///   out %eax, %dx
+///   mov $0x514, %dx
+///   xor %eax, %eax
+///   out %eax, %dx
+///   mov $0x518, %dx
+///   mov $0x10400000, %eax  # big-endian 0x4010
+///   out %eax, %dx
+///   mov $0x3f8, %dx
+///   mov $'s', %al
+///   out %al, %dx
+///   mov (0x6002), %al
+///   add $'0', %al
+///   out %al, %dx
+///   mov $'\n', %al
+///   out %al, %dx
+///   mov $0xcf9, %dx
+///   mov $0x06, %al
+///   out %al, %dx
+/// 1: hlt
+///   jmp 1b
+/// ```
+pub const HANDOVER_STAGE1: &[u8] = &[
+    0xb0, 0x01, 0xe6, 0x80, 0xba, 0x14, 0x05, 0x66, 0x31, 0xc0, 0x66, 0xef, 0xba, 0x18, 0x05, 0x66,
+    0xb8, 0x00, 0x00, 0x40, 0x00, 0x66, 0xef, 0xba, 0x14, 0x05, 0x66, 0x31, 0xc0, 0x66, 0xef, 0xba,
+    0x18, 0x05, 0x66, 0xb8, 0x00, 0x00, 0x40, 0x10, 0x66, 0xef, 0xba, 0xf8, 0x03, 0xb0, 0x73, 0xee,
+    0xa0, 0x02, 0x60, 0x04, 0x30, 0xee, 0xb0, 0x0a, 0xee, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xf4,
+    0xeb, 0xfd,
+];
+
+/// Where [`HANDOVER_STAGE1`] finds its write request (its read request is 16 bytes on).
+pub const HANDOVER_REQUEST_GPA: u64 = 0x4000;
+/// Where the test places the structure [`HANDOVER_STAGE1`] writes.
+pub const HANDOVER_STRUCT_GPA: u64 = 0x5000;
+/// Where [`HANDOVER_STAGE1`] reads the structure back to.
+pub const HANDOVER_READBACK_GPA: u64 = 0x6000;
+/// The opaque region [`HANDOVER_STAGE2`] prints (8 bytes).
+pub const HANDOVER_OPAQUE_GPA: u64 = 0x7000;
+
+/// vm-launch-update stage 2: prints "2:" and the 8 bytes at 0x7000 (the opaque region
+/// carried over), then powers off — or resets if the byte at 0x1FFF (the end of its code
+/// page) is non-zero.
+///
+/// ```text
+/// .code16
+/// start:
+///   mov $1, %al
+///   out %al, $0x80
+///   mov $0x3f8, %dx
+///   mov $'2', %al
+///   out %al, %dx
+///   mov $':', %al
+///   out %al, %dx
+///   mov $0x7000, %si
+///   mov $8, %cx
+///   rep outsb
+///   mov $'\n', %al
+///   out %al, %dx
+///   mov (0x1fff), %al
+///   cmp $0, %al
+///   jne 2f
+///   mov $0x604, %dx
+///   mov $0x2000, %ax
+///   out %ax, %dx
+/// 1: hlt
+///   jmp 1b
+/// 2: mov $0xcf9, %dx
+///   mov $0x06, %al
+///   out %al, %dx
+/// 3: hlt
+///   jmp 3b
+/// ```
+pub const HANDOVER_STAGE2: &[u8] = &[
+    0xb0, 0x01, 0xe6, 0x80, 0xba, 0xf8, 0x03, 0xb0, 0x32, 0xee, 0xb0, 0x3a, 0xee, 0xbe, 0x00, 0x70,
+    0xb9, 0x08, 0x00, 0xf3, 0x6e, 0xb0, 0x0a, 0xee, 0xa0, 0xff, 0x1f, 0x3c, 0x00, 0x75, 0x0a, 0xba,
+    0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4, 0xeb, 0xfd, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xf4,
+    0xeb, 0xfd,
+];
+
 /// A real-mode segment (VMSA attribute encoding: present, S, type).
 fn rm_seg(selector: u16, base: u64, attrib: u16) -> Segment {
     Segment {

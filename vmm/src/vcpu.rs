@@ -187,6 +187,21 @@ impl NativeExits {
     fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
         self.devices.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// `out` of `data` to `port` in accesses of `size` bytes; device work left for after the
+    /// lock (a vmlaunchupdate write: copying and planning a bundle) runs here, without it,
+    /// so it stalls no other vCPU.
+    fn port_out(&self, port: u16, size: usize, data: &[u8]) -> Action {
+        let (action, deferred) = {
+            let mut d = self.devices();
+            let action = d.io_out(port, size, data);
+            (action, d.take_deferred())
+        };
+        if !deferred.is_empty() {
+            deferred.run();
+        }
+        action
+    }
 }
 
 impl ExitHandler for NativeExits {
@@ -194,7 +209,7 @@ impl ExitHandler for NativeExits {
         let action = if io.input {
             self.devices().io_in(io.port, io.size, io.data)
         } else {
-            self.devices().io_out(io.port, io.size, io.data)
+            self.port_out(io.port, io.size, io.data)
         };
         native_action(action)
     }
@@ -202,7 +217,7 @@ impl ExitHandler for NativeExits {
     fn handle(&self, id: u32, exit: VcpuExit<'_>) -> ExitAction {
         let action = match exit {
             // Without its width (not from `port_io`): taken as one access of every byte.
-            VcpuExit::IoOut(port, data) => self.devices().io_out(port, data.len(), data),
+            VcpuExit::IoOut(port, data) => self.port_out(port, data.len(), data),
             VcpuExit::IoIn(port, data) => self.devices().io_in(port, data.len(), data),
             VcpuExit::MmioRead(addr, data) => {
                 self.devices().mmio_read(addr, data);

@@ -11,10 +11,14 @@
 //!   (0xC0010131) read through a user-space MSR filter, RAM aliased at the C-bit, and the
 //!   GHCB MSR protocol (0xC0010130) answered for what travels in the MSR alone: SEV
 //!   information, CPUID, hypervisor features, page-state change and termination requests
-//!   (GHCB spec "GHCB MSR Protocol"). VMGEXIT itself is `rep vmmcall`, which an ordinary KVM
-//!   guest executes as a KVM hypercall (RAX gets `-KVM_ENOSYS`): the response is already in
-//!   the MSR when the guest reads it back, but a guest must treat RAX as clobbered. A full
-//!   GHCB page exchange is not emulated (KVM never sees the page).
+//!   (GHCB spec "GHCB MSR Protocol"). The response is in the MSR as soon as the WRMSR
+//!   returns. VMGEXIT itself is `rep vmmcall`, which an ordinary KVM guest executes as a KVM
+//!   hypercall (RAX gets `-KVM_ENOSYS`, so a guest must treat RAX as clobbered) — and which,
+//!   on the nested hosts our tests run on, did not return within 60 s (measured with the
+//!   `fuki` guest's page-state changes). A guest that must also run here reads the MSR back
+//!   first and issues VMGEXIT only when the answer is not there yet (real SNP answers at
+//!   VMGEXIT), as `boot-images/guests/src/bin/fuki.rs` does. A full GHCB page exchange is not
+//!   emulated (KVM never sees the page).
 //! - TDX: CPUID leaf 0x21 "IntelTDX    " and the TD's initial registers; TDCALL cannot run
 //!   on an AMD host (it is #UD), so a TD guest here must use port I/O directly.
 

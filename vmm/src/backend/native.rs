@@ -38,13 +38,19 @@ use crate::vstate::{ram_layout, Host};
 /// `IA32_PAT` (Intel SDM Vol. 4, Table 2-2).
 const MSR_IA32_PAT: u32 = 0x277;
 
-/// The [`Prepared`] of the last launch a backend built (a session runs one launch at a
-/// time), shared by every backend: computed once per launch, reused by its relaunches and
-/// the prestage builder.
+/// How many launches' [`Prepared`] a backend keeps: a session runs one launch at a time,
+/// but a one-shot hand-over alternates two (stage 1, stage 2, stage 1, …; `docs/fuki.md`),
+/// and neither should pay for its preparation again.
+pub const PREPARED_LAUNCHES: usize = 4;
+
+/// The [`Prepared`] of the last [`PREPARED_LAUNCHES`] launches a backend built, shared by
+/// every backend: computed once per launch, reused by its relaunches and the prestage
+/// builder.
 #[derive(Debug)]
 pub struct PreparedCache {
     host: Arc<Host>,
-    last: Mutex<Option<(u64, Arc<Prepared>)>>,
+    /// Most recently used last.
+    last: Mutex<std::collections::VecDeque<(u64, Arc<Prepared>)>>,
 }
 
 impl PreparedCache {
@@ -52,7 +58,7 @@ impl PreparedCache {
     pub fn new(host: Arc<Host>) -> PreparedCache {
         PreparedCache {
             host,
-            last: Mutex::new(None),
+            last: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -68,9 +74,11 @@ impl PreparedCache {
     /// memslots): nothing was created.
     pub fn get(&self, launch: &Launch) -> Result<Arc<Prepared>, ExecError> {
         let mut cache = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, p)) = cache.as_ref() {
-            if *id == launch.id() {
-                return Ok(Arc::clone(p));
+        if let Some(i) = cache.iter().position(|(id, _)| *id == launch.id()) {
+            if let Some(hit) = cache.remove(i) {
+                let p = Arc::clone(&hit.1);
+                cache.push_back(hit);
+                return Ok(p);
             }
         }
         let p = Prepared::new(&self.host, launch.plan()).map_err(|source| ExecError {
@@ -79,7 +87,10 @@ impl PreparedCache {
             source,
         })?;
         let p = Arc::new(p);
-        *cache = Some((launch.id(), Arc::clone(&p)));
+        cache.push_back((launch.id(), Arc::clone(&p)));
+        while cache.len() > PREPARED_LAUNCHES {
+            cache.pop_front();
+        }
         Ok(p)
     }
 }
@@ -698,6 +709,33 @@ mod tests {
             .map(|l| l.replacen("vm0", "vm1", 1))
             .collect();
         assert_eq!(rec.lines(), again);
+    }
+
+    /// Two launches alternating (a one-shot hand-over's stage 1 and stage 2) each keep
+    /// their preparation: the fresh-register reads happen on each one's first build only,
+    /// until more than `PREPARED_LAUNCHES` launches push the oldest out.
+    #[test]
+    fn prepared_launches_survive_alternation() {
+        let (rec, host) = recorded(8, &[(KVM_CAP_NR_MEMSLOTS, 509)]);
+        let backend = NativeBackend::new(Arc::new(host));
+        let reads = |rec: &Recorder| {
+            rec.lines()
+                .iter()
+                .filter(|l| l.contains("KVM_GET_SREGS"))
+                .count()
+        };
+        let (a, b) = (launch(1, MEM), launch(1, MEM));
+        for l in [&a, &b, &a, &b, &a] {
+            drop(backend.build(l).unwrap());
+        }
+        assert_eq!(reads(&rec), 2, "one per launch");
+        let others: Vec<Launch> = (0..PREPARED_LAUNCHES).map(|_| launch(1, MEM)).collect();
+        for l in &others {
+            drop(backend.build(l).unwrap());
+        }
+        rec.clear();
+        drop(backend.build(&a).unwrap());
+        assert_eq!(reads(&rec), 1, "evicted: prepared again");
     }
 
     #[test]

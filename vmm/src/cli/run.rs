@@ -18,11 +18,13 @@ use crate::args::{
     one_positional, parse_hex_bytes, parse_u64, wants_help, ArgError, CommandHelp, Cursor, Flag,
     Item, HELP_FLAG,
 };
-use crate::audit::{AuditLog, EventSink};
+use crate::audit::{AuditLog, BundleStore, EventSink};
 use crate::backend::snp_certs::SnpCerts;
 use crate::control::{Control, ControlServer};
 use crate::devices::console::Console;
 use crate::devices::fw_cfg::{validate_file, MAX_USER_FILES};
+use crate::devices::launch_update::LaunchUpdate;
+use crate::handover::Handover;
 use crate::launch::Launch;
 use crate::model::ModelConfig;
 use crate::session::{
@@ -183,6 +185,37 @@ pub const FLAGS: &[Flag] = &[
                or a text; repeatable, at most 16 (docs/devices.md). Default: none.",
     },
     Flag {
+        long: "vm-launch-update",
+        short: None,
+        value: None,
+        help: "Give the guest QEMU's vm-launch-update device: the fw_cfg file \
+               etc/vmlaunchupdate, through which it hands over an IGVM bundle (in its shared \
+               memory, at most 64 MiB) that runs from its next reset on, or for one reset \
+               (docs/fuki.md). The bundle is planned for this run's platform and flags when \
+               the guest writes it; one that does not plan is refused with status 1 and \
+               never runs. Default: off (no such file).",
+    },
+    Flag {
+        long: "next",
+        short: None,
+        value: Some("BUNDLE"),
+        help: "Run BUNDLE at the first relaunch only, then BUNDLE of the command line again \
+               (a host hand-over, one-shot; planned and checked before anything starts: a \
+               bad one is a usage error). The control socket's switch-bundle hands over \
+               permanently at run time. Default: none.",
+    },
+    Flag {
+        long: "bundle-store",
+        short: None,
+        value: Some("DIR"),
+        help: "Keep every bundle this run launches — the command line's, --next's, and each \
+               one handed over by the guest or switch-bundle — as DIR/<sha256> (mode 0600, \
+               written atomically; DIR created mode 0700 if missing), so relaunch inspect \
+               and measure can be run on exactly what the audit log names. A hand-over that \
+               cannot be stored is refused. At most 64 bundles / 4 GiB per run. Default: \
+               none (the audit log has the hashes only).",
+    },
+    Flag {
         long: "no-guest-memfd",
         short: None,
         value: None,
@@ -258,6 +291,12 @@ pub struct RunOptions {
     pub no_guest_memfd: bool,
     /// `--snp-certs`: the certificate file, checked.
     pub snp_certs: Option<SnpCerts>,
+    /// `--vm-launch-update`.
+    pub vm_launch_update: bool,
+    /// `--next`.
+    pub next: Option<PathBuf>,
+    /// `--bundle-store`.
+    pub bundle_store: Option<PathBuf>,
 }
 
 fn bad(flag: &str, value: &str, expected: &'static str) -> ArgError {
@@ -317,6 +356,9 @@ where
         fw_cfg: Vec::new(),
         no_guest_memfd: false,
         snp_certs: None,
+        vm_launch_update: false,
+        next: None,
+        bundle_store: None,
     };
     let mut bundle = None;
     while let Some(arg) = a.next()? {
@@ -370,6 +412,9 @@ where
             "quiet" => o.quiet = true,
             "prestage" => o.prestage = true,
             "no-guest-memfd" => o.no_guest_memfd = true,
+            "vm-launch-update" => o.vm_launch_update = true,
+            "next" => o.next = Some(a.path(f)?),
+            "bundle-store" => o.bundle_store = Some(a.path(f)?),
             "control" => o.control = Some(a.path(f)?),
             "wait-for-secret" => o.wait_for_secret = true,
             "tik" => o.sev_model_keys.tik = Some(read_key_file(f, &a.path(f)?)?),
@@ -538,6 +583,17 @@ pub fn main(args: &[OsString]) -> u8 {
         Ok(l) => Arc::new(l),
         Err(e) => return usage_error(format_args!("{}: {e}", opts.bundle.display())),
     };
+    // Every hand-over goes into the session's slot, planned for this run's launch config.
+    let slot = Arc::new(crate::launch::LaunchSlot::new());
+    let handover_cfg = Handover::new(Arc::clone(&slot), cfg, None, None);
+    // `--next`: checked now, like BUNDLE (a bad one starts nothing).
+    let next = match &opts.next {
+        Some(p) => match handover_cfg.prepare_file(p) {
+            Ok(r) => Some(r.launch),
+            Err(e) => return usage_error(format_args!("--next {e}")),
+        },
+        None => None,
+    };
     let host = match Host::open(!opts.no_guest_memfd) {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -562,6 +618,13 @@ pub fn main(args: &[OsString]) -> u8 {
         Err(e) => return usage_error(e),
     };
     let mut created = Vec::new();
+    let store = match &opts.bundle_store {
+        Some(d) => match BundleStore::open(d) {
+            Ok(s) => Some(s),
+            Err(e) => return usage_error(format_args!("--bundle-store: {e}")),
+        },
+        None => None,
+    };
     let audit = match &opts.audit_log {
         Some(p) => match open_output(p, &mut created) {
             Ok(a) => Some(Arc::new(a)),
@@ -583,6 +646,27 @@ pub fn main(args: &[OsString]) -> u8 {
             }
         },
     };
+    let handover = Arc::new(Handover::new(Arc::clone(&slot), cfg, store, audit.clone()));
+    // The command line's bundle and `--next` go into the store too (and `--next` on record
+    // as a host hand-over before the first launch).
+    let early = handover
+        .adopt(&launch)
+        .map_err(|e| e.to_string())
+        .and_then(|_| match &next {
+            Some(n) => {
+                let ready = handover.adopt(n).map_err(|e| e.to_string())?;
+                handover
+                    .commit_host(&ready, true)
+                    .map_err(|e| format!("writing the audit log: {e}"))
+            }
+            None => Ok(()),
+        });
+    if let Err(e) = early {
+        for c in &created {
+            let _ = std::fs::remove_file(c);
+        }
+        return usage_error(e);
+    }
     // The control socket last: a failure removes what this run created, nothing started.
     let control = opts
         .control
@@ -604,6 +688,7 @@ pub fn main(args: &[OsString]) -> u8 {
     // LAUNCH_MEASURE and LAUNCH_FINISH; it waits only with --wait-for-secret).
     if let Some(c) = &control {
         backend.set_owner_gate(Some(Arc::clone(c) as Arc<dyn crate::backend::OwnerGate>));
+        c.set_handover(Arc::clone(&handover));
     }
     if let Some(certs) = &opts.snp_certs {
         if backend.set_snp_certs(Some(Arc::new(certs.clone()))) {
@@ -636,7 +721,12 @@ pub fn main(args: &[OsString]) -> u8 {
         Console::stdout()
     });
     console.spawn_stdin_reader();
+    let launch_update = opts
+        .vm_launch_update
+        .then(|| Arc::new(LaunchUpdate::new(Arc::clone(&handover))));
     let session = SessionConfig {
+        next: slot,
+        launch_update,
         max_reboots: opts.max_reboots,
         reset_limit: opts.reset_limit,
         prestage: opts.prestage,
@@ -753,6 +843,30 @@ mod tests {
         assert_eq!(o.fw_cfg[0].1, 5u64.to_le_bytes());
         assert_eq!(o.fw_cfg[1], ("opt/x".to_string(), b"hi".to_vec()));
         assert_eq!(p(&["x"]).unwrap().mem, DEFAULT_MEM);
+    }
+
+    #[test]
+    fn hand_over_flags() {
+        let o = p(&[
+            "b.igvm",
+            "--vm-launch-update",
+            "--next",
+            "stage2.igvm",
+            "--bundle-store=/var/lib/x",
+        ])
+        .unwrap();
+        assert!(o.vm_launch_update);
+        assert_eq!(o.next, Some(PathBuf::from("stage2.igvm")));
+        assert_eq!(o.bundle_store, Some(PathBuf::from("/var/lib/x")));
+        let o = p(&["b.igvm"]).unwrap();
+        assert!(!o.vm_launch_update && o.next.is_none() && o.bundle_store.is_none());
+        for bad in [
+            &["b", "--next"][..],
+            &["b", "--bundle-store"],
+            &["b", "--vm-launch-update=1"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

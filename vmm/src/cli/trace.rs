@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! relaunch trace FILE --platform <snp|sev|sev-es|tdx> [--vcpus N] [--mem SIZE]
-//!                [run's launch flags] [--relaunch]
+//!                [run's launch flags] [--relaunch] [--next FILE2]
 //! ```
+//!
+//! `--next FILE2` then launches FILE2 on a new VM as a hand-over does (`docs/fuki.md`:
+//! planned for the same platform and launch config), after FILE's VM is dropped: the calls
+//! the real backend makes to run a handed-over bundle; the measurement is then FILE2's.
 //!
 //! Lines, in order:
 //! - one per door call: `{"fd":"kvm|vm|vcpuN","ioctl":"<uapi name>","args":{<uapi field
@@ -88,6 +92,13 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         help: "After the first launch, drop the VM (teardown) and launch again on a new VM.",
     },
+    Flag {
+        long: "next",
+        short: None,
+        value: Some("FILE2"),
+        help: "Then drop the VM and launch FILE2 on a new one, as a hand-over (vm-launch-update, \
+               switch-bundle, run --next) runs it; the last line is FILE2's measurement.",
+    },
     HELP_FLAG,
 ];
 
@@ -116,6 +127,7 @@ struct TraceArgs {
     config: LaunchConfig,
     launch: LaunchFlags,
     relaunch: bool,
+    next: Option<PathBuf>,
     max_pages: Option<u64>,
     eintr_every: Option<u32>,
 }
@@ -128,6 +140,7 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
     let mut mem = super::run::DEFAULT_MEM;
     let mut launch = LaunchFlags::default();
     let mut relaunch = false;
+    let mut next = None;
     let mut max_pages = None;
     let mut eintr_every = None;
     while let Some(arg) = it.next()? {
@@ -146,6 +159,7 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
             "vcpus" => vcpus = it.vcpus(f)?,
             "mem" => mem = it.mem(f)?,
             "relaunch" => relaunch = true,
+            "next" => next = Some(it.path(f)?),
             "model-max-pages" => {
                 max_pages = Some(it.parsed(f, "a page count of at least 1", |v| {
                     parse_u64(v).filter(|&n| n > 0)
@@ -173,6 +187,7 @@ fn parse(args: &[OsString]) -> Result<TraceArgs, ArgError> {
         config,
         launch,
         relaunch,
+        next,
         max_pages,
         eintr_every,
     })
@@ -273,8 +288,24 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
         .launch
         .id_block_for(cfg.platform)
         .map_err(|e| fail(super::EXIT_USAGE, e))?;
-    let launch = Launch::with_id_block(bundle, &cfg, id_block)
+    let first = Launch::with_id_block(bundle, &cfg, id_block)
         .map_err(|e| fail(super::EXIT_USAGE, format!("{}: {e}", a.file.display())))?;
+    let next = match &a.next {
+        Some(p) => {
+            let h = crate::handover::Handover::new(
+                Arc::new(crate::launch::LaunchSlot::new()),
+                cfg,
+                None,
+                None,
+            );
+            Some(
+                h.prepare_file(p)
+                    .map_err(|e| fail(super::EXIT_USAGE, format!("--next {e}")))?
+                    .launch,
+            )
+        }
+        None => None,
+    };
     let model = Model::new(ModelConfig {
         vcpu_sig: a.config.vcpu_sig,
         max_pages_per_call: a.max_pages,
@@ -287,8 +318,17 @@ pub fn run(args: &[OsString]) -> Result<String, TraceError> {
     let backend = crate::backend::select(a.config.platform, &host)
         .map_err(|e| fail(super::EXIT_USAGE, e.to_string()))?;
     let mut failed = None;
-    for _ in 0..if a.relaunch { 2 } else { 1 } {
-        match backend.build(&launch) {
+    let mut order: Vec<&Launch> = vec![&first];
+    if a.relaunch {
+        order.push(&first);
+    }
+    if let Some(n) = &next {
+        order.push(n);
+    }
+    // The measurement checked is the last launch's.
+    let launch = order.last().copied().unwrap_or(&first);
+    for l in order.iter().copied() {
+        match backend.build(l) {
             // Dropping the built VM closes its fds (the relaunch teardown).
             Ok(built) => drop(built),
             Err(e) => {

@@ -1,13 +1,15 @@
 //! The guest-facing devices, and only these (`docs/devices.md`): COM1 16550, the port-0x80
 //! boot marker, reset (i8042 0xFE on 0x64, 0xCF9 RST_CPU), power-off (0x604 SLP_EN), pvpanic
-//! (0x505), fw_cfg (0x510/0x511/0x514/0x518). Every other port or MMIO access is logged
-//! (rate-limited) and ignored: reads return all-ones.
+//! (0x505), fw_cfg (0x510/0x511/0x514/0x518) with, when the session has it, the
+//! vm-launch-update device's `etc/vmlaunchupdate` ([`launch_update`]). Every other port or
+//! MMIO access is logged (rate-limited) and ignored: reads return all-ones.
 //!
 //! The guest is hostile: every handler works on bounded state, never touches host paths,
 //! and turns anything malformed into "ignored" or a fw_cfg ERROR bit.
 
 pub mod console;
 pub mod fw_cfg;
+pub mod launch_update;
 pub mod serial;
 
 use std::io::Write;
@@ -15,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use console::Console;
-use fw_cfg::FwCfg;
+use fw_cfg::{FwCfg, PendingWrite};
 use serial::{Serial, COM1};
 
 use crate::log::Spool;
@@ -316,8 +318,32 @@ pub struct Devices {
     fw_cfg: FwCfg,
     rst_cnt: u8,
     log: Arc<UnknownLog>,
+    /// fw_cfg writes to complete once the devices lock is released ([`Devices::take_deferred`]).
+    deferred: Vec<PendingWrite>,
     /// Unknown port/MMIO accesses seen.
     pub unknown: u64,
+}
+
+/// Device work an access left for after the devices lock is released: fw_cfg DMA writes to
+/// `etc/vmlaunchupdate` ([`fw_cfg::PendingWrite`]), in the order they were made.
+#[derive(Debug)]
+pub struct Deferred {
+    writes: Vec<PendingWrite>,
+    memory: Arc<GuestMemory>,
+}
+
+impl Deferred {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Does it (on the vCPU thread that made the access, before it re-enters the guest).
+    pub fn run(self) {
+        for w in self.writes {
+            w.complete(&self.memory);
+        }
+    }
 }
 
 impl Devices {
@@ -337,7 +363,16 @@ impl Devices {
             fw_cfg,
             rst_cnt: 0,
             log,
+            deferred: Vec::new(),
             unknown: 0,
+        }
+    }
+
+    /// The work the last accesses left for after the lock is released ([`Deferred`]).
+    pub fn take_deferred(&mut self) -> Deferred {
+        Deferred {
+            writes: std::mem::take(&mut self.deferred),
+            memory: Arc::clone(&self.memory),
         }
     }
 
@@ -432,7 +467,9 @@ impl Devices {
                 let _ = self.clock.boot_marker.set(Instant::now());
             }
             fw_cfg::PORT_SELECTOR..=fw_cfg::PORT_DATA | fw_cfg::PORT_DMA_HIGH..=0x51B => {
-                self.fw_cfg.io_out(port, data, &self.memory)
+                if let Some(w) = self.fw_cfg.io_out(port, data, &self.memory) {
+                    self.deferred.push(w);
+                }
             }
             PORT_I8042_CMD if first == I8042_RESET => {
                 return Some(Action::Reset(ResetSource::I8042))
