@@ -105,15 +105,19 @@ impl EmulatedBackend {
         let mut cfg = cfg;
         // A long relaunch loop must not grow the model's trace log.
         cfg.record_events = false;
-        // The Secure Processor checks the SNP CPUID page against the CPU the guest runs on.
+        // The Secure Processor checks the SNP CPUID page against the CPU the guest runs on:
+        // this host's CPU as the emulated part shows it (the view's 0x8000001F: the SEV bits
+        // the page declares are the part's, not this host's, which has none).
         if cfg.firmware_cpuid.is_none() {
+            let unavailable = |e: crate::sys::Errno| BackendError::Unavailable {
+                platform,
+                missing: format!("KVM_GET_SUPPORTED_CPUID: {e}"),
+            };
             let host = real
                 .supported_cpuid(crate::vstate::MAX_CPUID_ENTRIES)
-                .map_err(|e| BackendError::Unavailable {
-                    platform,
-                    missing: format!("KVM_GET_SUPPORTED_CPUID: {e}"),
-                })?;
-            cfg.firmware_cpuid = Some(host.as_slice().to_vec());
+                .map_err(unavailable)?;
+            let part = view.cpuid(&host).map_err(unavailable)?;
+            cfg.firmware_cpuid = Some(part.as_slice().to_vec());
         }
         let model = Model::new(cfg);
         let door = EmuKvm::new(real.door(), Arc::new(model.clone()), view);
