@@ -289,6 +289,21 @@ fn igvm_platform(p: Platform) -> IgvmPlatformType {
     }
 }
 
+/// The SEV kernel-hashes table entries QEMU fills for `-kernel/-initrd/-append`
+/// (`target/i386/sev.c` `sev_add_kernel_loader_hashes`), from the bytes: SHA-256 of the
+/// kernel, of the initrd (of nothing without one), of the command line with its NUL (of
+/// `"\0"` without one). Same as `relaunch measure --kernel` (`cli::measure::kernel_hashes`).
+pub fn kernel_hashes(kernel: &[u8], initrd: Option<&[u8]>, append: Option<&str>) -> KernelHashes {
+    use sha2::{Digest, Sha256};
+    let mut cmdline = append.unwrap_or("").as_bytes().to_vec();
+    cmdline.push(0);
+    KernelHashes {
+        kernel: Sha256::digest(kernel).into(),
+        initrd: Sha256::digest(initrd.unwrap_or(&[])).into(),
+        cmdline: Sha256::digest(&cmdline).into(),
+    }
+}
+
 /// The launch config of a view: the options, kernel hashes on SNP only.
 pub fn view_config(platform: Platform, opts: &FirmwareOptions) -> LaunchConfig {
     LaunchConfig {
