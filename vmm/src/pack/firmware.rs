@@ -76,8 +76,8 @@ impl Default for FirmwareOptions {
             views: Vec::new(),
             vcpus: 1,
             mem_bytes: 256 << 20,
-            // EPYC-v4 (family 0x17 model 0x31 stepping 0), sev-snp-measure's default.
-            vcpu_sig: 0x0083_0F10,
+            // EPYC-v4 (family 23, model 1, stepping 2: 0x800F12), sev-snp-measure's default.
+            vcpu_sig: relaunch_core::arch::cpu::vcpu_sig_by_name("EPYC-v4").unwrap_or(0x0080_0F12),
             guest_features: 0,
             snp_policy: None,
             kernel_hashes: None,
@@ -473,6 +473,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn mutated_images_give_errors_not_panics() {
+        // Every byte of the GUID table region and the metadata it points to, flipped in turn:
+        // each result is a packed file or an error.
+        let img = image();
+        let mut packed = 0;
+        for at in img.len().saturating_sub(256)..img.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut m = img.clone();
+                m[at] ^= bit;
+                if let Ok(p) = pack_firmware(&m, &FirmwareOptions::default()) {
+                    assert!(!p.igvm.is_empty());
+                    packed += 1;
+                }
+            }
+        }
+        assert!(packed > 0);
     }
 
     #[test]
