@@ -233,8 +233,8 @@ fn a_launch_with_more_vcpus_than_packed_measures_reset_state_aps() {
     let packed = pack_firmware(&image, &opts(2)).unwrap();
     let three = opts(3);
     let m3 = measure(&packed.igvm, Platform::Snp, &three);
-    let classic3 = pack_firmware(&image, &three).unwrap().views[0].measurement;
-    assert_ne!(m3, classic3);
+    let packed_for_three = pack_firmware(&image, &three).unwrap().views[0].measurement;
+    assert_ne!(m3, packed_for_three);
     assert_ne!(m3, packed.views[0].measurement);
     let one = view_config(Platform::Snp, &opts(1));
     assert!(relaunch::cli::measure::measure_bundle(&packed.igvm, &one, 1).is_err());
