@@ -1,0 +1,3 @@
+//! `relaunch pack`: IGVM bundles from what users have.
+
+pub mod firmware;
