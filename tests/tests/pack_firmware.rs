@@ -440,55 +440,6 @@ fn trace_of_the_packed_snp_view_measures_the_prediction() {
     let _ = std::fs::remove_file(&out);
 }
 
-/// `/dev/kvm` answering `KVM_GET_SUPPORTED_CPUID` without the leaves whose four registers are
-/// all zero, except the SEV leaf 0x8000001F, which the emulated platform fills and its
-/// Secure Processor model checks (everything else passed through). This nested host reports 75 entries, 51 of
-/// them all zero, and an SNP CPUID page holds at most 64: the SNP backend builds the page
-/// from vCPU 0's CPUID as QEMU does and refuses more (so would QEMU; its `-cpu` models have
-/// far fewer leaves). A leaf the page lacks reads as zeros in the guest (Linux
-/// `snp_cpuid`), so the guest sees the same values.
-const SEV_LEAF: u32 = 0x8000_001F;
-/// CPUID 0x8000001F.EAX of an SNP part: SEV (bit 1), SEV-ES (bit 3), SNP (bit 4) (AMD APM
-/// vol. 3, Fn8000_001F).
-const SNP_FEATURES: u32 = 0x1A;
-
-#[derive(Debug)]
-struct NonzeroCpuid(Arc<dyn relaunch::sys::kvm::KvmIoctls>);
-
-impl relaunch::sys::kvm::KvmIoctls for NonzeroCpuid {
-    fn check_extension(&self, cap: u32) -> i32 {
-        self.0.check_extension(cap)
-    }
-    fn max_vcpus(&self) -> usize {
-        self.0.max_vcpus()
-    }
-    fn supported_cpuid(
-        &self,
-        max_entries: usize,
-    ) -> Result<kvm_bindings::CpuId, relaunch::sys::Errno> {
-        let all = self.0.supported_cpuid(max_entries)?;
-        let kept: Vec<_> = all
-            .as_slice()
-            .iter()
-            .filter(|e| e.function == SEV_LEAF || e.eax | e.ebx | e.ecx | e.edx != 0)
-            .copied()
-            .collect();
-        kvm_bindings::CpuId::from_entries(&kept).map_err(|_| relaunch::sys::Errno::new(7))
-    }
-    fn create_vm(
-        &self,
-        vm_type: u64,
-    ) -> Result<Box<dyn relaunch::sys::kvm::VmIoctls>, relaunch::sys::Errno> {
-        self.0.create_vm(vm_type)
-    }
-    fn open_sev(&self) -> Result<std::os::fd::OwnedFd, relaunch::sys::Errno> {
-        self.0.open_sev()
-    }
-    fn device_attr(&self, group: u32, attr: u64) -> Result<u64, relaunch::sys::Errno> {
-        self.0.device_attr(group, attr)
-    }
-}
-
 /// `run --platform emulated:snp` of the packed file (the session, the emulated SNP platform
 /// over this host's KVM): the launch record's measurement is the predicted one. OVMF does
 /// not get far under the nested hypervisor: the launch waits for `continue` (control
@@ -501,26 +452,14 @@ fn emulated_snp_run_records_the_packed_digest() {
     use relaunch::launch::Launch;
     use relaunch::model::ModelConfig;
     use relaunch::session::run_session;
-    use relaunch::sys::emu::GuestView;
-    use relaunch::sys::kvm::Kvm;
     use serde_json::Value;
 
     let Some(fd) = debian_ovmf() else { return };
     let Some(host) = host(false) else { return };
     let sig = host.vcpu_signature();
-    let kvm = Kvm::with(Arc::new(NonzeroCpuid(host.kvm.door())));
-    let supported = kvm.door().supported_cpuid(256).unwrap();
-    let entries = supported.as_slice().len();
-    assert!(entries <= 64, "{entries} non-zero CPUID leaves");
-    // The CPU the model's Secure Processor checks CPUID pages against: an SNP part, whose
-    // CPUID 0x8000001F reports SEV, SEV-ES and SNP, as the emulated guest sees it. (By
-    // default the model takes this host's own CPUID, whose 0x8000001F is all zero here: the
-    // check then refuses the page the guest view builds.)
-    let part = GuestView::Sev {
-        features: SNP_FEATURES,
-    }
-    .cpuid(&supported)
-    .unwrap();
+    // No CPUID help: the SNP CPUID page leaves out KVM's all-zero leaves (75 entries here,
+    // 51 of them zero; a page holds 64), and the model's Secure Processor checks the page
+    // against this host's CPU as the emulated part shows it.
     for vcpus in [1, 2] {
         let o = FirmwareOptions {
             vcpu_sig: sig,
@@ -532,10 +471,9 @@ fn emulated_snp_run_records_the_packed_digest() {
         let launch = Arc::new(Launch::new(packed.igvm.clone(), &cfg_l).expect("plan"));
         let backend = EmulatedBackend::new(
             Platform::Snp,
-            &kvm,
+            &host.kvm,
             ModelConfig {
                 vcpu_sig: sig,
-                firmware_cpuid: Some(part.as_slice().to_vec()),
                 ..ModelConfig::default()
             },
         )
@@ -585,7 +523,7 @@ fn emulated_snp_run_records_the_packed_digest() {
         assert_eq!(launches[0]["predicted_measurement"], want.as_str());
         assert_eq!(launches[0]["emulated"], true);
         println!(
-            "{vcpus} vCPU ({entries} CPUID leaves): launch {want}, then {:?} (power-off: {off}), \
+            "{vcpus} vCPU: launch {want}, then {:?} (power-off: {off}), \
              {} launch(es)",
             r.outcome, r.launches
         );
