@@ -105,15 +105,19 @@ impl EmulatedBackend {
         let mut cfg = cfg;
         // A long relaunch loop must not grow the model's trace log.
         cfg.record_events = false;
-        // The Secure Processor checks the SNP CPUID page against the CPU the guest runs on.
+        // The Secure Processor checks the SNP CPUID page against the CPU the guest runs on:
+        // the host's as the emulated platform shows it (its view's leaves, e.g. SEV's
+        // 0x8000_001F, which a real SNP host's CPU has and this one may lack).
         if cfg.firmware_cpuid.is_none() {
+            let unavailable = |e| BackendError::Unavailable {
+                platform,
+                missing: format!("KVM_GET_SUPPORTED_CPUID: {e}"),
+            };
             let host = real
                 .supported_cpuid(crate::vstate::MAX_CPUID_ENTRIES)
-                .map_err(|e| BackendError::Unavailable {
-                    platform,
-                    missing: format!("KVM_GET_SUPPORTED_CPUID: {e}"),
-                })?;
-            cfg.firmware_cpuid = Some(host.as_slice().to_vec());
+                .map_err(unavailable)?;
+            let seen = view.cpuid(&host).map_err(unavailable)?;
+            cfg.firmware_cpuid = Some(seen.as_slice().to_vec());
         }
         let model = Model::new(cfg);
         let door = EmuKvm::new(real.door(), Arc::new(model.clone()), view);
