@@ -123,7 +123,10 @@ pub fn enable_lapic() {
 pub fn start(
     k: u32,
     stack_top: u64,
-    slots: (&core::sync::atomic::AtomicU64, &core::sync::atomic::AtomicU64),
+    slots: (
+        &core::sync::atomic::AtomicU64,
+        &core::sync::atomic::AtomicU64,
+    ),
     up: &AtomicU32,
     want: u32,
 ) -> bool {

@@ -40,9 +40,9 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use relaunch_guests::io::halt_forever;
 use relaunch_guests::platform::{self, Platform};
 use relaunch_guests::power::Reset;
-use relaunch_guests::io::halt_forever;
 use relaunch_guests::{ap, fw_cfg, layout, println, serial};
 
 /// `VM_LAUNCHUPDATE_FORMAT_IGVM` (QEMU `include/standard-headers/misc/vmlaunchupdate.h`).
