@@ -2,7 +2,9 @@
 # Installs what relaunch's build and tests need on a fresh machine. Idempotent.
 #  - the Rust targets for the bare-metal core/guests and the static musl binary;
 #  - the independent measurement oracles the golden tests compare against
-#    (scripts/oracles.sh: sev-snp-measure from PyPI, Debian's OVMF firmware).
+#    (scripts/oracles.sh: sev-snp-measure from PyPI, Debian's OVMF firmware);
+#  - igvm-wrap (crate virtfw-igvm-tools, pure Rust: no C library; about 35 s to build on two
+#    cores) for the F-UKI interop test (tests/tests/kvm_fuki_igvm_wrap.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +13,12 @@ cargo fetch --locked >/dev/null
 
 if [[ -f scripts/oracles.sh ]]; then
   bash scripts/oracles.sh
+fi
+
+IGVM_TOOLS_VERSION=0.2.6
+if ! command -v igvm-wrap >/dev/null 2>&1; then
+  echo "setup: installing igvm-wrap (virtfw-igvm-tools $IGVM_TOOLS_VERSION)"
+  cargo install --locked --quiet virtfw-igvm-tools --version "$IGVM_TOOLS_VERSION"
 fi
 
 if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then

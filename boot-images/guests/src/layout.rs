@@ -77,7 +77,7 @@ pub const SEVINFO_PD: u64 = SCRATCH + SCRATCH_SIZE - 0x1000;
 /// structure, the bundle starts at page 1.
 pub const FUKI_WINDOW: u64 = 0x40_0000;
 /// Size of [`FUKI_WINDOW`] (the largest bundle stage 1 hands over is this minus one page).
-pub const FUKI_WINDOW_SIZE: u64 = 0x10_0000;
+pub const FUKI_WINDOW_SIZE: u64 = 0x40_0000;
 
 /// The byte every guest writes to port 0x80 first thing at entry.
 pub const BOOT_MARKER: u8 = 0x01;

@@ -6,6 +6,7 @@
 //! of them is a constant in this crate.
 #![no_std]
 
+pub mod ap;
 pub mod fw_cfg;
 pub mod io;
 pub mod layout;

@@ -233,6 +233,25 @@ struct State {
     /// Requests made in the running launch, and those past [`MAX_REQUESTS`].
     requests: u64,
     over_limit: u64,
+    /// Selects so far: a write notices the selects made while it was processed.
+    selects: u64,
+}
+
+/// A write copied into the file's image, not yet processed ([`LaunchUpdate::write`]).
+struct Begun {
+    file: [u8; SIZE],
+    disabled: bool,
+    over: bool,
+    /// [`State::selects`] when the write began.
+    selects: u64,
+}
+
+/// A processed write, to be stored.
+struct Done {
+    file: [u8; SIZE],
+    latch: bool,
+    selects: u64,
+    status: u16,
 }
 
 /// The device, one per session (module doc).
@@ -283,6 +302,7 @@ impl LaunchUpdate {
                 disabled: false,
                 requests: 0,
                 over_limit: 0,
+                selects: 0,
             }),
             writer: Mutex::new(()),
             handover,
@@ -311,6 +331,12 @@ impl LaunchUpdate {
     /// The guest selected the file (QEMU `launch_update_select` → `init_vm_launch_update`).
     pub fn select(&self) {
         let mut s = self.lock();
+        s.selects = s.selects.wrapping_add(1);
+        Self::reinit(&mut s);
+    }
+
+    /// QEMU `init_vm_launch_update` on the file.
+    fn reinit(s: &mut State) {
         let mut r = Regs::from_bytes(&s.file);
         r.version = VERSION;
         r.capabilities = FORMAT_IGVM;
@@ -321,34 +347,76 @@ impl LaunchUpdate {
     /// The guest wrote `bytes` at `at` (a fw_cfg DMA write, already bounds-checked against
     /// the file by fw_cfg; anything else is ignored). Processes the whole structure (module
     /// doc) and returns the status it sets. Guest memory `mem` holds the image.
+    ///
+    /// Writes are serialised. A select made (by another vCPU) while a write is processed
+    /// is applied again once the write's result is stored: the file then reads as if the
+    /// select came after the write, never as the write's result with the select lost.
     pub fn write(&self, at: usize, bytes: &[u8], mem: &GuestMemory) -> u16 {
         let _one = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut file, disabled, over) = {
-            let mut s = self.lock();
-            let ask_something = |f: &[u8; SIZE]| {
-                let r = Regs::from_bytes(f);
-                r.control != 0 || !r.image_cleared()
-            };
-            let mut f = s.file;
-            let Some(dst) = at
-                .checked_add(bytes.len())
-                .and_then(|end| f.get_mut(at..end))
-            else {
-                return Regs::from_bytes(&s.file).status;
-            };
-            dst.copy_from_slice(bytes);
-            let over = if ask_something(&f) {
-                s.requests = s.requests.saturating_add(1);
-                let over = s.requests > MAX_REQUESTS;
-                if over {
-                    s.over_limit = s.over_limit.saturating_add(1);
-                }
-                over
-            } else {
-                false
-            };
-            (f, s.disabled, over)
+        match self.begin(at, bytes) {
+            Ok(begun) => self.commit(self.process(begun, mem)),
+            Err(status) => status,
+        }
+    }
+
+    /// The write's bytes copied into an image of the file, the request counted; `Err` with
+    /// the current status for a range outside the file (nothing written). Under the writer
+    /// lock.
+    fn begin(&self, at: usize, bytes: &[u8]) -> Result<Begun, u16> {
+        let mut s = self.lock();
+        let ask_something = |f: &[u8; SIZE]| {
+            let r = Regs::from_bytes(f);
+            r.control != 0 || !r.image_cleared()
         };
+        let mut f = s.file;
+        let Some(dst) = at
+            .checked_add(bytes.len())
+            .and_then(|end| f.get_mut(at..end))
+        else {
+            return Err(Regs::from_bytes(&s.file).status);
+        };
+        dst.copy_from_slice(bytes);
+        let over = if ask_something(&f) {
+            s.requests = s.requests.saturating_add(1);
+            let over = s.requests > MAX_REQUESTS;
+            if over {
+                s.over_limit = s.over_limit.saturating_add(1);
+            }
+            over
+        } else {
+            false
+        };
+        Ok(Begun {
+            file: f,
+            disabled: s.disabled,
+            over,
+            selects: s.selects,
+        })
+    }
+
+    /// Stores a processed write: the file, the latch, and the selects made meanwhile
+    /// ([`LaunchUpdate::write`]). Returns its status.
+    fn commit(&self, done: Done) -> u16 {
+        let mut s = self.lock();
+        s.file = done.file;
+        if done.latch {
+            s.disabled = true;
+        }
+        if s.selects != done.selects {
+            Self::reinit(&mut s);
+        }
+        done.status
+    }
+
+    /// Runs QEMU's write callback on the file image of `begun` (module doc): decides, loads,
+    /// hands over, audits. Outside the state lock.
+    fn process(&self, begun: Begun, mem: &GuestMemory) -> Done {
+        let Begun {
+            mut file,
+            disabled,
+            over,
+            selects,
+        } = begun;
         let r = Regs::from_bytes(&file);
         let ask = if disabled {
             if r.control != 0 || !r.image_cleared() {
@@ -435,12 +503,12 @@ impl LaunchUpdate {
             put(&mut file, offset::FW_IMAGE_ADDR, &0u64.to_le_bytes());
             put(&mut file, offset::FW_IMAGE_SIZE, &0u64.to_le_bytes());
         }
-        let mut s = self.lock();
-        s.file = file;
-        if latch {
-            s.disabled = true;
+        Done {
+            file,
+            latch,
+            selects,
+            status,
         }
-        status
     }
 
     /// Loads the image at `[addr, addr + size)` and hands it over; fills `swap`; returns the
@@ -1117,6 +1185,55 @@ mod tests {
         assert_eq!(recs[7]["new_bundle_sha256"], pending.as_str());
         // Each was planned once.
         assert_eq!(recs.iter().filter(|v| v["plan_cached"] == false).count(), 2);
+    }
+
+    /// Another vCPU selects the file while a write is processed (the write runs outside the
+    /// devices lock): the select is applied after the write's result, not lost under it —
+    /// `control` reads 0 (or `CTL_DISABLE`) as after any select, `version`/`capabilities`
+    /// re-initialised, the write's status and cleared image kept. Before, the write stored
+    /// its own image of the file over the select's (`control` read the written value).
+    #[test]
+    fn a_select_during_a_write_is_not_lost() {
+        let r = rig("select-race", true);
+        let image = igvm(testing::HELLO, &[]);
+        r.place(IMAGE, &image);
+        let regs = Regs {
+            version: 0xBEEF,
+            capabilities: 7,
+            control: FORMAT_IGVM,
+            fw_image_addr: IMAGE,
+            fw_image_size: image.len() as u64,
+            ..Regs::default()
+        };
+        let _one = r.dev.writer.lock().unwrap();
+        let begun = r.dev.begin(0, &regs.to_bytes()).ok().unwrap();
+        r.dev.select(); // another vCPU, between the copy-in and the commit
+        let status = r.dev.commit(r.dev.process(begun, &r.mem));
+        assert_eq!(status, STATUS_SUCCESS);
+        let after = r.dev.regs();
+        assert_eq!(after.status, STATUS_SUCCESS);
+        assert!(after.image_cleared());
+        assert_eq!(after.control, 0, "the select's control");
+        assert_eq!((after.version, after.capabilities), (VERSION, FORMAT_IGVM));
+        assert!(
+            r.slot.pending_sha256().is_some(),
+            "handed over all the same"
+        );
+        // A DISABLE write with a select meanwhile: latched, and control reads CTL_DISABLE.
+        let disable = Regs {
+            control: CTL_DISABLE,
+            ..Regs::default()
+        };
+        let begun = r.dev.begin(0, &disable.to_bytes()).ok().unwrap();
+        r.dev.select();
+        r.dev.commit(r.dev.process(begun, &r.mem));
+        assert!(r.dev.disabled());
+        assert_eq!(r.dev.regs().control, CTL_DISABLE);
+        // Without a select meanwhile the file keeps what was written (as QEMU's).
+        drop(_one);
+        r.dev.relaunched(Change::Original(None));
+        assert_eq!(r.write(FORMAT_IGVM, IMAGE, image.len() as u64), 0);
+        assert_eq!(r.dev.regs().control, FORMAT_IGVM);
     }
 
     #[test]
