@@ -16,6 +16,7 @@ pub mod launch;
 pub mod log;
 pub mod memory;
 pub mod model;
+pub mod pack;
 pub mod session;
 #[allow(unsafe_code)]
 pub mod sys;
