@@ -15,7 +15,7 @@
 //!   end is 0x202 + the byte at 0x201), `type_of_loader` = 0xff (an undefined loader),
 //!   `cmd_line_ptr`, `ramdisk_image`/`ramdisk_size`, and the E820 table: the launch's RAM
 //!   (`relaunch_core::launch::ram_ranges` of `--mem`, the same ranges the planner writes
-//!   into an IGVM MEMORY_MAP) as E820_TYPE_RAM entries;
+//!   into an IGVM MEMORY_MAP) as E820_TYPE_RAM entries, the ISA hole reserved ([`e820_for`]);
 //! - the command line at [`CMDLINE`], NUL-terminated, at most the header's `cmdline_size`;
 //! - the protected-mode kernel (the file after its `(setup_sects + 1) * 512` bytes of real-
 //!   mode setup) at its `pref_address`;
@@ -138,6 +138,8 @@ pub mod zp {
 
 /// `E820_TYPE_RAM`.
 pub const E820_RAM: u32 = 1;
+/// `E820_TYPE_RESERVED`.
+pub const E820_RESERVED: u32 = 2;
 /// `xloadflags` bit 0, `XLF_KERNEL_64`: the kernel has the 64-bit entry at +0x200.
 pub const XLF_KERNEL_64: u16 = 1;
 /// The first boot protocol with `xloadflags` (2.12).
@@ -351,15 +353,33 @@ pub struct LinuxBundle {
     pub layout: LinuxLayout,
 }
 
+/// Start of the ISA hole (the legacy VGA window and BIOS area, 640 KiB .. 1 MiB).
+pub const ISA_HOLE: u64 = 0xA_0000;
+/// End of the ISA hole.
+pub const ISA_HOLE_END: u64 = 0x10_0000;
+
 /// The E820 table for `mem` bytes of RAM: the launch's memory map
-/// (`relaunch_core::launch::ram_ranges`), every range as RAM.
+/// (`relaunch_core::launch::ram_ranges`) as RAM, with the PC's ISA hole (640 KiB .. 1 MiB)
+/// marked reserved. That hole is RAM under relaunch, but Linux takes it out of use
+/// anyway, and a table of a single entry is ignored: Linux's `__append_e820_table` drops
+/// tables of fewer than two entries ("the BIOS probably screwed up") and falls back to
+/// 640 KiB + `alt_mem_k`, which a 64-bit loader does not fill.
 pub fn e820_for(mem: u64) -> Vec<(u64, u64, u32)> {
-    relaunch_core::launch::ram_ranges(mem)
-        .into_iter()
-        .flatten()
-        .filter(|&(_, size)| size != 0)
-        .map(|(gpa, size)| (gpa, size, E820_RAM))
-        .collect()
+    let mut out = Vec::new();
+    for (gpa, size) in relaunch_core::launch::ram_ranges(mem).into_iter().flatten() {
+        let end = gpa.saturating_add(size);
+        if size == 0 {
+            continue;
+        }
+        if gpa < ISA_HOLE && end > ISA_HOLE_END {
+            out.push((gpa, ISA_HOLE - gpa, E820_RAM));
+            out.push((ISA_HOLE, ISA_HOLE_END - ISA_HOLE, E820_RESERVED));
+            out.push((ISA_HOLE_END, end - ISA_HOLE_END, E820_RAM));
+        } else {
+            out.push((gpa, size, E820_RAM));
+        }
+    }
+    out
 }
 
 fn align_up(v: u64, a: u64) -> Option<u64> {
@@ -517,9 +537,13 @@ pub fn layout<'a>(inputs: &LinuxInputs<'a>) -> Result<(BzImage<'a>, LinuxLayout)
         return Err(LinuxError::CmdlineTooLong { len, max });
     }
     let e820 = e820_for(inputs.mem);
+    // The end of the RAM below 4 GiB (the kernel and initrd go there).
     let low_end = e820
-        .first()
-        .map_or(0, |&(gpa, size, _)| gpa.saturating_add(size));
+        .iter()
+        .filter(|e| e.2 == E820_RAM && e.0 < 1 << 32)
+        .map(|&(gpa, size, _)| gpa.saturating_add(size))
+        .max()
+        .unwrap_or(0);
     let load = load_address(&k);
     let window = u64::from(k.init_size).max(k.payload.len() as u64);
     let kernel_end = load.saturating_add(window);
@@ -606,7 +630,7 @@ pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
         add_bytes(&mut b, gpa, native, data)?;
     }
     // REQUIRED_MEMORY for the RAM the E820 table declares, in chunks a u32 can count.
-    for &(gpa, size, _) in &layout.e820 {
+    for &(gpa, size, _) in layout.e820.iter().filter(|e| e.2 == E820_RAM) {
         let mut at = gpa;
         while at < gpa + size {
             let n = (gpa + size - at).min(1 << 31);
@@ -742,7 +766,11 @@ mod tests {
                 cmdline_size: 2047,
                 init_size: 0x80_0000,
                 cc_blob_address: 0,
-                e820: vec![(0, 256 << 20, E820_RAM)],
+                e820: vec![
+                    (0, 0xA_0000, E820_RAM),
+                    (0xA_0000, 0x6_0000, E820_RESERVED),
+                    (0x10_0000, (256 << 20) - 0x10_0000, E820_RAM)
+                ],
             }
         );
         // The whole header is the image's, apart from what the loader writes.
@@ -766,17 +794,27 @@ mod tests {
         assert_eq!(&l.zero_page[hdr::START..0x26C], &want[..]);
         assert!(l.zero_page[0x26C..].iter().enumerate().all(|(i, &b)| {
             let at = 0x26C + i;
-            b == 0 || (zp::E820_TABLE..zp::E820_TABLE + 20).contains(&at)
+            b == 0 || (zp::E820_TABLE..zp::E820_TABLE + 3 * zp::E820_ENTRY).contains(&at)
         }));
     }
 
     #[test]
     fn e820_is_the_launch_memory_map() {
-        assert_eq!(e820_for(64 << 20), vec![(0, 64 << 20, 1)]);
+        let hole = [(0, 0xA_0000, 1), (0xA_0000, 0x6_0000, 2)];
+        assert_eq!(
+            e820_for(64 << 20),
+            [&hole[..], &[(0x10_0000, (64 << 20) - 0x10_0000, 1)]].concat()
+        );
         assert_eq!(
             e820_for(4 << 30),
-            vec![(0, 3 << 30, 1), (4 << 30, 1 << 30, 1)]
+            [
+                &hole[..],
+                &[(0x10_0000, (3 << 30) - 0x10_0000, 1), (4 << 30, 1 << 30, 1)]
+            ]
+            .concat()
         );
+        // Linux ignores a table of one entry: there are always at least two.
+        assert!(e820_for(4 << 20).len() >= 2);
         let k = fake_bzimage(&[1; 100], 0x10_0000, 0);
         let mut i = inputs(&k, None, "");
         i.mem = 5 << 30;
@@ -784,7 +822,8 @@ mod tests {
         // pref_address 0: the traditional 1 MiB.
         assert_eq!(l.load, 0x10_0000);
         let bp = read_boot_params(&l.zero_page);
-        assert_eq!(bp.e820, vec![(0, 3 << 30, 1), (4 << 30, 2 << 30, 1)]);
+        assert_eq!(bp.e820[3..], [(4 << 30, 2 << 30, 1)]);
+        assert_eq!(bp.e820[2], (0x10_0000, (3 << 30) - 0x10_0000, 1));
         assert_eq!((bp.ramdisk_image, bp.ramdisk_size), (0, 0));
     }
 
