@@ -143,7 +143,17 @@ fn newc(entries: &[(&str, u32, &[u8], u32)]) -> Vec<u8> {
 
 /// Runs `cmd` for at most `limit`, returning its stdout and the time to the first line
 /// containing `marker` (if any). The child is killed at the limit.
-fn run_for(mut cmd: Command, limit: Duration, marker: &str) -> (String, Option<Duration>) {
+fn run_for(cmd: Command, limit: Duration, marker: &str) -> (String, Option<Duration>) {
+    let (out, _, t) = run_for_both(cmd, limit, marker);
+    (out, t)
+}
+
+/// [`run_for`], with stderr too.
+fn run_for_both(
+    mut cmd: Command,
+    limit: Duration,
+    marker: &str,
+) -> (String, String, Option<Duration>) {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -152,6 +162,12 @@ fn run_for(mut cmd: Command, limit: Duration, marker: &str) -> (String, Option<D
         .spawn()
         .expect("spawn");
     let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -186,7 +202,7 @@ fn run_for(mut cmd: Command, limit: Duration, marker: &str) -> (String, Option<D
     if seen.is_none() && text.contains(marker) {
         seen = Some(start.elapsed());
     }
-    (text, seen)
+    (text, err_reader.join().unwrap(), seen)
 }
 
 fn qemu(args: &[&str], g: &Guest) -> Command {
@@ -395,4 +411,117 @@ fn packed_native_view_boots_where_qemu_loads_igvm() {
     let t = t.unwrap_or_else(|| panic!("QEMU never reached init from the IGVM file:\n{out}"));
     println!("QEMU TCG, packed IGVM: init after {:.2} s", t.as_secs_f64());
     assert_eq!(init_line(&out, "cmdline "), Some(APPEND));
+}
+
+/// How long `relaunch run` may take (`RELAUNCH_LINUX_RUN_SECS`, default 400): on this kind
+/// of host the kernel's decompressor alone takes ≈ 140 s (guest kernel code is emulated
+/// one instruction at a time: docs/linux-guests.md).
+fn run_limit() -> Duration {
+    let secs = std::env::var("RELAUNCH_LINUX_RUN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    Duration::from_secs(secs)
+}
+
+#[test]
+fn relaunch_run_shows_how_far_linux_gets() {
+    let Some(g) = guest("run") else { return };
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    if let Err(e) = kvm {
+        println!("SKIPPED: /dev/kvm is not usable here ({e})");
+        return;
+    }
+    let bundle = g.dir.join("linux.igvm");
+    let pack = Command::new(env!("CARGO_BIN_EXE_relaunch"))
+        .args(["pack", "-o"])
+        .arg(&bundle)
+        .arg("--kernel")
+        .arg(&g.kernel)
+        .arg("--initrd")
+        .arg(&g.initrd)
+        .args(["--append", APPEND])
+        .output()
+        .unwrap();
+    assert!(
+        pack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pack.stderr)
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relaunch"));
+    cmd.arg("run").arg(&bundle).args(["--max-reboots", "0"]);
+    let limit = run_limit();
+    let (out, err, t) = run_for_both(cmd, limit, MARKER);
+    let lines: Vec<&str> = out.lines().collect();
+    if let Some(t) = t {
+        // A host that runs Linux: the whole way to our init.
+        println!("relaunch run: init after {:.1} s", t.as_secs_f64());
+        assert_eq!(init_line(&out, "cmdline "), Some(APPEND));
+        return;
+    }
+    // Whatever the host, the guest must not have reset or been refused (exit 4, or a VMM
+    // error), and what the kernel printed must be what we gave it.
+    assert!(
+        !err.contains("(exit 4)") && !err.contains("(exit 1)"),
+        "{err}"
+    );
+    if lines.is_empty() {
+        assert!(!err.contains("guest fatal"), "no serial output, and: {err}");
+        println!(
+            "SKIPPED: no serial output from the kernel within {} s (its decompressor is \
+             emulated instruction by instruction on this host); stderr: {err}",
+            limit.as_secs()
+        );
+        return;
+    }
+    let kernel_lines: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| Some(l.split_once("] ")?.1))
+        .collect();
+    assert!(kernel_lines[0].starts_with("Linux version "), "{out}");
+    assert!(
+        kernel_lines.contains(&format!("Command line: {APPEND}").as_str()),
+        "{out}"
+    );
+    // The kernel's own view of our E820 table (arch/x86/kernel/e820.c `e820__print_table`).
+    let e820: Vec<&str> = kernel_lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("BIOS-e820: "))
+        .collect();
+    let want: Vec<String> = linux::e820_for(MEM)
+        .iter()
+        .map(|&(a, n, t)| {
+            let kind = if t == 1 { "usable" } else { "reserved" };
+            format!("BIOS-e820: [mem {a:#018x}-{:#018x}] {kind}", a + n - 1)
+        })
+        .collect();
+    assert_eq!(e820, want, "{out}");
+    // The initrd where the zero page says (`RAMDISK: [mem start-end]`, page-rounded end).
+    let layout = linux::layout(&LinuxInputs {
+        kernel: &g.kernel_bytes,
+        initrd: Some(&g.initrd_bytes),
+        cmdline: APPEND,
+        mem: MEM,
+    })
+    .unwrap()
+    .1;
+    let (start, size) = layout.initrd.unwrap();
+    let end = (start + size).div_ceil(4096) * 4096 - 1;
+    let ramdisk = format!("RAMDISK: [mem {start:#010x}-{end:#010x}]");
+    if kernel_lines.len() > 25 {
+        assert!(kernel_lines.contains(&ramdisk.as_str()), "{ramdisk}\n{out}");
+    }
+    let first: Vec<&str> = lines.iter().take(8).copied().collect();
+    let last = lines.last().copied().unwrap_or("");
+    println!(
+        "SKIPPED (boot to init): under this host's KVM the kernel printed {} lines and \
+         stopped; first lines:\n{}\nlast line: {last}\nrelaunch: {}",
+        lines.len(),
+        first.join("\n"),
+        err.lines().last().unwrap_or("")
+    );
 }
