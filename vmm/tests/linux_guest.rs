@@ -519,7 +519,7 @@ fn relaunch_run_shows_how_far_linux_gets() {
     let last = lines.last().copied().unwrap_or("");
     println!(
         "SKIPPED (boot to init): under this host's KVM the kernel printed {} lines and \
-         stopped; first lines:\n{}\nlast line: {last}\nrelaunch: {}",
+         stopped; first lines:\n{}\nlast line: {last}\nstderr: {}",
         lines.len(),
         first.join("\n"),
         err.lines().last().unwrap_or("")
