@@ -266,3 +266,36 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("--kernel BZIMAGE"), "{}", r.stdout);
 }
+
+/// `--host-window` gives the fuki image's bundle: `pack --elf fuki --host-window` is
+/// `boot-images/out/fuki.igvm` byte for byte (both from `cargo xtask build-images`).
+#[test]
+fn host_window_reproduces_the_fuki_image() {
+    let elf = root().join("target/guests/x86_64-unknown-none/release/fuki");
+    let built = root().join("boot-images/out/fuki.igvm");
+    if !elf.exists() || !built.exists() {
+        println!("SKIPPED: no fuki ELF and image here (cargo xtask build-images makes them)");
+        return;
+    }
+    let o = out("pack-fuki.igvm");
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+        "--host-window",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
+    // Without the window it is a different bundle.
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_ne!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
+}
