@@ -9,6 +9,7 @@ use std::ffi::OsString;
 pub mod inspect;
 pub mod launch_flags;
 pub mod measure;
+pub mod pack;
 pub mod run;
 pub mod trace;
 
@@ -29,6 +30,7 @@ Commands:
   run       Launch a bundle on KVM; relaunch it on every guest reset (exit code = outcome).
   measure   Print the launch measurement (SNP/SEV/SEV-ES digest, TDX MRTD) of a bundle.
   inspect   Describe a bundle and the launch plan of each platform it supports.
+  pack      Make a bundle from a bare-metal ELF or a Linux kernel; print each view's digest.
   trace     Print the kernel calls a confidential launch makes, against a kernel model.
   help      Print this help, or a command's help (relaunch help run).
 
@@ -43,10 +45,11 @@ Examples:
   relaunch run boot-images/prebuilt/hello.igvm
   relaunch measure guest.igvm --platform snp --vcpu-type EPYC-v4
   relaunch inspect guest.igvm --platform snp --json
+  relaunch pack -o linux.igvm --kernel vmlinuz --initrd initrd.img --append console=ttyS0
 ";
 
 fn usage_line() -> &'static str {
-    "usage: relaunch <inspect|measure|run|trace> ...  (relaunch --help)"
+    "usage: relaunch <inspect|measure|pack|run|trace> ...  (relaunch --help)"
 }
 
 /// The help text of a command, if `name` is one.
@@ -56,6 +59,7 @@ pub fn command_help(name: &str) -> Option<String> {
         "measure" => Some(measure::HELP.render()),
         "inspect" => Some(inspect::HELP.render()),
         "trace" => Some(trace::HELP.render()),
+        "pack" => Some(pack::HELP.render()),
         _ => None,
     }
 }
@@ -84,6 +88,7 @@ where
         "inspect" => inspect::main(rest),
         "trace" => trace::main(rest),
         "measure" => measure::main(rest),
+        "pack" => pack::main(rest),
         "run" => run::main(rest),
         "-V" | "--version" => {
             crate::log::print_output("version", format!("relaunch {VERSION}\n").as_bytes())
@@ -133,6 +138,7 @@ mod tests {
                 }
             }),
             ("inspect", inspect::FLAGS, |a| inspect::parse_args(a).err()),
+            ("pack", pack::FLAGS, |a| pack::parse(a).err()),
         ]
     }
 

@@ -1,0 +1,301 @@
+//! `relaunch pack`, run as a process: `--elf` reproduces the prebuilt boot image byte for
+//! byte, the printed digests are `relaunch measure`'s and `relaunch inspect`'s, `--kernel`
+//! packs a (synthetic) bzImage, and bad input is exit code 2 with one line.
+
+mod cli_common;
+
+use std::path::PathBuf;
+
+use cli_common::{assert_usage_error, relaunch, scratch};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn out(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// `(platform, digest or None)` per line of `pack`'s text output after the first.
+fn digests(stdout: &str) -> Vec<(String, Option<String>)> {
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (p, rest) = l.split_once(' ').unwrap();
+            let rest = rest.trim();
+            let d = (!rest.starts_with('(')).then(|| rest.to_string());
+            (p.to_string(), d)
+        })
+        .collect()
+}
+
+#[test]
+fn elf_reproduces_the_prebuilt_hello_and_predicts_measure_and_inspect() {
+    let elf = root().join("boot-images/prebuilt/hello.elf");
+    let want = std::fs::read(root().join("boot-images/prebuilt/hello.igvm")).unwrap();
+    let o = out("pack-hello.igvm");
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(&o).unwrap(),
+        want,
+        "not byte for byte hello.igvm"
+    );
+    assert!(
+        r.stdout.starts_with(&format!(
+            "wrote {} ({} bytes), views: native, sev, sev-es, snp, tdx\n",
+            o.display(),
+            want.len()
+        )),
+        "{}",
+        r.stdout
+    );
+    let views = digests(&r.stdout);
+    assert_eq!(views.len(), 5, "{}", r.stdout);
+    assert_eq!(views[0], ("native".to_string(), None));
+    // Every confidential view: the digest `relaunch measure` prints for the file.
+    for (platform, digest) in &views[1..] {
+        let m = relaunch(&["measure", o.to_str().unwrap(), "--platform", platform]);
+        assert_eq!(m.code, 0, "{}", m.stderr);
+        assert_eq!(Some(m.stdout.trim()), digest.as_deref(), "{platform}");
+    }
+    // The digests known for the prebuilt image (boot-images/src/lib.rs
+    // `prebuilt_hello_measurements`, checked independently there).
+    assert_eq!(
+        views[3].1.as_deref(),
+        Some(
+            "d08b79ffae5644f252c9304d485de78e395bc90cbf2e5adb6ed53b8562281b49\
+             91640c806ba00bd59edfe268acd1d333"
+        )
+    );
+    // `inspect` shows the same views with the same digests, in the same order.
+    let i = relaunch(&["inspect", o.to_str().unwrap()]);
+    assert_eq!(i.code, 0, "{}", i.stderr);
+    let heads: Vec<&str> = i
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("== ") && l.contains(" view "))
+        .collect();
+    assert_eq!(heads.len(), 5, "{}", i.stdout);
+    for ((platform, _), head) in views.iter().zip(&heads) {
+        assert!(head.starts_with(&format!("== {platform} view")), "{head}");
+    }
+    let inspected: Vec<Option<String>> = i
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("launch digest: "))
+        .map(|d| (!d.starts_with("none")).then(|| d.to_string()))
+        .collect();
+    let packed: Vec<Option<String>> = views.into_iter().map(|v| v.1).collect();
+    assert_eq!(inspected, packed);
+
+    // --json: the same facts as one object.
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["size"], want.len() as u64);
+    let views = v["views"].as_array().unwrap();
+    let names: Vec<&str> = views
+        .iter()
+        .map(|v| v["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["native", "sev", "sev-es", "snp", "tdx"]);
+    assert_eq!(views[0]["measured"], false);
+    assert_eq!(views[3]["algorithm"], "sha384");
+    assert_eq!(views[3]["digest"].as_str(), packed[3].as_deref());
+    assert_eq!(views[1]["algorithm"], "sha256");
+}
+
+/// With `--vcpus 2` the second vCPU starts from the reset state: SNP and SEV-ES need a CPU
+/// signature, and `pack` says so for those views instead of failing the pack.
+#[test]
+fn vcpus_change_the_prediction_like_measure() {
+    let elf = root().join("boot-images/prebuilt/hello.elf");
+    let o = out("pack-hello-2.igvm");
+    let args = [
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+        "--vcpus",
+        "4",
+        "--vcpu-sig",
+        "0x800f12",
+    ];
+    let r = relaunch(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let views = digests(&r.stdout);
+    // boot-images `prebuilt_hello_measurements`: SNP and SEV-ES with 4 vCPUs.
+    let snp = views.iter().find(|v| v.0 == "snp").unwrap();
+    assert_eq!(
+        snp.1.as_deref(),
+        Some(
+            "b2902d601cddf91c2dbc4f65e814efed54f107da7b2bca8ef1b8775a02801793\
+             fd3897b495e304b8e212c3e8508c2978"
+        )
+    );
+    let es = views.iter().find(|v| v.0 == "sev-es").unwrap();
+    assert_eq!(
+        es.1.as_deref(),
+        Some("2fb09a8d33a14834fc6c87a9994a4b51b98673f15e45c0d059bc49c10cf4b794")
+    );
+}
+
+/// A synthetic bzImage: boot protocol 2.15, XLF_KERNEL_64, 4 setup sectors, `payload`.
+fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 5 * 512];
+    let put = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    b[0x1F1] = 4;
+    put(&mut b, 0x1FE, &0xAA55u16.to_le_bytes());
+    b[0x201] = 0x6A;
+    put(&mut b, 0x202, b"HdrS");
+    put(&mut b, 0x206, &0x020Fu16.to_le_bytes());
+    put(&mut b, 0x22C, &0x7FFF_FFFFu32.to_le_bytes());
+    put(&mut b, 0x230, &0x20_0000u32.to_le_bytes());
+    b[0x234] = 1;
+    put(&mut b, 0x236, &1u16.to_le_bytes());
+    put(&mut b, 0x238, &2047u32.to_le_bytes());
+    put(&mut b, 0x258, &0x100_0000u64.to_le_bytes());
+    put(&mut b, 0x260, &0x20_0000u32.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+#[test]
+fn kernel_packs_a_native_view_that_inspect_shows() {
+    let k = scratch("pack-fake-bzimage", &fake_bzimage(&[0x90; 5000]));
+    let initrd = scratch("pack-fake-initrd", &[7u8; 3000]);
+    let o = out("pack-linux.igvm");
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--append",
+        "console=ttyS0 panic=-1",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("views: native\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("native  (no launch measurement)"),
+        "{}",
+        r.stdout
+    );
+    let i = relaunch(&["inspect", o.to_str().unwrap(), "--platform", "native"]);
+    assert_eq!(i.code, 0, "{}", i.stderr);
+    // startup_64 = load address + 0x200, RSI = the zero page, __BOOT_CS / __BOOT_DS.
+    assert!(i.stdout.contains("rip 0x1000200 "), "{}", i.stdout);
+    assert!(i.stdout.contains("rsi 0x10000 "), "{}", i.stdout);
+    assert!(i.stdout.contains("cs 0x0010/0xa9b"), "{}", i.stdout);
+    assert!(i.stdout.contains("ss 0x0018/0xc93"), "{}", i.stdout);
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let o = out("pack-bad.igvm");
+    let os = o.to_str().unwrap();
+    let junk = scratch("pack-junk", b"not an elf at all");
+    let js = junk.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["pack", "-o", os, "--elf", js], "not an x86-64 ELF64"),
+        (
+            vec!["pack", "-o", os, "--kernel", js],
+            "not a Linux bzImage",
+        ),
+        (
+            vec!["pack", "-o", os, "--elf", "/nonexistent/x.elf"],
+            "--elf /nonexistent/x.elf",
+        ),
+        (vec!["pack", "--elf", js], "-o OUT is required"),
+        (vec!["pack", "-o", os], "nothing to pack"),
+        (
+            vec!["pack", "-o", os, "--elf", js, "--frob"],
+            "unknown flag",
+        ),
+    ] {
+        let r = relaunch(&args);
+        assert_usage_error(&r, "relaunch pack: ", needle);
+        assert!(!o.exists(), "{args:?} wrote a file");
+    }
+    let k = scratch("pack-fake-bzimage-2", &fake_bzimage(&[1; 100]));
+    let long = "x".repeat(3000);
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        os,
+        "--kernel",
+        k.to_str().unwrap(),
+        "--append",
+        &long,
+    ]);
+    assert_usage_error(&r, "relaunch pack: ", "command line is 3001 bytes");
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        os,
+        "--kernel",
+        k.to_str().unwrap(),
+        "--mem",
+        "16M",
+    ]);
+    assert_usage_error(&r, "relaunch pack: ", "does not fit");
+    let r = relaunch(&["help", "pack"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("--kernel BZIMAGE"), "{}", r.stdout);
+}
+
+/// `--host-window` gives the fuki image's bundle: `pack --elf fuki --host-window` is
+/// `boot-images/out/fuki.igvm` byte for byte (both from `cargo xtask build-images`).
+#[test]
+fn host_window_reproduces_the_fuki_image() {
+    let elf = root().join("target/guests/x86_64-unknown-none/release/fuki");
+    let built = root().join("boot-images/out/fuki.igvm");
+    if !elf.exists() || !built.exists() {
+        println!("SKIPPED: no fuki ELF and image here (cargo xtask build-images makes them)");
+        return;
+    }
+    let o = out("pack-fuki.igvm");
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+        "--host-window",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
+    // Without the window it is a different bundle.
+    let r = relaunch(&[
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_ne!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
+}
