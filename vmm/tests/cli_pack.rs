@@ -299,3 +299,79 @@ fn host_window_reproduces_the_fuki_image() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_ne!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
 }
+
+/// `--firmware` on Debian's OVMF.fd (installed by `scripts/oracles.sh`): the SNP digest
+/// printed is `relaunch measure` of the packed file, the classic one is `relaunch measure`
+/// of the image itself with the vCPU type the VMSAs were packed with (EPYC-v4 by default),
+/// and the TDX view measures the classic MRTD.
+#[test]
+fn firmware_prints_measure_of_the_packed_file_and_the_classic_launch() {
+    let ovmf = root().join(".oracles/ovmf/usr/share/ovmf/OVMF.fd");
+    if !ovmf.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {} is missing (scripts/oracles.sh)",
+            ovmf.display()
+        );
+        println!(
+            "SKIPPED: {} missing (run scripts/oracles.sh)",
+            ovmf.display()
+        );
+        return;
+    }
+    let o = out("pack-ovmf.igvm");
+    let (o_s, ovmf_s) = (o.to_str().unwrap(), ovmf.to_str().unwrap());
+    let r = relaunch(&["pack", "-o", o_s, "--firmware", ovmf_s, "--vcpus", "2"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].ends_with("views: native, snp, tdx"),
+        "{}",
+        r.stdout
+    );
+    let field = |line: &str, after: &str| {
+        line.split_once(after)
+            .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{after:?} not in {line:?}"))
+    };
+    let snp = field(lines[2], "snp");
+    let snp_classic = field(lines[3], "classic launch of the image:");
+    assert!(
+        lines[3].contains("(29 ZERO pages packed as NORMAL zeros)"),
+        "{}",
+        r.stdout
+    );
+    let tdx = field(lines[4], "tdx");
+    let tdx_classic = field(lines[5], "classic launch of the image:");
+    let measure = |file: &str, platform: &str, extra: &[&str]| {
+        let mut args = vec!["measure", file, "--platform", platform, "--vcpus", "2"];
+        args.extend_from_slice(extra);
+        let m = relaunch(&args);
+        assert_eq!(m.code, 0, "{}", m.stderr);
+        m.stdout.trim().to_string()
+    };
+    assert_eq!(snp, measure(o_s, "snp", &[]));
+    assert_eq!(
+        snp_classic,
+        measure(ovmf_s, "snp", &["--vcpu-type", "EPYC-v4"])
+    );
+    assert_ne!(snp, snp_classic, "the ZERO pages are measured differently");
+    assert_eq!(tdx, measure(o_s, "tdx", &[]));
+    assert_eq!(tdx, tdx_classic);
+    assert_eq!(tdx_classic, measure(ovmf_s, "tdx", &[]));
+    // Another vCPU type is another VMSA RDX: another packed digest.
+    let r2 = relaunch(&[
+        "pack",
+        "-o",
+        o_s,
+        "--firmware",
+        ovmf_s,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+    ]);
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    assert_ne!(field(r2.stdout.lines().nth(2).unwrap(), "snp"), snp);
+    let _ = std::fs::remove_file(&o);
+}

@@ -2,11 +2,12 @@
 //! measurement each platform view of it predicts.
 //!
 //! ```text
-//! relaunch pack -o OUT.igvm (--elf FILE | --kernel BZIMAGE [--initrd FILE] [--append TEXT])
+//! relaunch pack -o OUT.igvm (--elf FILE | --kernel BZIMAGE [--initrd FILE] [--append TEXT]
+//!                             | --firmware OVMF.fd [--kernel K [--initrd F] [--append T]])
 //! ```
 //!
 //! The flags are in [`FLAGS`] (also what `--help` prints). The packers are
-//! [`crate::pack::elf`] and [`crate::pack::linux`]; the predictions are
+//! [`crate::pack::elf`], [`crate::pack::linux`] and [`crate::pack::firmware`]; the predictions are
 //! [`crate::pack::predict`], `relaunch measure`'s code, so `relaunch measure OUT.igvm
 //! --platform P` with the same `--vcpus`/`--vcpu-type` prints the same digest.
 
@@ -21,6 +22,7 @@ use super::launch_flags::{self, LaunchFlags};
 use super::measure::{one_line, DEFAULT_MEM};
 use crate::args::{wants_help, ArgError, CommandHelp, Cursor, Flag, Item, HELP_FLAG};
 use crate::json;
+use crate::pack::firmware::{self, FirmwareOptions};
 use crate::pack::{self, elf, linux, ViewMeasurement};
 
 /// `relaunch pack`'s flags.
@@ -38,6 +40,15 @@ pub const FLAGS: &[Flag] = &[
         help: "Pack a bare-metal x86-64 ELF linked against relaunch's guest layout \
                (docs/boot-images.md): views native, snp, sev, sev-es, and tdx when it has a \
                TDX reset page. Default: none; give --elf or --kernel.",
+    },
+    Flag {
+        long: "firmware",
+        short: None,
+        value: Some("OVMF"),
+        help: "Pack an OVMF/TDVF flash image (the job of igvm-wrap): views snp (when it has \
+               SEV metadata), tdx (TDVF metadata) and native; with --kernel/--initrd/--append, \
+               the SNP view carries their SEV kernel-hashes table (docs/measurement.md, \
+               \"OVMF packed as IGVM\"). Default: none.",
     },
     Flag {
         long: "host-window",
@@ -94,7 +105,7 @@ pub const FLAGS: &[Flag] = &[
 /// `relaunch pack --help`.
 pub const HELP: CommandHelp = CommandHelp {
     usage: "relaunch pack -o OUT.igvm (--elf FILE | --kernel BZIMAGE [--initrd FILE] \
-            [--append TEXT]) [options]",
+            [--append TEXT] | --firmware OVMF [--kernel ...]) [options]",
     about: "\
 Makes an IGVM bundle and prints, for every platform view it wrote, the launch measurement
 that view predicts (what relaunch measure prints for OUT with the same --vcpus and vCPU
@@ -107,6 +118,7 @@ is written); 1 the output cannot be written.",
         "relaunch pack -o hello.igvm --elf boot-images/prebuilt/hello.elf",
         "relaunch pack -o linux.igvm --kernel vmlinuz --initrd initrd.img --append \"console=ttyS0\"",
         "relaunch pack -o linux.igvm --kernel vmlinuz --mem 512M --json",
+        "relaunch pack -o ovmf.igvm --firmware OVMF.fd --vcpus 4 --vcpu-type EPYC-v4",
     ],
 };
 
@@ -119,6 +131,13 @@ pub enum Input {
         path: PathBuf,
         /// `--host-window`.
         host_window: bool,
+    },
+    /// `--firmware OVMF [--kernel K [--initrd F] [--append T]]`.
+    Firmware {
+        /// The flash image.
+        path: PathBuf,
+        /// `--kernel`, `--initrd`, `--append`: the kernel-hashes table.
+        kernel: Option<(PathBuf, Option<PathBuf>, Option<String>)>,
     },
     /// `--kernel`.
     Kernel {
@@ -158,6 +177,7 @@ pub const DEFAULT_APPEND: &str = "console=ttyS0";
 pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
     let mut it = Cursor::new(args, FLAGS);
     let (mut output, mut elf, mut kernel, mut initrd, mut append) = (None, None, None, None, None);
+    let mut firmware = None;
     let (mut host_window, mut json, mut mem, mut vcpus) = (false, false, DEFAULT_MEM, 1);
     let mut launch = LaunchFlags::default();
     let mut stray = None;
@@ -173,6 +193,7 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
         match f.long {
             "output" => output = Some(it.path(f)?),
             "elf" => elf = Some(it.path(f)?),
+            "firmware" => firmware = Some(it.path(f)?),
             "host-window" => host_window = true,
             "kernel" => kernel = Some(it.path(f)?),
             "initrd" => initrd = Some(it.path(f)?),
@@ -192,6 +213,29 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
     }
     launch.check()?;
     let output = output.ok_or_else(|| ArgError::Other("-o OUT is required".into()))?;
+    if let Some(path) = firmware {
+        if elf.is_some() || host_window {
+            return Err(ArgError::Other(
+                "give one of --elf and --firmware, not both".into(),
+            ));
+        }
+        if kernel.is_none() && (initrd.is_some() || append.is_some()) {
+            return Err(ArgError::Other(
+                "--initrd and --append need --kernel".into(),
+            ));
+        }
+        return Ok(PackArgs {
+            output,
+            input: Input::Firmware {
+                path,
+                kernel: kernel.map(|k| (k, initrd, append)),
+            },
+            mem,
+            vcpus,
+            launch,
+            json,
+        });
+    }
     let input = match (elf, kernel) {
         (Some(path), None) => {
             if initrd.is_some() || append.is_some() {
@@ -223,7 +267,7 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
                 ));
             }
             return Err(ArgError::Other(
-                "nothing to pack: give --elf FILE or --kernel BZIMAGE".into(),
+                "nothing to pack: give --elf FILE, --kernel BZIMAGE or --firmware OVMF".into(),
             ));
         }
     };
@@ -260,19 +304,81 @@ fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, (u8, String)> {
     })
 }
 
-/// The IGVM bytes for `input`, packed with `mem` bytes of RAM in mind.
+/// What a pack wrote: the IGVM bytes, and for `--firmware` each view's classic digest with
+/// the number of ZERO pages that became NORMAL zeros.
+pub struct Packed {
+    /// The IGVM file.
+    pub bytes: Vec<u8>,
+    /// `--firmware`: (view, classic measurement, ZERO pages written as NORMAL).
+    pub classic: Vec<(relaunch_core::plan::Platform, Measurement, u64)>,
+}
+
+/// The vCPU signature `pack` writes into firmware VMSAs and predicts with: `--vcpu-type` /
+/// `--vcpu-sig`, else (for `--firmware`, whose SNP VMSAs carry it) EPYC-v4 as
+/// sev-snp-measure; 0 for the other inputs (their VP contexts are in the file).
+pub fn vcpu_sig(a: &PackArgs) -> u32 {
+    match a.input {
+        Input::Firmware { .. } => a
+            .launch
+            .vcpu_sig
+            .unwrap_or(FirmwareOptions::default().vcpu_sig),
+        _ => a.launch.vcpu_sig.unwrap_or(0),
+    }
+}
+
+/// The IGVM bytes for `a.input`, packed with `a.mem` bytes of RAM in mind.
 ///
 /// # Errors
 /// One line: an unreadable input or what the packer refused.
-pub fn pack_input(input: &Input, mem: u64) -> Result<Vec<u8>, String> {
+pub fn pack_input(a: &PackArgs) -> Result<Packed, String> {
     let read = |p: &std::path::Path, what: &str| read(p, what).map_err(|e| e.1);
-    match input {
+    let plain = |bytes| Packed {
+        bytes,
+        classic: Vec::new(),
+    };
+    let mem = a.mem;
+    match &a.input {
+        Input::Firmware { path, kernel } => {
+            let image = read(path, "--firmware")?;
+            let kernel_hashes = match kernel {
+                Some((k, initrd, append)) => {
+                    let k = read(k, "--kernel")?;
+                    let i = match initrd {
+                        Some(p) => Some(read(p, "--initrd")?),
+                        None => None,
+                    };
+                    Some(firmware::kernel_hashes(&k, i.as_deref(), append.as_deref()))
+                }
+                None => None,
+            };
+            let opts = FirmwareOptions {
+                vcpus: a.vcpus,
+                mem_bytes: mem,
+                vcpu_sig: vcpu_sig(a),
+                guest_features: a.launch.guest_features,
+                snp_policy: a.launch.policy,
+                kernel_hashes,
+                ..FirmwareOptions::default()
+            };
+            let packed = firmware::pack_firmware(&image, &opts)
+                .map_err(|e| format!("{}: {e}", path.to_string_lossy()))?;
+            Ok(Packed {
+                bytes: packed.igvm,
+                classic: packed
+                    .views
+                    .iter()
+                    .map(|v| (v.platform, v.classic, v.zero_pages))
+                    .collect(),
+            })
+        }
         Input::Elf { path, host_window } => {
             let bytes = read(path, "--elf")?;
             let opts = elf::PackOptions {
                 host_window: host_window.then_some(elf::HOST_WINDOW),
             };
-            elf::pack(&bytes, opts).map_err(|e| format!("{}: {e}", path.to_string_lossy()))
+            elf::pack(&bytes, opts)
+                .map(plain)
+                .map_err(|e| format!("{}: {e}", path.to_string_lossy()))
         }
         Input::Kernel {
             path,
@@ -291,7 +397,7 @@ pub fn pack_input(input: &Input, mem: u64) -> Result<Vec<u8>, String> {
                 mem,
             };
             linux::pack(&inputs)
-                .map(|b| b.bytes)
+                .map(|b| plain(b.bytes))
                 .map_err(|e| format!("{}: {e}", path.to_string_lossy()))
         }
     }
@@ -307,6 +413,12 @@ struct ViewJson {
     digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// `--firmware`: what the classic launch of the image measures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classic_digest: Option<String>,
+    /// `--firmware`: classic SNP ZERO pages written as NORMAL pages of zeros.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zero_pages_as_normal: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -330,21 +442,39 @@ fn algorithm(m: &Measurement) -> Option<&'static str> {
 
 fn run(args: &[OsString]) -> Result<String, (u8, String)> {
     let a = parse(args).map_err(|e| (super::EXIT_USAGE, e.to_string()))?;
-    let bytes = pack_input(&a.input, a.mem).map_err(|e| (super::EXIT_USAGE, e))?;
-    let base: LaunchConfig =
-        a.launch
-            .config(relaunch_core::plan::Platform::Native, a.vcpus, a.mem, 0);
-    let views = pack::predict(&bytes, &base, 0).map_err(|e| (1, format!("packed file: {e}")))?;
-    std::fs::write(&a.output, &bytes)
+    let packed = pack_input(&a).map_err(|e| (super::EXIT_USAGE, e))?;
+    let base: LaunchConfig = a.launch.config(
+        relaunch_core::plan::Platform::Native,
+        a.vcpus,
+        a.mem,
+        vcpu_sig(&a),
+    );
+    let views =
+        pack::predict(&packed.bytes, &base, 0).map_err(|e| (1, format!("packed file: {e}")))?;
+    std::fs::write(&a.output, &packed.bytes)
         .map_err(|e| (1, format!("{}: {e}", a.output.to_string_lossy())))?;
     Ok(if a.json {
-        report_json(&a, &bytes, &views)
+        report_json(&a, &packed, &views)
     } else {
-        report_text(&a, &bytes, &views)
+        report_text(&a, &packed, &views)
     })
 }
 
-fn report_text(a: &PackArgs, bytes: &[u8], views: &[ViewMeasurement]) -> String {
+/// `--firmware`: the classic digest and ZERO-page count of `platform`'s view, when it is
+/// measured.
+fn classic_of(
+    packed: &Packed,
+    platform: relaunch_core::plan::Platform,
+) -> Option<(Measurement, u64)> {
+    packed
+        .classic
+        .iter()
+        .find(|c| c.0 == platform && !matches!(c.1, Measurement::None))
+        .map(|c| (c.1, c.2))
+}
+
+fn report_text(a: &PackArgs, packed: &Packed, views: &[ViewMeasurement]) -> String {
+    let bytes = &packed.bytes;
     use std::fmt::Write as _;
     let names: Vec<&str> = views.iter().map(|v| v.platform.name()).collect();
     let mut s = format!(
@@ -360,11 +490,20 @@ fn report_text(a: &PackArgs, bytes: &[u8], views: &[ViewMeasurement]) -> String 
             Err(e) => format!("(not measured: {e})"),
         };
         let _ = writeln!(s, "{:<7} {what}", v.platform.name());
+        if let Some((classic, zeros)) = classic_of(packed, v.platform) {
+            let _ = writeln!(
+                s,
+                "{:<7} classic launch of the image: {classic} ({zeros} ZERO pages packed as \
+                 NORMAL zeros)",
+                ""
+            );
+        }
     }
     s
 }
 
-fn report_json(a: &PackArgs, bytes: &[u8], views: &[ViewMeasurement]) -> String {
+fn report_json(a: &PackArgs, packed: &Packed, views: &[ViewMeasurement]) -> String {
+    let bytes = &packed.bytes;
     use sha2::{Digest, Sha256};
     let views = views
         .iter()
@@ -374,19 +513,22 @@ fn report_json(a: &PackArgs, bytes: &[u8], views: &[ViewMeasurement]) -> String 
                 Ok(m) => (Some(m.to_string()), None, algorithm(m)),
                 Err(e) => (None, Some(e.clone()), None),
             };
+            let classic = classic_of(packed, v.platform);
             ViewJson {
                 platform: v.platform.name(),
                 measured: digest.is_some(),
                 algorithm: alg,
                 digest,
                 error,
+                classic_digest: classic.map(|c| c.0.to_string()),
+                zero_pages_as_normal: classic.map(|c| c.1),
             }
         })
         .collect();
     let mut line = json::to_line(&Report {
         file: a.output.to_string_lossy().into_owned(),
         size: bytes.len() as u64,
-        sha256: Sha256::digest(bytes).into(),
+        sha256: Sha256::digest(bytes.as_slice()).into(),
         vcpus: a.vcpus,
         mem: a.mem,
         views,
@@ -425,6 +567,29 @@ mod tests {
             }
         );
         assert_eq!(a.mem, 1 << 30);
+        let a = p(&[
+            "-o",
+            "x",
+            "--firmware",
+            "f",
+            "--kernel",
+            "k",
+            "--append",
+            "c",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.input,
+            Input::Firmware {
+                path: "f".into(),
+                kernel: Some(("k".into(), None, Some("c".into())))
+            }
+        );
+        assert_eq!(
+            vcpu_sig(&a),
+            0x0080_0F12,
+            "EPYC-v4 by default for firmware VMSAs"
+        );
         for (line, want) in [
             (&["--elf", "e"][..], "-o OUT is required"),
             (&["-o", "x"][..], "nothing to pack"),
@@ -438,6 +603,14 @@ mod tests {
                 "goes with --elf",
             ),
             (&["-o", "x", "--initrd", "i"][..], "need --kernel"),
+            (
+                &["-o", "x", "--firmware", "f", "--append", "a"][..],
+                "need --kernel",
+            ),
+            (
+                &["-o", "x", "--firmware", "f", "--elf", "e"][..],
+                "not both",
+            ),
             (
                 &["-o", "x", "--elf", "e", "extra"][..],
                 "unexpected argument",
