@@ -30,7 +30,7 @@ Commands:
   run       Launch a bundle on KVM; relaunch it on every guest reset (exit code = outcome).
   measure   Print the launch measurement (SNP/SEV/SEV-ES digest, TDX MRTD) of a bundle.
   inspect   Describe a bundle and the launch plan of each platform it supports.
-  pack      Make a bundle from a bare-metal ELF or a Linux kernel; print each view's digest.
+  pack      Make a bundle from a bare-metal ELF, a Linux kernel or OVMF; print its digests.
   trace     Print the kernel calls a confidential launch makes, against a kernel model.
   help      Print this help, or a command's help (relaunch help run).
 
