@@ -227,3 +227,80 @@ fn emulated_refused_launch_never_runs() {
         assert!(output(&cfg).is_empty(), "the guest ran: {}", output(&cfg));
     }
 }
+
+/// A handed-over launch the platform refuses when its VM is built (here: an SNP policy the
+/// emulated host's KVM does not accept, which the core plans) never replaces the working
+/// one: the session records `handover-failed` and runs the launch before it again, with the
+/// next generation (`docs/fuki.md`, "A hand-over that cannot be launched").
+#[test]
+fn emulated_refused_hand_over_falls_back_to_the_running_launch() {
+    use relaunch::launch::{By, HandOver};
+    let Some(host) = host(false) else { return };
+    let Some((_, bundle)) = image("hello") else {
+        return;
+    };
+    let sig = host.vcpu_signature();
+    let good = launch_config(Platform::Snp, 1, MEM, sig);
+    let mut bad_policy = good;
+    bad_policy.policy = Some(0x3_0000 | (1 << 24));
+    let first = Arc::new(Launch::new(bundle.clone(), &good).expect("plan"));
+    let refused = Arc::new(Launch::new(bundle, &bad_policy).expect("the core plans this policy"));
+    for (by, one_shot) in [(By::Host, false), (By::Guest, true)] {
+        let backend = EmulatedBackend::new(Platform::Snp, &host.kvm, ModelConfig::default())
+            .expect("backend");
+        let audit = std::env::temp_dir().join(format!(
+            "relaunch-emu-refused-handover-{}-{}.jsonl",
+            by.name(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&audit);
+        let mut cfg = with_audit(config(MEM, None, false), &audit);
+        // hello resets at generation 1 and powers off at generation 2.
+        cfg.fw_cfg_files = vec![(
+            "opt/relaunch/reboot-until".into(),
+            2u64.to_le_bytes().to_vec(),
+        )];
+        cfg.next.hand_over(HandOver {
+            launch: Arc::clone(&refused),
+            by,
+            one_shot,
+        });
+        let r = run_session(&backend, Arc::clone(&first), &cfg);
+        let out = output(&cfg);
+        assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}\n{out}", r.outcome);
+        assert_eq!(r.launches, 2, "{out}");
+        assert_eq!(out.matches("hello from relaunch guest").count(), 2, "{out}");
+        let records: Vec<Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let _ = std::fs::remove_file(&audit);
+        let events: Vec<&str> = records.iter().filter_map(|v| v["event"].as_str()).collect();
+        let failed: Vec<&Value> = records
+            .iter()
+            .filter(|v| v["event"] == "handover-failed")
+            .collect();
+        assert_eq!(failed.len(), 1, "{events:?}");
+        assert_eq!(failed[0]["generation"], 2, "{}", failed[0]);
+        assert_eq!(failed[0]["by"], by.name(), "{}", failed[0]);
+        assert_eq!(failed[0]["one_shot"], one_shot, "{}", failed[0]);
+        assert!(
+            failed[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("KVM_X86_SNP_POLICY_BITS"),
+            "{}",
+            failed[0]
+        );
+        let launches: Vec<&Value> = records.iter().filter(|v| v["event"] == "launch").collect();
+        assert_eq!(launches.len(), 2, "{events:?}");
+        for (l, g) in launches.iter().zip([1, 2]) {
+            assert_eq!(l["generation"], g, "{l}");
+            assert_eq!(l["bundle_sha256"], first.bundle_sha256(), "{l}");
+            assert_eq!(l["launch_measurement"], l["predicted_measurement"], "{l}");
+        }
+        // The host's launch is the first one again.
+        assert_eq!(cfg.next.base().unwrap().id(), first.id());
+    }
+}

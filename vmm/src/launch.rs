@@ -286,6 +286,12 @@ struct SlotState {
     generation: u64,
     running_one_shot: bool,
     pending: Option<Pending>,
+    /// What ran before the last relaunch took a hand-over (running, one-shot), for
+    /// [`LaunchSlot::revert`].
+    before: Option<(Option<Arc<Launch>>, bool)>,
+    /// The host's launch before a permanent host hand-over replaced it, for
+    /// [`LaunchSlot::revert`].
+    base_before: Option<Arc<Launch>>,
 }
 
 /// The launch a session runs next: hand-overs are set from any thread (a vCPU thread for the
@@ -338,7 +344,7 @@ impl LaunchSlot {
     pub fn hand_over(&self, h: HandOver) {
         let mut s = self.lock();
         if h.by == By::Host && !h.one_shot {
-            s.base = Some(Arc::clone(&h.launch));
+            s.base_before = s.base.replace(Arc::clone(&h.launch));
         }
         s.pending = Some(Pending::Launch(h));
     }
@@ -354,6 +360,11 @@ impl LaunchSlot {
     pub fn relaunch(&self, generation: u64) -> Option<Relaunch> {
         let mut s = self.lock();
         let base = s.base.clone()?;
+        let took_hand_over = matches!(s.pending, Some(Pending::Launch(_)));
+        s.before = took_hand_over.then(|| (s.running.clone(), s.running_one_shot));
+        if !took_hand_over {
+            s.base_before = None;
+        }
         let (launch, change, one_shot) = match s.pending.take() {
             Some(Pending::Launch(h)) => (
                 h.launch,
@@ -371,6 +382,28 @@ impl LaunchSlot {
         s.running_one_shot = one_shot;
         s.generation = generation;
         Some(Relaunch { launch, change })
+    }
+
+    /// The hand-over the last [`LaunchSlot::relaunch`] took could not be launched (the
+    /// platform or the backend refused it when the VM was built): what ran before it runs
+    /// again, as if it had not been asked, and a permanent host hand-over stops being the
+    /// host's launch. Returns whether there was a hand-over to undo; the session's next
+    /// [`LaunchSlot::relaunch`] then gives the earlier launch (`docs/fuki.md`).
+    pub fn revert(&self) -> bool {
+        let mut s = self.lock();
+        let Some((running, one_shot)) = s.before.take() else {
+            return false;
+        };
+        let failed = s.running.take();
+        if let (Some(f), Some(b)) = (&failed, &s.base) {
+            if Arc::ptr_eq(f, b) {
+                s.base = s.base_before.take().or_else(|| running.clone());
+            }
+        }
+        s.base_before = None;
+        s.running = running;
+        s.running_one_shot = one_shot;
+        true
     }
 
     /// The running launch and its generation.
@@ -438,6 +471,55 @@ mod tests {
         }
         // A guest hand-over does not change the host's launch.
         assert_eq!(slot.base().unwrap().id(), a.id());
+    }
+
+    /// A hand-over whose VM cannot be built is undone: the launch that ran before runs
+    /// again as if nothing had been asked (after a one-shot launch: the host's), a permanent
+    /// host hand-over stops being the host's launch, and with nothing taken there is nothing
+    /// to undo.
+    #[test]
+    fn a_hand_over_that_cannot_be_built_is_reverted() {
+        let slot = LaunchSlot::new();
+        let (a, b, c) = (
+            launch(testing::HELLO),
+            launch(testing::RESET),
+            launch(testing::PANIC),
+        );
+        slot.start(&a, 1);
+        assert!(!slot.revert(), "nothing was handed over");
+        slot.hand_over(HandOver {
+            launch: Arc::clone(&b),
+            by: By::Guest,
+            one_shot: false,
+        });
+        assert_eq!(slot.relaunch(2).unwrap().launch.id(), b.id());
+        assert!(slot.revert());
+        assert!(!slot.revert(), "undone once");
+        let r = slot.relaunch(2).unwrap();
+        assert_eq!((r.launch.id(), r.change), (a.id(), Change::Same));
+        // A permanent host switch to `c` that fails: `a` is the host's launch again.
+        slot.set(Arc::clone(&c));
+        assert_eq!(slot.base().unwrap().id(), c.id());
+        assert_eq!(slot.relaunch(3).unwrap().launch.id(), c.id());
+        assert!(slot.revert());
+        assert_eq!(slot.base().unwrap().id(), a.id());
+        assert_eq!(slot.relaunch(3).unwrap().launch.id(), a.id());
+        // A one-shot `b` runs; a guest hand-over of `c` during it fails: as if it had not
+        // been asked, the one-shot is over and the host's `a` runs.
+        slot.hand_over(HandOver {
+            launch: Arc::clone(&b),
+            by: By::Guest,
+            one_shot: true,
+        });
+        assert_eq!(slot.relaunch(4).unwrap().launch.id(), b.id());
+        slot.hand_over(HandOver {
+            launch: Arc::clone(&c),
+            by: By::Guest,
+            one_shot: false,
+        });
+        assert_eq!(slot.relaunch(5).unwrap().launch.id(), c.id());
+        assert!(slot.revert());
+        assert_eq!(slot.relaunch(5).unwrap().launch.id(), a.id());
     }
 
     /// One-shot: one launch, then the host's launch again (QEMU spec combinations C/D).

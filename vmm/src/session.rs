@@ -610,6 +610,26 @@ pub fn run_session(
             let swap = t_build.elapsed();
             let built = match built {
                 Ok(b) => b,
+                Err(e) if matches!(change, Change::HandedOver { .. }) && cfg.next.revert() => {
+                    // A handed-over bundle that plans but cannot be launched never replaces
+                    // the working one (docs/fuki.md): on record, then the launch before it.
+                    let reason = format!("the handed-over launch cannot be built: {e}");
+                    crate::elog!("relaunch: {reason}; the previous launch runs again");
+                    let line = handover_failed_line(generation, &current, change, &reason);
+                    if let Some(a) = &cfg.audit {
+                        if let Err(err) = a.append(&line) {
+                            report.outcome =
+                                Outcome::VmmError(format!("writing the audit log: {err}"));
+                            report.exit_code = EXIT_VMM_ERROR;
+                            break;
+                        }
+                    }
+                    if let Some(sink) = &cfg.events {
+                        sink.emit(&line);
+                    }
+                    change = Change::Same;
+                    continue;
+                }
                 Err(e) => {
                     report.outcome = if e.refused_by_platform() {
                         Outcome::LaunchRefused(format!("the platform refused the launch: {e}"))
@@ -1221,6 +1241,36 @@ struct LaunchTimings {
 }
 
 /// The `exit` line of a launch whose plan could not be executed.
+/// The record of a handed-over launch that could not be built (the previous launch runs
+/// instead): `{"event":"handover-failed", generation, bundle_sha256, by, one_shot, reason}`.
+fn handover_failed_line(generation: u64, failed: &Launch, change: Change, reason: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        event: &'static str,
+        time_ms: u64,
+        generation: u64,
+        bundle_sha256: &'a str,
+        by: Option<&'static str>,
+        one_shot: bool,
+        reason: &'a str,
+        result: &'static str,
+    }
+    let (by, one_shot) = match change {
+        Change::HandedOver { by, one_shot } => (Some(by.name()), one_shot),
+        _ => (None, false),
+    };
+    crate::json::to_line(&Record {
+        event: "handover-failed",
+        time_ms: unix_ms(),
+        generation,
+        bundle_sha256: failed.bundle_sha256(),
+        by,
+        one_shot,
+        reason,
+        result: "previous launch runs",
+    })
+}
+
 fn failure_line(generation: u64, outcome: &Outcome) -> String {
     #[derive(serde::Serialize)]
     struct FailureRecord<'a> {
