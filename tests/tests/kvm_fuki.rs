@@ -21,11 +21,7 @@ mod kvm_common;
 use std::sync::Arc;
 
 use kvm_common::*;
-use relaunch::backend::emulated::EmulatedBackend;
-use relaunch::backend::native::NativeBackend;
-use relaunch::backend::Backend;
 use relaunch::launch::Launch;
-use relaunch::model::ModelConfig;
 use relaunch::session::{run_session, EXIT_POWER_OFF};
 use relaunch::vstate::Host;
 use relaunch_core::plan::Platform;
@@ -33,24 +29,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const MEM: u64 = 64 << 20;
-
-fn backend(platform: Platform, emulated: bool, host: &Arc<Host>) -> Box<dyn Backend> {
-    if emulated {
-        Box::new(
-            EmulatedBackend::new(
-                platform,
-                &host.kvm,
-                ModelConfig {
-                    vcpu_sig: host.vcpu_signature(),
-                    ..ModelConfig::default()
-                },
-            )
-            .unwrap(),
-        )
-    } else {
-        Box::new(NativeBackend::new(Arc::clone(host)))
-    }
-}
 
 fn sha(b: &[u8]) -> String {
     relaunch::json::hex(&Sha256::digest(b))
@@ -81,7 +59,7 @@ fn run_stage1_on(
 ) -> (u8, u64, String, Vec<Value>) {
     let cfg_l = launch_config(platform, vcpus, MEM, host.vcpu_signature());
     let launch = Arc::new(Launch::new(stage1.to_vec(), &cfg_l).unwrap());
-    let b = backend(platform, emulated, host);
+    let b = backend_for(platform, emulated, host);
     let audit = std::env::temp_dir().join(format!(
         "relaunch-fuki-{platform}-{mode}-{}.jsonl",
         std::process::id()

@@ -18,12 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_common::*;
-use relaunch::backend::emulated::EmulatedBackend;
-use relaunch::backend::native::NativeBackend;
-use relaunch::backend::Backend;
 use relaunch::control::Control;
 use relaunch::launch::Launch;
-use relaunch::model::ModelConfig;
 use relaunch::session::{run_session, EXIT_POWER_OFF};
 use relaunch::vstate::Host;
 use relaunch_core::plan::Platform;
@@ -88,24 +84,6 @@ fn ovmf() -> Option<PathBuf> {
     None
 }
 
-fn backend(platform: Platform, emulated: bool, host: &Arc<Host>) -> Box<dyn Backend> {
-    if emulated {
-        Box::new(
-            EmulatedBackend::new(
-                platform,
-                &host.kvm,
-                ModelConfig {
-                    vcpu_sig: host.vcpu_signature(),
-                    ..ModelConfig::default()
-                },
-            )
-            .unwrap(),
-        )
-    } else {
-        Box::new(NativeBackend::new(Arc::clone(host)))
-    }
-}
-
 /// Runs `fuki` handing over `stage2`; powers the session off through the control once
 /// generation 2 runs. Returns (exit code, launches, output, audit records).
 fn run_handover(
@@ -129,7 +107,7 @@ fn run_handover(
     cfg.control = Some(Arc::clone(&control));
     let host = Arc::clone(host);
     let session = std::thread::spawn(move || {
-        let b = backend(platform, emulated, &host);
+        let b = backend_for(platform, emulated, &host);
         let r = run_session(&*b, launch, &cfg);
         (r, output(&cfg))
     });

@@ -185,3 +185,27 @@ pub fn launch_config(platform: Platform, vcpus: u32, mem: u64, sig: u32) -> Laun
         kernel_hashes: None,
     }
 }
+
+/// The backend of `platform`: the emulated one (`emulated`, this host's vCPU signature in
+/// the model) or native.
+pub fn backend_for(
+    platform: Platform,
+    emulated: bool,
+    host: &Arc<Host>,
+) -> Box<dyn relaunch::backend::Backend> {
+    if emulated {
+        Box::new(
+            relaunch::backend::emulated::EmulatedBackend::new(
+                platform,
+                &host.kvm,
+                relaunch::model::ModelConfig {
+                    vcpu_sig: host.vcpu_signature(),
+                    ..relaunch::model::ModelConfig::default()
+                },
+            )
+            .expect("emulated backend"),
+        )
+    } else {
+        Box::new(NativeBackend::new(Arc::clone(host)))
+    }
+}
