@@ -270,12 +270,7 @@ fn emulated_refused_hand_over_falls_back_to_the_running_launch() {
         assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}\n{out}", r.outcome);
         assert_eq!(r.launches, 2, "{out}");
         assert_eq!(out.matches("hello from relaunch guest").count(), 2, "{out}");
-        let records: Vec<Value> = std::fs::read_to_string(&audit)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let _ = std::fs::remove_file(&audit);
+        let records = take_audit_records(&audit);
         let events: Vec<&str> = records.iter().filter_map(|v| v["event"].as_str()).collect();
         let failed: Vec<&Value> = records
             .iter()

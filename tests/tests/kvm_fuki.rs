@@ -76,13 +76,16 @@ fn run_stage1_on(
         ),
     ];
     let r = run_session(&*b, launch, &cfg);
-    let text = std::fs::read_to_string(&audit).unwrap_or_default();
-    let _ = std::fs::remove_file(&audit);
-    let records = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect();
+    let records = take_audit_records(&audit);
     (r.exit_code, r.launches, output(&cfg), records)
+}
+
+/// /dev/kvm, stage 1 (`fuki`) and stage 2 (`hello`), or the reported skip.
+fn inputs() -> Option<(Arc<Host>, Vec<u8>, Vec<u8>)> {
+    let host = host(false)?;
+    let (_, stage1) = image("fuki")?;
+    let (_, stage2) = image("hello")?;
+    Some((host, stage1, stage2))
 }
 
 const PLATFORMS: [(Platform, bool); 3] = [
@@ -93,11 +96,7 @@ const PLATFORMS: [(Platform, bool); 3] = [
 
 #[test]
 fn fuki_stage1_hands_over_stage2() {
-    let Some(host) = host(false) else { return };
-    let (Some(stage1), Some(stage2)) = (
-        image("fuki").map(|(_, b)| b),
-        image("hello").map(|(_, b)| b),
-    ) else {
+    let Some((host, stage1, stage2)) = inputs() else {
         return;
     };
     for (platform, emulated) in PLATFORMS {
@@ -136,11 +135,7 @@ fn fuki_stage1_hands_over_stage2() {
 
 #[test]
 fn fuki_hostile_stage1_keeps_the_old_bundle() {
-    let Some(host) = host(false) else { return };
-    let (Some(stage1), Some(stage2)) = (
-        image("fuki").map(|(_, b)| b),
-        image("hello").map(|(_, b)| b),
-    ) else {
+    let Some((host, stage1, stage2)) = inputs() else {
         return;
     };
     for (platform, emulated) in PLATFORMS {
@@ -206,11 +201,7 @@ fn check_launches<'a>(
 /// planned once; no snapshot the guest read back is torn; stage 2 runs next.
 #[test]
 fn fuki_two_vcpus_racing_writes() {
-    let Some(host) = host(false) else { return };
-    let (Some(stage1), Some(stage2)) = (
-        image("fuki").map(|(_, b)| b),
-        image("hello").map(|(_, b)| b),
-    ) else {
+    let Some((host, stage1, stage2)) = inputs() else {
         return;
     };
     for (platform, emulated) in PLATFORMS {
@@ -290,11 +281,7 @@ const DELAYS: [u64; 6] = [0, 1_000, 10_000, 100_000, 1_000_000, u64::MAX];
 /// printed; the last must take effect.
 #[test]
 fn fuki_write_during_reset() {
-    let Some(host) = host(false) else { return };
-    let (Some(stage1), Some(stage2)) = (
-        image("fuki").map(|(_, b)| b),
-        image("hello").map(|(_, b)| b),
-    ) else {
+    let Some((host, stage1, stage2)) = inputs() else {
         return;
     };
     for (platform, emulated) in PLATFORMS {

@@ -127,12 +127,7 @@ fn run_handover(
         let _ = control.handle(r#"{"cmd":"power-off"}"#);
     }
     let (r, out) = session.join().unwrap();
-    let text = std::fs::read_to_string(&audit).unwrap_or_default();
-    let _ = std::fs::remove_file(&audit);
-    let records = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect();
+    let records = take_audit_records(&audit);
     (r.exit_code, r.launches, out, records)
 }
 

@@ -464,26 +464,6 @@ fn kvm_control_switch_bundle() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A boot image from `boot-images/out`, or a reported skip.
-fn image(name: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../boot-images/out")
-        .join(format!("{name}.igvm"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} is missing",
-        path.display()
-    );
-    println!(
-        "SKIPPED: {} missing (run cargo xtask build-images)",
-        path.display()
-    );
-    None
-}
-
 /// On every emulated confidential platform, a host one-shot hand-over (`run --next`) runs
 /// the new bundle at the first relaunch with the measurement its `swap` record predicted —
 /// the platform (model) reports exactly that, and `relaunch measure` of the stored copy
@@ -491,7 +471,7 @@ fn image(name: &str) -> Option<PathBuf> {
 #[test]
 fn kvm_emulated_hand_over_measures_as_predicted() {
     let Some(_host) = host(true) else { return };
-    let (Some(first), Some(next)) = (image("reboot-loop"), image("hello")) else {
+    let (Some((first, _)), Some((next, _))) = (image("reboot-loop"), image("hello")) else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("relaunch-kvm-emu-next-{}", std::process::id()));
@@ -526,11 +506,7 @@ fn kvm_emulated_hand_over_measures_as_predicted() {
             EXIT_REBOOT_LIMIT,
             "{platform}"
         );
-        let recs: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let recs = take_audit_records(&audit);
         let swap = recs.iter().find(|r| r["event"] == "swap").unwrap();
         let launches: Vec<&serde_json::Value> =
             recs.iter().filter(|r| r["event"] == "launch").collect();

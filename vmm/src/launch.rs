@@ -436,6 +436,15 @@ mod tests {
         Arc::new(Launch::from_plan(testing::plan(code, &[], 1, 1 << 20, 0)))
     }
 
+    /// The guest hands `l` over to `slot`.
+    fn guest_hands_over(slot: &LaunchSlot, l: &Arc<Launch>, one_shot: bool) {
+        slot.hand_over(HandOver {
+            launch: Arc::clone(l),
+            by: By::Guest,
+            one_shot,
+        });
+    }
+
     /// Nothing asked: the same launch again; a hand-over takes effect at the next relaunch
     /// only, and from then on runs at every relaunch (permanent).
     #[test]
@@ -446,11 +455,7 @@ mod tests {
         slot.start(&a, 1);
         let r = slot.relaunch(2).unwrap();
         assert_eq!((r.launch.id(), r.change), (a.id(), Change::Same));
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&b),
-            by: By::Guest,
-            one_shot: false,
-        });
+        guest_hands_over(&slot, &b, false);
         assert_eq!(slot.pending_sha256().as_deref(), Some(b.bundle_sha256()));
         // Still `a` until the relaunch.
         assert_eq!(slot.running().unwrap().0.id(), a.id());
@@ -487,11 +492,7 @@ mod tests {
         );
         slot.start(&a, 1);
         assert!(!slot.revert(), "nothing was handed over");
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&b),
-            by: By::Guest,
-            one_shot: false,
-        });
+        guest_hands_over(&slot, &b, false);
         assert_eq!(slot.relaunch(2).unwrap().launch.id(), b.id());
         assert!(slot.revert());
         assert!(!slot.revert(), "undone once");
@@ -506,17 +507,9 @@ mod tests {
         assert_eq!(slot.relaunch(3).unwrap().launch.id(), a.id());
         // A one-shot `b` runs; a guest hand-over of `c` during it fails: as if it had not
         // been asked, the one-shot is over and the host's `a` runs.
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&b),
-            by: By::Guest,
-            one_shot: true,
-        });
+        guest_hands_over(&slot, &b, true);
         assert_eq!(slot.relaunch(4).unwrap().launch.id(), b.id());
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&c),
-            by: By::Guest,
-            one_shot: false,
-        });
+        guest_hands_over(&slot, &c, false);
         assert_eq!(slot.relaunch(5).unwrap().launch.id(), c.id());
         assert!(slot.revert());
         assert_eq!(slot.relaunch(5).unwrap().launch.id(), a.id());
@@ -528,11 +521,7 @@ mod tests {
         let slot = LaunchSlot::new();
         let (a, b) = (launch(testing::HELLO), launch(testing::RESET));
         slot.start(&a, 1);
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&b),
-            by: By::Guest,
-            one_shot: true,
-        });
+        guest_hands_over(&slot, &b, true);
         let r = slot.relaunch(2).unwrap();
         assert_eq!(r.launch.id(), b.id());
         let r = slot.relaunch(3).unwrap();
@@ -553,23 +542,11 @@ mod tests {
             launch(testing::PANIC),
         );
         slot.start(&a, 1);
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&b),
-            by: By::Guest,
-            one_shot: true,
-        });
+        guest_hands_over(&slot, &b, true);
         slot.relaunch(2);
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&c),
-            by: By::Guest,
-            one_shot: false,
-        });
+        guest_hands_over(&slot, &c, false);
         assert_eq!(slot.relaunch(3).unwrap().launch.id(), c.id());
-        slot.hand_over(HandOver {
-            launch: Arc::clone(&b),
-            by: By::Guest,
-            one_shot: false,
-        });
+        guest_hands_over(&slot, &b, false);
         slot.request_original(By::Guest);
         assert_eq!(slot.pending_sha256(), None);
         let r = slot.relaunch(4).unwrap();

@@ -20,6 +20,19 @@ fn out(name: &str) -> PathBuf {
     p
 }
 
+/// `relaunch pack -o O --elf ELF EXTRA…`.
+fn pack_elf(o: &std::path::Path, elf: &std::path::Path, extra: &[&str]) -> cli_common::Run {
+    let mut args = vec![
+        "pack",
+        "-o",
+        o.to_str().unwrap(),
+        "--elf",
+        elf.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    relaunch(&args)
+}
+
 /// `(platform, digest or None)` per line of `pack`'s text output after the first.
 fn digests(stdout: &str) -> Vec<(String, Option<String>)> {
     stdout
@@ -39,13 +52,7 @@ fn elf_reproduces_the_prebuilt_hello_and_predicts_measure_and_inspect() {
     let elf = root().join("boot-images/prebuilt/hello.elf");
     let want = std::fs::read(root().join("boot-images/prebuilt/hello.igvm")).unwrap();
     let o = out("pack-hello.igvm");
-    let r = relaunch(&[
-        "pack",
-        "-o",
-        o.to_str().unwrap(),
-        "--elf",
-        elf.to_str().unwrap(),
-    ]);
+    let r = pack_elf(&o, &elf, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.is_empty(), "{}", r.stderr);
     assert_eq!(
@@ -102,14 +109,7 @@ fn elf_reproduces_the_prebuilt_hello_and_predicts_measure_and_inspect() {
     assert_eq!(inspected, packed);
 
     // --json: the same facts as one object.
-    let r = relaunch(&[
-        "pack",
-        "-o",
-        o.to_str().unwrap(),
-        "--elf",
-        elf.to_str().unwrap(),
-        "--json",
-    ]);
+    let r = pack_elf(&o, &elf, &["--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["size"], want.len() as u64);
@@ -274,28 +274,21 @@ fn host_window_reproduces_the_fuki_image() {
     let elf = root().join("target/guests/x86_64-unknown-none/release/fuki");
     let built = root().join("boot-images/out/fuki.igvm");
     if !elf.exists() || !built.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {} or {} is missing (cargo xtask build-images)",
+            elf.display(),
+            built.display()
+        );
         println!("SKIPPED: no fuki ELF and image here (cargo xtask build-images makes them)");
         return;
     }
     let o = out("pack-fuki.igvm");
-    let r = relaunch(&[
-        "pack",
-        "-o",
-        o.to_str().unwrap(),
-        "--elf",
-        elf.to_str().unwrap(),
-        "--host-window",
-    ]);
+    let r = pack_elf(&o, &elf, &["--host-window"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
     // Without the window it is a different bundle.
-    let r = relaunch(&[
-        "pack",
-        "-o",
-        o.to_str().unwrap(),
-        "--elf",
-        elf.to_str().unwrap(),
-    ]);
+    let r = pack_elf(&o, &elf, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_ne!(std::fs::read(&o).unwrap(), std::fs::read(&built).unwrap());
 }

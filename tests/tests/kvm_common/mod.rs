@@ -209,3 +209,13 @@ pub fn backend_for(
         Box::new(NativeBackend::new(Arc::clone(host)))
     }
 }
+
+/// The records of the audit log at `path`, one JSON value per line, and the file removed
+/// (an absent log has none).
+pub fn take_audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let _ = std::fs::remove_file(path);
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
