@@ -26,13 +26,8 @@ use relaunch::session::{run_session, EXIT_POWER_OFF};
 use relaunch::vstate::Host;
 use relaunch_core::plan::Platform;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const MEM: u64 = 64 << 20;
-
-fn sha(b: &[u8]) -> String {
-    relaunch::json::hex(&Sha256::digest(b))
-}
 
 /// Runs stage 1 with `mode` on `platform`; returns (exit code, launches, output, audit
 /// records).
@@ -111,21 +106,14 @@ fn fuki_stage1_hands_over_stage2() {
             out.contains("hello from relaunch guest\ngeneration 2"),
             "{what}\n{out}"
         );
-        let launch: Vec<&Value> = records.iter().filter(|v| v["event"] == "launch").collect();
-        assert_eq!(launch.len(), 2, "{what}: {records:?}");
-        let cfg_l = launch_config(platform, 1, MEM, host.vcpu_signature());
-        for (rec, bundle) in launch.iter().zip([&stage1, &stage2]) {
-            assert_eq!(rec["bundle_sha256"], sha(bundle), "{what}: {rec}");
-            if platform != Platform::Native {
-                let m = relaunch::cli::measure::measure_bundle(bundle, &cfg_l, 1)
-                    .unwrap()
-                    .measurement
-                    .to_string();
-                assert_eq!(rec["predicted_measurement"], m.as_str(), "{what}: {rec}");
-                assert_eq!(rec["launch_measurement"], m.as_str(), "{what}: {rec}");
-            }
-        }
-        let swaps: Vec<&Value> = records.iter().filter(|v| v["event"] == "swap").collect();
+        check_launches(
+            &records,
+            &[&stage1, &stage2],
+            platform,
+            (host.vcpu_signature(), 1),
+            &what,
+        );
+        let swaps: Vec<&Value> = records_of(&records, "swap");
         assert_eq!(swaps.len(), 1, "{what}: {records:?}");
         assert_eq!(swaps[0]["by"], "guest", "{}", swaps[0]);
         assert_eq!(swaps[0]["new_bundle_sha256"], sha(&stage2), "{}", swaps[0]);
@@ -174,16 +162,16 @@ fn check_launches<'a>(
     records: &'a [Value],
     bundles: &[&[u8]],
     platform: Platform,
-    sig: u32,
+    (sig, vcpus): (u32, u32),
     what: &str,
 ) -> Vec<&'a Value> {
-    let launch: Vec<&Value> = records.iter().filter(|v| v["event"] == "launch").collect();
+    let launch: Vec<&Value> = records_of(records, "launch");
     assert_eq!(launch.len(), bundles.len(), "{what}: {records:?}");
-    let cfg_l = launch_config(platform, 2, MEM, sig);
+    let cfg_l = launch_config(platform, vcpus, MEM, sig);
     for (rec, bundle) in launch.iter().zip(bundles) {
         assert_eq!(rec["bundle_sha256"], sha(bundle), "{what}: {rec}");
         if platform != Platform::Native {
-            let m = relaunch::cli::measure::measure_bundle(bundle, &cfg_l, 2)
+            let m = relaunch::cli::measure::measure_bundle(bundle, &cfg_l, 1)
                 .unwrap()
                 .measurement
                 .to_string();
@@ -219,7 +207,7 @@ fn fuki_two_vcpus_racing_writes() {
             out.contains("hello from relaunch guest\ngeneration 2"),
             "{what}\n{out}"
         );
-        let swaps: Vec<&Value> = records.iter().filter(|v| v["event"] == "swap").collect();
+        let swaps: Vec<&Value> = records_of(&records, "swap");
         assert_eq!(swaps.len(), 2 * RACE_WRITES, "{what}: {records:?}");
         let mut order = String::new();
         for rec in &swaps {
@@ -254,11 +242,11 @@ fn fuki_two_vcpus_racing_writes() {
             &records,
             &[&stage1, &stage2],
             platform,
-            host.vcpu_signature(),
+            (host.vcpu_signature(), 2),
             &what,
         );
         assert_eq!(launch[1]["switch"]["to"], "handed-over", "{what}");
-        let exits: Vec<&Value> = records.iter().filter(|v| v["event"] == "exit").collect();
+        let exits: Vec<&Value> = records_of(&records, "exit");
         assert_eq!(
             exits[0]["vmlaunchupdate"]["requests"],
             2 * RACE_WRITES as u64,
@@ -294,7 +282,7 @@ fn fuki_write_during_reset() {
             assert_eq!(launches, 2, "{what}\n{out}");
             assert!(out.contains("fuki: mode 8, AP up"), "{what}\n{out}");
             assert!(!out.contains("the reset returned"), "{what}\n{out}");
-            let swaps: Vec<&Value> = records.iter().filter(|v| v["event"] == "swap").collect();
+            let swaps: Vec<&Value> = records_of(&records, "swap");
             assert!(swaps.len() <= 1, "{what}: {swaps:?}");
             let taken = match swaps.first() {
                 Some(rec) => {
@@ -306,7 +294,7 @@ fn fuki_write_during_reset() {
                 }
                 None => false,
             };
-            let exits: Vec<&Value> = records.iter().filter(|v| v["event"] == "exit").collect();
+            let exits: Vec<&Value> = records_of(&records, "exit");
             assert_eq!(
                 exits[0]["vmlaunchupdate"]["requests"],
                 u64::from(taken),
@@ -315,7 +303,8 @@ fn fuki_write_during_reset() {
             );
             let sig = host.vcpu_signature();
             if taken {
-                let launch = check_launches(&records, &[&stage1, &stage2], platform, sig, &what);
+                let launch =
+                    check_launches(&records, &[&stage1, &stage2], platform, (sig, 2), &what);
                 assert_eq!(launch[1]["switch"]["to"], "handed-over", "{what}");
                 assert!(
                     out.contains("hello from relaunch guest\ngeneration 2"),
@@ -323,7 +312,8 @@ fn fuki_write_during_reset() {
                 );
                 assert!(!out.contains("fuki: stage 1 again"), "{what}\n{out}");
             } else {
-                let launch = check_launches(&records, &[&stage1, &stage1], platform, sig, &what);
+                let launch =
+                    check_launches(&records, &[&stage1, &stage1], platform, (sig, 2), &what);
                 assert_eq!(launch[1]["switch"], Value::Null, "{what}");
                 assert!(out.contains("fuki: stage 1 again"), "{what}\n{out}");
                 assert!(!out.contains("hello from relaunch guest"), "{what}\n{out}");

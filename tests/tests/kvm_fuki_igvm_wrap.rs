@@ -24,13 +24,8 @@ use relaunch::session::{run_session, EXIT_POWER_OFF};
 use relaunch::vstate::Host;
 use relaunch_core::plan::Platform;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const MEM: u64 = 64 << 20;
-
-fn sha(b: &[u8]) -> String {
-    relaunch::json::hex(&Sha256::digest(b))
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -170,10 +165,10 @@ fn igvm_wrap_ovmf_is_handed_over_and_measures_the_same() {
         let what = format!("{platform} emulated={emulated}");
         let (code, launches, out, records) =
             run_handover(&host, platform, emulated, &stage1, &bundle);
-        let swaps: Vec<&Value> = records.iter().filter(|v| v["event"] == "swap").collect();
+        let swaps: Vec<&Value> = records_of(&records, "swap");
         assert_eq!(swaps.len(), 1, "{what}: {records:?}\n{out}");
         let swap = swaps[0];
-        let launch: Vec<&Value> = records.iter().filter(|v| v["event"] == "launch").collect();
+        let launch: Vec<&Value> = records_of(&records, "launch");
         assert_eq!(
             launch.first().map(|l| &l["bundle_sha256"]),
             Some(&Value::from(sha(&stage1)))

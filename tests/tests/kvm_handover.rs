@@ -23,7 +23,6 @@ use relaunch::launch::Launch;
 use relaunch::session::{SessionConfig, EXIT_POWER_OFF, EXIT_REBOOT_LIMIT};
 use relaunch::testing;
 use relaunch_core::plan::{LaunchConfig, Platform};
-use sha2::{Digest, Sha256};
 
 const MEM: u64 = 16 << 20;
 /// Where stage 1's bundle carries stage 2.
@@ -179,13 +178,6 @@ fn session(name: &str, max_reboots: Option<u64>, prestage: bool) -> Run {
 
 fn config_for(max_reboots: Option<u64>, prestage: bool) -> SessionConfig {
     kvm_common::config(MEM, max_reboots, prestage)
-}
-
-fn sha(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 /// Permanent hand-over: stage 1 writes (status 0), resets; stage 2 runs at the next

@@ -9,7 +9,6 @@
 
 mod kvm_common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvm_common::*;
@@ -21,7 +20,7 @@ use relaunch::model::{ModelConfig, MODEL_FW};
 use relaunch::session::{run_session, EXIT_POWER_OFF};
 use relaunch_core::measure::Measurement;
 use relaunch_core::owner::{self, LaunchMeasure, TransportKeys};
-use relaunch_core::plan::{LaunchConfig, Platform};
+use relaunch_core::plan::Platform;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -30,10 +29,6 @@ const MEM: u64 = 64 << 20;
 const SEV_SECRET_GPA: u64 = 0x9000;
 const TIK: [u8; 16] = *b"owner-tik-000001";
 const TEK: [u8; 16] = *b"owner-tek-000001";
-
-fn hex(b: &[u8]) -> String {
-    relaunch::json::hex(b)
-}
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -58,8 +53,8 @@ fn inject_line(mac: &[u8; 32], secret: &[u8], iv: [u8; 16]) -> String {
     let header = owner::wrap_secret(&keys, &iv, 0, mac, &mut packet).unwrap();
     format!(
         r#"{{"cmd":"inject-secret","header":"{}","packet":"{}","gpa":{SEV_SECRET_GPA}}}"#,
-        hex(&header.to_bytes()),
-        hex(&packet)
+        relaunch::json::hex(&header.to_bytes()),
+        relaunch::json::hex(&packet)
     )
 }
 
@@ -76,29 +71,10 @@ fn emulated_sev_es_attestation_round_trip() {
 /// The round trip (module doc) on `platform`, whose guest reports `sev_status`.
 fn round_trip(platform: Platform, sev_status: u64) {
     let Some(host) = host(false) else { return };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../boot-images/out/sevinfo.igvm");
-    let Ok(bundle) = std::fs::read(&path) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {} is missing",
-            path.display()
-        );
-        println!(
-            "SKIPPED: {} missing (cargo xtask build-images)",
-            path.display()
-        );
+    let Some((_, bundle)) = image("sevinfo") else {
         return;
     };
-    let cfg_l = LaunchConfig {
-        platform,
-        vcpus: 1,
-        mem_bytes: MEM,
-        vcpu_sig: host.vcpu_signature(),
-        guest_features: 0,
-        policy: None,
-        host_data: [0; 32],
-        kernel_hashes: None,
-    };
+    let cfg_l = launch_config(platform, 1, MEM, host.vcpu_signature());
     // The owner's own expectation: the digest and policy `relaunch measure` computes.
     let m = relaunch::cli::measure::measure_bundle(&bundle, &cfg_l, 1).unwrap();
     let digest = match m.measurement {
@@ -179,7 +155,10 @@ fn round_trip(platform: Platform, sev_status: u64) {
     assert_eq!(r.launches, 2, "{out}");
     assert_ne!(nonces[0], nonces[1], "a relaunch has a fresh MNONCE");
     for secret in secrets {
-        let want = format!("sevinfo: secret sha256={}", hex(&Sha256::digest(secret)));
+        let want = format!(
+            "sevinfo: secret sha256={}",
+            relaunch::json::hex(&Sha256::digest(secret))
+        );
         assert_eq!(out.matches(&want).count(), 1, "{want} in\n{out}");
     }
     let status = format!("sevinfo: sev_status={sev_status:#x}");

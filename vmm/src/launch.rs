@@ -277,6 +277,14 @@ impl Change {
     }
 }
 
+/// What [`LaunchSlot::revert`] restores.
+#[derive(Debug)]
+struct Undo {
+    running: Option<Arc<Launch>>,
+    one_shot: bool,
+    base: Option<Arc<Launch>>,
+}
+
 #[derive(Debug, Default)]
 struct SlotState {
     /// The host's launch: the session's first one, or the last permanent host hand-over.
@@ -286,11 +294,10 @@ struct SlotState {
     generation: u64,
     running_one_shot: bool,
     pending: Option<Pending>,
-    /// What ran before the last relaunch took a hand-over (running, one-shot), for
-    /// [`LaunchSlot::revert`].
-    before: Option<(Option<Arc<Launch>>, bool)>,
-    /// The host's launch before a permanent host hand-over replaced it, for
-    /// [`LaunchSlot::revert`].
+    /// What the last relaunch replaced when it took a hand-over (running, one-shot, the
+    /// host's launch before a permanent host hand-over), for [`LaunchSlot::revert`].
+    before: Option<Undo>,
+    /// The host's launch before the first permanent host hand-over not taken yet.
     base_before: Option<Arc<Launch>>,
 }
 
@@ -323,6 +330,10 @@ impl LaunchSlot {
         let mut s = self.lock();
         if s.base.is_none() {
             s.base = Some(Arc::clone(first));
+        } else if s.base_before.is_none() {
+            // A permanent host hand-over made before the start: undone, `first` is the
+            // host's launch.
+            s.base_before = Some(Arc::clone(first));
         }
         s.running = Some(Arc::clone(first));
         s.generation = generation;
@@ -344,7 +355,10 @@ impl LaunchSlot {
     pub fn hand_over(&self, h: HandOver) {
         let mut s = self.lock();
         if h.by == By::Host && !h.one_shot {
-            s.base_before = s.base.replace(Arc::clone(&h.launch));
+            let prev = s.base.replace(Arc::clone(&h.launch));
+            if s.base_before.is_none() {
+                s.base_before = prev;
+            }
         }
         s.pending = Some(Pending::Launch(h));
     }
@@ -361,10 +375,12 @@ impl LaunchSlot {
         let mut s = self.lock();
         let base = s.base.clone()?;
         let took_hand_over = matches!(s.pending, Some(Pending::Launch(_)));
-        s.before = took_hand_over.then(|| (s.running.clone(), s.running_one_shot));
-        if !took_hand_over {
-            s.base_before = None;
-        }
+        let base_before = s.base_before.take();
+        s.before = took_hand_over.then(|| Undo {
+            running: s.running.clone(),
+            one_shot: s.running_one_shot,
+            base: base_before,
+        });
         let (launch, change, one_shot) = match s.pending.take() {
             Some(Pending::Launch(h)) => (
                 h.launch,
@@ -391,18 +407,14 @@ impl LaunchSlot {
     /// [`LaunchSlot::relaunch`] then gives the earlier launch (`docs/fuki.md`).
     pub fn revert(&self) -> bool {
         let mut s = self.lock();
-        let Some((running, one_shot)) = s.before.take() else {
+        let Some(undo) = s.before.take() else {
             return false;
         };
-        let failed = s.running.take();
-        if let (Some(f), Some(b)) = (&failed, &s.base) {
-            if Arc::ptr_eq(f, b) {
-                s.base = s.base_before.take().or_else(|| running.clone());
-            }
+        if undo.base.is_some() {
+            s.base = undo.base;
         }
-        s.base_before = None;
-        s.running = running;
-        s.running_one_shot = one_shot;
+        s.running = undo.running;
+        s.running_one_shot = undo.one_shot;
         true
     }
 
@@ -501,6 +513,14 @@ mod tests {
         // A permanent host switch to `c` that fails: `a` is the host's launch again.
         slot.set(Arc::clone(&c));
         assert_eq!(slot.base().unwrap().id(), c.id());
+        assert_eq!(slot.relaunch(3).unwrap().launch.id(), c.id());
+        assert!(slot.revert());
+        assert_eq!(slot.base().unwrap().id(), a.id());
+        assert_eq!(slot.relaunch(3).unwrap().launch.id(), a.id());
+        // Two permanent host switches before a relaunch, the second (`c`) fails: `a`, not
+        // `b` (which never ran), is the host's launch again.
+        slot.set(Arc::clone(&b));
+        slot.set(Arc::clone(&c));
         assert_eq!(slot.relaunch(3).unwrap().launch.id(), c.id());
         assert!(slot.revert());
         assert_eq!(slot.base().unwrap().id(), a.id());

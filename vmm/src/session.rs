@@ -576,6 +576,28 @@ pub fn run_session(
         // The previous launch's VM, reaped once this launch has started.
         let mut old: Option<(BuiltVm, Option<DeferredEvent>)> = None;
         let reap = |vm: BuiltVm| DeadVm::new(vm, &backlog);
+        // An event line of a launch that never ran: at once when audited (the previous
+        // launch's `exit` line is on record already), else behind the previous launch's
+        // deferred line, in the reaper.
+        let emit_in_order = |old: &mut Option<(BuiltVm, Option<DeferredEvent>)>, line: String| {
+            let Some(sink) = &cfg.events else { return };
+            if cfg.audit.is_some() {
+                sink.emit(&line);
+                return;
+            }
+            if let Some((vm, event)) = old.take() {
+                let _ = tx.send(Job::Reap {
+                    vm: reap(vm),
+                    after: None,
+                    audit: None,
+                    event,
+                });
+            }
+            let _ = tx.send(Job::Emit {
+                line,
+                sink: Arc::clone(sink),
+            });
+        };
         loop {
             report.generation = generation;
             if generation > 1 {
@@ -624,10 +646,7 @@ pub fn run_session(
                             break;
                         }
                     }
-                    if let Some(sink) = &cfg.events {
-                        sink.emit(&line);
-                    }
-                    change = Change::Same;
+                    emit_in_order(&mut old, line);
                     continue;
                 }
                 Err(e) => {
@@ -641,25 +660,7 @@ pub fn run_session(
                     if let Some(a) = &cfg.audit {
                         let _ = a.append(&line);
                     }
-                    if let Some(sink) = &cfg.events {
-                        if cfg.audit.is_some() {
-                            sink.emit(&line);
-                        } else {
-                            // Behind the previous launch's deferred line, in the reaper.
-                            if let Some((vm, event)) = old.take() {
-                                let _ = tx.send(Job::Reap {
-                                    vm: reap(vm),
-                                    after: None,
-                                    audit: None,
-                                    event,
-                                });
-                            }
-                            let _ = tx.send(Job::Emit {
-                                line,
-                                sink: Arc::clone(sink),
-                            });
-                        }
-                    }
+                    emit_in_order(&mut old, line);
                     break;
                 }
             };
@@ -1240,7 +1241,6 @@ struct LaunchTimings {
     swap_us: u64,
 }
 
-/// The `exit` line of a launch whose plan could not be executed.
 /// The record of a handed-over launch that could not be built (the previous launch runs
 /// instead): `{"event":"handover-failed", generation, bundle_sha256, by, one_shot, reason}`.
 fn handover_failed_line(generation: u64, failed: &Launch, change: Change, reason: &str) -> String {
@@ -1271,6 +1271,7 @@ fn handover_failed_line(generation: u64, failed: &Launch, change: Change, reason
     })
 }
 
+/// The `exit` line of a launch whose plan could not be executed.
 fn failure_line(generation: u64, outcome: &Outcome) -> String {
     #[derive(serde::Serialize)]
     struct FailureRecord<'a> {

@@ -219,3 +219,14 @@ pub fn take_audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// The hex SHA-256 of `b` (as audit records write bundle hashes).
+pub fn sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    relaunch::json::hex(&sha2::Sha256::digest(b))
+}
+
+/// The records of `event` among `records`.
+pub fn records_of<'a>(records: &'a [serde_json::Value], event: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|v| v["event"] == event).collect()
+}
