@@ -447,10 +447,8 @@ fn trace_of_the_packed_snp_view_measures_the_prediction() {
 #[test]
 fn emulated_snp_run_records_the_packed_digest() {
     use kvm_common::*;
-    use relaunch::backend::emulated::EmulatedBackend;
     use relaunch::control::Control;
     use relaunch::launch::Launch;
-    use relaunch::model::ModelConfig;
     use relaunch::session::run_session;
     use serde_json::Value;
 
@@ -469,15 +467,7 @@ fn emulated_snp_run_records_the_packed_digest() {
         let want = packed.views[0].measurement.to_string();
         let cfg_l = view_config(Platform::Snp, &o);
         let launch = Arc::new(Launch::new(packed.igvm.clone(), &cfg_l).expect("plan"));
-        let backend = EmulatedBackend::new(
-            Platform::Snp,
-            &host.kvm,
-            ModelConfig {
-                vcpu_sig: sig,
-                ..ModelConfig::default()
-            },
-        )
-        .expect("emulated backend");
+        let backend = backend_for(Platform::Snp, true, &host);
         let audit = std::env::temp_dir().join(format!(
             "relaunch-pack-fw-{vcpus}-{}.jsonl",
             std::process::id()
@@ -504,7 +494,7 @@ fn emulated_snp_run_records_the_packed_digest() {
             let off = ctl.handle(r#"{"cmd":"power-off"}"#);
             (status, off)
         });
-        let r = run_session(&backend, launch, &cfg);
+        let r = run_session(&*backend, launch, &cfg);
         let (status, off) = driver.join().unwrap();
         let out = output(&cfg);
         assert_eq!(status["state"], "paused", "{:?}\n{out}", r.outcome);

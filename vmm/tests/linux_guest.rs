@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use relaunch::pack::linux::{self, read_boot_params, LinuxInputs};
 
-const MEM: u64 = 256 << 20;
+/// The guest RAM of every launch here: `pack`'s and `run`'s default `--mem`, which the
+/// commands below rely on.
+const MEM: u64 = relaunch::cli::run::DEFAULT_MEM;
 const APPEND: &str = "earlyprintk=ttyS0 console=ttyS0 panic=-1";
 const MARKER: &str = "RELAUNCH-INIT: hello from init";
 
@@ -432,6 +434,7 @@ fn relaunch_run_shows_how_far_linux_gets() {
         .write(true)
         .open("/dev/kvm");
     if let Err(e) = kvm {
+        assert!(!ci(), "CI=true but /dev/kvm is not usable ({e})");
         println!("SKIPPED: /dev/kvm is not usable here ({e})");
         return;
     }

@@ -450,18 +450,23 @@ pub fn kernel_hashes(
     initrd: Option<&std::path::Path>,
     append: Option<&str>,
 ) -> Result<KernelHashes, MeasureCmdError> {
-    let kernel = sha256_file(kernel)?;
-    let initrd = match initrd {
-        Some(p) => sha256_file(p)?,
-        None => Sha256::digest([]).into(),
-    };
+    let initrd = initrd.map(sha256_file).transpose()?;
+    Ok(kernel_hashes_from(sha256_file(kernel)?, initrd, append))
+}
+
+/// [`kernel_hashes`] from the kernel's and the initrd's SHA-256 (`None`: no initrd).
+pub fn kernel_hashes_from(
+    kernel: [u8; 32],
+    initrd: Option<[u8; 32]>,
+    append: Option<&str>,
+) -> KernelHashes {
     let mut cmdline = append.unwrap_or("").as_bytes().to_vec();
     cmdline.push(0);
-    Ok(KernelHashes {
+    KernelHashes {
         kernel,
-        initrd,
+        initrd: initrd.unwrap_or_else(|| Sha256::digest([]).into()),
         cmdline: Sha256::digest(&cmdline).into(),
-    })
+    }
 }
 
 /// Why [`measure_bundle`] failed.

@@ -313,16 +313,14 @@ pub struct Packed {
     pub classic: Vec<(relaunch_core::plan::Platform, Measurement, u64)>,
 }
 
-/// The vCPU signature `pack` writes into firmware VMSAs and predicts with: `--vcpu-type` /
-/// `--vcpu-sig`, else (for `--firmware`, whose SNP VMSAs carry it) EPYC-v4 as
-/// sev-snp-measure; 0 for the other inputs (their VP contexts are in the file).
-pub fn vcpu_sig(a: &PackArgs) -> u32 {
+/// The vCPU signature `pack` uses when `--vcpu-type`/`--vcpu-sig` gives none: for
+/// `--firmware`, whose SNP VMSAs carry it, EPYC-v4 as sev-snp-measure
+/// ([`firmware::DEFAULT_VCPU_SIG`]); 0 for the other inputs (their VP contexts are in the
+/// file).
+pub fn default_vcpu_sig(a: &PackArgs) -> u32 {
     match a.input {
-        Input::Firmware { .. } => a
-            .launch
-            .vcpu_sig
-            .unwrap_or(FirmwareOptions::default().vcpu_sig),
-        _ => a.launch.vcpu_sig.unwrap_or(0),
+        Input::Firmware { .. } => firmware::DEFAULT_VCPU_SIG,
+        _ => 0,
     }
 }
 
@@ -340,23 +338,17 @@ pub fn pack_input(a: &PackArgs) -> Result<Packed, String> {
     match &a.input {
         Input::Firmware { path, kernel } => {
             let image = read(path, "--firmware")?;
-            let kernel_hashes = match kernel {
-                Some((k, initrd, append)) => {
-                    let k = read(k, "--kernel")?;
-                    let i = match initrd {
-                        Some(p) => Some(read(p, "--initrd")?),
-                        None => None,
-                    };
-                    Some(firmware::kernel_hashes(&k, i.as_deref(), append.as_deref()))
-                }
-                None => None,
-            };
+            let kernel_hashes = kernel
+                .as_ref()
+                .map(|(k, initrd, append)| {
+                    crate::cli::measure::kernel_hashes(k, initrd.as_deref(), append.as_deref())
+                        .map_err(|e| e.to_string())
+                })
+                .transpose()?;
             let opts = FirmwareOptions {
                 vcpus: a.vcpus,
                 mem_bytes: mem,
-                vcpu_sig: vcpu_sig(a),
-                guest_features: a.launch.guest_features,
-                snp_policy: a.launch.policy,
+                vcpu_sig: a.launch.vcpu_sig.unwrap_or(default_vcpu_sig(a)),
                 kernel_hashes,
                 ..FirmwareOptions::default()
             };
@@ -447,7 +439,7 @@ fn run(args: &[OsString]) -> Result<String, (u8, String)> {
         relaunch_core::plan::Platform::Native,
         a.vcpus,
         a.mem,
-        vcpu_sig(&a),
+        default_vcpu_sig(&a),
     );
     let views =
         pack::predict(&packed.bytes, &base, 0).map_err(|e| (1, format!("packed file: {e}")))?;
@@ -586,7 +578,7 @@ mod tests {
             }
         );
         assert_eq!(
-            vcpu_sig(&a),
+            default_vcpu_sig(&a),
             0x0080_0F12,
             "EPYC-v4 by default for firmware VMSAs"
         );

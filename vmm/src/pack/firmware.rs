@@ -46,7 +46,7 @@ use relaunch_core::plan::{
 };
 use relaunch_core::writer::{IgvmBuilder, WriteError};
 
-use igvm_defs::{IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType};
+use igvm_defs::{IgvmPageDataFlags, IgvmPageDataType};
 
 /// What to pack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,14 +70,18 @@ pub struct FirmwareOptions {
     pub kernel_hashes: Option<KernelHashes>,
 }
 
+/// The vCPU signature SNP VMSAs are packed with unless one is given: EPYC-v4 (family 23,
+/// model 1, stepping 2), sev-snp-measure's default (checked against the core's CPU table in
+/// the tests).
+pub const DEFAULT_VCPU_SIG: u32 = 0x0080_0F12;
+
 impl Default for FirmwareOptions {
     fn default() -> Self {
         FirmwareOptions {
             views: Vec::new(),
             vcpus: 1,
             mem_bytes: 256 << 20,
-            // EPYC-v4 (family 23, model 1, stepping 2: 0x800F12), sev-snp-measure's default.
-            vcpu_sig: relaunch_core::arch::cpu::vcpu_sig_by_name("EPYC-v4").unwrap_or(0x0080_0F12),
+            vcpu_sig: DEFAULT_VCPU_SIG,
             guest_features: 0,
             snp_policy: None,
             kernel_hashes: None,
@@ -241,8 +245,11 @@ pub fn pack_firmware(ovmf: &[u8], opts: &FirmwareOptions) -> Result<PackedFirmwa
     for v in &built {
         let boundary = 0;
         masks.push(
-            b.platform(igvm_platform(v.platform), boundary)
-                .map_err(PackError::Write)?,
+            b.platform(
+                relaunch_core::plan::igvm::igvm_platform_type(v.platform),
+                boundary,
+            )
+            .map_err(PackError::Write)?,
         );
     }
     for (v, &mask) in built.iter().zip(&masks) {
@@ -279,29 +286,14 @@ pub fn pack_firmware(ovmf: &[u8], opts: &FirmwareOptions) -> Result<PackedFirmwa
     Ok(PackedFirmware { igvm, views })
 }
 
-fn igvm_platform(p: Platform) -> IgvmPlatformType {
-    match p {
-        Platform::Snp => IgvmPlatformType::SEV_SNP,
-        Platform::Tdx => IgvmPlatformType::TDX,
-        Platform::Sev => IgvmPlatformType::SEV,
-        Platform::SevEs => IgvmPlatformType::SEV_ES,
-        Platform::Native => IgvmPlatformType::NATIVE,
-    }
-}
-
 /// The SEV kernel-hashes table entries QEMU fills for `-kernel/-initrd/-append`
 /// (`target/i386/sev.c` `sev_add_kernel_loader_hashes`), from the bytes: SHA-256 of the
 /// kernel, of the initrd (of nothing without one), of the command line with its NUL (of
 /// `"\0"` without one). Same as `relaunch measure --kernel` (`cli::measure::kernel_hashes`).
 pub fn kernel_hashes(kernel: &[u8], initrd: Option<&[u8]>, append: Option<&str>) -> KernelHashes {
     use sha2::{Digest, Sha256};
-    let mut cmdline = append.unwrap_or("").as_bytes().to_vec();
-    cmdline.push(0);
-    KernelHashes {
-        kernel: Sha256::digest(kernel).into(),
-        initrd: Sha256::digest(initrd.unwrap_or(&[])).into(),
-        cmdline: Sha256::digest(&cmdline).into(),
-    }
+    let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+    crate::cli::measure::kernel_hashes_from(sha(kernel), initrd.map(sha), append)
 }
 
 /// The launch config of a view: the options, kernel hashes on SNP only.
@@ -434,6 +426,14 @@ fn build_view(ovmf: &[u8], platform: Platform, opts: &FirmwareOptions) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_vcpu_sig_is_epyc_v4() {
+        assert_eq!(
+            relaunch_core::arch::cpu::vcpu_sig_by_name("EPYC-v4"),
+            Some(DEFAULT_VCPU_SIG)
+        );
+    }
     use relaunch_core::plan::plan;
 
     fn image() -> Vec<u8> {
