@@ -23,6 +23,12 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v gcc >/dev/null || need+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+if [ ${#need[@]} -gt 0 ] && { [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; }; then
+    # The Linux-guest tests skip with this reason (outside CI).
+    echo "linux-guest: warning: ${need[*]} missing and cannot be installed here (needs root" \
+        "and apt-get); the Linux-guest tests will skip" >&2
+    exit 0
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "linux-guest: installing ${need[*]}"
     apt-get update >/dev/null

@@ -381,10 +381,7 @@ mod tests {
         std::path::PathBuf,
         Vec<u8>,
     ) {
-        let vcek = [
-            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
-            0xac, 0xcd,
-        ];
+        let vcek = crate::backend::snp_certs::VCEK_GUID;
         let blob = crate::backend::snp_certs::tests::table(&[(vcek, &[0x5A; 5000])]);
         let path =
             std::env::temp_dir().join(format!("relaunch-coco-certs-{}-{name}", std::process::id()));

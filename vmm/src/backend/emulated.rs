@@ -210,6 +210,12 @@ mod ghcb {
     /// SNP Page State Change Request / Response.
     pub const PSC_REQ: u64 = 0x014;
     pub const PSC_RESP: u64 = 0x015;
+    /// Page State Change Request fields: [51:12] the GPA's page, [55:52] the operation.
+    pub const PSC_GPA_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+    pub const PSC_OP_SHIFT: u32 = 52;
+    /// The operations: page assignment private / shared.
+    pub const PSC_OP_PRIVATE: u64 = 1;
+    pub const PSC_OP_SHARED: u64 = 2;
     /// Termination Request.
     pub const TERM_REQ: u64 = 0x100;
     /// GHCB protocol versions this platform speaks (min, max).
@@ -291,13 +297,16 @@ impl SevViewExits {
             // page map follows, as for KVM_HC_MAP_GPA_RANGE on real SNP (the memory itself is
             // one here). Response [63:32] error code, 0 = success.
             ghcb::PSC_REQ => {
-                let gpa = req & 0x000F_FFFF_FFFF_F000;
-                let op = (req >> 52) & 0xF;
+                use ghcb::{PSC_OP_PRIVATE, PSC_OP_SHARED};
+                let gpa = req & ghcb::PSC_GPA_MASK;
+                let op = (req >> ghcb::PSC_OP_SHIFT) & 0xF;
                 let result = match (op, &self.psc) {
-                    (1 | 2, Some((attrs, memory))) => {
-                        super::coco_exits::convert_pages(attrs, memory, gpa, 4096, op == 1)
+                    (PSC_OP_PRIVATE | PSC_OP_SHARED, Some((attrs, memory))) => {
+                        let page = crate::vstate::PAGE_SIZE;
+                        let private = op == PSC_OP_PRIVATE;
+                        super::coco_exits::convert_pages(attrs, memory, gpa, page, private)
                     }
-                    (1 | 2, None) => Err(libc::ENOTTY),
+                    (PSC_OP_PRIVATE | PSC_OP_SHARED, None) => Err(libc::ENOTTY),
                     _ => Err(libc::EINVAL),
                 };
                 let code = u64::from(result.is_err());

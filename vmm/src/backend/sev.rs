@@ -1419,10 +1419,7 @@ mod tests {
         .with_device_attrs(&attrs);
         let host = Host::with_kvm(Kvm::with(Arc::new(rec.clone())), true).unwrap();
         rec.clear();
-        let vcek = [
-            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
-            0xac, 0xcd,
-        ];
+        let vcek = crate::backend::snp_certs::VCEK_GUID;
         let path =
             std::env::temp_dir().join(format!("relaunch-sev-certs-{}-{name}", std::process::id()));
         std::fs::write(

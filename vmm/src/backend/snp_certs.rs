@@ -55,49 +55,25 @@ pub mod ret {
     pub const EIO: u64 = libc::EIO as u64;
 }
 
-/// Names of the certificate GUIDs the GHCB spec defines (§4.1.8.1), as 16 stored bytes
-/// (RFC 4122 byte order, as `uuid_parse` gives them).
+/// The certificate GUIDs the GHCB spec defines (§4.1.8.1), as 16 stored bytes (RFC 4122
+/// byte order, as `uuid_parse` gives them: the UUID's hex digits in order).
+pub const VCEK_GUID: [u8; 16] = 0x63da758d_e664_4564_adc5_f4b93be8accd_u128.to_be_bytes();
+/// VLEK (GHCB spec §4.1.8.1).
+pub const VLEK_GUID: [u8; 16] = 0xa8074bc2_a25a_483e_aae6_39c045a0b8a1_u128.to_be_bytes();
+/// ASK (GHCB spec §4.1.8.1).
+pub const ASK_GUID: [u8; 16] = 0x4ab7b379_bbac_4fe4_a02f_05aef327c782_u128.to_be_bytes();
+/// ARK (GHCB spec §4.1.8.1).
+pub const ARK_GUID: [u8; 16] = 0xc0b406a4_a803_4952_9743_3fb6014cd0ae_u128.to_be_bytes();
+/// CRL (GHCB spec §4.1.8.1).
+pub const CRL_GUID: [u8; 16] = 0x92f81bc3_5811_4d3d_97ff_d19f88dc67ea_u128.to_be_bytes();
+
+/// Names of the GUIDs above.
 const KNOWN_GUIDS: &[([u8; 16], &str)] = &[
-    // 63da758d-e664-4564-adc5-f4b93be8accd
-    (
-        [
-            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
-            0xac, 0xcd,
-        ],
-        "VCEK",
-    ),
-    // a8074bc2-a25a-483e-aae6-39c045a0b8a1
-    (
-        [
-            0xa8, 0x07, 0x4b, 0xc2, 0xa2, 0x5a, 0x48, 0x3e, 0xaa, 0xe6, 0x39, 0xc0, 0x45, 0xa0,
-            0xb8, 0xa1,
-        ],
-        "VLEK",
-    ),
-    // 4ab7b379-bbac-4fe4-a02f-05aef327c782
-    (
-        [
-            0x4a, 0xb7, 0xb3, 0x79, 0xbb, 0xac, 0x4f, 0xe4, 0xa0, 0x2f, 0x05, 0xae, 0xf3, 0x27,
-            0xc7, 0x82,
-        ],
-        "ASK",
-    ),
-    // c0b406a4-a803-4952-9743-3fb6014cd0ae
-    (
-        [
-            0xc0, 0xb4, 0x06, 0xa4, 0xa8, 0x03, 0x49, 0x52, 0x97, 0x43, 0x3f, 0xb6, 0x01, 0x4c,
-            0xd0, 0xae,
-        ],
-        "ARK",
-    ),
-    // 92f81bc3-5811-4d3d-97ff-d19f88dc67ea
-    (
-        [
-            0x92, 0xf8, 0x1b, 0xc3, 0x58, 0x11, 0x4d, 0x3d, 0x97, 0xff, 0xd1, 0x9f, 0x88, 0xdc,
-            0x67, 0xea,
-        ],
-        "CRL",
-    ),
+    (VCEK_GUID, "VCEK"),
+    (VLEK_GUID, "VLEK"),
+    (ASK_GUID, "ASK"),
+    (ARK_GUID, "ARK"),
+    (CRL_GUID, "CRL"),
 ];
 
 /// One table entry.
@@ -419,14 +395,8 @@ pub(crate) mod tests {
     use crate::memory::Region;
     use crate::sys::mem::GuestMapping;
 
-    const VCEK: [u8; 16] = [
-        0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac,
-        0xcd,
-    ];
-    const ASK: [u8; 16] = [
-        0x4a, 0xb7, 0xb3, 0x79, 0xbb, 0xac, 0x4f, 0xe4, 0xa0, 0x2f, 0x05, 0xae, 0xf3, 0x27, 0xc7,
-        0x82,
-    ];
+    const VCEK: [u8; 16] = VCEK_GUID;
+    const ASK: [u8; 16] = ASK_GUID;
 
     /// A GHCB table built by hand from the spec's layout: `certs` as (GUID, bytes), each
     /// certificate right after the table, in order.

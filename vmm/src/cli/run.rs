@@ -1142,10 +1142,7 @@ mod tests {
             std::fs::write(&path, bytes).unwrap();
             path.to_string_lossy().into_owned()
         };
-        let vcek = [
-            0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8,
-            0xac, 0xcd,
-        ];
+        let vcek = crate::backend::snp_certs::VCEK_GUID;
         let good = file("good", &table(&[(vcek, &[1; 1000])]));
         for platform in ["snp", "emulated:snp"] {
             let o = p(&["b", "--platform", platform, "--snp-certs", &good]).unwrap();

@@ -44,7 +44,7 @@ pub const BOOT_CS: u16 = 0x10;
 /// `__BOOT_DS`: flat read/write data.
 pub const BOOT_DS: u16 = 0x18;
 /// The PML4; the PDPT follows at +0x1000 and four PDs at +0x2000.
-pub const PML4: u64 = 0x2000;
+pub const PML4: u64 = relaunch_boot_images::layout::PML4;
 /// Bottom of the boot stack (zero pages up to [`STACK_TOP`]).
 pub const STACK_BOTTOM: u64 = 0x8000;
 /// Initial RSP.
@@ -449,36 +449,6 @@ fn gdt_page() -> Vec<u8> {
     page
 }
 
-/// PML4, PDPT and four PDs identity-mapping 0..4 GiB with 2 MiB pages, as (GPA, page).
-fn page_tables() -> Vec<(u64, Vec<u8>)> {
-    const P_RW: u64 = 0x3;
-    const PS: u64 = 0x80;
-    let pdpt = PML4 + PAGE;
-    let pd = PML4 + 2 * PAGE;
-    let mut out = Vec::new();
-    let mut pml4 = vec![0u8; PAGE as usize];
-    wr(&mut pml4, 0, &(pdpt | P_RW).to_le_bytes());
-    out.push((PML4, pml4));
-    let mut t = vec![0u8; PAGE as usize];
-    for i in 0..4u64 {
-        wr(
-            &mut t,
-            i as usize * 8,
-            &((pd + i * PAGE) | P_RW).to_le_bytes(),
-        );
-    }
-    out.push((pdpt, t));
-    for i in 0..4u64 {
-        let mut t = vec![0u8; PAGE as usize];
-        for j in 0..512u64 {
-            let e = ((i << 30) | (j << 21)) | P_RW | PS;
-            wr(&mut t, j as usize * 8, &e.to_le_bytes());
-        }
-        out.push((pd + i * PAGE, t));
-    }
-    out
-}
-
 /// The BSP's start state (boot.rst, 64-bit boot protocol): long mode, `__BOOT_CS`,
 /// `__BOOT_DS`, interrupts off (RFLAGS = 2), RSI = the zero page.
 pub fn native_context(entry: u64) -> IgvmNativeVpContextX64 {
@@ -601,7 +571,8 @@ pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
         IgvmPageDataType::NORMAL,
         &gdt_page(),
     )?;
-    for (gpa, t) in page_tables() {
+    // PML4, PDPT and four PDs identity-mapping 0..4 GiB with 2 MiB pages: the boot images'.
+    for (gpa, t) in relaunch_boot_images::page_tables() {
         b.page_data(
             gpa,
             native,
