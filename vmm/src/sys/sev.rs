@@ -154,15 +154,27 @@ fn issue<T>(vm: &VmFd, id: u32, data: &mut T, sev_fd: i32) -> Result<(), CocoErr
     // kernel dereferences beyond it is `cmd.data` (points at `data`, a live exclusive borrow for
     // the whole call) and the `*_uaddr` fields the caller filled from `uaddr`/`buf_addr` (live
     // borrows of the command, checked against their mapping).
-    match vm.encrypt_op_sev(&mut cmd) {
-        Ok(()) => Ok(()),
-        Err(errno) => Err(CocoError {
-            errno,
-            // `kvm_sev_cmd.error`: the firmware's `SEV_RET_*` (0 when the firmware was not
-            // reached, `Documentation/virt/kvm/x86/amd-memory-encryption.rst`).
-            fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
-        }),
-    }
+    encrypt_op(vm, &mut cmd)
+}
+
+/// Issues command `id`, which has no data (`data` 0).
+fn issue_bare(vm: &VmFd, id: u32, sev_fd: i32) -> Result<(), CocoError> {
+    let mut cmd = kvm_sev_cmd {
+        id,
+        sev_fd: sev_fd as u32,
+        ..Default::default()
+    };
+    encrypt_op(vm, &mut cmd)
+}
+
+/// `KVM_MEMORY_ENCRYPT_OP` with `cmd`, its failure decoded.
+fn encrypt_op(vm: &VmFd, cmd: &mut kvm_sev_cmd) -> Result<(), CocoError> {
+    vm.encrypt_op_sev(cmd).map_err(|errno| CocoError {
+        errno,
+        // `kvm_sev_cmd.error`: the firmware's `SEV_RET_*` (0 when the firmware was not
+        // reached, `Documentation/virt/kvm/x86/amd-memory-encryption.rst`).
+        fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
+    })
 }
 
 /// Turns `cmd` into its kernel struct, issues it on `vm` with `sev_fd`, and copies the
@@ -205,15 +217,7 @@ pub fn sev_cmd(vm: &VmFd, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoE
         }
         SevCmd::LaunchUpdateVmsa => {
             // No data: the command walks every vCPU (`amd-memory-encryption.rst`).
-            let mut cmd = kvm_sev_cmd {
-                id: KVM_SEV_LAUNCH_UPDATE_VMSA,
-                sev_fd: sev_fd as u32,
-                ..Default::default()
-            };
-            vm.encrypt_op_sev(&mut cmd).map_err(|errno| CocoError {
-                errno,
-                fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
-            })
+            issue_bare(vm, KVM_SEV_LAUNCH_UPDATE_VMSA, sev_fd)
         }
         SevCmd::LaunchMeasure { blob } => {
             let mut data = kvm_sev_launch_measure {
@@ -242,28 +246,10 @@ pub fn sev_cmd(vm: &VmFd, cmd: &mut SevCmd<'_>, sev_fd: i32) -> Result<(), CocoE
             };
             issue(vm, KVM_SEV_LAUNCH_SECRET, &mut data, sev_fd)
         }
-        SevCmd::LaunchFinish => {
-            let mut cmd = kvm_sev_cmd {
-                id: KVM_SEV_LAUNCH_FINISH,
-                sev_fd: sev_fd as u32,
-                ..Default::default()
-            };
-            vm.encrypt_op_sev(&mut cmd).map_err(|errno| CocoError {
-                errno,
-                fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
-            })
-        }
+        SevCmd::LaunchFinish => issue_bare(vm, KVM_SEV_LAUNCH_FINISH, sev_fd),
         SevCmd::SnpEnableReqCerts => {
             // No data (`amd-memory-encryption.rst` 21, KVM_SEV_SNP_ENABLE_REQ_CERTS).
-            let mut cmd = kvm_sev_cmd {
-                id: KVM_SEV_SNP_ENABLE_REQ_CERTS,
-                sev_fd: sev_fd as u32,
-                ..Default::default()
-            };
-            vm.encrypt_op_sev(&mut cmd).map_err(|errno| CocoError {
-                errno,
-                fw_error: (cmd.error != 0).then_some(FwStatus::Sev(cmd.error)),
-            })
+            issue_bare(vm, KVM_SEV_SNP_ENABLE_REQ_CERTS, sev_fd)
         }
         SevCmd::SnpLaunchStart { policy } => {
             let mut data = kvm_sev_snp_launch_start {
