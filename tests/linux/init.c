@@ -1,9 +1,15 @@
-/* The initramfs init of the Linux-guest tests (tests/tests/linux_guest.rs): prints a marker,
- * the command line and the boot parameters the kernel was started with (the kernel's copy,
- * /sys/kernel/boot_params/data, as hex on one line), then powers the machine off.
+/* The initramfs init of the Linux-guest tests (vmm/tests/linux_guest.rs) and of
+ * `cargo xtask bench linux` (tests/linux/lib.rs builds it and names its markers): prints a
+ * marker and the command line, then
+ * - with relaunch_init=reboot on the command line: a second marker and reboot(RB_AUTOBOOT),
+ *   on every boot (it keeps no state across boots; the VMM ends the run: relaunch's
+ *   --max-reboots, or the bench stops QEMU at the second boot's marker);
+ * - otherwise: the boot parameters the kernel was started with (the kernel's copy,
+ *   /sys/kernel/boot_params/data, as hex on one line), then powers the machine off.
  * Built with `gcc -static -Os`. */
 #include <fcntl.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <unistd.h>
@@ -34,6 +40,12 @@ int main(void) {
     n = slurp("/proc/cmdline", buf, sizeof buf - 1);
     buf[n > 0 ? n : 0] = 0;
     printf("RELAUNCH-INIT: cmdline %s", buf);
+    if (strstr((char *)buf, "relaunch_init=reboot")) {
+        printf("RELAUNCH-INIT: rebooting\n");
+        fflush(stdout);
+        reboot(RB_AUTOBOOT);
+        return 1;
+    }
     n = slurp("/sys/kernel/boot_params/data", buf, sizeof buf);
     printf("RELAUNCH-INIT: boot_params %d ", n);
     for (int i = 0; i < n; i++)

@@ -1,7 +1,8 @@
 //! A real Linux guest from `relaunch pack --kernel` (docs/linux-guests.md): Debian's cloud
 //! kernel (`scripts/linux-guest.sh` puts it in `.oracles/linux/vmlinuz`) with a tiny
-//! initramfs whose init (`tests/linux/init.c`, built here with `gcc -static`) prints a marker,
-//! its command line and the kernel's copy of its boot parameters, then powers off.
+//! initramfs whose init (`tests/linux/init.c`, built with `gcc -static` by the
+//! `relaunch-linux-guest` crate, shared with `cargo xtask bench linux`) prints a marker, its
+//! command line and the kernel's copy of its boot parameters, then powers off.
 //!
 //! - If the host's QEMU can load IGVM files (`-object igvm-cfg`), it boots the packed
 //!   bundle's native view under TCG and the init's message must appear.
@@ -15,18 +16,17 @@
 //! Missing tools or kernel: `SKIPPED: <reason>`, except under CI=true, where
 //! `scripts/linux-guest.sh` (run by the set-up script) must have installed them.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use relaunch::pack::linux::{self, read_boot_params, LinuxInputs};
+use relaunch_linux_guest::{self as guest_kit, BuildError, MARKER};
 
 /// The guest RAM of every launch here: `pack`'s and `run`'s default `--mem`, which the
 /// commands below rely on.
 const MEM: u64 = relaunch::cli::run::DEFAULT_MEM;
 const APPEND: &str = "earlyprintk=ttyS0 console=ttyS0 panic=-1";
-const MARKER: &str = "RELAUNCH-INIT: hello from init";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -69,142 +69,33 @@ fn guest(name: &str) -> Option<Guest> {
     if !kernel.exists() {
         return missing("no Debian cloud kernel at .oracles/linux/vmlinuz");
     }
-    if !have("gcc") {
-        return missing("no gcc to build the initramfs init");
-    }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("linux-guest-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let init = dir.join("init");
-    let gcc = Command::new("gcc")
-        .args(["-static", "-Os", "-o"])
-        .arg(&init)
-        .arg(root().join("tests/linux/init.c"))
-        .output()
-        .unwrap();
-    if !gcc.status.success() {
-        let err = String::from_utf8_lossy(&gcc.stderr);
-        // A gcc without the static C library (libc6-dev) cannot build it.
-        return missing(&format!("gcc -static failed: {}", err.trim()));
-    }
-    let initrd_bytes = newc(&[
-        ("dev", 0o40755, &[], 0),
-        ("dev/console", 0o20600, &[], (5 << 8) | 1),
-        ("proc", 0o40755, &[], 0),
-        ("sys", 0o40755, &[], 0),
-        ("init", 0o100755, &std::fs::read(&init).unwrap(), 0),
-    ]);
-    let initrd = dir.join("initrd.cpio");
-    std::fs::write(&initrd, &initrd_bytes).unwrap();
+    let initrd = match guest_kit::build(&dir) {
+        Ok(i) => i,
+        // No gcc, or one without the static C library (libc6-dev).
+        Err(e @ (BuildError::NoGcc(_) | BuildError::Gcc(_))) => return missing(&e.to_string()),
+        Err(e) => panic!("building the initramfs: {e}"),
+    };
     Some(Guest {
         kernel_bytes: std::fs::read(&kernel).unwrap(),
         kernel,
-        initrd,
-        initrd_bytes,
+        initrd: initrd.path,
+        initrd_bytes: initrd.bytes,
         dir,
     })
 }
 
-/// A cpio archive in the "newc" format (Linux `Documentation/driver-api/early-userspace/
-/// buffer-format.rst`): entries (name, mode, data, rdev as major << 8 | minor), trailer.
-fn newc(entries: &[(&str, u32, &[u8], u32)]) -> Vec<u8> {
-    fn pad(v: &mut Vec<u8>) {
-        while !v.len().is_multiple_of(4) {
-            v.push(0);
-        }
-    }
-    let mut out = Vec::new();
-    let trailer = ("TRAILER!!!", 0, &[][..], 0);
-    for (ino, (name, mode, data, rdev)) in entries.iter().copied().chain([trailer]).enumerate() {
-        let fields = [
-            ino as u32 + 1,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev >> 8,
-            rdev & 0xFF,
-            name.len() as u32 + 1,
-            0,
-        ];
-        out.extend_from_slice(b"070701");
-        for f in fields {
-            out.extend_from_slice(format!("{f:08X}").as_bytes());
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        pad(&mut out);
-        out.extend_from_slice(data);
-        pad(&mut out);
-    }
-    out
+/// Runs `cmd` for at most `limit` (killed then), returning its stdout, its stderr and the
+/// time to the first line containing `marker` (if any).
+fn run_for_both(cmd: Command, limit: Duration, marker: &str) -> (String, String, Option<Duration>) {
+    let w = guest_kit::watch(cmd, limit, |_| false).expect("spawn");
+    (w.stdout(), w.stderr.clone(), w.first(marker))
 }
 
-/// Runs `cmd` for at most `limit`, returning its stdout and the time to the first line
-/// containing `marker` (if any). The child is killed at the limit.
+/// [`run_for_both`] without stderr.
 fn run_for(cmd: Command, limit: Duration, marker: &str) -> (String, Option<Duration>) {
     let (out, _, t) = run_for_both(cmd, limit, marker);
     (out, t)
-}
-
-/// [`run_for`], with stderr too.
-fn run_for_both(
-    mut cmd: Command,
-    limit: Duration,
-    marker: &str,
-) -> (String, String, Option<Duration>) {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-            let _ = tx.send(all.clone());
-        }
-        all
-    });
-    let mut seen = None;
-    loop {
-        if let Ok(so_far) = rx.recv_timeout(Duration::from_millis(50)) {
-            if seen.is_none() && String::from_utf8_lossy(&so_far).contains(marker) {
-                seen = Some(start.elapsed());
-            }
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-    }
-    let all = reader.join().unwrap();
-    let text = String::from_utf8_lossy(&all).into_owned();
-    if seen.is_none() && text.contains(marker) {
-        seen = Some(start.elapsed());
-    }
-    (text, err_reader.join().unwrap(), seen)
 }
 
 fn qemu(args: &[&str], g: &Guest) -> Command {
