@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the Linux-guest tests need (tests/tests/linux_guest.rs, docs/linux-guests.md),
+# Installs what the Linux-guest tests and `cargo xtask bench linux` need
+# (vmm/tests/linux_guest.rs, xtask/src/bench_linux.rs, docs/linux-guests.md),
 # into .oracles/linux/ at the repository root (gitignored). Idempotent.
 #
 #   .oracles/linux/vmlinuz          Debian's cloud kernel (linux-image-*-cloud-amd64, the

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use relaunch::sys::kvm::Kvm;
 
-use crate::bench::{self, floor, guest, ms, qemu, Reaped, Summary};
+use crate::bench::{self, floor, guest, ms, qemu, ratio, Reaped, Summary};
 
 const USAGE: &str = "usage: cargo xtask bench relaunch [--cycles N (>= 200)] [--mem-mib N] \
                      [--cold-runs N (>= 20)] [--qemu-seconds S] [--relaunch-bin PATH] \
@@ -924,13 +924,6 @@ fn qemu_part(o: &Opts, bios: &Path, r: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ratio(a: Duration, b: Duration) -> String {
-    if b.is_zero() {
-        return "n/a".into();
-    }
-    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
-}
-
 fn print_table(r: &Results) {
     println!("\n== summary (p50, ms) ==");
     let na = "not measured".to_string();
@@ -1111,12 +1104,5 @@ not json
         assert_eq!(t["x"], vec![Duration::from_nanos(1500)]);
         assert!(!t.contains_key("execute"));
         assert!(!t.contains_key("flag"));
-    }
-
-    #[test]
-    fn ratio_text() {
-        let ms = Duration::from_millis;
-        assert_eq!(ratio(ms(3), ms(2)), "1.50x");
-        assert_eq!(ratio(ms(3), Duration::ZERO), "n/a");
     }
 }

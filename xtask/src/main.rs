@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 mod bench;
+mod bench_linux;
 mod bench_measure;
 mod bench_relaunch;
 mod bench_size;
@@ -35,7 +36,8 @@ fn main() -> anyhow::Result<()> {
             Some((sub, more)) if sub == "relaunch" => bench_relaunch::main(more),
             Some((sub, more)) if sub == "size" => bench_size::main(more),
             Some((sub, more)) if sub == "measure" => bench_measure::main(more),
-            _ => bail!("usage: cargo xtask bench <relaunch|size|measure|...> [options]"),
+            Some((sub, more)) if sub == "linux" => bench_linux::main(more),
+            _ => bail!("usage: cargo xtask bench <relaunch|size|measure|linux> [options]"),
         },
         other => bail!("unknown xtask command {other:?}; {USAGE}"),
     }

@@ -5,7 +5,6 @@ pub mod floor;
 pub mod guest;
 pub mod qemu;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -46,6 +45,14 @@ impl Summary {
             n: samples.len(),
         })
     }
+}
+
+/// `a / b` as `1.50x` (`n/a` when `b` is zero): the ratio column of every bench table.
+pub fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        return "n/a".into();
+    }
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
 }
 
 /// Milliseconds with three decimals.
@@ -171,30 +178,13 @@ impl Drop for Reaped {
     }
 }
 
-/// Arrival times of stdout bytes: a reader thread timestamps every `read` and sends
-/// `(instant, count of SERIAL_BYTE in that read)`.
+/// Arrival times of stdout bytes: a reader thread (`relaunch_linux_guest::timed_reads`)
+/// timestamps every `read` and sends `(instant, count of SERIAL_BYTE in that read)`.
 pub fn stdout_arrivals(child: &mut Child) -> anyhow::Result<mpsc::Receiver<(Instant, usize)>> {
-    let mut out = child.stdout.take().context("child has no piped stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            match out.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let now = Instant::now();
-                    let k = buf[..n]
-                        .iter()
-                        .filter(|&&b| b == guest::SERIAL_BYTE)
-                        .count();
-                    if tx.send((now, k)).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    Ok(rx)
+    let out = child.stdout.take().context("child has no piped stdout")?;
+    Ok(relaunch_linux_guest::timed_reads(out, |bytes| {
+        bytes.iter().filter(|&&b| b == guest::SERIAL_BYTE).count()
+    }))
 }
 
 /// Spawn → first guest serial byte on stdout, `runs` times; the child is killed right after
@@ -307,6 +297,14 @@ mod tests {
         assert_eq!(percentile(&s, 50), Some(Duration::from_micros(3)));
         assert_eq!(percentile(&s, 99), Some(Duration::from_micros(5)));
         assert_eq!(percentile(&[], 50), None);
+    }
+
+    #[test]
+    fn ratio_text() {
+        let ms = Duration::from_millis;
+        assert_eq!(ratio(ms(3), ms(2)), "1.50x");
+        assert_eq!(ratio(ms(1), ms(3)), "0.33x");
+        assert_eq!(ratio(ms(3), Duration::ZERO), "n/a");
     }
 
     #[test]
