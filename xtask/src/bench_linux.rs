@@ -121,21 +121,31 @@ fn unreached(who: &str, w: &Watched, limit: Duration) -> String {
         ),
         None => format!("no kernel banner ({:?})", BANNER.trim()),
     };
-    let end = match w.status {
-        Some(s) => format!("{who} exited ({s}) after {:.1} s", w.elapsed.as_secs_f64()),
-        None => format!("{who} still running, stopped at the limit"),
-    };
-    let err = match w.last_stderr_line() {
-        "" => String::new(),
-        e => format!("; stderr: {:?}", e.trim()),
-    };
     let n = w.lines.len();
     format!(
-        "{who} did not reach init within {} s: {seen}; {end}; {n} console line{}, {}{err}",
+        "{who} did not reach init within {} s: {seen}; {}; {n} console line{}, {}{}",
         limit.as_secs(),
+        ending(who, w),
         if n == 1 { "" } else { "s" },
         last_console_line(&w.lines),
+        stderr_note(w),
     )
+}
+
+/// How the watched VMM ended.
+fn ending(who: &str, w: &Watched) -> String {
+    match w.status {
+        Some(s) => format!("{who} exited ({s}) after {:.1} s", w.elapsed.as_secs_f64()),
+        None => format!("{who} still running, stopped at the limit"),
+    }
+}
+
+/// `; stderr: "<its last line>"`, or nothing.
+fn stderr_note(w: &Watched) -> String {
+    match w.last_stderr_line() {
+        "" => String::new(),
+        e => format!("; stderr: {:?}", e.trim()),
+    }
 }
 
 /// On this kind of host, why Linux crawls (a fact of the host, appended to a skip reason).
@@ -215,11 +225,11 @@ fn measure_one(who: &str, cmd: Command, limit: Duration) -> anyhow::Result<(Dura
     match (p.boot_to_init, p.reboot_to_init) {
         (Some(b), Some(r)) => Ok((b, r)),
         (Some(_), None) => bail!(
-            "{who}: the first boot reached init, the reboot did not within {} s; {}; \
-             stderr: {:?}",
+            "{who}: the first boot reached init, the reboot did not within {} s; {}; {}{}",
             limit.as_secs(),
+            ending(who, &w),
             last_console_line(&w.lines),
-            w.last_stderr_line()
+            stderr_note(&w)
         ),
         (None, _) => bail!("{}", unreached(who, &w, limit)),
     }
@@ -473,6 +483,57 @@ mod tests {
             lines[4],
             "| reboot to init | 700.000 | no samples | n/a | 0 |"
         );
+    }
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn one_run_read_off_a_console() {
+        // Two boots, 50 ms from the reboot line to the second marker; stopped there (the
+        // sleep would otherwise hold the run for 30 s).
+        let two = format!(
+            "echo '{MARKER}'; echo '{}'; sleep 0.05; echo '[ 0.0] {BANNER}6.1'; \
+             echo '{MARKER}'; exec sleep 30",
+            kit::REBOOTING
+        );
+        let t = std::time::Instant::now();
+        let (boot, reboot) = measure_one("fake", sh(&two), Duration::from_secs(20)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(20));
+        assert!(boot < Duration::from_secs(5), "{boot:?}");
+        assert!(reboot >= Duration::from_millis(50), "{reboot:?}");
+        // The first boot only: the reboot never reached init.
+        let one = format!(
+            "echo '{MARKER}'; echo '{}'; echo 'reboot: Restarting'",
+            kit::REBOOTING
+        );
+        let e = measure_one("fake", sh(&one), Duration::from_secs(20)).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "fake: the first boot reached init, the reboot did not within 20 s; fake \
+                 exited (exit status: 0) after "
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("; last console line \"reboot: Restarting\""),
+            "{e}"
+        );
+        // The kernel died before init: the VMM's exit and its last words.
+        let dead = format!("echo '[ 0.0] {BANNER}6.1'; echo 'fatal' >&2; exit 3");
+        let e = measure_one("fake", sh(&dead), Duration::from_secs(20))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("fake did not reach init within 20 s: the kernel banner after "),
+            "{e}"
+        );
+        assert!(e.contains("fake exited (exit status: 3)"), "{e}");
+        assert!(e.ends_with("stderr: \"fatal\""), "{e}");
     }
 
     /// The timing path on a real kernel, where KVM cannot run it: QEMU under TCG boots the
