@@ -286,14 +286,18 @@ fn emulated_snp_run_records_the_packed_digest() {
 }
 
 /// Debian's kernel on the emulated SNP platform: the digest, and whatever the console shows
-/// in 20 s (nested KVM runs the decompressor one instruction at a time; no assertion on how
-/// far it gets).
+/// in `RELAUNCH_LINUX_RUN_SECS` (default 20) seconds (nested KVM runs the decompressor one
+/// instruction at a time; no assertion on how far it gets).
 #[test]
 fn emulated_snp_run_of_debian_kernel_records_the_packed_digest() {
     let Some(k) = debian_kernel() else { return };
     let file = pack(&k, 47, MEM);
     let want = check_digests(&file, MEM).to_string();
-    let Some((digest, out)) = run_emulated(file, MEM, Duration::from_secs(20)) else {
+    let secs = std::env::var("RELAUNCH_LINUX_RUN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let Some((digest, out)) = run_emulated(file, MEM, Duration::from_secs(secs)) else {
         return;
     };
     assert_eq!(digest, want);
@@ -305,5 +309,5 @@ fn emulated_snp_run_of_debian_kernel_records_the_packed_digest() {
         .into_iter()
         .rev()
         .collect();
-    println!("Debian kernel: launch {digest}; console after 20 s:\n{tail}");
+    println!("Debian kernel: launch {digest}; console after {secs} s:\n{tail}");
 }

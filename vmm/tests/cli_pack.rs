@@ -432,5 +432,24 @@ fn firmware_prints_measure_of_the_packed_file_and_the_classic_launch() {
     ]);
     assert_eq!(r2.code, 0, "{}", r2.stderr);
     assert_ne!(field(r2.stdout.lines().nth(2).unwrap(), "snp"), snp);
+    // --platform picks views: the TDX view alone, with the same MRTD.
+    let r3 = relaunch(&[
+        "pack",
+        "-o",
+        o_s,
+        "--firmware",
+        ovmf_s,
+        "--vcpus",
+        "2",
+        "--platform",
+        "tdx",
+    ]);
+    assert_eq!(r3.code, 0, "{}", r3.stderr);
+    assert!(
+        r3.stdout.lines().next().unwrap().ends_with("views: tdx"),
+        "{}",
+        r3.stdout
+    );
+    assert_eq!(field(r3.stdout.lines().nth(1).unwrap(), "tdx"), tdx);
     let _ = std::fs::remove_file(&o);
 }

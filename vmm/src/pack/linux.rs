@@ -847,7 +847,8 @@ pub fn cc_blob_page() -> Vec<u8> {
 /// the C-bit set in every present entry: the tables themselves and every page they map are
 /// private (encrypted) memory. CR3 carries the C-bit too ([`snp_vmsa`]).
 pub fn cbit_page_tables(c_bit: u8) -> Vec<(u64, Vec<u8>)> {
-    let c = 1u64 << c_bit;
+    // A position past bit 63 sets nothing ([`snp_pages`] refuses anything above 51).
+    let c = 1u64.checked_shl(u32::from(c_bit)).unwrap_or(0);
     relaunch_boot_images::page_tables()
         .into_iter()
         .map(|(gpa, mut t)| {
@@ -872,7 +873,7 @@ pub fn snp_vmsa(entry: u64, c_bit: u8) -> [u8; 4096] {
     let ctx = native_context(entry);
     // A native context this module builds always converts; the fallback is never taken.
     let mut regs = regs_from_native_context(ctx.as_bytes()).unwrap_or_default();
-    regs.cr3 = PML4 | 1u64 << c_bit;
+    regs.cr3 = PML4 | 1u64.checked_shl(u32::from(c_bit)).unwrap_or(0);
     kvm_measured_vmsa(&regs, 0, Platform::Snp, true)
 }
 
