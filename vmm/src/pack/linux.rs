@@ -227,6 +227,8 @@ pub enum LinuxError {
         /// The planner's limit (`relaunch_core::plan::igvm::MAX_PAGES`).
         max: u64,
     },
+    /// The BSP's registers do not convert to a VMSA (a packer bug).
+    Vmsa(relaunch_core::arch::vmsa::VmsaError),
     /// The IGVM writer refused.
     Write(WriteError),
 }
@@ -274,6 +276,7 @@ impl fmt::Display for LinuxError {
                 "the snp view pre-validates every RAM page: {pages} pages, more than the {max} \
                  a launch imports (less --mem, or --platform native)"
             ),
+            LinuxError::Vmsa(e) => write!(f, "internal error, please report: the SNP VMSA: {e}"),
             LinuxError::Write(e) => write!(f, "IGVM writer: {e}"),
         }
     }
@@ -709,7 +712,7 @@ pub fn pack_with(inputs: &LinuxInputs<'_>, opts: &LinuxOptions) -> Result<LinuxB
             };
             b.page_data(gpa, mask, IgvmPageDataFlags::new(), data_type, data)?;
         }
-        let page = snp_vmsa(layout.entry, opts.c_bit);
+        let page = snp_vmsa(layout.entry, opts.c_bit)?;
         b.vp_context(relaunch_boot_images::SNP_VMSA_GPA, mask, 0, &page)?;
         vmsa = Some(Box::new(page));
     }
@@ -867,14 +870,16 @@ pub fn cbit_page_tables(c_bit: u8) -> Vec<(u64, Vec<u8>)> {
 /// C-bit, in the form KVM builds and measures them (`kvm_measured_vmsa`: EFER.SVME and
 /// CR4.MCE added, the INIT2 FPU state, SEV_FEATURES = SNP_ACTIVE only, as the boot images'
 /// SNP VMSA).
-pub fn snp_vmsa(entry: u64, c_bit: u8) -> [u8; 4096] {
+///
+/// # Errors
+/// [`LinuxError::Vmsa`] if the native context does not convert (a packer bug).
+pub fn snp_vmsa(entry: u64, c_bit: u8) -> Result<[u8; 4096], LinuxError> {
     use relaunch_core::arch::vmsa::{kvm_measured_vmsa, regs_from_native_context};
     use zerocopy::IntoBytes;
     let ctx = native_context(entry);
-    // A native context this module builds always converts; the fallback is never taken.
-    let mut regs = regs_from_native_context(ctx.as_bytes()).unwrap_or_default();
+    let mut regs = regs_from_native_context(ctx.as_bytes()).map_err(LinuxError::Vmsa)?;
     regs.cr3 = PML4 | 1u64.checked_shl(u32::from(c_bit)).unwrap_or(0);
-    kvm_measured_vmsa(&regs, 0, Platform::Snp, true)
+    Ok(kvm_measured_vmsa(&regs, 0, Platform::Snp, true))
 }
 
 /// The SNP view's pages by GPA (see the module documentation): the native view's pages
