@@ -182,28 +182,36 @@ fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn kernel_packs_a_native_view_that_inspect_shows() {
+fn kernel_packs_native_and_snp_views_that_measure_and_inspect_show() {
     let k = scratch("pack-fake-bzimage", &fake_bzimage(&[0x90; 5000]));
     let initrd = scratch("pack-fake-initrd", &[7u8; 3000]);
     let o = out("pack-linux.igvm");
-    let r = relaunch(&[
-        "pack",
-        "-o",
-        o.to_str().unwrap(),
-        "--kernel",
-        k.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--append",
-        "console=ttyS0 panic=-1",
-    ]);
+    let pack = |o: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "pack",
+            "-o",
+            o.to_str().unwrap(),
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--append",
+            "console=ttyS0 panic=-1",
+        ];
+        args.extend_from_slice(extra);
+        relaunch(&args)
+    };
+    let r = pack(&o, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("views: native\n"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("native  (no launch measurement)"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("views: native, snp\n"), "{}", r.stdout);
+    let views = digests(&r.stdout);
+    assert_eq!(views.len(), 2, "{}", r.stdout);
+    assert_eq!(views[0], ("native".to_string(), None));
+    assert_eq!(views[1].0, "snp");
+    // The SNP digest is `relaunch measure`'s for the file.
+    let m = relaunch(&["measure", o.to_str().unwrap(), "--platform", "snp"]);
+    assert_eq!(m.code, 0, "{}", m.stderr);
+    assert_eq!(Some(m.stdout.trim()), views[1].1.as_deref());
     let i = relaunch(&["inspect", o.to_str().unwrap(), "--platform", "native"]);
     assert_eq!(i.code, 0, "{}", i.stderr);
     // startup_64 = load address + 0x200, RSI = the zero page, __BOOT_CS / __BOOT_DS.
@@ -211,6 +219,64 @@ fn kernel_packs_a_native_view_that_inspect_shows() {
     assert!(i.stdout.contains("rsi 0x10000 "), "{}", i.stdout);
     assert!(i.stdout.contains("cs 0x0010/0xa9b"), "{}", i.stdout);
     assert!(i.stdout.contains("ss 0x0018/0xc93"), "{}", i.stdout);
+    let i = relaunch(&["inspect", o.to_str().unwrap(), "--platform", "snp"]);
+    assert_eq!(i.code, 0, "{}", i.stderr);
+    assert!(i.stdout.contains("native  mask 0x1"), "{}", i.stdout);
+    assert!(i.stdout.contains("snp     mask 0x2"), "{}", i.stdout);
+    // The same entry; CR3 with the C-bit (51), EFER.SVME; the CC blob, secrets and CPUID
+    // pages; every page of E820 RAM imported once: 256 MiB less the ISA hole's 96 pages.
+    assert!(i.stdout.contains("rip 0x1000200 "), "{}", i.stdout);
+    assert!(i.stdout.contains("cr3 0x8000000002000 "), "{}", i.stdout);
+    assert!(i.stdout.contains("efer 0x1500 "), "{}", i.stdout);
+    assert!(
+        i.stdout
+            .contains("0x12000-0x12fff                 1 page  secrets"),
+        "{}",
+        i.stdout
+    );
+    assert!(
+        i.stdout
+            .contains("0x13000-0x13fff                 1 page  cpuid"),
+        "{}",
+        i.stdout
+    );
+    assert!(
+        i.stdout
+            .contains("65440 pages imported (normal 65438, secrets 1, cpuid 1)"),
+        "{}",
+        i.stdout
+    );
+    assert!(i.stdout.contains(&format!(
+        "launch digest: {}",
+        views[1].1.as_deref().unwrap()
+    )));
+
+    // --platform and --c-bit: the SNP view alone, its digest changed by the C-bit; --json.
+    let o47 = out("pack-linux-47.igvm");
+    let r = pack(&o47, &["--platform", "snp", "--c-bit", "47", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["c_bit"], 47, "{j}");
+    assert_eq!(j["views"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(j["views"][0]["platform"], "snp");
+    assert_eq!(j["views"][0]["algorithm"], "sha384");
+    let d47 = j["views"][0]["digest"].as_str().unwrap().to_string();
+    assert_ne!(Some(d47.as_str()), views[1].1.as_deref());
+    let m = relaunch(&["measure", o47.to_str().unwrap(), "--platform", "snp"]);
+    assert_eq!(m.stdout.trim(), d47);
+    let i = relaunch(&["inspect", o47.to_str().unwrap(), "--platform", "snp"]);
+    assert!(i.stdout.contains("cr3 0x800000002000 "), "{}", i.stdout);
+    let r = pack(&out("pack-linux-native.igvm"), &["--platform", "native"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("views: native\n"), "{}", r.stdout);
+    for (extra, want) in [
+        (&["--platform", "tdx"][..], "packs native and snp views"),
+        (&["--platform", "snp,snp"][..], "asked for twice"),
+        (&["--c-bit", "31"][..], "from 32 to 51"),
+    ] {
+        let r = pack(&out("pack-linux-bad.igvm"), extra);
+        assert_usage_error(&r, "relaunch pack: ", want);
+    }
 }
 
 #[test]
@@ -366,5 +432,24 @@ fn firmware_prints_measure_of_the_packed_file_and_the_classic_launch() {
     ]);
     assert_eq!(r2.code, 0, "{}", r2.stderr);
     assert_ne!(field(r2.stdout.lines().nth(2).unwrap(), "snp"), snp);
+    // --platform picks views: the TDX view alone, with the same MRTD.
+    let r3 = relaunch(&[
+        "pack",
+        "-o",
+        o_s,
+        "--firmware",
+        ovmf_s,
+        "--vcpus",
+        "2",
+        "--platform",
+        "tdx",
+    ]);
+    assert_eq!(r3.code, 0, "{}", r3.stderr);
+    assert!(
+        r3.stdout.lines().next().unwrap().ends_with("views: tdx"),
+        "{}",
+        r3.stdout
+    );
+    assert_eq!(field(r3.stdout.lines().nth(1).unwrap(), "tdx"), tdx);
     let _ = std::fs::remove_file(&o);
 }

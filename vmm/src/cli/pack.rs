@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! relaunch pack -o OUT.igvm (--elf FILE | --kernel BZIMAGE [--initrd FILE] [--append TEXT]
+//!                                         [--c-bit N]
 //!                             | --firmware OVMF.fd [--kernel K [--initrd F] [--append T]])
+//!                            [--platform LIST]
 //! ```
 //!
 //! The flags are in [`FLAGS`] (also what `--help` prints). The packers are
@@ -15,7 +17,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use relaunch_core::measure::Measurement;
-use relaunch_core::plan::LaunchConfig;
+use relaunch_core::plan::{LaunchConfig, Platform};
 use serde::Serialize;
 
 use super::launch_flags::{self, LaunchFlags};
@@ -62,7 +64,25 @@ pub const FLAGS: &[Flag] = &[
         short: None,
         value: Some("BZIMAGE"),
         help: "Pack a Linux bzImage for direct boot with the 64-bit boot protocol \
-               (docs/linux-guests.md): view native. Default: none; give --elf or --kernel.",
+               (docs/linux-guests.md): views native and snp (direct boot without firmware: \
+               CC blob, CPUID and secrets pages, C-bit page tables, all RAM pre-validated). \
+               Default: none; give --elf or --kernel.",
+    },
+    Flag {
+        long: "platform",
+        short: None,
+        value: Some("LIST"),
+        help: "With --kernel or --firmware: the views to write, comma-separated (--kernel: \
+               native, snp; --firmware: snp, tdx, native). Default: every view the input \
+               supports.",
+    },
+    Flag {
+        long: "c-bit",
+        short: None,
+        value: Some("N"),
+        help: "With --kernel: the C-bit position of the SNP view's page tables and CR3, as \
+               CPUID Fn8000_001F EBX[5:0] of the host that runs it reports. Default: 51 \
+               (EPYC Milan and Genoa).",
     },
     Flag {
         long: "initrd",
@@ -105,7 +125,7 @@ pub const FLAGS: &[Flag] = &[
 /// `relaunch pack --help`.
 pub const HELP: CommandHelp = CommandHelp {
     usage: "relaunch pack -o OUT.igvm (--elf FILE | --kernel BZIMAGE [--initrd FILE] \
-            [--append TEXT] | --firmware OVMF [--kernel ...]) [options]",
+            [--append TEXT] | --firmware OVMF [--kernel ...]) [--platform LIST] [options]",
     about: "\
 Makes an IGVM bundle and prints, for every platform view it wrote, the launch measurement
 that view predicts (what relaunch measure prints for OUT with the same --vcpus and vCPU
@@ -118,6 +138,7 @@ is written); 1 the output cannot be written.",
         "relaunch pack -o hello.igvm --elf boot-images/prebuilt/hello.elf",
         "relaunch pack -o linux.igvm --kernel vmlinuz --initrd initrd.img --append \"console=ttyS0\"",
         "relaunch pack -o linux.igvm --kernel vmlinuz --mem 512M --json",
+        "relaunch pack -o linux-snp.igvm --kernel vmlinuz --platform snp --c-bit 51",
         "relaunch pack -o ovmf.igvm --firmware OVMF.fd --vcpus 4 --vcpu-type EPYC-v4",
     ],
 };
@@ -165,6 +186,10 @@ pub struct PackArgs {
     pub launch: LaunchFlags,
     /// `--json`.
     pub json: bool,
+    /// `--platform`: the views to write (empty = every view the input supports).
+    pub views: Vec<Platform>,
+    /// `--c-bit` (`--kernel`'s SNP view).
+    pub c_bit: u8,
 }
 
 /// The default `--append`.
@@ -180,6 +205,7 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
     let mut firmware = None;
     let (mut host_window, mut json, mut mem, mut vcpus) = (false, false, DEFAULT_MEM, 1);
     let mut launch = LaunchFlags::default();
+    let (mut views, mut c_bit) = (Vec::new(), None);
     let mut stray = None;
     while let Some(item) = it.next()? {
         let f = match item {
@@ -201,6 +227,16 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
             "mem" => mem = it.mem(f)?,
             "vcpus" => vcpus = it.vcpus(f)?,
             "json" => json = true,
+            "platform" => {
+                views = it.parsed(f, "a comma-separated list such as native,snp", |v| {
+                    v.split(',').map(Platform::from_name).collect()
+                })?
+            }
+            "c-bit" => {
+                c_bit = Some(it.parsed(f, "a bit position from 32 to 51", |v| {
+                    v.parse::<u8>().ok().filter(|b| (32..=51).contains(b))
+                })?)
+            }
             "vcpu-type" | "vcpu-sig" if launch.take(f, &mut it)? => {}
             other => return Err(ArgError::Unhandled(other)),
         }
@@ -213,6 +249,17 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
     }
     launch.check()?;
     let output = output.ok_or_else(|| ArgError::Other("-o OUT is required".into()))?;
+    if c_bit.is_some() && (kernel.is_none() || firmware.is_some()) {
+        return Err(ArgError::Other(
+            "--c-bit goes with --kernel (its SNP view)".into(),
+        ));
+    }
+    if !views.is_empty() && elf.is_some() {
+        return Err(ArgError::Other(
+            "--platform goes with --kernel or --firmware (--elf writes its fixed views)".into(),
+        ));
+    }
+    let c_bit = c_bit.unwrap_or(linux::DEFAULT_C_BIT);
     if let Some(path) = firmware {
         if elf.is_some() || host_window {
             return Err(ArgError::Other(
@@ -234,6 +281,8 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
             vcpus,
             launch,
             json,
+            views,
+            c_bit,
         });
     }
     let input = match (elf, kernel) {
@@ -278,6 +327,8 @@ pub fn parse(args: &[OsString]) -> Result<PackArgs, ArgError> {
         vcpus,
         launch,
         json,
+        views,
+        c_bit,
     })
 }
 
@@ -350,6 +401,7 @@ pub fn pack_input(a: &PackArgs) -> Result<Packed, String> {
                 mem_bytes: mem,
                 vcpu_sig: a.launch.vcpu_sig.unwrap_or(default_vcpu_sig(a)),
                 kernel_hashes,
+                views: a.views.clone(),
                 ..FirmwareOptions::default()
             };
             let packed = firmware::pack_firmware(&image, &opts)
@@ -388,7 +440,11 @@ pub fn pack_input(a: &PackArgs) -> Result<Packed, String> {
                 cmdline: append,
                 mem,
             };
-            linux::pack(&inputs)
+            let opts = linux::LinuxOptions {
+                views: a.views.clone(),
+                c_bit: a.c_bit,
+            };
+            linux::pack_with(&inputs, &opts)
                 .map(|b| plain(b.bytes))
                 .map_err(|e| format!("{}: {e}", path.to_string_lossy()))
         }
@@ -421,6 +477,9 @@ struct Report {
     sha256: [u8; 32],
     vcpus: u32,
     mem: u64,
+    /// `--kernel` with an SNP view: the C-bit position of its page tables and CR3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c_bit: Option<u8>,
     views: Vec<ViewJson>,
 }
 
@@ -497,7 +556,7 @@ fn report_text(a: &PackArgs, packed: &Packed, views: &[ViewMeasurement]) -> Stri
 fn report_json(a: &PackArgs, packed: &Packed, views: &[ViewMeasurement]) -> String {
     let bytes = &packed.bytes;
     use sha2::{Digest, Sha256};
-    let views = views
+    let views: Vec<ViewJson> = views
         .iter()
         .map(|v| {
             let (digest, error, alg) = match &v.measurement {
@@ -523,6 +582,9 @@ fn report_json(a: &PackArgs, packed: &Packed, views: &[ViewMeasurement]) -> Stri
         sha256: Sha256::digest(bytes.as_slice()).into(),
         vcpus: a.vcpus,
         mem: a.mem,
+        c_bit: (matches!(a.input, Input::Kernel { .. })
+            && views.iter().any(|v| v.platform == "snp"))
+        .then_some(a.c_bit),
         views,
     });
     line.push('\n');
@@ -559,6 +621,22 @@ mod tests {
             }
         );
         assert_eq!(a.mem, 1 << 30);
+        assert_eq!((a.views.clone(), a.c_bit), (vec![], linux::DEFAULT_C_BIT));
+        let a = p(&[
+            "-o",
+            "x",
+            "--kernel",
+            "k",
+            "--platform",
+            "snp,native",
+            "--c-bit",
+            "47",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.views, a.c_bit),
+            (vec![Platform::Snp, Platform::Native], 47)
+        );
         let a = p(&[
             "-o",
             "x",
@@ -610,6 +688,35 @@ mod tests {
             (
                 &["-o", "x", "--elf", "e", "--mem", "12"][..],
                 "multiple of 4 KiB",
+            ),
+            (
+                &["-o", "x", "--elf", "e", "--platform", "snp"][..],
+                "--platform goes with --kernel or --firmware",
+            ),
+            (
+                &["-o", "x", "--kernel", "k", "--platform", "snp,bogus"][..],
+                "comma-separated list",
+            ),
+            (
+                &["-o", "x", "--elf", "e", "--c-bit", "47"][..],
+                "--c-bit goes with --kernel",
+            ),
+            (
+                &[
+                    "-o",
+                    "x",
+                    "--firmware",
+                    "f",
+                    "--kernel",
+                    "k",
+                    "--c-bit",
+                    "47",
+                ][..],
+                "--c-bit goes with --kernel",
+            ),
+            (
+                &["-o", "x", "--kernel", "k", "--c-bit", "52"][..],
+                "from 32 to 51",
             ),
         ] {
             let e = p(line).unwrap_err().to_string();

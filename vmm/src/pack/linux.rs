@@ -29,10 +29,36 @@
 //! Everything the loader writes is below 1 MiB, which Linux never hands to its allocator
 //! (since 5.13 `x86/setup: always reserve the first 1M of RAM`); the kernel copies the zero
 //! page and the command line early (`copy_bootdata`).
+//!
+//! ## The SEV-SNP view
+//!
+//! Direct boot without firmware: the BSP starts in `startup_64` of the compressed kernel,
+//! which loads its stage-1 IDT (so the #VC handler exists before the first CPUID) and calls
+//! `sev_enable` (Linux `arch/x86/boot/compressed/head_64.S`, `sev.c`). `sev_enable` zeroes
+//! `boot_params.cc_blob_address` and `snp_init` looks for the confidential-computing blob in
+//! the EFI configuration table, then in the `setup_data` list (`find_cc_blob`,
+//! `find_cc_blob_setup_data`); it needs magic "AMDE", a CPUID page of at least 4 KiB
+//! (`setup_cpuid_table`) and, for the secrets page, `secrets_len` = 4096. The view holds, in
+//! ascending GPA, each page once:
+//!
+//! - the NATIVE view's GDT, zero page, command line, kernel and initrd, unchanged, except
+//!   that the zero page's `hdr.setup_data` points to a `SETUP_CC_BLOB` entry and
+//!   `cc_blob_address` names the blob (the kernel proper reads it when it is booted without
+//!   the decompressor);
+//! - the same page tables with the C-bit ([`LinuxOptions::c_bit`], default
+//!   [`DEFAULT_C_BIT`]) in every present entry ([`cbit_page_tables`]);
+//! - [`CC_BLOB`]: `struct cc_blob_sev_info` and the `setup_data` entry ([`cc_blob_page`]);
+//! - [`SNP_SECRETS`] (PAGE_DATA type SECRETS) and [`SNP_CPUID`] (CPUID_DATA), no file data;
+//! - every other page of E820 RAM as a measured NORMAL page without file data (zeros): a
+//!   kernel booted without EFI has no unaccepted-memory table and takes all E820 RAM as
+//!   validated, and nothing else would validate it (`SnpPage::Zero`);
+//! - guest policy 0x30000 (the boot images' [`relaunch_boot_images::SNP_POLICY`]) and the
+//!   BSP's VMSA at 0xFFFFFFFFF000 ([`snp_vmsa`]).
 
 use std::fmt;
 
 use igvm_defs::{IgvmNativeVpContextX64, IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType};
+use relaunch_core::plan::Platform;
 use relaunch_core::writer::{IgvmBuilder, WriteError};
 
 const PAGE: u64 = 4096;
@@ -110,6 +136,9 @@ pub mod hdr {
     pub const XLOADFLAGS: usize = 0x236;
     /// `cmdline_size` (u32).
     pub const CMDLINE_SIZE: usize = 0x238;
+    /// `setup_data` (u64): the first `struct setup_data` of the loader's list (protocol
+    /// 2.09+).
+    pub const SETUP_DATA: usize = 0x250;
     /// `pref_address` (u64).
     pub const PREF_ADDRESS: usize = 0x258;
     /// `init_size` (u32).
@@ -180,6 +209,26 @@ pub enum LinuxError {
         /// The limit it must stay below.
         limit: u64,
     },
+    /// A view `--kernel` does not pack.
+    UnsupportedView(Platform),
+    /// A view asked for twice.
+    DuplicateView(Platform),
+    /// The C-bit position does not fit the SNP view's memory.
+    BadCBit {
+        /// The position asked for.
+        c_bit: u8,
+        /// The end of the highest RAM range (the C-bit must lie above it).
+        ram_end: u64,
+    },
+    /// The SNP view would pre-validate more pages than a plan may import.
+    SnpTooMuchMemory {
+        /// Pages the view imports.
+        pages: u64,
+        /// The planner's limit (`relaunch_core::plan::igvm::MAX_PAGES`).
+        max: u64,
+    },
+    /// The BSP's registers do not convert to a VMSA (a packer bug).
+    Vmsa(relaunch_core::arch::vmsa::VmsaError),
     /// The IGVM writer refused.
     Write(WriteError),
 }
@@ -212,6 +261,22 @@ impl fmt::Display for LinuxError {
                 f,
                 "{what} at {start:#x}..{end:#x} does not fit below {limit:#x} (more --mem?)"
             ),
+            LinuxError::UnsupportedView(p) => write!(
+                f,
+                "--kernel packs native and snp views; {p} is not one (docs/linux-guests.md)"
+            ),
+            LinuxError::DuplicateView(p) => write!(f, "the {p} view is asked for twice"),
+            LinuxError::BadCBit { c_bit, ram_end } => write!(
+                f,
+                "C-bit {c_bit} does not fit: it must be at most 51 and above every address the \
+                 page tables map (4 GiB) and every RAM address (RAM ends at {ram_end:#x})"
+            ),
+            LinuxError::SnpTooMuchMemory { pages, max } => write!(
+                f,
+                "the snp view pre-validates every RAM page: {pages} pages, more than the {max} \
+                 a launch imports (less --mem, or --platform native)"
+            ),
+            LinuxError::Vmsa(e) => write!(f, "internal error, please report: the SNP VMSA: {e}"),
             LinuxError::Write(e) => write!(f, "IGVM writer: {e}"),
         }
     }
@@ -351,6 +416,8 @@ pub struct LinuxBundle {
     pub bytes: Vec<u8>,
     /// Where everything went.
     pub layout: LinuxLayout,
+    /// The SNP view's BSP VMSA, when the file has that view.
+    pub snp_vmsa: Option<Box<[u8; 4096]>>,
 }
 
 /// Start of the ISA hole (the legacy VGA window and BIOS area, 640 KiB .. 1 MiB).
@@ -555,14 +622,119 @@ pub fn layout<'a>(inputs: &LinuxInputs<'a>) -> Result<(BzImage<'a>, LinuxLayout)
     ))
 }
 
-/// Packs a kernel for direct boot (see the module documentation): the NATIVE view.
+/// What `pack` writes besides the kernel itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxOptions {
+    /// The views, each at most once: [`Platform::Native`], [`Platform::Snp`]. Empty = both
+    /// ([`SUPPORTED_VIEWS`]). The file declares them in that order whatever the order here.
+    pub views: Vec<Platform>,
+    /// The SNP view's C-bit position (CPUID Fn8000_001F EBX\[5:0\] of the host that will
+    /// run it): [`DEFAULT_C_BIT`] unless given.
+    pub c_bit: u8,
+}
+
+impl Default for LinuxOptions {
+    fn default() -> Self {
+        LinuxOptions {
+            views: Vec::new(),
+            c_bit: DEFAULT_C_BIT,
+        }
+    }
+}
+
+/// The views `--kernel` packs, in file order.
+pub const SUPPORTED_VIEWS: [Platform; 2] = [Platform::Native, Platform::Snp];
+
+/// Packs a kernel for direct boot with the default options: NATIVE and SNP views (see the
+/// module documentation).
 ///
 /// # Errors
 /// [`LinuxError`].
 pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
+    pack_with(inputs, &LinuxOptions::default())
+}
+
+/// Packs a kernel for direct boot with the views `opts` asks for.
+///
+/// # Errors
+/// [`LinuxError`]: a bad kernel or command line, what does not fit `mem`, an unsupported or
+/// repeated view, a C-bit that does not fit.
+pub fn pack_with(inputs: &LinuxInputs<'_>, opts: &LinuxOptions) -> Result<LinuxBundle, LinuxError> {
+    let mut want = Vec::new();
+    for &p in &opts.views {
+        if !SUPPORTED_VIEWS.contains(&p) {
+            return Err(LinuxError::UnsupportedView(p));
+        }
+        if want.contains(&p) {
+            return Err(LinuxError::DuplicateView(p));
+        }
+        want.push(p);
+    }
+    let (native, snp) = if want.is_empty() {
+        (true, true)
+    } else {
+        (
+            want.contains(&Platform::Native),
+            want.contains(&Platform::Snp),
+        )
+    };
     let (k, layout) = layout(inputs)?;
+    let snp_pages = if snp {
+        Some(snp_pages(inputs, &k, &layout, opts.c_bit)?)
+    } else {
+        None
+    };
     let mut b = IgvmBuilder::new();
-    let native = b.platform(IgvmPlatformType::NATIVE, 0)?;
+    let native_mask = if native {
+        Some(b.platform(IgvmPlatformType::NATIVE, 0)?)
+    } else {
+        None
+    };
+    let snp_mask = if snp {
+        Some(b.platform(IgvmPlatformType::SEV_SNP, 0)?)
+    } else {
+        None
+    };
+    if let Some(mask) = snp_mask {
+        b.guest_policy(relaunch_boot_images::SNP_POLICY, mask);
+    }
+    if let Some(mask) = native_mask {
+        native_view(&mut b, mask, inputs, &k, &layout)?;
+    }
+    let mut vmsa = None;
+    if let (Some(mask), Some(pages)) = (snp_mask, &snp_pages) {
+        for (&gpa, page) in pages {
+            let (data_type, data): (IgvmPageDataType, &[u8]) = match page {
+                SnpPage::Data(d) => (IgvmPageDataType::NORMAL, d),
+                SnpPage::Zero => (IgvmPageDataType::NORMAL, &[]),
+                SnpPage::Secrets => (IgvmPageDataType::SECRETS, &[]),
+                SnpPage::Cpuid => (IgvmPageDataType::CPUID_DATA, &[]),
+            };
+            b.page_data(gpa, mask, IgvmPageDataFlags::new(), data_type, data)?;
+        }
+        let page = snp_vmsa(layout.entry, opts.c_bit)?;
+        b.vp_context(relaunch_boot_images::SNP_VMSA_GPA, mask, 0, &page)?;
+        vmsa = Some(Box::new(page));
+    }
+    if let Some(mask) = native_mask {
+        b.native_vp_context(mask, 0, &native_context(layout.entry))?;
+    }
+    Ok(LinuxBundle {
+        bytes: b.finish()?,
+        layout,
+        snp_vmsa: vmsa,
+    })
+}
+
+/// The NATIVE view's pages and REQUIRED_MEMORY, in ascending GPA (its VP context is
+/// written after every view's pages).
+fn native_view(
+    b: &mut IgvmBuilder,
+    native: u32,
+    inputs: &LinuxInputs<'_>,
+    k: &BzImage<'_>,
+    layout: &LinuxLayout,
+) -> Result<(), LinuxError> {
     // Ascending GPA: GDT, page tables, stack, zero page, command line, kernel, initrd.
     b.page_data(
         GDT,
@@ -592,13 +764,11 @@ pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
         )?;
         gpa += PAGE;
     }
-    add_bytes(&mut b, ZERO_PAGE, native, &layout.zero_page)?;
-    let mut cmdline = inputs.cmdline.as_bytes().to_vec();
-    cmdline.push(0);
-    add_bytes(&mut b, CMDLINE, native, &cmdline)?;
-    add_bytes(&mut b, layout.load, native, k.payload)?;
+    add_bytes(b, ZERO_PAGE, native, &layout.zero_page)?;
+    add_bytes(b, CMDLINE, native, &cmdline_bytes(inputs.cmdline))?;
+    add_bytes(b, layout.load, native, k.payload)?;
     if let (Some(data), Some((gpa, _))) = (inputs.initrd, layout.initrd) {
-        add_bytes(&mut b, gpa, native, data)?;
+        add_bytes(b, gpa, native, data)?;
     }
     // REQUIRED_MEMORY for the RAM the E820 table declares, in chunks a u32 can count.
     for &(gpa, size, _) in layout.e820.iter().filter(|e| e.2 == E820_RAM) {
@@ -609,11 +779,188 @@ pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
             at += n;
         }
     }
-    b.native_vp_context(native, 0, &native_context(layout.entry))?;
-    Ok(LinuxBundle {
-        bytes: b.finish()?,
-        layout,
-    })
+    Ok(())
+}
+
+fn cmdline_bytes(cmdline: &str) -> Vec<u8> {
+    let mut v = cmdline.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// One 4 KiB page of the SNP view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnpPage {
+    /// A measured NORMAL page with these contents (at most 4 KiB, zero-padded).
+    Data(Vec<u8>),
+    /// A measured NORMAL page of zeros (PAGE_DATA without file data): pre-validated RAM.
+    Zero,
+    /// The SNP secrets page (PAGE_DATA type SECRETS, no data: the Secure Processor fills it).
+    Secrets,
+    /// The SNP CPUID page (PAGE_DATA type CPUID_DATA, no data: the VMM fills it from the
+    /// vCPU model and the Secure Processor checks it).
+    Cpuid,
+}
+
+/// The C-bit position the SNP view's page tables and CR3 use unless `--c-bit` says
+/// otherwise: 51, what CPUID Fn8000_001F EBX\[5:0\] reports on AMD EPYC 7003 (Milan) and
+/// 9004 (Genoa), the first SNP parts, and the value QEMU's SEV-SNP example uses
+/// (`docs/system/i386/amd-memory-encryption.rst`: `sev-snp-guest,cbitpos=51`). Naples and
+/// Rome (47) have no SNP.
+pub const DEFAULT_C_BIT: u8 = 51;
+
+/// The SNP view's `struct cc_blob_sev_info` and its `setup_data` entry.
+pub const CC_BLOB: u64 = 0x11000;
+/// Offset of the `SETUP_CC_BLOB` `setup_data` entry in the [`CC_BLOB`] page.
+pub const CC_SETUP_DATA_OFFSET: u64 = 0x100;
+/// The SNP secrets page.
+pub const SNP_SECRETS: u64 = 0x12000;
+/// The SNP CPUID page.
+pub const SNP_CPUID: u64 = 0x13000;
+/// `CC_BLOB_SEV_HDR_MAGIC` ("AMDE", Linux `arch/x86/include/asm/sev.h`).
+pub const CC_BLOB_SEV_HDR_MAGIC: u32 = 0x4544_4D41;
+/// The blob's version: 1, as OVMF writes it (edk2 `OvmfPkg/AmdSevDxe/AmdSevDxe.c`; Linux
+/// does not check it).
+pub const CC_BLOB_VERSION: u16 = 1;
+/// `SETUP_CC_BLOB` (Linux `arch/x86/include/uapi/asm/bootparam.h`).
+pub const SETUP_CC_BLOB: u32 = 7;
+
+/// `struct cc_blob_sev_info` (Linux `arch/x86/include/asm/sev.h`, packed): magic u32,
+/// version u16, reserved u16, secrets_phys u64, secrets_len u32, rsvd1 u32, cpuid_phys u64,
+/// cpuid_len u32, rsvd2 u32 (40 bytes); then, at [`CC_SETUP_DATA_OFFSET`], the
+/// `struct cc_setup_data` the decompressor finds through `hdr.setup_data`
+/// (`find_cc_blob_setup_data`): `struct setup_data` {next u64 = 0, type u32 =
+/// `SETUP_CC_BLOB`, len u32 = 4} followed by cc_blob_address u32.
+pub fn cc_blob_page() -> Vec<u8> {
+    let mut p = vec![0u8; PAGE as usize];
+    wr(&mut p, 0, &CC_BLOB_SEV_HDR_MAGIC.to_le_bytes());
+    wr(&mut p, 4, &CC_BLOB_VERSION.to_le_bytes());
+    wr(&mut p, 8, &SNP_SECRETS.to_le_bytes());
+    wr(&mut p, 16, &(PAGE as u32).to_le_bytes());
+    wr(&mut p, 24, &SNP_CPUID.to_le_bytes());
+    wr(&mut p, 32, &(PAGE as u32).to_le_bytes());
+    let sd = CC_SETUP_DATA_OFFSET as usize;
+    wr(&mut p, sd + 8, &SETUP_CC_BLOB.to_le_bytes());
+    wr(&mut p, sd + 12, &4u32.to_le_bytes());
+    wr(&mut p, sd + 16, &(CC_BLOB as u32).to_le_bytes());
+    p
+}
+
+/// The boot images' identity map of 0..4 GiB ([`relaunch_boot_images::page_tables`]) with
+/// the C-bit set in every present entry: the tables themselves and every page they map are
+/// private (encrypted) memory. CR3 carries the C-bit too ([`snp_vmsa`]).
+pub fn cbit_page_tables(c_bit: u8) -> Vec<(u64, Vec<u8>)> {
+    // A position past bit 63 sets nothing ([`snp_pages`] refuses anything above 51).
+    let c = 1u64.checked_shl(u32::from(c_bit)).unwrap_or(0);
+    relaunch_boot_images::page_tables()
+        .into_iter()
+        .map(|(gpa, mut t)| {
+            for e in t.chunks_exact_mut(8) {
+                let v = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                if v & 1 != 0 {
+                    e.copy_from_slice(&(v | c).to_le_bytes());
+                }
+            }
+            (gpa, t)
+        })
+        .collect()
+}
+
+/// The SNP view's BSP VMSA: the registers of [`native_context`] with CR3 = the PML4 | the
+/// C-bit, in the form KVM builds and measures them (`kvm_measured_vmsa`: EFER.SVME and
+/// CR4.MCE added, the INIT2 FPU state, SEV_FEATURES = SNP_ACTIVE only, as the boot images'
+/// SNP VMSA).
+///
+/// # Errors
+/// [`LinuxError::Vmsa`] if the native context does not convert (a packer bug).
+pub fn snp_vmsa(entry: u64, c_bit: u8) -> Result<[u8; 4096], LinuxError> {
+    use relaunch_core::arch::vmsa::{kvm_measured_vmsa, regs_from_native_context};
+    use zerocopy::IntoBytes;
+    let ctx = native_context(entry);
+    let mut regs = regs_from_native_context(ctx.as_bytes()).map_err(LinuxError::Vmsa)?;
+    regs.cr3 = PML4 | 1u64.checked_shl(u32::from(c_bit)).unwrap_or(0);
+    Ok(kvm_measured_vmsa(&regs, 0, Platform::Snp, true))
+}
+
+/// The SNP view's pages by GPA (see the module documentation): the native view's pages
+/// (its page tables with the C-bit, its zero page with the CC blob), the CC blob, secrets
+/// and CPUID pages, and every other page of E820 RAM as a measured zero page.
+///
+/// # Errors
+/// [`LinuxError::BadCBit`], [`LinuxError::SnpTooMuchMemory`].
+pub fn snp_pages(
+    inputs: &LinuxInputs<'_>,
+    k: &BzImage<'_>,
+    layout: &LinuxLayout,
+    c_bit: u8,
+) -> Result<std::collections::BTreeMap<u64, SnpPage>, LinuxError> {
+    let ram_end = layout
+        .e820
+        .iter()
+        .filter(|e| e.2 == E820_RAM)
+        .map(|e| e.0.saturating_add(e.1))
+        .max()
+        .unwrap_or(0);
+    if c_bit > 51 || (1u64 << c_bit) < ram_end.max(1 << 32) {
+        return Err(LinuxError::BadCBit { c_bit, ram_end });
+    }
+    let pages: u64 = layout
+        .e820
+        .iter()
+        .filter(|e| e.2 == E820_RAM)
+        .map(|e| e.1.div_ceil(PAGE))
+        .sum();
+    let max = relaunch_core::plan::igvm::MAX_PAGES;
+    if pages + 1 > max {
+        return Err(LinuxError::SnpTooMuchMemory {
+            pages: pages + 1,
+            max,
+        });
+    }
+    let mut m = std::collections::BTreeMap::new();
+    let put_bytes = |m: &mut std::collections::BTreeMap<u64, SnpPage>, gpa: u64, d: &[u8]| {
+        for (i, chunk) in d.chunks(PAGE as usize).enumerate() {
+            let page = if chunk.iter().all(|&x| x == 0) {
+                SnpPage::Zero
+            } else {
+                SnpPage::Data(chunk.to_vec())
+            };
+            m.insert(gpa + i as u64 * PAGE, page);
+        }
+    };
+    put_bytes(&mut m, GDT, &gdt_page());
+    for (gpa, t) in cbit_page_tables(c_bit) {
+        put_bytes(&mut m, gpa, &t);
+    }
+    let mut zp = layout.zero_page.clone();
+    wr(
+        &mut zp,
+        zp::CC_BLOB_ADDRESS,
+        &(CC_BLOB as u32).to_le_bytes(),
+    );
+    wr(
+        &mut zp,
+        hdr::SETUP_DATA,
+        &(CC_BLOB + CC_SETUP_DATA_OFFSET).to_le_bytes(),
+    );
+    put_bytes(&mut m, ZERO_PAGE, &zp);
+    put_bytes(&mut m, CC_BLOB, &cc_blob_page());
+    m.insert(SNP_SECRETS, SnpPage::Secrets);
+    m.insert(SNP_CPUID, SnpPage::Cpuid);
+    put_bytes(&mut m, CMDLINE, &cmdline_bytes(inputs.cmdline));
+    put_bytes(&mut m, layout.load, k.payload);
+    if let (Some(data), Some((gpa, _))) = (inputs.initrd, layout.initrd) {
+        put_bytes(&mut m, gpa, data);
+    }
+    // Every other page of E820 RAM: pre-validated zeros (the stack among them).
+    for &(gpa, size, _) in layout.e820.iter().filter(|e| e.2 == E820_RAM) {
+        let mut at = gpa;
+        while at < gpa + size {
+            m.entry(at).or_insert(SnpPage::Zero);
+            at += PAGE;
+        }
+    }
+    Ok(m)
 }
 
 /// The zero-page fields a loader sets or reads, parsed back (for tests and comparisons).
@@ -916,5 +1263,251 @@ mod tests {
         let cs = u64::from_le_bytes(gdt[0x10..0x18].try_into().unwrap());
         assert_eq!((cs >> 53) & 1, 1, "L bit");
         assert!(out.layout.zero_page.len() == 4096);
+    }
+
+    fn snp_cfg(mem: u64) -> relaunch_core::plan::LaunchConfig {
+        relaunch_core::plan::LaunchConfig {
+            platform: Platform::Snp,
+            vcpus: 1,
+            mem_bytes: mem,
+            vcpu_sig: 0,
+            guest_features: 0,
+            policy: None,
+            host_data: [0; 32],
+            kernel_hashes: None,
+        }
+    }
+
+    /// Walks the 4-level tables in `pages` for `va` (4 KiB or 2 MiB leaves), asserting the
+    /// C-bit in every entry on the way; returns the physical address without the C-bit.
+    fn walk_with_cbit(
+        pages: &std::collections::BTreeMap<u64, Vec<u8>>,
+        cr3: u64,
+        c: u64,
+        va: u64,
+    ) -> u64 {
+        assert_eq!(cr3 & c, c, "CR3 without the C-bit");
+        let mask = !(c | 0xFFF) & ((1 << 52) - 1);
+        let entry = |table: u64, i: u64| {
+            let t = &pages[&(table & mask)];
+            let at = (i * 8) as usize;
+            u64::from_le_bytes(t[at..at + 8].try_into().unwrap())
+        };
+        let pml4e = entry(cr3, (va >> 39) & 511);
+        let pdpte = entry(pml4e, (va >> 30) & 511);
+        let pde = entry(pdpte, (va >> 21) & 511);
+        for e in [pml4e, pdpte, pde] {
+            assert_eq!(e & 1, 1, "{va:#x}: not present");
+            assert_eq!(e & c, c, "{va:#x}: entry {e:#x} without the C-bit");
+        }
+        assert_eq!(pde & 0x80, 0x80, "2 MiB leaf");
+        (pde & mask & !0x1F_FFFF) | (va & 0x1F_FFFF)
+    }
+
+    #[test]
+    fn snp_view_layout() {
+        use relaunch_core::arch::vmsa::parse_vmsa;
+        use relaunch_core::plan::{plan, LaunchOp, PageKind};
+        let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8 + 1).collect();
+        let k = fake_bzimage(&payload, 0x40_0000, 0x100_0000);
+        let initrd = vec![3u8; 9000];
+        let mem = 64 << 20;
+        let mut i = inputs(&k, Some(&initrd), "console=ttyS0");
+        i.mem = mem;
+        for c_bit in [DEFAULT_C_BIT, 47] {
+            let out = pack_with(
+                &i,
+                &LinuxOptions {
+                    views: vec![Platform::Snp],
+                    c_bit,
+                },
+            )
+            .unwrap();
+            let c = 1u64 << c_bit;
+            let p = plan(&out.bytes, &snp_cfg(mem)).unwrap();
+            // GPA -> (kind, contents), each page imported once.
+            let mut pages = std::collections::BTreeMap::new();
+            for op in p.ops() {
+                if let LaunchOp::ImportPage { gpa, kind, data } = *op {
+                    let mut page = p.page_bytes(&data).to_vec();
+                    page.resize(4096, 0);
+                    assert!(pages.insert(gpa, (kind, page)).is_none(), "{gpa:#x} twice");
+                }
+            }
+            let bytes: std::collections::BTreeMap<u64, Vec<u8>> =
+                pages.iter().map(|(&g, (_, b))| (g, b.clone())).collect();
+            // Every E820 RAM page is pre-validated (imported), and nothing outside RAM is
+            // (the VMSA is a VP context, not a page import).
+            let e820 = e820_for(mem);
+            let mut ram = 0;
+            for &(gpa, size, _) in e820.iter().filter(|e| e.2 == E820_RAM) {
+                for page in (gpa..gpa + size).step_by(4096) {
+                    assert!(
+                        pages.contains_key(&page),
+                        "RAM page {page:#x} not validated"
+                    );
+                    ram += 1;
+                }
+            }
+            assert_eq!(pages.len(), ram, "RAM pages only");
+            assert_eq!(pages[&SNP_SECRETS].0, PageKind::Secrets);
+            assert_eq!(pages[&SNP_CPUID].0, PageKind::Cpuid);
+            // The CC blob and its setup_data entry, found as find_cc_blob_setup_data does.
+            let zp = &pages[&ZERO_PAGE].1;
+            let bp = read_boot_params(zp);
+            assert_eq!(u64::from(bp.cc_blob_address), CC_BLOB);
+            let mut sd = rd_u64(zp, hdr::SETUP_DATA);
+            let mut found = None;
+            while sd != 0 {
+                let page = &bytes[&(sd & !0xFFF)];
+                let at = (sd & 0xFFF) as usize;
+                if rd_u32(page, at + 8) == SETUP_CC_BLOB {
+                    assert_eq!(rd_u32(page, at + 12), 4, "len");
+                    found = Some(u64::from(rd_u32(page, at + 16)));
+                    break;
+                }
+                sd = rd_u64(page, at);
+            }
+            assert_eq!(found, Some(CC_BLOB));
+            let blob = &pages[&CC_BLOB];
+            assert_eq!(blob.0, PageKind::Normal, "the blob is measured");
+            let blob = &blob.1;
+            assert_eq!(rd_u32(blob, 0), 0x4544_4D41);
+            assert_eq!(&blob[0..4], b"AMDE");
+            assert_eq!(rd_u16(blob, 4), 1);
+            assert_eq!(rd_u64(blob, 8), SNP_SECRETS);
+            assert_eq!(rd_u32(blob, 16), 4096);
+            assert_eq!(rd_u64(blob, 24), SNP_CPUID);
+            assert_eq!(rd_u32(blob, 32), 4096);
+            // Apart from the CC blob fields, the zero page is the native one.
+            let mut native_zp = out.layout.zero_page.clone();
+            wr(
+                &mut native_zp,
+                zp::CC_BLOB_ADDRESS,
+                &(CC_BLOB as u32).to_le_bytes(),
+            );
+            wr(
+                &mut native_zp,
+                hdr::SETUP_DATA,
+                &(CC_BLOB + CC_SETUP_DATA_OFFSET).to_le_bytes(),
+            );
+            assert_eq!(zp, &native_zp);
+            // Kernel, initrd and command line where the native view has them.
+            assert_eq!(&bytes[&0x100_0000][..], &payload[..4096]);
+            let (rd_gpa, _) = out.layout.initrd.unwrap();
+            assert_eq!(&bytes[&rd_gpa][..], &initrd[..4096]);
+            assert_eq!(&bytes[&CMDLINE][..14], b"console=ttyS0\0");
+            // The VMSA: 64-bit startup_64, RSI = zero page, CR3 = PML4 | C, EFER.SVME.
+            let v = parse_vmsa(&out.snp_vmsa.as_ref().unwrap()[..]).unwrap();
+            assert_eq!(v.rip.get(), 0x100_0200);
+            assert_eq!(v.rsi.get(), ZERO_PAGE);
+            assert_eq!(v.cr3.get(), PML4 | c);
+            assert_eq!(v.efer.get(), 0x1500, "LME | LMA | SVME");
+            assert_eq!(v.sev_features.get(), relaunch_boot_images::SEV_FEATURES);
+            assert_eq!(v.cs.selector.get(), BOOT_CS);
+            assert_eq!(v.cs.attrib.get() & 0x200, 0x200, "L");
+            assert_eq!(v.ss.selector.get(), BOOT_DS);
+            // The planner's reading of that VMSA is what KVM gets.
+            let regs = p.vp_contexts()[0];
+            assert_eq!(
+                (regs.rip, regs.gprs.rsi, regs.cr3),
+                (0x100_0200, ZERO_PAGE, PML4 | c)
+            );
+            // The page tables map every RAM page (and the cc blob, CPUID page...) through
+            // entries with the C-bit, identity.
+            for va in [
+                0,
+                CC_BLOB,
+                SNP_CPUID,
+                ZERO_PAGE,
+                0x100_0200,
+                rd_gpa,
+                mem - 1,
+                (4 << 30) - 1,
+            ] {
+                assert_eq!(walk_with_cbit(&bytes, v.cr3.get(), c, va), va);
+            }
+        }
+    }
+
+    #[test]
+    fn snp_view_refusals() {
+        let k = fake_bzimage(&[1; 100], 0x10_0000, 0x100_0000);
+        let i = inputs(&k, None, "");
+        let with = |views: Vec<Platform>, c_bit| LinuxOptions { views, c_bit };
+        assert_eq!(
+            pack_with(&i, &with(vec![Platform::Tdx], 51)).unwrap_err(),
+            LinuxError::UnsupportedView(Platform::Tdx)
+        );
+        assert_eq!(
+            pack_with(&i, &with(vec![Platform::Snp, Platform::Snp], 51)).unwrap_err(),
+            LinuxError::DuplicateView(Platform::Snp)
+        );
+        for bad in [31, 52, 60] {
+            assert!(matches!(
+                pack_with(&i, &with(vec![], bad)).unwrap_err(),
+                LinuxError::BadCBit { .. }
+            ));
+        }
+        // The C-bit is only the SNP view's business.
+        assert!(pack_with(&i, &with(vec![Platform::Native], 60)).is_ok());
+        let mut big = inputs(&k, None, "");
+        big.mem = 17 << 30;
+        assert!(matches!(
+            pack_with(&big, &with(vec![Platform::Snp], 51)).unwrap_err(),
+            LinuxError::SnpTooMuchMemory { .. }
+        ));
+        let mut huge = inputs(&k, None, "");
+        huge.mem = 1 << 40;
+        assert!(matches!(
+            pack_with(&huge, &with(vec![Platform::Snp], 40)).unwrap_err(),
+            LinuxError::BadCBit { .. }
+        ));
+    }
+
+    #[test]
+    fn both_views_by_default_and_the_native_one_unchanged() {
+        let k = fake_bzimage(&[5; 3000], 0x10_0000, 0x100_0000);
+        let i = inputs(&k, None, "quiet");
+        let both = pack(&i).unwrap();
+        let native = pack_with(
+            &i,
+            &LinuxOptions {
+                views: vec![Platform::Native],
+                ..LinuxOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            crate::pack::views(&both.bytes).unwrap(),
+            [Platform::Native, Platform::Snp]
+        );
+        assert_eq!(
+            crate::pack::views(&native.bytes).unwrap(),
+            [Platform::Native]
+        );
+        assert!(native.snp_vmsa.is_none());
+        let cfg = |p| relaunch_core::plan::LaunchConfig {
+            platform: p,
+            ..snp_cfg(256 << 20)
+        };
+        // The same imports with the same bytes, and the same VP context.
+        let imports = |bytes: &[u8]| {
+            let p = relaunch_core::plan::plan(bytes, &cfg(Platform::Native)).unwrap();
+            let pages: Vec<_> = p
+                .ops()
+                .iter()
+                .filter_map(|op| match *op {
+                    relaunch_core::plan::LaunchOp::ImportPage { gpa, kind, data } => {
+                        Some((gpa, kind, p.page_bytes(&data).to_vec()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (pages, p.vp_contexts().to_vec())
+        };
+        let (a, b) = (imports(&both.bytes), imports(&native.bytes));
+        assert!(!a.0.is_empty());
+        assert_eq!(a, b);
     }
 }
