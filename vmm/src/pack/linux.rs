@@ -17,6 +17,9 @@
 //!   (`relaunch_core::launch::ram_ranges` of `--mem`, the same ranges the planner writes
 //!   into an IGVM MEMORY_MAP) as E820_TYPE_RAM entries, the ISA hole reserved ([`e820_for`]);
 //! - the command line at [`CMDLINE`], NUL-terminated, at most the header's `cmdline_size`;
+//! - the ACPI tables ([`super::acpi`]: RSDP, XSDT, FADT, FACS, DSDT, MADT for `vcpus`) in
+//!   one page at [`super::acpi::BASE`] inside the reserved ISA hole, `acpi_rsdp_addr`
+//!   pointing at the RSDP;
 //! - the protected-mode kernel (the file after its `(setup_sects + 1) * 512` bytes of real-
 //!   mode setup) at its `pref_address`;
 //! - the initrd, page aligned, right above the kernel's `init_size` window (the decompressor
@@ -118,6 +121,8 @@ pub mod hdr {
 
 /// Zero-page offsets outside the setup header (zero-page.rst).
 pub mod zp {
+    /// `acpi_rsdp_addr` (u64, boot protocol 2.14): the RSDP's address.
+    pub const ACPI_RSDP_ADDR: usize = 0x070;
     /// `ext_ramdisk_image` (u32): bits 63:32 of the initrd address.
     pub const EXT_RAMDISK_IMAGE: usize = 0x0C0;
     /// `ext_ramdisk_size` (u32).
@@ -182,6 +187,8 @@ pub enum LinuxError {
     },
     /// The IGVM writer refused.
     Write(WriteError),
+    /// The ACPI tables cannot be made ([`super::acpi`]).
+    Acpi(super::acpi::AcpiError),
 }
 
 impl fmt::Display for LinuxError {
@@ -213,6 +220,7 @@ impl fmt::Display for LinuxError {
                 "{what} at {start:#x}..{end:#x} does not fit below {limit:#x} (more --mem?)"
             ),
             LinuxError::Write(e) => write!(f, "IGVM writer: {e}"),
+            LinuxError::Acpi(e) => write!(f, "ACPI tables: {e}"),
         }
     }
 }
@@ -327,6 +335,8 @@ pub struct LinuxInputs<'a> {
     pub cmdline: &'a str,
     /// Guest RAM the E820 table describes (`--mem`).
     pub mem: u64,
+    /// vCPUs the ACPI MADT describes (`--vcpus`; [`super::acpi`]).
+    pub vcpus: u32,
 }
 
 /// Where the packer put things.
@@ -342,6 +352,8 @@ pub struct LinuxLayout {
     pub zero_page: Vec<u8>,
     /// The E820 table `(addr, size, type)`.
     pub e820: Vec<(u64, u64, u32)>,
+    /// The ACPI tables' page, at [`super::acpi::BASE`] (in the reserved ISA hole).
+    pub acpi: Vec<u8>,
 }
 
 /// A packed Linux bundle.
@@ -542,7 +554,13 @@ pub fn layout<'a>(inputs: &LinuxInputs<'a>) -> Result<(BzImage<'a>, LinuxLayout)
             Some((start, data.len() as u64))
         }
     };
-    let zero_page = zero_page(&k, CMDLINE, initrd, &e820);
+    let mut zero_page = zero_page(&k, CMDLINE, initrd, &e820);
+    let acpi = super::acpi::tables(inputs.vcpus).map_err(LinuxError::Acpi)?;
+    wr(
+        &mut zero_page,
+        zp::ACPI_RSDP_ADDR,
+        &super::acpi::RSDP.to_le_bytes(),
+    );
     Ok((
         k,
         LinuxLayout {
@@ -551,6 +569,7 @@ pub fn layout<'a>(inputs: &LinuxInputs<'a>) -> Result<(BzImage<'a>, LinuxLayout)
             initrd,
             zero_page,
             e820,
+            acpi: acpi.page(),
         },
     ))
 }
@@ -563,7 +582,7 @@ pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
     let (k, layout) = layout(inputs)?;
     let mut b = IgvmBuilder::new();
     let native = b.platform(IgvmPlatformType::NATIVE, 0)?;
-    // Ascending GPA: GDT, page tables, stack, zero page, command line, kernel, initrd.
+    // Ascending GPA: GDT, page tables, stack, zero page, command line, ACPI, kernel, initrd.
     b.page_data(
         GDT,
         native,
@@ -596,6 +615,7 @@ pub fn pack(inputs: &LinuxInputs<'_>) -> Result<LinuxBundle, LinuxError> {
     let mut cmdline = inputs.cmdline.as_bytes().to_vec();
     cmdline.push(0);
     add_bytes(&mut b, CMDLINE, native, &cmdline)?;
+    add_bytes(&mut b, super::acpi::BASE, native, &layout.acpi)?;
     add_bytes(&mut b, layout.load, native, k.payload)?;
     if let (Some(data), Some((gpa, _))) = (inputs.initrd, layout.initrd) {
         add_bytes(&mut b, gpa, native, data)?;
@@ -643,6 +663,8 @@ pub struct BootParams {
     pub init_size: u32,
     /// `cc_blob_address`.
     pub cc_blob_address: u32,
+    /// `acpi_rsdp_addr`.
+    pub acpi_rsdp_addr: u64,
     /// The E820 table.
     pub e820: Vec<(u64, u64, u32)>,
 }
@@ -671,6 +693,7 @@ pub fn read_boot_params(p: &[u8]) -> BootParams {
         cmdline_size: rd_u32(p, hdr::CMDLINE_SIZE),
         init_size: rd_u32(p, hdr::INIT_SIZE),
         cc_blob_address: rd_u32(p, zp::CC_BLOB_ADDRESS),
+        acpi_rsdp_addr: rd_u64(p, zp::ACPI_RSDP_ADDR),
         e820,
     }
 }
@@ -707,6 +730,7 @@ mod tests {
             initrd,
             cmdline,
             mem: 256 << 20,
+            vcpus: 1,
         }
     }
 
@@ -737,6 +761,7 @@ mod tests {
                 cmdline_size: 2047,
                 init_size: 0x80_0000,
                 cc_blob_address: 0,
+                acpi_rsdp_addr: super::super::acpi::RSDP,
                 e820: vec![
                     (0, 0xA_0000, E820_RAM),
                     (0xA_0000, 0x6_0000, E820_RESERVED),
@@ -765,7 +790,9 @@ mod tests {
         assert_eq!(&l.zero_page[hdr::START..0x26C], &want[..]);
         assert!(l.zero_page[0x26C..].iter().enumerate().all(|(i, &b)| {
             let at = 0x26C + i;
-            b == 0 || (zp::E820_TABLE..zp::E820_TABLE + 3 * zp::E820_ENTRY).contains(&at)
+            b == 0
+                || (zp::E820_TABLE..zp::E820_TABLE + 3 * zp::E820_ENTRY).contains(&at)
+                || (zp::ACPI_RSDP_ADDR..zp::ACPI_RSDP_ADDR + 8).contains(&at)
         }));
     }
 
