@@ -369,6 +369,42 @@ pub fn tables(vcpus: u32) -> Result<AcpiTables, AcpiError> {
     })
 }
 
+/// The vCPUs the MADT in `page` (the bytes a bundle imports at [`BASE`]) lists as enabled,
+/// if the page holds these tables: an RSDP at its start and a MADT of valid length and
+/// checksum at [`MADT`]. `relaunch run` compares it with its `--vcpus`.
+pub fn madt_vcpus(page: &[u8]) -> Option<u32> {
+    if page.get(..8)? != b"RSD PTR " {
+        return None;
+    }
+    let at = (MADT - BASE) as usize;
+    let head = page.get(at..at + 8)?;
+    let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
+    let m = page.get(at..at.checked_add(len)?)?;
+    if &m[..4] != b"APIC" || len < 44 || checksum(m) != 0 {
+        return None;
+    }
+    let (mut i, mut n) = (44, 0u32);
+    while i + 2 <= m.len() {
+        let (ty, l) = (m[i], usize::from(m[i + 1]));
+        let entry = m.get(i..i + l.max(2))?;
+        if ty == 0 && l == 8 && entry[4] & 1 == 1 {
+            n += 1;
+        }
+        i += l.max(2);
+    }
+    Some(n)
+}
+
+/// The vCPU count of the MADT a planned launch imports at [`BASE`] (a `pack --kernel`
+/// bundle), if it imports such tables ([`madt_vcpus`]).
+pub fn planned_vcpus<B: AsRef<[u8]>>(plan: &relaunch_core::plan::LaunchPlan<B>) -> Option<u32> {
+    use relaunch_core::plan::LaunchOp;
+    plan.ops().iter().find_map(|op| match op {
+        LaunchOp::ImportPage { gpa, data, .. } if *gpa == BASE => madt_vcpus(plan.page_bytes(data)),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +486,19 @@ mod tests {
             let at = (tb.gpa - BASE) as usize;
             assert_eq!(&page[at..at + tb.bytes.len()], &tb.bytes[..]);
         }
+    }
+
+    #[test]
+    fn madt_vcpus_reads_the_count_back() {
+        for n in [1, 4, 255] {
+            assert_eq!(madt_vcpus(&tables(n).unwrap().page()), Some(n));
+        }
+        let mut page = tables(2).unwrap().page();
+        assert_eq!(madt_vcpus(&page[..100]), None);
+        page[(MADT - BASE) as usize + 44 + 4] = 0; // CPU 0 disabled: checksum now wrong
+        assert_eq!(madt_vcpus(&page), None);
+        assert_eq!(madt_vcpus(&[0u8; 4096]), None);
+        assert_eq!(madt_vcpus(&[]), None);
     }
 
     #[test]

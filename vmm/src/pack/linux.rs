@@ -930,6 +930,13 @@ mod tests {
         ] {
             assert!(pages.contains_key(&gpa), "{gpa:#x} not imported");
         }
+        // The ACPI page is imported, and `run` reads the MADT's vCPU count back from it.
+        assert_eq!(super::super::acpi::planned_vcpus(&p), Some(1));
+        let mut three = inputs(&k, None, "");
+        three.vcpus = 3;
+        let bytes3 = pack(&three).unwrap().bytes;
+        let p3 = plan(&bytes3, &cfg).unwrap();
+        assert_eq!(super::super::acpi::planned_vcpus(&p3), Some(3));
         let regs = p.vp_contexts()[ctx.unwrap() as usize];
         assert_eq!(regs.rip, 0x100_0200);
         assert_eq!(regs.gprs.rsi, ZERO_PAGE);
