@@ -304,7 +304,9 @@ fn fadt() -> Vec<u8> {
     b.push(RESET_VALUE); // 128 RESET_VALUE
     b.extend_from_slice(&0u16.to_le_bytes()); // 129 ARM_BOOT_ARCH
     b.push(5); // 131 FADT Minor Version
-    b.extend_from_slice(&FACS.to_le_bytes()); // 132 X_FIRMWARE_CTRL
+               // 132 X_FIRMWARE_CTRL: zero, since FIRMWARE_CTRL holds the FACS (below 4 GiB; §5.2.9:
+               // with FIRMWARE_CTRL non-zero this field must be zero).
+    b.extend_from_slice(&0u64.to_le_bytes());
     b.extend_from_slice(&DSDT.to_le_bytes()); // 140 X_DSDT
     b.extend_from_slice(&gas_io(PM1A_EVT_BLK, PM1_EVT_LEN * 8, 2)); // 148 X_PM1a_EVT_BLK
     b.extend_from_slice(&gas_io(0, 0, 0)); // 160 X_PM1b_EVT_BLK
@@ -463,7 +465,7 @@ mod tests {
         assert_eq!((fadt[8], fadt[131]), (6, 5));
         assert_eq!(u32_at(fadt, 36), FACS as u32);
         assert_eq!(u32_at(fadt, 40), DSDT as u32);
-        assert_eq!(u64_at(fadt, 132), FACS);
+        assert_eq!(u64_at(fadt, 132), 0);
         assert_eq!(u64_at(fadt, 140), DSDT);
         assert_eq!(u16_at(fadt, 46), 9);
         assert_eq!(u32_at(fadt, 48), 0);
