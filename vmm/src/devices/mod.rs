@@ -216,7 +216,7 @@ impl UnknownLog {
 
 /// Where device models drive interrupt lines: the in-kernel irqchip's inputs
 /// (`KVM_IRQ_LINE`, [`crate::sys::kvm::IrqLine`]). Only platforms with an in-kernel PIC and
-/// IOAPIC connect one (native, SEV, SEV-ES, SNP and the emulated platforms); TDX's split
+/// IOAPIC connect one (native, SEV, SEV-ES, SNP, emulated SEV-family); TDX's split
 /// irqchip has no such inputs (KVM answers `ENOTTY` to `KVM_CREATE_IRQCHIP` for a TD), so
 /// there the UART stays polled.
 pub trait IrqSink: Send + Sync + std::fmt::Debug {
