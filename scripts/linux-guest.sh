@@ -12,6 +12,9 @@
 #                                   missing): the independent loader relaunch's boot
 #                                   parameters are compared with (its -kernel direct boot)
 #   gcc, libc6-dev                  the tests build a static init for the initramfs
+#   iasl                            Debian's acpica-tools: the independent disassembler
+#                                   (`iasl -d`, which also verifies checksums) the ACPI
+#                                   tables `pack --kernel` writes are checked with
 #
 # Needs: apt-get/dpkg-deb with Debian's archive reachable, root for apt-get install.
 set -euo pipefail
@@ -24,6 +27,7 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v gcc >/dev/null || need+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+command -v iasl >/dev/null || need+=(acpica-tools)
 if [ ${#need[@]} -gt 0 ] && { [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; }; then
     # The Linux-guest tests skip with this reason (outside CI).
     echo "linux-guest: warning: ${need[*]} missing and cannot be installed here (needs root" \

@@ -39,6 +39,31 @@ fn kvm_image_hello() {
     assert!(out.contains("generation 1"), "{out:?}");
 }
 
+/// The UART's IRQ 4 reaches the guest: `KVM_IRQ_LINE` on the in-kernel irqchip, the 8259
+/// master (remapped to 0x20), the BSP's LINT0, the IDT. The second line is written only by
+/// the guest's interrupt handler, one byte per THR-empty interrupt.
+#[test]
+fn kvm_image_irq_serial_interrupts_are_delivered() {
+    let Some(host) = host(true) else { return };
+    let Some((_, bundle)) = image("irq") else {
+        return;
+    };
+    let plan = plan_native(&host, &bundle, 1);
+    let cfg = config(MEM, None, false);
+    let r = run(&host, &plan, &cfg);
+    assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
+    let out = output(&cfg);
+    let msg = "irq: sent from the IRQ 4 handler\n";
+    assert_eq!(
+        out,
+        format!(
+            "irq: start\n{msg}irq: {} interrupts, {} bytes from the handler\n",
+            msg.len() + 1,
+            msg.len()
+        )
+    );
+}
+
 #[test]
 fn kvm_image_reboot_loop_counts_generations() {
     let Some(host) = host(true) else { return };

@@ -144,6 +144,7 @@ fn pack(kernel: &[u8], c_bit: u8, mem: u64) -> Vec<u8> {
             initrd: Some(&[0x42; 10_000]),
             cmdline: APPEND,
             mem,
+            vcpus: 1,
         },
         &LinuxOptions {
             views: Vec::new(),

@@ -717,6 +717,16 @@ pub fn run_session(
                 Arc::clone(&unknown_log),
             )));
             let exits = backend.exit_handler(Arc::clone(&devices), &vm, &memory);
+            // Input arriving while the guest waits raises the UART's interrupt (where the
+            // backend connected one); a weak reference, so an ended launch is not kept.
+            let weak = Arc::downgrade(&devices);
+            cfg.console.set_input_waker(Some(Box::new(move || {
+                if let Some(d) = weak.upgrade() {
+                    d.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .update_serial_irq();
+                }
+            })));
             let ctl = Arc::new(RunControl::with_main_thread());
             if let Some(c) = &cfg.control {
                 c.launching(

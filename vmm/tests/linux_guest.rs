@@ -140,7 +140,7 @@ fn unhex(s: &str) -> Vec<u8> {
 const EXPLAINED: &[(&str, usize, usize, &str)] = &[
     ("screen_info", 0x000, 0x040, "filled by the kernel's 16-bit setup code (BIOS video calls) under QEMU, which enters through the real-mode setup; the 64-bit entry skips that code, so the loader leaves it zero (no console but serial)"),
     ("apm_bios_info", 0x040, 0x054, "16-bit setup code (BIOS int 0x15 APM); none without a BIOS"),
-    ("acpi_rsdp_addr", 0x070, 0x078, "written by the kernel's decompressor when it finds an ACPI RSDP (SeaBIOS's, in the BIOS area); relaunch's native launch has no ACPI tables, so the kernel runs without ACPI"),
+    ("acpi_rsdp_addr", 0x070, 0x078, "QEMU: written by the kernel's decompressor when it finds SeaBIOS's RSDP in the BIOS area; relaunch: the RSDP of the tables pack writes (0xe0000, in the reserved ISA hole)"),
     ("ist_info", 0x060, 0x070, "16-bit setup code (BIOS SpeedStep query)"),
     ("sys_desc_table", 0x0A0, 0x0B0, "16-bit setup code (BIOS int 0x15 C0)"),
     ("edid_info", 0x140, 0x1C0, "16-bit setup code (VESA DDC)"),
@@ -199,6 +199,7 @@ fn qemu_direct_boot_params_match_relaunch_pack() {
         initrd: Some(&g.initrd_bytes),
         cmdline: APPEND,
         mem: MEM,
+        vcpus: 1,
     };
     let (_, ours) = linux::layout(&inputs).unwrap();
     let (q, r) = (
@@ -214,6 +215,9 @@ fn qemu_direct_boot_params_match_relaunch_pack() {
     assert_eq!(q.ramdisk_size, g.initrd_bytes.len() as u64);
     assert_eq!(r.ramdisk_size, g.initrd_bytes.len() as u64);
     assert_eq!((q.type_of_loader, r.type_of_loader), (0xB0, 0xFF));
+    // Each its own ACPI tables: SeaBIOS's RSDP (in the BIOS area), ours at 0xE0000.
+    assert_eq!(r.acpi_rsdp_addr, relaunch::pack::acpi::RSDP);
+    assert!((0xE_0000..0x10_0000).contains(&q.acpi_rsdp_addr), "{q:x?}");
     // Both initrds lie in RAM below initrd_addr_max, clear of the kernel's window.
     for (who, bp) in [("qemu", &q), ("relaunch", &r)] {
         let end = bp.ramdisk_image + bp.ramdisk_size;
@@ -292,6 +296,7 @@ fn packed_native_view_boots_where_qemu_loads_igvm() {
         initrd: Some(&g.initrd_bytes),
         cmdline: APPEND,
         mem: MEM,
+        vcpus: 1,
     })
     .unwrap();
     std::fs::write(&bundle, &packed.bytes).unwrap();
@@ -400,6 +405,7 @@ fn relaunch_run_shows_how_far_linux_gets() {
         initrd: Some(&g.initrd_bytes),
         cmdline: APPEND,
         mem: MEM,
+        vcpus: 1,
     })
     .unwrap()
     .1;
@@ -409,6 +415,32 @@ fn relaunch_run_shows_how_far_linux_gets() {
     if kernel_lines.len() > 25 {
         assert!(kernel_lines.contains(&ramdisk.as_str()), "{ramdisk}\n{out}");
     }
+    // The kernel found our ACPI tables where the zero page says, each with its length and
+    // header (ACPICA's table banner, `drivers/acpi/acpica/tbprint.c`), before "Memory:".
+    let acpi_lines = acpi_banner(&relaunch::pack::acpi::tables(1).unwrap());
+    if kernel_lines.iter().any(|l| l.starts_with("Memory: ")) {
+        for want in &acpi_lines {
+            assert!(
+                kernel_lines.iter().any(|l| l.trim_end() == want),
+                "no {want:?}:\n{out}"
+            );
+        }
+        // The KVM paravirtual clock: the time source relaunch leaves to KVM's CPUID.
+        assert!(
+            kernel_lines.iter().any(|l| l.starts_with("kvm-clock: ")),
+            "{out}"
+        );
+        let seen: Vec<&str> = kernel_lines
+            .iter()
+            .copied()
+            .filter(|l| {
+                ["ACPI", "kvm-clock", "tsc:", "Hypervisor"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        println!("ACPI and clock lines:\n{}", seen.join("\n"));
+    }
     let first: Vec<&str> = lines.iter().take(8).copied().collect();
     let last = lines.last().copied().unwrap_or("");
     println!(
@@ -417,5 +449,214 @@ fn relaunch_run_shows_how_far_linux_gets() {
         lines.len(),
         first.join("\n"),
         err.lines().last().unwrap_or("")
+    );
+}
+
+/// The lines ACPICA prints for each table it finds (`acpi_tb_print_table_header`): the RSDP
+/// with its OEM ID, the FACS with its length only, every other table with its header.
+fn acpi_banner(t: &relaunch::pack::acpi::AcpiTables) -> Vec<String> {
+    let order = ["RSDP", "XSDT", "FACP", "DSDT", "FACS", "APIC"];
+    order
+        .iter()
+        .map(|sig| {
+            let tb = t.get(sig).unwrap();
+            let b = &tb.bytes;
+            let head = format!("ACPI: {sig} {:#018X} {:06X}", tb.gpa, b.len()).replace("0X", "0x");
+            let s = |r: std::ops::Range<usize>| String::from_utf8_lossy(&b[r]).into_owned();
+            let u = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+            match *sig {
+                "RSDP" => format!("{head} (v{:02} {})", b[15], s(9..15)),
+                "FACS" => head,
+                _ => format!(
+                    "{head} (v{:02} {} {} {:08X} {} {:08X})",
+                    b[8],
+                    s(10..16),
+                    s(16..24),
+                    u(24),
+                    s(28..32),
+                    u(32)
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Runs `iasl` with `args` in `dir`; its stdout and stderr together.
+fn iasl(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("iasl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "iasl {args:?}:\n{text}");
+    text
+}
+
+/// The values of the disassembly lines `[off len] name : value` (or `name : value`, the
+/// decoded flag lines) whose name is exactly `name`, in order.
+fn dsl_field<'a>(dsl: &'a str, name: &str) -> Vec<&'a str> {
+    dsl.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(" : ")?;
+            let k = k.rsplit_once(']').map_or(k, |x| x.1).trim();
+            (k == name).then(|| v.trim())
+        })
+        .collect()
+}
+
+/// The ACPI tables `pack --kernel` writes, checked by an independent implementation:
+/// ACPICA's `iasl` (Debian's acpica-tools). Each table is disassembled (`iasl -d`, which
+/// checks the checksum and decodes every field: asserted below), then compiled back from
+/// the disassembly and compared byte for byte (all but the checksum and the compiler ID
+/// and revision, which iasl writes as its own). `iasl -d` of this version cannot read an
+/// RSDP, so the RSDP is written out as iasl source from the expected values and compiled:
+/// iasl computes both its checksums.
+#[test]
+fn acpi_tables_disassemble_with_iasl() {
+    if !have("iasl") && Command::new("iasl").arg("-v").output().is_err() {
+        missing::<()>("no iasl (Debian's acpica-tools)");
+        return;
+    }
+    use relaunch::pack::acpi;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("acpi-iasl");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("back")).unwrap();
+    let vcpus = 3;
+    let tables = acpi::tables(vcpus).unwrap();
+    let mut dsl = std::collections::BTreeMap::new();
+    for t in tables.tables.iter().filter(|t| t.signature != "RSDP") {
+        let name = t.signature.to_lowercase();
+        std::fs::write(dir.join(format!("{name}.dat")), &t.bytes).unwrap();
+        let log = iasl(&dir, &["-d", &format!("{name}.dat")]);
+        assert!(!log.contains("Incorrect checksum"), "{log}");
+        let text = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
+        assert!(!text.contains("Incorrect checksum"), "{text}");
+        // Round trip: the disassembly compiles back to our bytes.
+        std::fs::write(dir.join(format!("back/{name}.dsl")), &text).unwrap();
+        iasl(&dir.join("back"), &[&format!("{name}.dsl")]);
+        let back = std::fs::read(dir.join(format!("back/{name}.aml"))).unwrap();
+        assert_eq!(back.len(), t.bytes.len(), "{name}");
+        for (i, (a, b)) in back.iter().zip(&t.bytes).enumerate() {
+            if t.signature == "FACS" || !(i == 9 || (28..36).contains(&i)) {
+                assert_eq!(a, b, "{name} byte {i:#x}");
+            }
+        }
+        dsl.insert(t.signature, text);
+    }
+    // FADT (ACPI 6.5 §5.2.9).
+    let f = &dsl["FACP"];
+    let one = |name: &str| -> String {
+        let v = dsl_field(f, name);
+        assert!(!v.is_empty(), "no {name} in\n{f}");
+        v[0].to_string()
+    };
+    assert_eq!(one("Revision"), "06");
+    assert_eq!(one("FADT Minor Revision"), "05");
+    assert_eq!(
+        dsl_field(f, "FACS Address"),
+        ["000E0040", "0000000000000000"]
+    );
+    assert_eq!(
+        dsl_field(f, "DSDT Address"),
+        ["000E0080", "00000000000E0080"]
+    );
+    assert_eq!(one("SCI Interrupt"), "0009");
+    assert_eq!(one("SMI Command Port"), "00000000");
+    assert_eq!(one("PM1A Event Block Address"), "00000600");
+    assert_eq!(one("PM1A Control Block Address"), "00000604");
+    assert_eq!(one("PM1 Event Block Length"), "04");
+    assert_eq!(one("PM1 Control Block Length"), "02");
+    assert_eq!(one("PM Timer Block Length"), "00");
+    assert_eq!(one("Reset Register Supported (V2)"), "1");
+    assert_eq!(one("Hardware Reduced (V5)"), "0");
+    assert_eq!(one("8042 Present on ports 60/64 (V2)"), "0");
+    assert_eq!(one("CMOS RTC Not Present (V5)"), "1");
+    assert_eq!(one("Value to cause reset"), "06");
+    // The generic addresses in order: RESET_REG, X_PM1a_EVT_BLK, X_PM1b_EVT_BLK (none),
+    // X_PM1a_CNT_BLK.
+    let pick = |name: &str| -> Vec<String> {
+        let v = dsl_field(f, name);
+        [0, 1, 2, 3].iter().map(|&i| v[i].to_string()).collect()
+    };
+    assert_eq!(
+        pick("Space ID"),
+        [
+            "01 [SystemIO]",
+            "01 [SystemIO]",
+            "00 [SystemMemory]",
+            "01 [SystemIO]"
+        ]
+    );
+    assert_eq!(
+        pick("Address"),
+        [
+            "0000000000000CF9",
+            "0000000000000600",
+            "0000000000000000",
+            "0000000000000604"
+        ]
+    );
+    assert_eq!(pick("Bit Width"), ["08", "20", "00", "10"]);
+    // DSDT: \_S5 with SLP_TYP 0 (what PM1a_CNT accepts; QEMU's q35 value).
+    let d = &dsl["DSDT"];
+    let s5: String = d.split_whitespace().collect();
+    assert!(
+        s5.contains("Name(_S5,Package(0x04)//_S5_:S5SystemState{Zero,Zero,Zero,Zero})"),
+        "{d}"
+    );
+    // MADT (ACPI 6.5 §5.2.12).
+    let m = &dsl["APIC"];
+    assert_eq!(dsl_field(m, "Revision"), ["06"]);
+    assert_eq!(dsl_field(m, "Local Apic Address"), ["FEE00000"]);
+    assert_eq!(dsl_field(m, "PC-AT Compatibility"), ["1"]);
+    assert_eq!(dsl_field(m, "Local Apic ID"), ["00", "01", "02"]);
+    assert_eq!(dsl_field(m, "Processor ID"), ["00", "01", "02"]);
+    assert_eq!(dsl_field(m, "Processor Enabled"), ["1"; 3]);
+    assert_eq!(
+        dsl_field(m, "Subtable Type"),
+        [
+            "00 [Processor Local APIC]",
+            "00 [Processor Local APIC]",
+            "00 [Processor Local APIC]",
+            "01 [I/O APIC]",
+            "02 [Interrupt Source Override]"
+        ]
+    );
+    assert_eq!(dsl_field(m, "Address"), ["FEC00000"]);
+    assert_eq!(dsl_field(m, "Interrupt"), ["00000000", "00000009"]);
+    assert_eq!(dsl_field(m, "Source"), ["09"]);
+    assert_eq!(dsl_field(m, "Polarity"), ["1"]);
+    assert_eq!(dsl_field(m, "Trigger Mode"), ["3"]);
+    // XSDT → FADT, MADT; FACS.
+    let x = &dsl["XSDT"];
+    assert_eq!(
+        dsl_field(x, "ACPI Table Address   0")
+            .iter()
+            .chain(&dsl_field(x, "ACPI Table Address   1"))
+            .copied()
+            .collect::<Vec<_>>(),
+        ["00000000000E0100", "00000000000E0280"]
+    );
+    assert_eq!(dsl_field(&dsl["FACS"], "Version"), ["02"]);
+    // The RSDP: iasl's data-table compiler, given the fields, produces our bytes (and so
+    // our two checksums).
+    let src = format!(
+        "[0008] Signature : \"RSD PTR \"\n[0001] Checksum : 00\n[0006] Oem ID : \"RLAUNC\"\n\
+         [0001] Revision : 02\n[0004] RSDT Address : 00000000\n[0004] Length : 00000024\n\
+         [0008] XSDT Address : {:016X}\n[0001] Extended Checksum : 00\n[0003] Reserved : 000000\n",
+        acpi::XSDT
+    );
+    std::fs::write(dir.join("rsdp.asl"), src).unwrap();
+    iasl(&dir, &["rsdp.asl"]);
+    let rsdp = std::fs::read(dir.join("rsdp.aml")).unwrap();
+    assert_eq!(rsdp, tables.get("RSDP").unwrap().bytes);
+    println!(
+        "iasl: {} tables disassembled and recompiled, RSDP compiled equal",
+        dsl.len()
     );
 }

@@ -19,7 +19,15 @@ use anyhow::{bail, Context};
 use crate::workspace_root;
 
 /// The guests, in build order.
-pub const GUESTS: [&str; 6] = ["hello", "reboot-loop", "smp", "junk", "sevinfo", "fuki"];
+pub const GUESTS: [&str; 7] = [
+    "hello",
+    "reboot-loop",
+    "smp",
+    "junk",
+    "sevinfo",
+    "fuki",
+    "irq",
+];
 
 /// `cargo xtask build-images [--check] [--update-prebuilt]`.
 pub fn build_images(args: &[String]) -> anyhow::Result<()> {

@@ -140,9 +140,14 @@ impl Backend for NativeBackend {
     fn exit_handler(
         &self,
         devices: Arc<Mutex<Devices>>,
-        _vm: &Vm,
+        vm: &Vm,
         _memory: &Arc<GuestMemory>,
     ) -> Arc<dyn ExitHandler> {
+        // The in-kernel irqchip (`vcpus`) takes the UART's IRQ 4.
+        devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .connect_irq(Arc::new(vm.irq_line()));
         Arc::new(NativeExits::new(devices))
     }
 }
@@ -709,6 +714,45 @@ mod tests {
             .map(|l| l.replacen("vm0", "vm1", 1))
             .collect();
         assert_eq!(rec.lines(), again);
+    }
+
+    /// The UART's interrupt output reaches the in-kernel irqchip as `KVM_IRQ_LINE` on IRQ 4
+    /// (`api.rst` 4.25; after `KVM_CREATE_IRQCHIP`), one call per level change.
+    #[test]
+    fn uart_interrupts_are_kvm_irq_line_calls() {
+        use crate::devices::console::Console;
+        use crate::devices::fw_cfg::FwCfg;
+        use crate::devices::{LaunchClock, UnknownLog};
+        let (rec, host) = recorded(8, &[(KVM_CAP_NR_MEMSLOTS, 509)]);
+        let backend = NativeBackend::new(Arc::new(host));
+        let built = backend.build(&launch(1, MEM)).unwrap();
+        let devices = Arc::new(Mutex::new(Devices::new(
+            Arc::new(Console::capture(64)),
+            Arc::clone(&built.memory),
+            Arc::new(LaunchClock::start()),
+            FwCfg::new(1, 1, &[]),
+            Arc::new(UnknownLog::new()),
+        )));
+        rec.clear();
+        let exits = backend.exit_handler(Arc::clone(&devices), &built.vm, &built.memory);
+        let mut d = devices.lock().unwrap();
+        d.io_out(0x3F9, 1, &[0x02]); // IER: ETBEI
+        let mut iir = [0u8];
+        d.io_in(0x3FA, 1, &mut iir); // IIR: THRE, cleared
+        assert_eq!(iir[0], 0x02);
+        d.io_out(0x3F8, 1, b"hi"); // THR
+        d.io_out(0x3F9, 1, &[0x00]); // IER off
+        drop(d);
+        assert_eq!(
+            rec.lines(),
+            [
+                "vm0 KVM_IRQ_LINE irq=4 level=1",
+                "vm0 KVM_IRQ_LINE irq=4 level=0",
+                "vm0 KVM_IRQ_LINE irq=4 level=1",
+                "vm0 KVM_IRQ_LINE irq=4 level=0",
+            ]
+        );
+        drop(exits);
     }
 
     /// Two launches alternating (a one-shot hand-over's stage 1 and stage 2) each keep

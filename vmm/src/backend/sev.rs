@@ -316,6 +316,11 @@ impl Backend for SevBackend {
         vm: &Vm,
         memory: &Arc<GuestMemory>,
     ) -> Arc<dyn ExitHandler> {
+        // The in-kernel irqchip (`vcpus`) takes the UART's IRQ 4.
+        devices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .connect_irq(Arc::new(vm.irq_line()));
         let native = NativeExits::new(devices);
         if self.platform == Platform::Sev {
             // Plain SEV guests have no GHCB protocol and no private/shared memslots.

@@ -108,7 +108,8 @@ pub const FLAGS: &[Flag] = &[
         long: "vcpus",
         short: None,
         value: Some("N"),
-        help: "vCPUs the predicted measurements are for, 1 to 255. Default: 1.",
+        help: "vCPUs the predicted measurements are for, 1 to 255; with --kernel also the \
+               vCPUs its ACPI MADT lists (run it with the same --vcpus). Default: 1, as run.",
     },
     launch_flags::VCPU_TYPE,
     launch_flags::VCPU_SIG,
@@ -439,6 +440,7 @@ pub fn pack_input(a: &PackArgs) -> Result<Packed, String> {
                 initrd: initrd.as_deref(),
                 cmdline: append,
                 mem,
+                vcpus: a.vcpus,
             };
             let opts = linux::LinuxOptions {
                 views: a.views.clone(),

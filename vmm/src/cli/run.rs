@@ -583,6 +583,19 @@ pub fn main(args: &[OsString]) -> u8 {
         Ok(l) => Arc::new(l),
         Err(e) => return usage_error(format_args!("{}: {e}", opts.bundle.display())),
     };
+    // A bundle from `pack --kernel` lists its vCPUs in its ACPI MADT: a different --vcpus
+    // is allowed (the guest sees the MADT's count; extra vCPUs wait for an INIT/SIPI that
+    // never comes, missing ones fail to start), but said (docs/linux-guests.md).
+    if let Some(n) = crate::pack::acpi::planned_vcpus(launch.plan()) {
+        if n != opts.vcpus {
+            crate::elog!(
+                "relaunch: warning: the bundle's ACPI MADT lists {n} vCPU{} (pack --vcpus); \
+                 this run has {}: the guest sees the MADT's",
+                if n == 1 { "" } else { "s" },
+                opts.vcpus
+            );
+        }
+    }
     // Every hand-over goes into the session's slot, planned for this run's launch config.
     let slot = Arc::new(crate::launch::LaunchSlot::new());
     let handover_cfg = Handover::new(Arc::clone(&slot), cfg, None, None);

@@ -34,11 +34,24 @@ enum Out {
     },
 }
 
+/// Called after input was queued (outside every console lock).
+pub type InputWaker = Box<dyn Fn() + Send + Sync>;
+
 /// Session console.
-#[derive(Debug)]
 pub struct Console {
     out: Out,
     input: Mutex<VecDeque<u8>>,
+    /// The running launch's UART interrupt update ([`Console::set_input_waker`]).
+    waker: Mutex<Option<InputWaker>>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("out", &self.out)
+            .field("input", &self.input)
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -50,6 +63,7 @@ impl Console {
         Console {
             out,
             input: Mutex::new(VecDeque::new()),
+            waker: Mutex::new(None),
         }
     }
 
@@ -146,11 +160,25 @@ impl Console {
     }
 
     /// Queues input; returns how many bytes fitted (at most [`INPUT_CAP`] are buffered).
+    /// Then calls the input waker, if any, with no console lock held but the waker's own.
     pub fn push_input(&self, data: &[u8]) -> usize {
         let mut q = lock(&self.input);
         let n = INPUT_CAP.saturating_sub(q.len()).min(data.len());
         q.extend(data.iter().take(n));
+        drop(q);
+        if n > 0 {
+            if let Some(w) = lock(&self.waker).as_ref() {
+                w();
+            }
+        }
         n
+    }
+
+    /// Sets what [`Console::push_input`] calls after queuing input: the running launch's UART
+    /// interrupt update (it takes the devices lock; the devices never take the waker's lock,
+    /// so the order is waker → devices → input queue). `None` removes it.
+    pub fn set_input_waker(&self, waker: Option<InputWaker>) {
+        *lock(&self.waker) = waker;
     }
 
     /// Starts a thread feeding stdin into the guest, when stdin is a terminal or a pipe

@@ -1,5 +1,6 @@
 //! The guest-facing devices, and only these (`docs/devices.md`): COM1 16550, the port-0x80
-//! boot marker, reset (i8042 0xFE on 0x64, 0xCF9 RST_CPU), power-off (0x604 SLP_EN), pvpanic
+//! boot marker, reset (i8042 0xFE on 0x64, 0xCF9 RST_CPU), the ACPI PM1a blocks ([`pm`]:
+//! 0x600 event, 0x604 control, power-off on SLP_EN), pvpanic
 //! (0x505), fw_cfg (0x510/0x511/0x514/0x518) with, when the session has it, the
 //! vm-launch-update device's `etc/vmlaunchupdate` ([`launch_update`]). Every other port or
 //! MMIO access is logged (rate-limited) and ignored: reads return all-ones.
@@ -10,6 +11,7 @@
 pub mod console;
 pub mod fw_cfg;
 pub mod launch_update;
+pub mod pm;
 pub mod serial;
 
 use std::io::Write;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use console::Console;
 use fw_cfg::{FwCfg, PendingWrite};
-use serial::{Serial, COM1};
+use serial::{Serial, COM1, COM1_IRQ};
 
 use crate::log::Spool;
 use crate::memory::GuestMemory;
@@ -31,8 +33,8 @@ pub const PORT_I8042_CMD: u16 = 0x64;
 pub const PORT_I8042_DATA: u16 = 0x60;
 /// ICH9 reset control register (RST_CNT).
 pub const PORT_RST_CNT: u16 = 0xCF9;
-/// ICH9 PM1a control (PM base 0x600 + 4): SLP_EN (bit 13) powers off.
-pub const PORT_PM1A_CNT: u16 = 0x604;
+/// ICH9 PM1a control (PM base 0x600 + 4): SLP_EN (bit 13) powers off ([`pm`]).
+pub const PORT_PM1A_CNT: u16 = pm::PORT_PM1A_CNT;
 /// pvpanic.
 pub const PORT_PVPANIC: u16 = 0x505;
 
@@ -42,8 +44,6 @@ const I8042_RESET: u8 = 0xFE;
 const RST_CNT_RST_CPU: u8 = 1 << 2;
 /// RST_CNT bits kept across writes (SYS_RST bit 1, FULL_RST bit 3).
 const RST_CNT_MASK: u8 = 0x0A;
-/// PM1_CNT.SLP_EN (ACPI 6.5 §4.8.3.2.1).
-const PM1_SLP_EN: u16 = 1 << 13;
 /// pvpanic PANICKED (QEMU `docs/specs/pvpanic.rst`).
 const PVPANIC_PANICKED: u8 = 1 << 0;
 /// pvpanic CRASH_LOADED.
@@ -214,6 +214,22 @@ impl UnknownLog {
     }
 }
 
+/// Where device models drive interrupt lines: the in-kernel irqchip's inputs
+/// (`KVM_IRQ_LINE`, [`crate::sys::kvm::IrqLine`]). Only platforms with an in-kernel PIC and
+/// IOAPIC connect one (native, SEV, SEV-ES, SNP, emulated SEV-family); TDX's split
+/// irqchip has no such inputs (KVM answers `ENOTTY` to `KVM_CREATE_IRQCHIP` for a TD), so
+/// there the UART stays polled.
+pub trait IrqSink: Send + Sync + std::fmt::Debug {
+    /// Sets input `irq` to `level`; false if the kernel refused.
+    fn set_level(&self, irq: u32, level: bool) -> bool;
+}
+
+impl IrqSink for crate::sys::kvm::IrqLine {
+    fn set_level(&self, irq: u32, level: bool) -> bool {
+        self.set(irq, level).is_ok()
+    }
+}
+
 /// Why the guest asked for a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetSource {
@@ -315,8 +331,15 @@ pub struct Devices {
     memory: Arc<GuestMemory>,
     clock: Arc<LaunchClock>,
     serial: Serial,
+    /// Where IRQ 4 goes, if this platform has an in-kernel irqchip ([`IrqSink`]).
+    irq: Option<Arc<dyn IrqSink>>,
+    /// The level IRQ 4 was last set to.
+    serial_level: bool,
+    /// `KVM_IRQ_LINE` calls the kernel refused.
+    pub irq_errors: u64,
     fw_cfg: FwCfg,
     rst_cnt: u8,
+    pm: pm::Pm1,
     log: Arc<UnknownLog>,
     /// fw_cfg writes to complete once the devices lock is released ([`Devices::take_deferred`]).
     deferred: Vec<PendingWrite>,
@@ -360,11 +383,35 @@ impl Devices {
             memory,
             clock,
             serial: Serial::new(),
+            irq: None,
+            serial_level: false,
+            irq_errors: 0,
             fw_cfg,
             rst_cnt: 0,
+            pm: pm::Pm1::new(),
             log,
             deferred: Vec::new(),
             unknown: 0,
+        }
+    }
+
+    /// Connects the UART's interrupt output to `sink` (IRQ 4). Without it the UART is polled.
+    pub fn connect_irq(&mut self, sink: Arc<dyn IrqSink>) {
+        self.irq = Some(sink);
+        self.serial_level = false;
+        self.update_serial_irq();
+    }
+
+    /// Drives IRQ 4 from the UART's interrupt output when it changed (level changes only):
+    /// after every UART access, and when input arrives ([`Console::set_input_waker`]).
+    pub fn update_serial_irq(&mut self) {
+        let Some(sink) = &self.irq else { return };
+        let level = self.serial.interrupt(&self.console);
+        if level != self.serial_level {
+            if !sink.set_level(COM1_IRQ, level) {
+                self.irq_errors = self.irq_errors.saturating_add(1);
+            }
+            self.serial_level = level;
         }
     }
 
@@ -395,6 +442,7 @@ impl Devices {
     pub fn io_in(&mut self, port: u16, size: usize, data: &mut [u8]) -> Action {
         if let COM1..=0x3FF = port {
             self.serial.read(port - COM1, size, data, &self.console);
+            self.update_serial_irq();
             return Action::None;
         }
         let mut known = true;
@@ -431,7 +479,8 @@ impl Devices {
                     *b = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
                 }
             }
-            PORT_PM1A_CNT | 0x605 | PORT_BOOT_MARKER => data.fill(0),
+            pm::PORT_PM1A_EVT..=pm::PORT_PM1A_CNT_END => self.pm.read(port, data),
+            PORT_BOOT_MARKER => data.fill(0),
             _ => return false,
         }
         true
@@ -444,6 +493,7 @@ impl Devices {
     pub fn io_out(&mut self, port: u16, size: usize, data: &[u8]) -> Action {
         if let COM1..=0x3FF = port {
             self.serial.write(port - COM1, size, data, &self.console);
+            self.update_serial_irq();
             return Action::None;
         }
         for access in data.chunks(size.max(1)) {
@@ -481,13 +531,8 @@ impl Devices {
                 }
                 self.rst_cnt = first & RST_CNT_MASK;
             }
-            PORT_PM1A_CNT | 0x605 => {
-                let val = match (port, data) {
-                    (PORT_PM1A_CNT, [lo, hi, ..]) => u16::from_le_bytes([*lo, *hi]),
-                    (0x605, [hi]) => u16::from(*hi) << 8,
-                    _ => 0,
-                };
-                if val & PM1_SLP_EN != 0 {
+            pm::PORT_PM1A_EVT..=pm::PORT_PM1A_CNT_END => {
+                if self.pm.write(port, data) {
                     return Some(Action::PowerOff);
                 }
             }
@@ -555,8 +600,64 @@ mod tests {
         assert_eq!(d.io_out(0x604, 2, &0x1C00u16.to_le_bytes()), Action::None);
         assert_eq!(d.io_out(0x605, 1, &[0x20]), Action::PowerOff);
         assert_eq!(d.io_out(0x604, 1, &[0x20]), Action::None);
+        // ACPI mode always (SCI_EN), SLP_TYP reads back; the event block is a device too.
+        let mut w = [0u8; 2];
+        d.io_out(0x604, 2, &0x1C00u16.to_le_bytes());
+        d.io_in(0x604, 2, &mut w);
+        assert_eq!(u16::from_le_bytes(w), (7 << 10) | 1);
+        let before = d.unknown;
+        d.io_out(0x600, 2, &[0xFF, 0xFF]);
+        d.io_in(0x600, 4, &mut [0u8; 4]);
+        assert_eq!(d.unknown, before);
         assert_eq!(d.io_out(0x505, 1, &[1]), Action::Panic);
         assert_eq!(d.io_out(0x505, 1, &[2]), Action::None);
+    }
+
+    /// Records every level change it is asked for.
+    #[derive(Debug, Default)]
+    struct Lines(Mutex<Vec<(u32, bool)>>);
+
+    impl IrqSink for Lines {
+        fn set_level(&self, irq: u32, level: bool) -> bool {
+            self.0.lock().unwrap().push((irq, level));
+            true
+        }
+    }
+
+    #[test]
+    fn uart_drives_irq4_on_level_changes_only() {
+        let (mut d, console, _) = devices();
+        // Not connected: the UART is polled, nothing is driven.
+        d.io_out(0x3F9, 1, &[0x02]);
+        let lines = Arc::new(Lines::default());
+        d.connect_irq(Arc::clone(&lines) as Arc<dyn IrqSink>);
+        // Connecting samples the output: THRE is pending (ETBEI was raised).
+        assert_eq!(*lines.0.lock().unwrap(), [(4, true)]);
+        // Reading IIR (THRE) lowers it; a second read changes nothing.
+        let mut b = [0u8];
+        d.io_in(0x3FA, 1, &mut b);
+        d.io_in(0x3FA, 1, &mut b);
+        // Three bytes: high after the first THR write; still high (no call) after the rest.
+        d.io_out(0x3F8, 1, b"abc");
+        d.io_out(0x3F8, 1, b"d");
+        // Input while the guest waits: the waker path raises RDA.
+        d.io_out(0x3F9, 1, &[0x01]);
+        console.push_input(b"k");
+        d.update_serial_irq();
+        d.io_in(0x3F8, 1, &mut b);
+        assert_eq!(b[0], b'k');
+        assert_eq!(
+            *lines.0.lock().unwrap(),
+            [
+                (4, true),
+                (4, false),
+                (4, true),
+                (4, false),
+                (4, true),
+                (4, false)
+            ]
+        );
+        assert_eq!(d.irq_errors, 0);
     }
 
     #[test]
@@ -693,7 +794,7 @@ mod tests {
         let (mut d, console, _) = devices();
         for p in 0..=u16::MAX {
             let mut b = [0u8; 4];
-            if !matches!(p, 0x64 | 0x505 | 0x604 | 0x605 | 0xCF9 | 0x510..=0x51B) {
+            if !matches!(p, 0x64 | 0x505 | 0x600..=0x605 | 0xCF9 | 0x510..=0x51B) {
                 d.io_out(p, 4, &[0xFE, 0xFF, 0xFF, 0xFF]);
             }
             d.io_in(p, 4, &mut b);

@@ -1,13 +1,26 @@
-//! A 16550A UART at COM1 (0x3F8–0x3FF), polled (no interrupt line is raised).
+//! A 16550A UART at COM1 (0x3F8–0x3FF) with its interrupt output on ISA IRQ 4.
 //!
 //! Registers per the National Semiconductor PC16550D data sheet: RBR/THR/DLL (+0), IER/DLM
 //! (+1), IIR/FCR (+2), LCR (+3), MCR (+4), LSR (+5), MSR (+6), SCR (+7). Output goes to the
 //! session console; input comes from the session's bounded input queue.
+//!
+//! Interrupts (data sheet, "Interrupt Identification Register" and Table IV "Interrupt
+//! Control Functions"): two sources exist here, received data available (IER bit 0; set
+//! while input is queued, cleared by reading RBR until the queue is empty) and transmitter
+//! holding register empty (IER bit 1; set by a THR write — the byte leaves at once, so THR
+//! is empty again — and when ETBEI goes from 0 to 1 with THR empty, as QEMU's
+//! `hw/char/serial.c` does; cleared by reading IIR when THRE is its source, by writing THR
+//! or by clearing ETBEI). Receiver line status (no errors occur) and modem status (the lines
+//! never change) never interrupt. The INTR output is high while an enabled source is
+//! pending: [`Serial::interrupt`]. The devices drive IRQ 4 from it on level changes only
+//! (`super::Devices`); OUT2 does not gate it (as QEMU's UART).
 
 use super::console::Console;
 
 /// COM1 base port.
 pub const COM1: u16 = 0x3F8;
+/// COM1's ISA IRQ (the PC convention; Linux's `SERIAL_PORT_DFNS`).
+pub const COM1_IRQ: u32 = 4;
 
 const LSR_DR: u8 = 1 << 0;
 const LSR_THRE: u8 = 1 << 5;
@@ -75,8 +88,12 @@ impl Serial {
             }
             1 if dlab => self.dlm = v,
             1 => {
+                let was = self.ier;
                 self.ier = v & 0x0F;
-                self.thre_pending = self.ier & IER_THRE != 0;
+                if (was ^ self.ier) & IER_THRE != 0 {
+                    // ETBEI rising with THR empty (always): THRE pending; falling: none.
+                    self.thre_pending = self.ier & IER_THRE != 0;
+                }
             }
             2 => self.fifo = v & 1 != 0,
             3 => self.lcr = v,
@@ -84,6 +101,13 @@ impl Serial {
             7 => self.scr = v,
             _ => {} // LSR/MSR writes are ignored (factory test only).
         }
+    }
+
+    /// Whether the INTR output is asserted: an enabled interrupt source is pending (module
+    /// doc).
+    pub fn interrupt(&self, console: &Console) -> bool {
+        (self.ier & IER_RDA != 0 && console.input_ready())
+            || (self.ier & IER_THRE != 0 && self.thre_pending)
     }
 
     /// Guest `in` at register `off` (0..=7) into `data`: one or more accesses of `size` bytes.
@@ -169,6 +193,76 @@ mod tests {
         s.write(0, 1, &[], &c);
         s.read(0, 1, &mut [], &c);
         assert_eq!(c.captured(), b"hi!");
+    }
+
+    /// INTR for every IER / IIR transition (PC16550D Table IV; module doc).
+    #[test]
+    fn interrupt_output_follows_ier_and_iir() {
+        let c = Console::capture(64);
+        let mut s = Serial::new();
+        let iir = |s: &mut Serial| {
+            let mut b = [0u8];
+            s.read(2, 1, &mut b, &c);
+            b[0]
+        };
+        // Reset: nothing enabled, nothing pending.
+        assert!(!s.interrupt(&c));
+        // A byte sent with ETBEI off: no interrupt.
+        s.write(0, 1, b"a", &c);
+        assert!(!s.interrupt(&c));
+        assert_eq!(iir(&mut s), IIR_NONE);
+        // ETBEI 0 -> 1 with THR empty: THRE pending, INTR high.
+        s.write(1, 1, &[IER_THRE], &c);
+        assert!(s.interrupt(&c));
+        // Rewriting IER with ETBEI still set does not re-arm once cleared.
+        assert_eq!(iir(&mut s), IIR_THRE);
+        assert!(!s.interrupt(&c));
+        s.write(1, 1, &[IER_THRE], &c);
+        assert!(!s.interrupt(&c));
+        assert_eq!(iir(&mut s), IIR_NONE);
+        // A THR write: THR empty again at once, INTR high; the IIR read clears it.
+        s.write(0, 1, b"b", &c);
+        assert!(s.interrupt(&c));
+        assert_eq!(iir(&mut s), IIR_THRE);
+        assert!(!s.interrupt(&c));
+        // ETBEI 1 -> 0 clears a pending THRE without an IIR read; 0 -> 1 raises it again.
+        s.write(0, 1, b"c", &c);
+        assert!(s.interrupt(&c));
+        s.write(1, 1, &[0], &c);
+        assert!(!s.interrupt(&c));
+        s.write(1, 1, &[IER_THRE], &c);
+        assert!(s.interrupt(&c));
+        s.write(1, 1, &[0], &c);
+        // Received data: INTR only with ERBFI, until RBR has handed out the last byte.
+        c.push_input(b"xy");
+        assert!(!s.interrupt(&c));
+        s.write(1, 1, &[IER_RDA], &c);
+        assert!(s.interrupt(&c));
+        assert_eq!(iir(&mut s), IIR_RDA);
+        assert!(s.interrupt(&c), "reading IIR does not clear RDA");
+        let mut b = [0u8];
+        s.read(0, 1, &mut b, &c);
+        assert!(s.interrupt(&c), "one byte left");
+        s.read(0, 1, &mut b, &c);
+        assert!(!s.interrupt(&c));
+        assert_eq!(iir(&mut s), IIR_NONE);
+        // Both enabled: RDA has priority in IIR; THRE stays pending behind it.
+        s.write(1, 1, &[IER_RDA | IER_THRE], &c);
+        c.push_input(b"z");
+        assert_eq!(iir(&mut s), IIR_RDA);
+        s.read(0, 1, &mut b, &c);
+        assert!(s.interrupt(&c), "THRE still pending");
+        assert_eq!(iir(&mut s), IIR_THRE);
+        assert!(!s.interrupt(&c));
+        // Modem-status and line-status enables alone never interrupt.
+        s.write(1, 1, &[0x0C], &c);
+        s.write(0, 1, b"d", &c);
+        assert!(!s.interrupt(&c));
+        // DLAB set: offset 1 is DLM, not IER.
+        s.write(3, 1, &[LCR_DLAB], &c);
+        s.write(1, 1, &[IER_THRE], &c);
+        s.write(3, 1, &[0x03], &c);
+        assert!(!s.interrupt(&c));
     }
 
     #[test]

@@ -1415,3 +1415,25 @@ fn enable_req_certs_only_on_snp_before_vcpus() {
     let unknown = vm.sev_cmd(&mut SevCmd::SnpEnableReqCerts, 3);
     assert_eq!(unknown.map_err(errno_of), Err(libc::EINVAL));
 }
+
+/// `KVM_IRQ_LINE` needs the in-kernel irqchip (`kvm_vm_ioctl_irq_line`: ENXIO without one);
+/// with it every level is accepted, and the call is on record.
+#[test]
+fn irq_line_needs_the_irqchip() {
+    let (m, kvm) = model(ModelConfig {
+        record_events: true,
+        ..ModelConfig::default()
+    });
+    let vm = kvm.create_vm(0).unwrap();
+    let line = vm.irq_line();
+    assert_eq!(line.set(4, true).unwrap_err().errno(), libc::ENXIO);
+    vm.create_irqchip().unwrap();
+    line.set(4, true).unwrap();
+    line.set(4, false).unwrap();
+    let irq_calls = m
+        .events()
+        .iter()
+        .filter(|e| format!("{e:?}").contains("KVM_IRQ_LINE"))
+        .count();
+    assert_eq!(irq_calls, 3);
+}

@@ -17,6 +17,9 @@
 //!   (`relaunch_core::launch::ram_ranges` of `--mem`, the same ranges the planner writes
 //!   into an IGVM MEMORY_MAP) as E820_TYPE_RAM entries, the ISA hole reserved ([`e820_for`]);
 //! - the command line at [`CMDLINE`], NUL-terminated, at most the header's `cmdline_size`;
+//! - the ACPI tables ([`super::acpi`]: RSDP, XSDT, FADT, FACS, DSDT, MADT for `vcpus`) in
+//!   one page at [`super::acpi::BASE`] inside the reserved ISA hole, `acpi_rsdp_addr`
+//!   pointing at the RSDP;
 //! - the protected-mode kernel (the file after its `(setup_sects + 1) * 512` bytes of real-
 //!   mode setup) at its `pref_address`;
 //! - the initrd, page aligned, right above the kernel's `init_size` window (the decompressor
@@ -147,6 +150,8 @@ pub mod hdr {
 
 /// Zero-page offsets outside the setup header (zero-page.rst).
 pub mod zp {
+    /// `acpi_rsdp_addr` (u64, boot protocol 2.14): the RSDP's address.
+    pub const ACPI_RSDP_ADDR: usize = 0x070;
     /// `ext_ramdisk_image` (u32): bits 63:32 of the initrd address.
     pub const EXT_RAMDISK_IMAGE: usize = 0x0C0;
     /// `ext_ramdisk_size` (u32).
@@ -231,6 +236,8 @@ pub enum LinuxError {
     Vmsa(relaunch_core::arch::vmsa::VmsaError),
     /// The IGVM writer refused.
     Write(WriteError),
+    /// The ACPI tables cannot be made ([`super::acpi`]).
+    Acpi(super::acpi::AcpiError),
 }
 
 impl fmt::Display for LinuxError {
@@ -278,6 +285,7 @@ impl fmt::Display for LinuxError {
             ),
             LinuxError::Vmsa(e) => write!(f, "internal error, please report: the SNP VMSA: {e}"),
             LinuxError::Write(e) => write!(f, "IGVM writer: {e}"),
+            LinuxError::Acpi(e) => write!(f, "ACPI tables: {e}"),
         }
     }
 }
@@ -392,6 +400,8 @@ pub struct LinuxInputs<'a> {
     pub cmdline: &'a str,
     /// Guest RAM the E820 table describes (`--mem`).
     pub mem: u64,
+    /// vCPUs the ACPI MADT describes (`--vcpus`; [`super::acpi`]).
+    pub vcpus: u32,
 }
 
 /// Where the packer put things.
@@ -407,6 +417,8 @@ pub struct LinuxLayout {
     pub zero_page: Vec<u8>,
     /// The E820 table `(addr, size, type)`.
     pub e820: Vec<(u64, u64, u32)>,
+    /// The ACPI tables' page, at [`super::acpi::BASE`] (in the reserved ISA hole).
+    pub acpi: Vec<u8>,
 }
 
 /// A packed Linux bundle.
@@ -609,7 +621,13 @@ pub fn layout<'a>(inputs: &LinuxInputs<'a>) -> Result<(BzImage<'a>, LinuxLayout)
             Some((start, data.len() as u64))
         }
     };
-    let zero_page = zero_page(&k, CMDLINE, initrd, &e820);
+    let mut zero_page = zero_page(&k, CMDLINE, initrd, &e820);
+    let acpi = super::acpi::tables(inputs.vcpus).map_err(LinuxError::Acpi)?;
+    wr(
+        &mut zero_page,
+        zp::ACPI_RSDP_ADDR,
+        &super::acpi::RSDP.to_le_bytes(),
+    );
     Ok((
         k,
         LinuxLayout {
@@ -618,6 +636,7 @@ pub fn layout<'a>(inputs: &LinuxInputs<'a>) -> Result<(BzImage<'a>, LinuxLayout)
             initrd,
             zero_page,
             e820,
+            acpi: acpi.page(),
         },
     ))
 }
@@ -735,7 +754,7 @@ fn native_view(
     k: &BzImage<'_>,
     layout: &LinuxLayout,
 ) -> Result<(), LinuxError> {
-    // Ascending GPA: GDT, page tables, stack, zero page, command line, kernel, initrd.
+    // Ascending GPA: GDT, page tables, stack, zero page, command line, ACPI, kernel, initrd.
     b.page_data(
         GDT,
         native,
@@ -766,6 +785,7 @@ fn native_view(
     }
     add_bytes(b, ZERO_PAGE, native, &layout.zero_page)?;
     add_bytes(b, CMDLINE, native, &cmdline_bytes(inputs.cmdline))?;
+    add_bytes(b, super::acpi::BASE, native, &layout.acpi)?;
     add_bytes(b, layout.load, native, k.payload)?;
     if let (Some(data), Some((gpa, _))) = (inputs.initrd, layout.initrd) {
         add_bytes(b, gpa, native, data)?;
@@ -911,11 +931,10 @@ pub fn snp_pages(
         .map(|e| e.1.div_ceil(PAGE))
         .sum();
     let max = relaunch_core::plan::igvm::MAX_PAGES;
-    if pages + 1 > max {
-        return Err(LinuxError::SnpTooMuchMemory {
-            pages: pages + 1,
-            max,
-        });
+    // RAM, the ACPI page(s) in the ISA hole, the VMSA.
+    let total = pages + (layout.acpi.len() as u64).div_ceil(PAGE) + 1;
+    if total > max {
+        return Err(LinuxError::SnpTooMuchMemory { pages: total, max });
     }
     let mut m = std::collections::BTreeMap::new();
     let put_bytes = |m: &mut std::collections::BTreeMap<u64, SnpPage>, gpa: u64, d: &[u8]| {
@@ -948,6 +967,8 @@ pub fn snp_pages(
     m.insert(SNP_SECRETS, SnpPage::Secrets);
     m.insert(SNP_CPUID, SnpPage::Cpuid);
     put_bytes(&mut m, CMDLINE, &cmdline_bytes(inputs.cmdline));
+    // The ACPI tables: in the ISA hole (E820 reserved), measured like every loaded page.
+    put_bytes(&mut m, super::acpi::BASE, &layout.acpi);
     put_bytes(&mut m, layout.load, k.payload);
     if let (Some(data), Some((gpa, _))) = (inputs.initrd, layout.initrd) {
         put_bytes(&mut m, gpa, data);
@@ -990,6 +1011,8 @@ pub struct BootParams {
     pub init_size: u32,
     /// `cc_blob_address`.
     pub cc_blob_address: u32,
+    /// `acpi_rsdp_addr`.
+    pub acpi_rsdp_addr: u64,
     /// The E820 table.
     pub e820: Vec<(u64, u64, u32)>,
 }
@@ -1018,6 +1041,7 @@ pub fn read_boot_params(p: &[u8]) -> BootParams {
         cmdline_size: rd_u32(p, hdr::CMDLINE_SIZE),
         init_size: rd_u32(p, hdr::INIT_SIZE),
         cc_blob_address: rd_u32(p, zp::CC_BLOB_ADDRESS),
+        acpi_rsdp_addr: rd_u64(p, zp::ACPI_RSDP_ADDR),
         e820,
     }
 }
@@ -1054,6 +1078,7 @@ mod tests {
             initrd,
             cmdline,
             mem: 256 << 20,
+            vcpus: 1,
         }
     }
 
@@ -1084,6 +1109,7 @@ mod tests {
                 cmdline_size: 2047,
                 init_size: 0x80_0000,
                 cc_blob_address: 0,
+                acpi_rsdp_addr: super::super::acpi::RSDP,
                 e820: vec![
                     (0, 0xA_0000, E820_RAM),
                     (0xA_0000, 0x6_0000, E820_RESERVED),
@@ -1250,6 +1276,13 @@ mod tests {
         ] {
             assert!(pages.contains_key(&gpa), "{gpa:#x} not imported");
         }
+        // The ACPI page is imported, and `run` reads the MADT's vCPU count back from it.
+        assert_eq!(super::super::acpi::planned_vcpus(&p), Some(1));
+        let mut three = inputs(&k, None, "");
+        three.vcpus = 3;
+        let bytes3 = pack(&three).unwrap().bytes;
+        let p3 = plan(&bytes3, &cfg).unwrap();
+        assert_eq!(super::super::acpi::planned_vcpus(&p3), Some(3));
         let regs = p.vp_contexts()[ctx.unwrap() as usize];
         assert_eq!(regs.rip, 0x100_0200);
         assert_eq!(regs.gprs.rsi, ZERO_PAGE);
@@ -1336,8 +1369,8 @@ mod tests {
             }
             let bytes: std::collections::BTreeMap<u64, Vec<u8>> =
                 pages.iter().map(|(&g, (_, b))| (g, b.clone())).collect();
-            // Every E820 RAM page is pre-validated (imported), and nothing outside RAM is
-            // (the VMSA is a VP context, not a page import).
+            // Every E820 RAM page is pre-validated (imported), and outside RAM only the
+            // ACPI tables' page in the ISA hole (the VMSA is a VP context, not a page import).
             let e820 = e820_for(mem);
             let mut ram = 0;
             for &(gpa, size, _) in e820.iter().filter(|e| e.2 == E820_RAM) {
@@ -1349,7 +1382,8 @@ mod tests {
                     ram += 1;
                 }
             }
-            assert_eq!(pages.len(), ram, "RAM pages only");
+            assert!(!pages[&crate::pack::acpi::BASE].1.iter().all(|&b| b == 0));
+            assert_eq!(pages.len(), ram + 1, "RAM pages and the ACPI page only");
             assert_eq!(pages[&SNP_SECRETS].0, PageKind::Secrets);
             assert_eq!(pages[&SNP_CPUID].0, PageKind::Cpuid);
             // The CC blob and its setup_data entry, found as find_cc_blob_setup_data does.

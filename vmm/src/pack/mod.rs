@@ -3,13 +3,15 @@
 //!
 //! - [`elf`]: a bare-metal ELF linked against relaunch's guest layout (the boot images'
 //!   packer, `relaunch_boot_images`).
-//! - [`linux`]: a Linux bzImage (+ initrd, command line) for the x86 64-bit boot protocol.
+//! - [`linux`]: a Linux bzImage (+ initrd, command line) for the x86 64-bit boot protocol,
+//!   with the ACPI tables of [`acpi`].
 //! - [`firmware`]: an OVMF/TDVF image as SNP / TDX / native views (the job of `igvm-wrap`).
 //!
 //! Every packer returns the IGVM bytes; [`predict`] plans and measures each view the file
 //! declares with `relaunch measure`'s own code (`crate::cli::measure::measure_bundle`), so
 //! what `pack` prints is what `relaunch measure` prints for the same file and flags.
 
+pub mod acpi;
 pub mod elf;
 pub mod firmware;
 pub mod linux;

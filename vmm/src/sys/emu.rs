@@ -364,6 +364,12 @@ impl VmIoctls for EmuVm {
         self.real.create_irqchip()
     }
 
+    fn irq_line(&self, irq: u32, level: bool) -> Result<(), Errno> {
+        // The model checks it (an irqchip must exist); the real VM delivers it.
+        self.fw.irq_line(irq, level)?;
+        self.real.irq_line(irq, level)
+    }
+
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
         let fw = self.fw.create_vcpu(id)?;
         let real = self.real.create_vcpu(id)?;

@@ -20,9 +20,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_debugregs, kvm_device_attr, kvm_fpu, kvm_memory_attributes,
-    kvm_mp_state, kvm_regs, kvm_run, kvm_sregs, kvm_userspace_memory_region2, kvm_xcrs, CpuId,
-    Msrs,
+    kvm_create_guest_memfd, kvm_debugregs, kvm_device_attr, kvm_fpu, kvm_irq_level,
+    kvm_memory_attributes, kvm_mp_state, kvm_regs, kvm_run, kvm_sregs,
+    kvm_userspace_memory_region2, kvm_xcrs, CpuId, Msrs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
@@ -119,6 +119,12 @@ const _: () = {
     assert!(offset_of!(kvm_device_attr, group) == 4);
     assert!(offset_of!(kvm_device_attr, attr) == 8);
     assert!(offset_of!(kvm_device_attr, addr) == 16);
+    // `struct kvm_irq_level { union { __u32 irq; __s32 status; }; __u32 level; }`
+    // (`include/uapi/linux/kvm.h`), what `KVM_IRQ_LINE` reads (kvm-ioctls'
+    // `VmFd::set_irq_line` builds it).
+    assert!(size_of::<kvm_irq_level>() == 8);
+    assert!(offset_of!(kvm_irq_level, __bindgen_anon_1) == 0);
+    assert!(offset_of!(kvm_irq_level, level) == 4);
 };
 
 /// The system fd's calls (`/dev/kvm`), as the door sees them.
@@ -190,6 +196,13 @@ pub trait VmIoctls: Send + Sync + fmt::Debug {
     /// # Errors
     /// The ioctl's errno.
     fn create_irqchip(&self) -> Result<(), Errno>;
+    /// `KVM_IRQ_LINE`: sets input `irq` of the in-kernel irqchip (GSI `irq`: PIC and IOAPIC
+    /// pin under KVM's default routing) to `level` (`Documentation/virt/kvm/api.rst`,
+    /// 4.25 KVM_IRQ_LINE).
+    ///
+    /// # Errors
+    /// The ioctl's errno (`ENXIO` without an in-kernel irqchip).
+    fn irq_line(&self, irq: u32, level: bool) -> Result<(), Errno>;
     /// `KVM_CREATE_VCPU` (and the `kvm_run` mapping).
     ///
     /// # Errors
@@ -478,6 +491,25 @@ pub struct Vm {
     next_slot: u32,
 }
 
+/// A handle for raising and lowering one VM's in-kernel irqchip inputs (`KVM_IRQ_LINE`
+/// only), for device models on vCPU threads. Like [`MemAttrs`] it keeps the VM's memslot
+/// mappings alive and closes its share of the VM fd first (field order).
+#[derive(Debug, Clone)]
+pub struct IrqLine {
+    door: Arc<dyn VmIoctls>,
+    _keep: KeepAlive,
+}
+
+impl IrqLine {
+    /// `KVM_IRQ_LINE`: input `irq` to `level`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn set(&self, irq: u32, level: bool) -> Result<(), Errno> {
+        self.door.irq_line(irq, level)
+    }
+}
+
 /// A handle for run-time page-state changes of one VM (`KVM_SET_MEMORY_ATTRIBUTES` only),
 /// for exit handlers on vCPU threads. Like a [`Vcpu`] it keeps the VM's memslot mappings
 /// alive and closes its share of the VM fd first (field order).
@@ -613,6 +645,15 @@ impl Vm {
     /// A handle for run-time `KVM_SET_MEMORY_ATTRIBUTES` from exit handlers.
     pub fn mem_attrs(&self) -> MemAttrs {
         MemAttrs {
+            door: Arc::clone(&self.door),
+            _keep: Arc::clone(&self.keep),
+        }
+    }
+
+    /// A handle for run-time `KVM_IRQ_LINE` from device models (only meaningful after
+    /// [`Vm::create_irqchip`]).
+    pub fn irq_line(&self) -> IrqLine {
+        IrqLine {
             door: Arc::clone(&self.door),
             _keep: Arc::clone(&self.keep),
         }
@@ -953,6 +994,12 @@ impl VmIoctls for RealVm {
 
     fn create_irqchip(&self) -> Result<(), Errno> {
         self.0.create_irq_chip()
+    }
+
+    fn irq_line(&self, irq: u32, level: bool) -> Result<(), Errno> {
+        // A safe kvm-ioctls call: it passes a `kvm_irq_level` (layout asserted above) by
+        // reference; the kernel only reads it.
+        self.0.set_irq_line(irq, level)
     }
 
     fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {

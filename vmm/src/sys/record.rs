@@ -319,6 +319,13 @@ impl VmIoctls for RecVm {
         self.record("KVM_CREATE_IRQCHIP", String::new())
     }
 
+    fn irq_line(&self, irq: u32, level: bool) -> Result<(), Errno> {
+        self.record(
+            "KVM_IRQ_LINE",
+            format!("irq={irq} level={}", u8::from(level)),
+        )
+    }
+
     fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<(), Errno> {
         self.record(
             "KVM_ENABLE_CAP",

@@ -35,6 +35,11 @@ pub trait SafeVmIoctls: Send + Sync + fmt::Debug {
     /// # Errors
     /// The errno the implementation answers.
     fn create_irqchip(&self) -> Result<(), Errno>;
+    /// `KVM_IRQ_LINE`.
+    ///
+    /// # Errors
+    /// The errno the implementation answers.
+    fn irq_line(&self, irq: u32, level: bool) -> Result<(), Errno>;
     /// `KVM_CREATE_VCPU`.
     ///
     /// # Errors
@@ -85,6 +90,9 @@ impl<T: SafeVmIoctls> VmIoctls for SafeVm<T> {
     }
     fn create_irqchip(&self) -> Result<(), Errno> {
         self.0.create_irqchip()
+    }
+    fn irq_line(&self, irq: u32, level: bool) -> Result<(), Errno> {
+        self.0.irq_line(irq, level)
     }
     fn create_vcpu(&self, id: u64) -> Result<Box<dyn VcpuIoctls>, Errno> {
         self.0.create_vcpu(id)
