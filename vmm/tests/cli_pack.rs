@@ -242,7 +242,7 @@ fn kernel_packs_native_and_snp_views_that_measure_and_inspect_show() {
     );
     assert!(
         i.stdout
-            .contains("65440 pages imported (normal 65438, secrets 1, cpuid 1)"),
+            .contains("65441 pages imported (normal 65439, secrets 1, cpuid 1)"),
         "{}",
         i.stdout
     );
