@@ -24,13 +24,19 @@ fn plan_native(host: &Host, bundle: &[u8], vcpus: u32) -> Arc<Launch> {
     Arc::new(Launch::new(bundle.to_vec(), &cfg).expect("plan the native view"))
 }
 
+/// This host and the one-vCPU native plan of `boot-images/out/NAME.igvm`, or the skip.
+fn native_image(name: &str) -> Option<(Arc<Host>, Arc<Launch>)> {
+    let host = host(true)?;
+    let (_, bundle) = image(name)?;
+    let plan = plan_native(&host, &bundle, 1);
+    Some((host, plan))
+}
+
 #[test]
 fn kvm_image_hello() {
-    let Some(host) = host(true) else { return };
-    let Some((_, bundle)) = image("hello") else {
+    let Some((host, plan)) = native_image("hello") else {
         return;
     };
-    let plan = plan_native(&host, &bundle, 1);
     let cfg = config(MEM, None, false);
     let r = run(&host, &plan, &cfg);
     assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
@@ -44,11 +50,9 @@ fn kvm_image_hello() {
 /// the guest's interrupt handler, one byte per THR-empty interrupt.
 #[test]
 fn kvm_image_irq_serial_interrupts_are_delivered() {
-    let Some(host) = host(true) else { return };
-    let Some((_, bundle)) = image("irq") else {
+    let Some((host, plan)) = native_image("irq") else {
         return;
     };
-    let plan = plan_native(&host, &bundle, 1);
     let cfg = config(MEM, None, false);
     let r = run(&host, &plan, &cfg);
     assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
@@ -66,11 +70,9 @@ fn kvm_image_irq_serial_interrupts_are_delivered() {
 
 #[test]
 fn kvm_image_reboot_loop_counts_generations() {
-    let Some(host) = host(true) else { return };
-    let Some((_, bundle)) = image("reboot-loop") else {
+    let Some((host, plan)) = native_image("reboot-loop") else {
         return;
     };
-    let plan = plan_native(&host, &bundle, 1);
     for prestage in [false, true] {
         let mut cfg = config(MEM, None, prestage);
         cfg.fw_cfg_files = vec![(
@@ -178,11 +180,9 @@ fn kvm_image_smp_reports_every_vcpu() {
 
 #[test]
 fn kvm_image_junk_is_survived() {
-    let Some(host) = host(true) else { return };
-    let Some((_, bundle)) = image("junk") else {
+    let Some((host, plan)) = native_image("junk") else {
         return;
     };
-    let plan = plan_native(&host, &bundle, 1);
     let cfg = config(MEM, None, false);
     let r = run(&host, &plan, &cfg);
     assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);
@@ -210,11 +210,9 @@ fn hex_field(line: &str, name: &str) -> u32 {
 /// that is not SEV, finds no launch secret in zeroed RAM, and powers off.
 #[test]
 fn kvm_image_sevinfo_reports_the_native_view() {
-    let Some(host) = host(true) else { return };
-    let Some((_, bundle)) = image("sevinfo") else {
+    let Some((host, plan)) = native_image("sevinfo") else {
         return;
     };
-    let plan = plan_native(&host, &bundle, 1);
     let cfg = config(MEM, None, false);
     let r = run(&host, &plan, &cfg);
     assert_eq!(r.exit_code, EXIT_POWER_OFF, "{:?}", r.outcome);

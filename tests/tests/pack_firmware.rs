@@ -22,7 +22,7 @@ mod kvm_common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use igvm::measurement::{generate_snp_measurement, generate_tdx_measurement};
 use igvm::{IgvmDirectiveHeader, IsolationType};
@@ -450,7 +450,6 @@ fn emulated_snp_run_records_the_packed_digest() {
     use relaunch::control::Control;
     use relaunch::launch::Launch;
     use relaunch::session::run_session;
-    use serde_json::Value;
 
     let Some(fd) = debian_ovmf() else { return };
     let Some(host) = host(false) else { return };
@@ -476,24 +475,7 @@ fn emulated_snp_run_records_the_packed_digest() {
         let control = Arc::new(Control::new(true));
         let mut cfg = with_audit(config(o.mem_bytes, Some(0), false), &audit);
         cfg.control = Some(Arc::clone(&control));
-        let ctl = Arc::clone(&control);
-        let driver = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let status = loop {
-                let s: Value = serde_json::from_str(&ctl.handle(r#"{"cmd":"status"}"#)).unwrap();
-                if s["state"] == "paused" || s["state"] == "stopped" {
-                    break s;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(120), "never paused: {s}");
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if status["state"] == "paused" {
-                assert!(ctl.handle(r#"{"cmd":"continue"}"#).contains("true"));
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            let off = ctl.handle(r#"{"cmd":"power-off"}"#);
-            (status, off)
-        });
+        let driver = pause_then_power_off(Arc::clone(&control), Duration::from_millis(500));
         let r = run_session(&*backend, launch, &cfg);
         let (status, off) = driver.join().unwrap();
         let out = output(&cfg);
@@ -501,15 +483,14 @@ fn emulated_snp_run_records_the_packed_digest() {
         assert_eq!(status["launch_measurement"], want.as_str(), "{status}");
         assert_eq!(status["predicted_measurement"], want.as_str(), "{status}");
         assert_eq!(status["emulated"], true, "{status}");
-        let text = std::fs::read_to_string(&audit).unwrap();
-        let _ = std::fs::remove_file(&audit);
-        let launches: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|v| v["event"] == "launch")
-            .collect();
-        assert_eq!(launches.len(), 1, "{text}");
-        assert_eq!(launches[0]["launch_measurement"], want.as_str(), "{text}");
+        let records = take_audit_records(&audit);
+        let launches = records_of(&records, "launch");
+        assert_eq!(launches.len(), 1, "{records:?}");
+        assert_eq!(
+            launches[0]["launch_measurement"],
+            want.as_str(),
+            "{records:?}"
+        );
         assert_eq!(launches[0]["predicted_measurement"], want.as_str());
         assert_eq!(launches[0]["emulated"], true);
         println!(

@@ -17,7 +17,7 @@ mod kvm_common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use igvm::measurement::generate_snp_measurement;
 use igvm::IsolationType;
@@ -50,27 +50,12 @@ const STARTUP_64: &[u8] = &[
     0xEB, 0xFD, // jmp hlt
 ];
 
-/// A synthetic bzImage (boot protocol 2.15, XLF_KERNEL_64, relocatable, 4 setup sectors,
-/// loaded at 16 MiB, init_size 2 MiB) whose protected-mode part has [`STARTUP_64`] at 0x200.
+/// The pack tests' synthetic bzImage (`relaunch::testing::synthetic_bzimage`) whose
+/// protected-mode part has [`STARTUP_64`] at 0x200 (int3 before it).
 fn synthetic_bzimage() -> Vec<u8> {
-    let mut b = vec![0u8; 5 * 512];
-    let put = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
-    b[0x1F1] = 4;
-    put(&mut b, 0x1FE, &0xAA55u16.to_le_bytes());
-    b[0x201] = 0x6A;
-    put(&mut b, 0x202, b"HdrS");
-    put(&mut b, 0x206, &0x020Fu16.to_le_bytes());
-    put(&mut b, 0x22C, &0x7FFF_FFFFu32.to_le_bytes());
-    put(&mut b, 0x230, &0x20_0000u32.to_le_bytes());
-    b[0x234] = 1;
-    put(&mut b, 0x236, &1u16.to_le_bytes());
-    put(&mut b, 0x238, &2047u32.to_le_bytes());
-    put(&mut b, 0x258, &0x100_0000u64.to_le_bytes());
-    put(&mut b, 0x260, &0x20_0000u32.to_le_bytes());
-    let mut payload = vec![0xCCu8; 0x200]; // int3 before startup_64
+    let mut payload = vec![0xCCu8; 0x200];
     payload.extend_from_slice(STARTUP_64);
-    b.extend_from_slice(&payload);
-    b
+    relaunch::testing::synthetic_bzimage(&payload)
 }
 
 /// Debian's cloud kernel, or `None` with the skip printed (under `CI=true`
@@ -211,7 +196,6 @@ fn run_emulated(file: Vec<u8>, mem: u64, run_for: Duration) -> Option<(String, S
     use relaunch::control::Control;
     use relaunch::launch::Launch;
     use relaunch::session::run_session;
-    use serde_json::Value;
 
     let host = host(false)?;
     let c = cfg(1, host.vcpu_signature(), mem);
@@ -223,26 +207,9 @@ fn run_emulated(file: Vec<u8>, mem: u64, run_for: Duration) -> Option<(String, S
     let control = Arc::new(Control::new(true));
     let mut sc = with_audit(config(mem, Some(0), false), &audit);
     sc.control = Some(Arc::clone(&control));
-    let ctl = Arc::clone(&control);
-    let driver = std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let status = loop {
-            let s: Value = serde_json::from_str(&ctl.handle(r#"{"cmd":"status"}"#)).unwrap();
-            if s["state"] == "paused" || s["state"] == "stopped" {
-                break s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(120), "never paused: {s}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if status["state"] == "paused" {
-            assert!(ctl.handle(r#"{"cmd":"continue"}"#).contains("true"));
-            std::thread::sleep(run_for);
-        }
-        ctl.handle(r#"{"cmd":"power-off"}"#);
-        status
-    });
+    let driver = pause_then_power_off(Arc::clone(&control), run_for);
     let r = run_session(&*backend, launch, &sc);
-    let status = driver.join().unwrap();
+    let (status, _) = driver.join().unwrap();
     let out = output(&sc);
     assert_eq!(status["state"], "paused", "{:?}\n{out}", r.outcome);
     assert_eq!(status["emulated"], true, "{status}");

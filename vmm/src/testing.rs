@@ -508,3 +508,28 @@ pub fn smp_plan(vcpus: u32, mem: u64) -> LaunchPlan {
         0xFEE0_0000,
     )
 }
+
+/// A synthetic bzImage for the pack tests (Linux `Documentation/arch/x86/boot.rst`, "The
+/// Real-Mode Kernel Header"): 4 setup sectors after the boot sector, boot protocol 2.15,
+/// XLF_KERNEL_64, relocatable, `initrd_addr_max` 2 GiB - 1, 2 MiB alignment, a 2047-byte
+/// command line, loaded at 16 MiB with `init_size` 2 MiB; `payload` is the protected-mode
+/// kernel (`startup_64` at its +0x200).
+pub fn synthetic_bzimage(payload: &[u8]) -> Vec<u8> {
+    use crate::pack::linux::hdr;
+    let mut b = vec![0u8; 5 * 512];
+    let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    put(hdr::SETUP_SECTS, &[4]);
+    put(hdr::BOOT_FLAG, &0xAA55u16.to_le_bytes());
+    put(hdr::JUMP_LEN, &[0x6A]); // the header ends at 0x26c
+    put(hdr::MAGIC, b"HdrS");
+    put(hdr::VERSION, &0x020Fu16.to_le_bytes());
+    put(hdr::INITRD_ADDR_MAX, &0x7FFF_FFFFu32.to_le_bytes());
+    put(hdr::KERNEL_ALIGNMENT, &0x20_0000u32.to_le_bytes());
+    put(hdr::RELOCATABLE, &[1]);
+    put(hdr::XLOADFLAGS, &1u16.to_le_bytes()); // XLF_KERNEL_64
+    put(hdr::CMDLINE_SIZE, &2047u32.to_le_bytes());
+    put(hdr::PREF_ADDRESS, &0x100_0000u64.to_le_bytes());
+    put(hdr::INIT_SIZE, &0x20_0000u32.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}

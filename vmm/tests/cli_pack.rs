@@ -161,29 +161,12 @@ fn vcpus_change_the_prediction_like_measure() {
     );
 }
 
-/// A synthetic bzImage: boot protocol 2.15, XLF_KERNEL_64, 4 setup sectors, `payload`.
-fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
-    let mut b = vec![0u8; 5 * 512];
-    let put = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
-    b[0x1F1] = 4;
-    put(&mut b, 0x1FE, &0xAA55u16.to_le_bytes());
-    b[0x201] = 0x6A;
-    put(&mut b, 0x202, b"HdrS");
-    put(&mut b, 0x206, &0x020Fu16.to_le_bytes());
-    put(&mut b, 0x22C, &0x7FFF_FFFFu32.to_le_bytes());
-    put(&mut b, 0x230, &0x20_0000u32.to_le_bytes());
-    b[0x234] = 1;
-    put(&mut b, 0x236, &1u16.to_le_bytes());
-    put(&mut b, 0x238, &2047u32.to_le_bytes());
-    put(&mut b, 0x258, &0x100_0000u64.to_le_bytes());
-    put(&mut b, 0x260, &0x20_0000u32.to_le_bytes());
-    b.extend_from_slice(payload);
-    b
-}
-
 #[test]
 fn kernel_packs_native_and_snp_views_that_measure_and_inspect_show() {
-    let k = scratch("pack-fake-bzimage", &fake_bzimage(&[0x90; 5000]));
+    let k = scratch(
+        "pack-fake-bzimage",
+        &relaunch::testing::synthetic_bzimage(&[0x90; 5000]),
+    );
     let initrd = scratch("pack-fake-initrd", &[7u8; 3000]);
     let o = out("pack-linux.igvm");
     let pack = |o: &std::path::Path, extra: &[&str]| {
@@ -306,7 +289,10 @@ fn bad_input_is_one_line_and_exit_2() {
         assert_usage_error(&r, "relaunch pack: ", needle);
         assert!(!o.exists(), "{args:?} wrote a file");
     }
-    let k = scratch("pack-fake-bzimage-2", &fake_bzimage(&[1; 100]));
+    let k = scratch(
+        "pack-fake-bzimage-2",
+        &relaunch::testing::synthetic_bzimage(&[1; 100]),
+    );
     let long = "x".repeat(3000);
     let r = relaunch(&[
         "pack",

@@ -230,3 +230,30 @@ pub fn sha(b: &[u8]) -> String {
 pub fn records_of<'a>(records: &'a [serde_json::Value], event: &str) -> Vec<&'a serde_json::Value> {
     records.iter().filter(|v| v["event"] == event).collect()
 }
+
+/// Drives a session started with `control` (paused after its launch, `Control::new(true)`):
+/// waits, at most 120 s, until it pauses or stops; lets a paused one run for `run_for`;
+/// then powers it off. The thread returns the status it saw and the power-off answer.
+pub fn pause_then_power_off(
+    control: Arc<relaunch::control::Control>,
+    run_for: Duration,
+) -> std::thread::JoinHandle<(serde_json::Value, String)> {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let status = loop {
+            let s: serde_json::Value =
+                serde_json::from_str(&control.handle(r#"{"cmd":"status"}"#)).unwrap();
+            if s["state"] == "paused" || s["state"] == "stopped" {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "never paused: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if status["state"] == "paused" {
+            assert!(control.handle(r#"{"cmd":"continue"}"#).contains("true"));
+            std::thread::sleep(run_for);
+        }
+        let off = control.handle(r#"{"cmd":"power-off"}"#);
+        (status, off)
+    })
+}

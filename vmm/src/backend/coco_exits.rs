@@ -220,15 +220,11 @@ impl ExitHandler for CocoExits {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
     use crate::backend::sev::SevBackend;
     use crate::backend::snp_certs::SnpCerts;
     use crate::backend::Backend;
-    use crate::devices::console::Console;
-    use crate::devices::fw_cfg::FwCfg;
-    use crate::devices::{Devices, LaunchClock, UnknownLog};
+    use crate::devices::{Devices, LaunchClock};
     use crate::launch::Launch;
     use crate::sys::kvm::{Kvm, KVM_CAP_VM_TYPES};
     use crate::sys::record::Recorder;
@@ -262,13 +258,7 @@ mod tests {
         let backend = SevBackend::new(Platform::Snp, host);
         assert!(backend.set_snp_certs(certs));
         let built = backend.build(&Launch::from_plan(plan)).unwrap();
-        let devices = Arc::new(Mutex::new(Devices::new(
-            Arc::new(Console::capture(64)),
-            Arc::clone(&built.memory),
-            Arc::new(LaunchClock::start()),
-            FwCfg::new(1, 1, &[]),
-            Arc::new(UnknownLog::new()),
-        )));
+        let devices = Devices::for_test(&built.memory);
         let exits = backend.exit_handler(devices, &built.vm, &built.memory);
         rec.clear();
         (rec, built, exits)
@@ -477,13 +467,7 @@ mod tests {
         assert!(matches!(a, ExitAction::Continue));
         assert_eq!(ret, 5);
         assert!(lock.is_none());
-        let native = NativeExits::new(Arc::new(Mutex::new(Devices::new(
-            Arc::new(Console::capture(64)),
-            Arc::clone(&built.memory),
-            Arc::new(LaunchClock::start()),
-            FwCfg::new(1, 1, &[]),
-            Arc::new(UnknownLog::new()),
-        ))));
+        let native = NativeExits::new(Devices::for_test(&built.memory));
         let (a, _, _, _) = request(&native, 0x10000, 2);
         assert!(matches!(a, ExitAction::End(Outcome::GuestFatal(_))));
     }

@@ -720,19 +720,10 @@ mod tests {
     /// (`api.rst` 4.25; after `KVM_CREATE_IRQCHIP`), one call per level change.
     #[test]
     fn uart_interrupts_are_kvm_irq_line_calls() {
-        use crate::devices::console::Console;
-        use crate::devices::fw_cfg::FwCfg;
-        use crate::devices::{LaunchClock, UnknownLog};
         let (rec, host) = recorded(8, &[(KVM_CAP_NR_MEMSLOTS, 509)]);
         let backend = NativeBackend::new(Arc::new(host));
         let built = backend.build(&launch(1, MEM)).unwrap();
-        let devices = Arc::new(Mutex::new(Devices::new(
-            Arc::new(Console::capture(64)),
-            Arc::clone(&built.memory),
-            Arc::new(LaunchClock::start()),
-            FwCfg::new(1, 1, &[]),
-            Arc::new(UnknownLog::new()),
-        )));
+        let devices = Devices::for_test(&built.memory);
         rec.clear();
         let exits = backend.exit_handler(Arc::clone(&devices), &built.vm, &built.memory);
         let mut d = devices.lock().unwrap();

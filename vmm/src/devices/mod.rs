@@ -370,6 +370,19 @@ impl Deferred {
 }
 
 impl Devices {
+    /// Test devices over `memory`: a 64-byte captured console, a fresh clock, fw_cfg for one
+    /// vCPU with no files, a fresh unknown-access budget.
+    #[cfg(test)]
+    pub(crate) fn for_test(memory: &Arc<GuestMemory>) -> Arc<Mutex<Devices>> {
+        Arc::new(Mutex::new(Devices::new(
+            Arc::new(Console::capture(64)),
+            Arc::clone(memory),
+            Arc::new(LaunchClock::start()),
+            FwCfg::new(1, 1, &[]),
+            Arc::new(UnknownLog::new()),
+        )))
+    }
+
     /// Devices for one launch; `log` is the session's budget for logging unknown accesses.
     pub fn new(
         console: Arc<Console>,
